@@ -1,0 +1,162 @@
+"""The poison interface: a function of (clean uint8 train set, params, key, device) -> PoisonedSet.
+
+A poison is a class registered with ``@register_poison("name")`` that declares a ``Params`` dataclass
+(see :mod:`benchmark.params`) and implements :meth:`Poison.generate`. Everything else (the ratio
+subset, budget metrics, caching, manifests, the key fingerprint) is shared here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from benchmark.data import ImageSet
+from benchmark.errors import BenchError
+from benchmark.params import NoParams
+
+KEY_MAX = 2**32 - 1  # NumPy's legacy seed range, which CUDA's official key scheme uses
+_FINGERPRINT_SALT = "unlearnable-bench/key-fingerprint/v1"
+
+
+def key_fingerprint(key: int) -> str:
+    """A salted, truncated SHA-256 of the private key: identifies a key without revealing it.
+
+    Small integer keys (the default 0) can be recovered by trying them all; a user who needs the key
+    to stay secret should pick a large random one.
+    """
+    return hashlib.sha256(f"{_FINGERPRINT_SALT}:{int(key)}".encode()).hexdigest()[:16]
+
+
+def check_key(key: int) -> int:
+    if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key <= KEY_MAX:
+        raise BenchError(f"poison key must be an integer in [0, {KEY_MAX}], got {key!r}")
+    return key
+
+
+def check_ratio(ratio: float) -> float:
+    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+        raise BenchError(f"poison ratio must be in [0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+@dataclass
+class PoisonContext:
+    """What a poison may use besides its params: device, key, ratio, seeds, progress, work dir."""
+
+    key: int = 0
+    ratio: float = 1.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    preset: str = "cpu"
+    workdir: Any = None  # Path for checkpoints of long generations, or None
+    progress: Any = None  # callable(step:int, total:int, info:dict) or None
+    num_classes: int = 10
+
+
+@dataclass
+class PoisonedSet:
+    """Output of a poison: poisoned uint8 images (same shape as the clean ones), labels, and the
+    indices of the images that were changed (for partial poisoning)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    poisoned_indices: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)  # poison-specific facts for the manifest
+
+    def as_imageset(self, classes: list[str]) -> ImageSet:
+        return ImageSet(self.x, self.y, list(classes))
+
+
+class Poison:
+    """Base class. Subclasses set ``Params`` and implement ``generate``; ``name`` comes from the
+    registry. ``uses_key`` marks poisons whose key is a secret (CUDA); all poisons are seeded by it."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    uses_key: ClassVar[bool] = True
+    #: parameters that change with the protocol preset (e.g. surrogate steps): {preset: {param: value}}
+    preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+def exact_subset(n: int, ratio: float, seed: int) -> torch.Tensor:
+    """A seeded random subset of exactly round(ratio * n) indices, sorted (EM-style partial poisoning)."""
+    count = int(round(ratio * n))
+    if count >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.sort(torch.randperm(n, generator=gen)[:count]).values
+
+
+# ------------------------------------------------------------------------------------ budget metrics
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) on [0,1]
+    float images (N,C,H,W), averaged over channels. Batched: separable depthwise convolutions."""
+    n, c, h, w = a.shape
+    size = min(11, h, w)
+    size -= (size + 1) % 2  # odd window
+    g = _gaussian_window(size).to(a)
+    gx = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    gy = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, gx, groups=c), gy, groups=c)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    s_aa = blur(a * a) - mu_a**2
+    s_bb = blur(b * b) - mu_b**2
+    s_ab = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2)
+    return (num / den).mean(dim=(1, 2, 3))
+
+
+def budget_metrics(clean: torch.Tensor, poisoned: torch.Tensor, indices: torch.Tensor,
+                   chunk: int = 2048) -> dict[str, float]:
+    """L-inf, mean L2, PSNR and SSIM of poisoned vs clean uint8 images, over the poisoned subset.
+
+    ``linf`` and ``l2_mean`` are in [0,1] pixel units (``linf_255`` in grey levels); PSNR (dB) and
+    SSIM are means over the poisoned images (identical images count as PSNR 100 dB).
+    """
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    if idx.numel() == 0:
+        return {"linf": 0.0, "linf_255": 0, "l2_mean": 0.0, "psnr": 100.0, "ssim": 1.0, "num_poisoned": 0}
+    linf, l2s, psnrs, ssims = 0.0, [], [], []
+    for start in range(0, idx.numel(), chunk):
+        sel = idx[start:start + chunk]
+        a = clean[sel].to(torch.float64) / 255.0
+        b = poisoned[sel].to(torch.float64) / 255.0
+        d = (b - a).flatten(1)
+        linf = max(linf, float(d.abs().max()))
+        l2s.append(d.norm(dim=1))
+        mse = (d**2).mean(dim=1)
+        psnrs.append(torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-20)), torch.full_like(mse, 100.0)))
+        ssims.append(ssim(a, b))
+    return {
+        "linf": round(linf, 6),
+        "linf_255": int(round(linf * 255)),
+        "l2_mean": round(float(torch.cat(l2s).mean()), 6),
+        "psnr": round(float(torch.cat(psnrs).mean()), 4),
+        "ssim": round(float(torch.cat(ssims).mean()), 6),
+        "num_poisoned": int(idx.numel()),
+    }

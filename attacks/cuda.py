@@ -1,0 +1,89 @@
+"""CUDA: Convolution-based Unlearnable DAtaset (Sadasivan et al., CVPR 2023), spec poisons.md §1.
+
+Every class gets a random k x k filter drawn from the private key; each image of the class is
+convolved with it (the same filter on every channel), divided by its own global max and stored as
+uint8 by truncation. The filters are key-compatible with the official code: NumPy's legacy RNG,
+seeded with the key, draws for each class a (3,1,k,k) block of Uniform[0, pb) values, then a row and a
+column index for the entry set to 1.0; partial poisoning draws one uniform per image from the same
+stream, in dataset order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attacks.base import Poison, PoisonContext, PoisonedSet
+from benchmark.data import ImageSet
+from benchmark.params import param
+from benchmark.registry import register_poison
+
+
+@dataclass(frozen=True)
+class CUDAParams:
+    pb: float = param(0.3, "blur parameter: filter entries ~ Uniform[0, pb) (0.06 with k=9 for ImageNet)", ge=0.0)
+    k: int = param(3, "kernel size (odd); 3 for CIFAR, 9 for ImageNet-size images", ge=1, odd=True)
+    universal: bool = param(False, "use class 0's filter for every class (the paper's 'universal blurring' control)")
+
+
+def cuda_filters(key: int, num_classes: int, k: int, pb: float) -> tuple[np.ndarray, np.random.RandomState]:
+    """The class-wise (num_classes, k, k) filters for ``key``, and the RNG positioned after them.
+
+    Draw order (official): per class, 3*k*k uniforms scaled by pb, then randint(k) for the row and
+    randint(k) for the column of the 1.0 entry; only channel 0's block is used (copied to all channels).
+    """
+    rng = np.random.RandomState(key)  # same stream as np.random.seed(key) + global calls
+    filters = np.empty((num_classes, k, k), dtype=np.float64)
+    for c in range(num_classes):
+        block = rng.uniform(0.0, pb, size=(3, 1, k, k))
+        row = rng.randint(k)
+        col = rng.randint(k)
+        block[0, 0, row, col] = 1.0
+        filters[c] = block[0, 0]
+    return filters, rng
+
+
+def apply_filters(x: torch.Tensor, labels: torch.Tensor, filters: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Convolve each uint8 image with its class filter (depthwise, zero 'same' padding), divide by the
+    image's global max, and return uint8 by truncation. Batched per class on x's device."""
+    n, c, h, w = x.shape
+    k = filters.shape[-1]
+    out = torch.empty_like(x)
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        weight = filters[cls].to(device=x.device, dtype=torch.float32).view(1, 1, k, k).repeat(c, 1, 1, 1)
+        for start in range(0, idx.numel(), chunk):
+            sel = idx[start:start + chunk]
+            imgs = x[sel].to(torch.float32) / 255.0
+            y = F.conv2d(imgs, weight, padding=k // 2, groups=c)
+            peak = y.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+            y = torch.where(peak > 0, y / peak.clamp_min(1e-12), y)
+            out[sel] = (y * 255.0).clamp_(0, 255).to(torch.uint8)  # float->uint8 cast truncates
+    return out
+
+
+@register_poison("cuda")
+class CUDA(Poison):
+    """Class-wise random convolutions keyed by a private seed (CUDA, CVPR'23)."""
+
+    Params = CUDAParams
+
+    def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
+        p: CUDAParams = self.params
+        num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if len(train) else 0)
+        filters, rng = cuda_filters(ctx.key, num_classes, p.k, p.pb)
+        if p.universal:
+            filters[:] = filters[0]
+        # Official partial poisoning: one uniform per image, in dataset order, from the same stream.
+        draws = rng.random_sample(len(train))
+        mask = torch.from_numpy(draws < ctx.ratio)
+        poisoned_indices = torch.nonzero(mask).flatten()
+        x = train.x.clone()
+        if poisoned_indices.numel():
+            sel = poisoned_indices.to(train.x.device)
+            x[sel] = apply_filters(train.x[sel], train.y[sel], torch.from_numpy(filters))
+        return PoisonedSet(x, train.y.clone(), poisoned_indices,
+                           info={"filters_sum_mean": float(filters.sum(axis=(1, 2)).mean())})

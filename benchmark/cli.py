@@ -1,0 +1,218 @@
+"""The ``bench`` command line: list, run, poison (and more commands registered by other modules).
+
+Bad input never shows a traceback: it prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from benchmark.errors import BenchError
+from benchmark.params import describe_params, parse_kv
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------- shared options
+
+def data_options(f: Callable) -> Callable:
+    f = click.option("--data-root", envvar="BENCH_DATA_ROOT", help="folder with datasets (torchvision layout or offline copies); env BENCH_DATA_ROOT")(f)
+    f = click.option("--cache-dir", envvar="BENCH_CACHE_DIR", help="decoded datasets, poisons, checkpoints; env BENCH_CACHE_DIR (default ~/.cache/unlearnable-bench)")(f)
+    f = click.option("--download", is_flag=True, help="let torchvision download a missing dataset")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(f)
+    return f
+
+
+def poison_options(f: Callable) -> Callable:
+    f = click.option("--poison", default="none", show_default=True, help="poison name (bench list poisons)")(f)
+    f = click.option("--poison-param", "poison_params", multiple=True, metavar="NAME=VALUE", help="poison parameter, repeatable")(f)
+    f = click.option("--key", type=int, default=0, envvar="BENCH_POISON_KEY", show_default=True,
+                     help="private poison key (CUDA's seed); only its fingerprint is ever written; env BENCH_POISON_KEY")(f)
+    f = click.option("--ratio", type=float, default=1.0, show_default=True, help="fraction of the training set poisoned")(f)
+    f = click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100, svhn, fashion-mnist or imagefolder:PATH")(f)
+    return f
+
+
+# ------------------------------------------------------------------------------------------ group
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="unlearnable-bench")
+def cli() -> None:
+    """unlearnable-bench: does an unlearnable-data poison survive a defense?
+
+    Example: bench run --poison cuda --defense dat --data-root ../shared/data
+    """
+
+
+# ------------------------------------------------------------------------------------------- list
+
+@cli.command("list")
+@click.argument("what", required=False, type=click.Choice(["poisons", "defenses", "models", "datasets", "presets"]))
+def list_cmd(what: str | None) -> None:
+    """List poisons, defenses, models, datasets and presets with their parameters."""
+    from benchmark.protocol import PRESET_HELP
+    from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
+
+    sections = [what] if what else ["poisons", "defenses", "models", "datasets", "presets"]
+    for section in sections:
+        table = Table(title=section, title_justify="left", show_lines=False)
+        table.add_column("name", style="bold cyan", no_wrap=True)
+        table.add_column("description")
+        if section in ("poisons", "defenses"):
+            table.add_column("parameters (default)")
+            reg = POISONS if section == "poisons" else DEFENSES
+            for name in reg.names():
+                cls = reg.get(name)
+                params = ", ".join(f"{n}={d!r}" for n, _t, d, _h in describe_params(cls.Params)) or "-"
+                aliases = reg.aliases_of(name)
+                label = name + (f" ({', '.join(aliases)})" if aliases else "")
+                table.add_row(label, cls.describe(), params)
+        elif section in ("models", "datasets"):
+            reg = MODELS if section == "models" else DATASETS
+            for name in reg.names():
+                obj = reg.get(name)
+                doc = (obj.__doc__ or "").strip().splitlines()
+                label = name + "<name>" if name.endswith(":") and section == "models" else name
+                label = "imagefolder:PATH" if name == "imagefolder:" else label
+                table.add_row(label, doc[0] if doc else "")
+        else:
+            for name, text in PRESET_HELP.items():
+                table.add_row(name, text)
+        console.print(table)
+
+
+# -------------------------------------------------------------------------------------------- run
+
+PROTOCOL_FLAGS = ("epochs", "batch_size", "lr", "model", "train_subset", "test_subset", "weight_decay",
+                  "schedule", "grad_clip")
+
+
+@cli.command("run")
+@poison_options
+@click.option("--defense", default="none", show_default=True, help="defense name, or a composition such as at+mixup")
+@click.option("--defense-param", "defense_params", multiple=True, metavar="NAME=VALUE", help="defense parameter (name or component.name), repeatable")
+@click.option("--preset", help="protocol preset: smoke, cpu (default without GPU), paper (default with GPU)")
+@click.option("--model", help="override the preset's model")
+@click.option("--epochs", type=int, help="override the preset's epochs")
+@click.option("--batch-size", type=int, help="override the preset's batch size")
+@click.option("--lr", type=float, help="override the preset's learning rate")
+@click.option("--weight-decay", type=float, help="override the preset's weight decay")
+@click.option("--schedule", help="override the schedule: onecycle, step, cosine, constant")
+@click.option("--grad-clip", type=float, help="override the gradient-norm clip (0 = off)")
+@click.option("--train-subset", type=int, help="train on a fixed subset of this many images (0 = all)")
+@click.option("--test-subset", type=int, help="evaluate on a fixed subset of this many test images (0 = all)")
+@click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="any other protocol field")
+@click.option("--seed", type=int, default=0, show_default=True, help="run seed (model init, data order, augmentation)")
+@click.option("--clean-only", is_flag=True, help="partial poisoning baseline: train only on the unpoisoned part")
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="also run the matching clean (--poison none) run if missing")
+@click.option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
+@click.option("--force", is_flag=True, help="run again even if a finished record exists")
+@data_options
+def run_cmd(**kw: Any) -> None:
+    """Train a victim on (poisoned) data under a defense and record clean test accuracy."""
+    from benchmark.runner import RunSpec
+    from benchmark.ui import run_with_display, summary_table
+
+    overrides: dict[str, Any] = {k: kw[k] for k in PROTOCOL_FLAGS if kw.get(k) is not None}
+    overrides.update(parse_kv(kw["protocol_params"], "--protocol-param"))
+    spec = RunSpec(
+        dataset=kw["dataset"], poison=kw["poison"], poison_params=parse_kv(kw["poison_params"], "--poison-param"),
+        key=kw["key"], ratio=kw["ratio"], clean_only=kw["clean_only"], defense=kw["defense"],
+        defense_params=parse_kv(kw["defense_params"], "--defense-param"), preset=kw["preset"],
+        overrides=overrides, seed=kw["seed"], data_root=kw["data_root"], cache_dir=kw["cache_dir"],
+        results=kw["results"], download=kw["download"], device=kw["device"], force=kw["force"],
+    )
+    main_rec, base_rec = run_with_display(spec, baseline=kw["baseline"], console=console)
+    console.print(summary_table(main_rec, base_rec))
+
+
+# ----------------------------------------------------------------------------------------- poison
+
+@cli.command("poison")
+@poison_options
+@click.option("--preset", default=None, help="generation preset for poisons that train a surrogate: smoke, cpu, paper")
+@click.option("--train-subset", type=int, default=None, help="poison a fixed subset of this many training images (default: the preset's)")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="output .npz (a .json sidecar is written beside it)")
+@data_options
+def poison_cmd(**kw: Any) -> None:
+    """Generate (or reuse from cache) a poisoned training set and export it as npz + JSON sidecar."""
+    from benchmark import paths
+    from benchmark.data import load_dataset, stratified_subset
+    from benchmark.poisoning import artifact_paths, build_poison, export_artifact, get_poisoned
+    from benchmark.protocol import resolve_protocol
+    from benchmark.runner import default_preset, resolve_device
+
+    device = resolve_device(kw["device"])
+    preset = kw["preset"] or default_preset(device)
+    proto = resolve_protocol(preset, {"train_subset": kw["train_subset"]})
+    spec = build_poison(kw["poison"], parse_kv(kw["poison_params"], "--poison-param"), kw["key"], kw["ratio"], preset)
+    out = Path(kw["out"])
+    if out.suffix != ".npz":
+        raise BenchError(f"--out must end in .npz, got '{out}'")
+    if out.parent and not out.parent.exists():
+        raise BenchError(f"output folder '{out.parent}' does not exist")
+    cache = paths.cache_dir(kw["cache_dir"])
+    data = load_dataset(kw["dataset"], paths.data_root(kw["data_root"]), cache, kw["download"])
+    train = data.train
+    if proto.train_subset:
+        train = train.subset(stratified_subset(train.y, proto.train_subset, proto.subset_seed))
+    dataset_id = {"name": data.name, "source": data.source, "train_size": len(train),
+                  "train_subset": proto.train_subset, "subset_seed": proto.subset_seed}
+    from benchmark.ui import poison_progress
+
+    with poison_progress(console, spec.name) as progress:
+        _poisoned, manifest = get_poisoned(train, dataset_id, spec, cache, device, preset, progress=progress)
+    npz, _ = artifact_paths(cache, dataset_id, spec)
+    sidecar = export_artifact(npz, manifest, out)
+    b = manifest["budget"]
+    state = "reused from cache" if manifest.get("cached") else "generated"
+    console.print(f"[bold]{spec.name}[/] on {data.name} ({data.source}, {len(train)} images): {state}, "
+                  f"{b['num_poisoned']} poisoned, generation {manifest['generation_seconds']:.3f} s on {manifest['generation_device']}")
+    console.print(f"budget: L-inf {b['linf_255']}/255, mean L2 {b['l2_mean']:.3f}, PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
+    console.print(f"wrote {out} and {sidecar}")
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors with exit code 2 for bad input."""
+    try:
+        cli.main(args=argv, prog_name="bench", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("bench: aborted")
+        sys.exit(130)
+    except click.exceptions.UsageError as exc:
+        msg = exc.format_message().replace("\n", " ")
+        where = exc.ctx.command_path if exc.ctx else "bench"
+        print(f"{where}: error: {msg} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        print(f"bench: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("bench: interrupted; run the same command again to resume from the last finished epoch", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"bench: run failed: {type(exc).__name__}: {exc} (set BENCH_DEBUG=1 for the traceback; "
+              "a failed run's record holds it too)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

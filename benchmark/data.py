@@ -1,0 +1,423 @@
+"""Datasets as uint8 tensors (N, C, H, W): decoded once, cached as npz, loaded in well under a second.
+
+Sources, in order: torchvision's own files under the data root; the offline copies laid out like the
+project's ``shared/data`` folder (``cifar10-jpeg/cifar10-jpeg.tar.gz``, ``fashion-mnist/*.gz``);
+torchvision download when the user passes ``--download``. ``imagefolder:PATH`` reads any folder of
+class sub-folders.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.errors import BenchError
+from benchmark.io import read_npz, write_npz
+from benchmark.registry import DATASETS, register_dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set: ``x`` uint8 (N, C, H, W), ``y`` int64 (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
+            raise ValueError(f"ImageSet.x must be uint8 (N,C,H,W), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y.shape != (self.x.shape[0],):
+            raise ValueError("ImageSet.y must have one label per image")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else int(self.y.max()) + 1
+
+    def subset(self, indices: torch.Tensor | np.ndarray) -> ImageSet:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ImageSet(self.x[idx], self.y[idx], list(self.classes))
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        return ImageSet(self.x.to(device), self.y.to(device), list(self.classes))
+
+
+@dataclass
+class Dataset:
+    """Train and test split of one dataset plus where it came from (recorded in every run)."""
+
+    name: str
+    source: str
+    train: ImageSet
+    test: ImageSet
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.x.shape[1:]
+        return int(c), int(h), int(w)
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot"]
+
+
+# ----------------------------------------------------------------------------------------- caching
+
+def _file_token(paths: list[Path]) -> str:
+    """Cheap identity of source files (path, size, mtime) for the decode cache key."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    path = cache / "datasets" / f"{tag}-{_file_token(sources)}.npz"
+    if path.exists():
+        try:
+            return read_npz(path, required=("x_train", "y_train", "x_test", "y_test"))
+        except BenchError:
+            path.unlink(missing_ok=True)  # a corrupt decode cache is rebuilt, not fatal
+    arrays = build()
+    write_npz(path, arrays)
+    return arrays
+
+
+def _to_dataset(name: str, source: str, arrays: dict[str, np.ndarray], classes: list[str]) -> Dataset:
+    def mk(split: str) -> ImageSet:
+        return ImageSet(torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}"])),
+                        torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)), list(classes))
+
+    return Dataset(name, source, mk("train"), mk("test"))
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+def _decode(item: tuple[str, bytes], mode: str | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    name, blob = item
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            im = im.convert(mode) if mode else im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise BenchError(f"cannot read image {name}: {exc}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decode_all(items: list[tuple[str, bytes]], mode: str | None) -> np.ndarray:
+    """Decode images in a thread pool (Pillow releases the GIL); all must share one size."""
+    if not items:
+        return np.zeros((0, 3, 1, 1), np.uint8)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        arrays = list(pool.map(lambda it: _decode(it, mode), items, chunksize=256))
+    first = arrays[0].shape
+    for (name, _), arr in zip(items, arrays, strict=True):
+        if arr.shape != first:
+            raise BenchError(f"image {name} has shape {arr.shape}, expected {first} like the first image; "
+                             "resize the folder to one size")
+    return np.stack(arrays)
+
+
+def _folder_mode(sample: bytes, name: str) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(sample)) as im:
+            return "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BenchError(f"cannot read image {name}: {exc}") from None
+
+
+def _split_items(entries: list[tuple[str, str, bytes]], classes: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    index = {c: i for i, c in enumerate(classes)}
+    entries = sorted(entries, key=lambda e: (index[e[0]], e[1]))
+    x = _decode_all([(e[1], e[2]) for e in entries], mode)
+    y = np.array([index[e[0]] for e in entries], dtype=np.int64)
+    return x, y
+
+
+def decode_image_tar(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Decode a tar of ``{train,test}/<class>/<image>`` (the offline CIFAR-10 copy's layout)."""
+    entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
+                    continue
+                parts = Path(member.name).parts
+                if len(parts) < 3 or parts[-3] not in entries:
+                    continue
+                blob = tar.extractfile(member).read()  # type: ignore[union-attr]
+                entries[parts[-3]].append((parts[-2], f"{path}:{member.name}", blob))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BenchError(f"cannot read dataset archive {path}: {exc}") from None
+    classes = sorted({e[0] for e in entries["train"]})
+    if not classes or not entries["test"]:
+        raise BenchError(f"dataset archive {path} has no train/<class>/ and test/<class>/ images")
+    mode = _folder_mode(entries["train"][0][2], entries["train"][0][1])
+    x_tr, y_tr = _split_items(entries["train"], classes, mode)
+    x_te, y_te = _split_items(entries["test"], classes, mode)
+    return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}, classes
+
+
+def read_idx_gz(path: Path) -> np.ndarray:
+    """Read a gzipped IDX file (MNIST format) without torchvision."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise BenchError(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise BenchError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise BenchError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+# ---------------------------------------------------------------------------------------- loaders
+
+def _missing(name: str, root: Path, offline: str) -> BenchError:
+    return BenchError(
+        f"{name} not found under data root '{root}': pass --download to fetch it with torchvision, "
+        f"or --data-root DIR (or $BENCH_DATA_ROOT) pointing at a folder with {offline}"
+    )
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        return  # absent roots are fine with --download; loaders report what is missing
+    if not root.is_dir():
+        raise BenchError(f"data root '{root}' is not a directory")
+    try:
+        next(iter(root.iterdir()), None)
+    except OSError as exc:
+        raise BenchError(f"data root '{root}' is not readable: {exc.strerror}") from None
+
+
+def _torchvision_arrays(ds_train, ds_test) -> dict[str, np.ndarray]:
+    def conv(ds) -> tuple[np.ndarray, np.ndarray]:
+        data = np.asarray(ds.data)
+        labels = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)), dtype=np.int64)
+        if data.ndim == 3:
+            data = data[:, None]
+        elif data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
+            data = data.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(data.astype(np.uint8)), labels
+
+    x_tr, y_tr = conv(ds_train)
+    x_te, y_te = conv(ds_test)
+    return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+
+
+@register_dataset("cifar10")
+def load_cifar10(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
+    """CIFAR-10 (10 classes, 32x32 RGB): torchvision files, the offline JPEG copy, or download."""
+    tv_dir = root / "cifar-10-batches-py"
+    jpeg_tar = root / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+    if tv_dir.is_dir() or (download and not jpeg_tar.exists()):
+        from torchvision.datasets import CIFAR10
+
+        # torchvision verifies the batches' MD5 sums before reading them, so only the official,
+        # known files are ever unpickled.
+        try:
+            arrays = _cached(cache, "cifar10-torchvision", [tv_dir] if tv_dir.exists() else [root], lambda: _torchvision_arrays(
+                CIFAR10(str(root), train=True, download=download), CIFAR10(str(root), train=False, download=download)))
+        except RuntimeError as exc:
+            raise BenchError(f"CIFAR-10 under '{root}': {exc}") from None
+        return _to_dataset("cifar10", "torchvision", arrays, CIFAR10_CLASSES)
+    if jpeg_tar.is_file():
+        def build() -> dict[str, np.ndarray]:
+            arrays, classes = decode_image_tar(jpeg_tar)
+            if classes != sorted(CIFAR10_CLASSES):
+                raise BenchError(f"{jpeg_tar} has classes {classes}, expected the 10 CIFAR-10 classes")
+            return arrays
+
+        return _to_dataset("cifar10", "cifar10-jpeg", _cached(cache, "cifar10-jpeg", [jpeg_tar], build),
+                           sorted(CIFAR10_CLASSES))
+    raise _missing("CIFAR-10", root, "cifar-10-batches-py/ or cifar10-jpeg/cifar10-jpeg.tar.gz")
+
+
+@register_dataset("cifar100")
+def load_cifar100(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
+    """CIFAR-100 (100 classes, 32x32 RGB) through torchvision."""
+    from torchvision.datasets import CIFAR100
+
+    tv_dir = root / "cifar-100-python"
+    if not (tv_dir.is_dir() or download):
+        raise _missing("CIFAR-100", root, "cifar-100-python/")
+    try:
+        train = CIFAR100(str(root), train=True, download=download)
+        test = CIFAR100(str(root), train=False, download=download)
+    except RuntimeError as exc:
+        raise BenchError(f"CIFAR-100 under '{root}': {exc}") from None
+    arrays = _cached(cache, "cifar100-torchvision", [tv_dir], lambda: _torchvision_arrays(train, test))
+    return _to_dataset("cifar100", "torchvision", arrays, list(train.classes))
+
+
+@register_dataset("svhn")
+def load_svhn(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
+    """SVHN (10 digits, 32x32 RGB) through torchvision (train + test .mat files)."""
+    from torchvision.datasets import SVHN
+
+    files = [root / "train_32x32.mat", root / "test_32x32.mat"]
+    if not (all(f.is_file() for f in files) or download):
+        raise _missing("SVHN", root, "train_32x32.mat and test_32x32.mat")
+    try:
+        train = SVHN(str(root), split="train", download=download)
+        test = SVHN(str(root), split="test", download=download)
+    except RuntimeError as exc:
+        raise BenchError(f"SVHN under '{root}': {exc}") from None
+    arrays = _cached(cache, "svhn-torchvision", files, lambda: _torchvision_arrays(train, test))
+    return _to_dataset("svhn", "torchvision", arrays, [str(i) for i in range(10)])
+
+
+@register_dataset("fashion-mnist", aliases=("fashionmnist", "fmnist"))
+def load_fashion_mnist(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
+    """Fashion-MNIST (10 classes, 28x28 grey): IDX files from torchvision's folder or the offline copy."""
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    for folder, source in ((root / "FashionMNIST" / "raw", "torchvision"), (root / "fashion-mnist", "fashion-mnist-idx")):
+        files = [folder / n for n in names]
+        if all(f.is_file() for f in files):
+            break
+    else:
+        if not download:
+            raise _missing("Fashion-MNIST", root, "fashion-mnist/*.gz or FashionMNIST/raw/*.gz")
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
+        except RuntimeError as exc:
+            raise BenchError(f"Fashion-MNIST download failed: {exc}") from None
+        files = [root / "FashionMNIST" / "raw" / n for n in names]
+        source = "torchvision"
+
+    def build() -> dict[str, np.ndarray]:
+        xtr, ytr, xte, yte = (read_idx_gz(f) for f in files)
+        return {"x_train": xtr[:, None].copy(), "y_train": ytr.astype(np.int64),
+                "x_test": xte[:, None].copy(), "y_test": yte.astype(np.int64)}
+
+    return _to_dataset("fashion-mnist", source, _cached(cache, "fashion-mnist", files, build), FASHION_CLASSES)
+
+
+def _list_class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_folder(folder: Path) -> list[tuple[str, str, bytes]]:
+    entries = []
+    for cls in _list_class_folders(folder):
+        for f in sorted(cls.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    entries.append((cls.name, str(f), f.read_bytes()))
+                except OSError as exc:
+                    raise BenchError(f"cannot read image {f}: {exc.strerror}") from None
+    return entries
+
+
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_SEED = 0
+
+
+@register_dataset("imagefolder:")
+def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
+    """``imagefolder:PATH``: PATH/train and PATH/test with one sub-folder per class (sorted names =
+    labels), or PATH with class folders directly, split 80/20 per class by a fixed seed."""
+    path = Path(spec.split(":", 1)[1]).expanduser()
+    if not path.is_dir():
+        raise BenchError(f"image folder '{path}' does not exist or is not a directory")
+    has_split = (path / "train").is_dir() and (path / "test").is_dir()
+    sources = sorted(p for p in path.rglob("*") if p.is_file())
+    if not sources:
+        raise BenchError(f"image folder '{path}' contains no images")
+
+    classes_holder: dict[str, list[str]] = {}
+
+    def build() -> dict[str, np.ndarray]:
+        if has_split:
+            train, test = _read_folder(path / "train"), _read_folder(path / "test")
+            classes = [p.name for p in _list_class_folders(path / "train")]
+            if [p.name for p in _list_class_folders(path / "test")] != classes:
+                raise BenchError(f"image folder '{path}': train/ and test/ must have the same class folders")
+        else:
+            entries = _read_folder(path)
+            classes = [p.name for p in _list_class_folders(path)]
+            rng = np.random.default_rng(HOLDOUT_SEED)
+            train, test = [], []
+            for c in classes:
+                items = [e for e in entries if e[0] == c]
+                order = rng.permutation(len(items))
+                n_test = max(1, int(round(HOLDOUT_FRACTION * len(items)))) if len(items) > 1 else 0
+                test += [items[i] for i in order[:n_test]]
+                train += [items[i] for i in order[n_test:]]
+        if not train or not classes:
+            raise BenchError(f"image folder '{path}' has no class sub-folders with images")
+        mode = _folder_mode(train[0][2], train[0][1])
+        x_tr, y_tr = _split_items(train, classes, mode)
+        x_te, y_te = _split_items(test, classes, mode) if test else (x_tr[:0], y_tr[:0])
+        classes_holder["c"] = classes
+        return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
+                "classes": np.array(classes, dtype=np.str_)}
+
+    arrays = _cached(cache, "imagefolder", sources, build)
+    classes = [str(c) for c in arrays.get("classes", np.array(classes_holder.get("c", [])))]
+    return _to_dataset(f"imagefolder:{path}", "imagefolder", arrays, classes)
+
+
+def load_dataset(name: str, data_root: Path, cache: Path, download: bool = False) -> Dataset:
+    """Look up ``name`` in the dataset registry and load it (cached)."""
+    loader = DATASETS.get(name)
+    _check_root(data_root)
+    return loader(name, data_root, cache, download)
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices (sorted) of a seeded subset of ``n`` images with classes as balanced as possible."""
+    total = int(y.shape[0])
+    if n >= total:
+        return torch.arange(total)
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.unique(y)
+    per_class = [torch.nonzero(y == c).flatten() for c in classes]
+    quota = [n * len(ix) // total for ix in per_class]
+    # hand out the remainder one image at a time, largest classes first (deterministic)
+    order = sorted(range(len(per_class)), key=lambda i: -len(per_class[i]))
+    k = 0
+    while sum(quota) < n:
+        i = order[k % len(order)]
+        if quota[i] < len(per_class[i]):
+            quota[i] += 1
+        k += 1
+    chosen = [ix[torch.randperm(len(ix), generator=gen)[:q]] for ix, q in zip(per_class, quota, strict=True)]
+    return torch.sort(torch.cat(chosen)).values
+
+
+def dataset_names() -> list[str]:
+    return DATASETS.names()

@@ -1,0 +1,71 @@
+"""Atomic, pickle-free file writing and reading (JSON, npz arrays)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.errors import BenchError
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via ``write(tmp_path)`` into a temp file beside ``path``, then rename over it.
+
+    A crash leaves either the old file or none, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"cannot read JSON file {path}: {exc}") from None
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Uncompressed npz (fast to load); object arrays are refused so loading never needs pickle."""
+    for key, arr in arrays.items():
+        if arr.dtype == object:
+            raise ValueError(f"refusing to store object array '{key}'")
+
+    def _write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(path, _write)
+
+
+def read_npz(path: Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Load every array of an npz without pickle; a corrupt file is a one-line BenchError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise BenchError(f"corrupt or unreadable array file {path}: {exc}") from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise BenchError(f"corrupt array file {path}: missing {', '.join(missing)}")
+    return arrays

@@ -1,0 +1,136 @@
+"""Typed, validated parameters for poisons and defenses.
+
+A plugin declares its parameters as a dataclass whose fields use :func:`param` (default, help text,
+bounds, choices). :func:`build_params` turns ``name=value`` strings from the CLI (or a dict from a
+config file) into a validated instance, so bad values fail before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmark.errors import BenchError
+
+
+def param(
+    default: Any,
+    help: str = "",
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    odd: bool = False,
+) -> Any:
+    """A dataclass field with a help line and validation bounds."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "odd": odd}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For plugins without parameters."""
+
+
+def _convert(owner: str, name: str, raw: Any, default: Any) -> Any:
+    kind = type(default)
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            if kind is bool:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if kind is int:
+                return int(text)
+            if kind is float:
+                return _parse_float(text)
+        except ValueError:
+            raise BenchError(
+                f"{owner}: parameter '{name}' must be a {kind.__name__}, got '{raw}'"
+            ) from None
+        return text
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if default is not None and not isinstance(raw, kind):
+        raise BenchError(f"{owner}: parameter '{name}' must be a {kind.__name__}, got {raw!r}")
+    return raw
+
+
+def _parse_float(text: str) -> float:
+    """Floats, plus fractions such as ``8/255`` (budgets are written that way in papers)."""
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def check_field(owner: str, f: dataclasses.Field, value: Any) -> None:
+    """Raise a one-line BenchError if ``value`` breaks the field's declared bounds."""
+    m = f.metadata
+    if m.get("choices") is not None and value not in m["choices"]:
+        valid = ", ".join(str(c) for c in m["choices"])
+        raise BenchError(f"{owner}: parameter '{f.name}'={value!r} is not valid; valid: {valid}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            raise BenchError(f"{owner}: parameter '{f.name}' is NaN")
+        bounds = [("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
+                  ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b)]
+        for key, sym, ok in bounds:
+            bound = m.get(key)
+            if bound is not None and not ok(value, bound):
+                raise BenchError(
+                    f"{owner}: parameter '{f.name}'={value} is out of range; it must be {sym} {bound}"
+                )
+        if m.get("odd") and int(value) % 2 != 1:
+            raise BenchError(f"{owner}: parameter '{f.name}'={value} must be an odd integer")
+
+
+def build_params(cls: type, overrides: Mapping[str, Any] | None, owner: str) -> Any:
+    """Instantiate the params dataclass ``cls`` from defaults plus validated ``overrides``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, raw in (overrides or {}).items():
+        if name not in fields:
+            valid = ", ".join(fields) or "(none)"
+            raise BenchError(f"{owner}: unknown parameter '{name}'; valid: {valid}")
+        values[name] = _convert(owner, name, raw, fields[name].default)
+    instance = cls(**values)
+    for name, f in fields.items():
+        check_field(owner, f, getattr(instance, name))
+    validate = getattr(instance, "validate", None)
+    if callable(validate):
+        validate(owner)
+    return instance
+
+
+def params_dict(instance: Any) -> dict[str, Any]:
+    """Plain JSON-ready dict of a params instance."""
+    return dataclasses.asdict(instance)
+
+
+def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for ``bench list``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        out.append((f.name, type(f.default).__name__, f.default, f.metadata.get("help", "")))
+    return out
+
+
+def parse_kv(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    """Parse CLI ``name=value`` pairs into a dict, with a clear error for malformed items."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise BenchError(f"{what} '{item}' must look like name=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

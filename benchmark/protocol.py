@@ -1,0 +1,78 @@
+"""Protocol presets: the frozen training recipe a record is measured under.
+
+``smoke`` is for tests (seconds), ``cpu`` is the default without a GPU (small CNN on a fixed 20k
+CIFAR-10 subset, minutes on two cores), ``paper`` is the CUDA official victim protocol (spec
+defenses.md §1: ResNet-18, 100 epochs, batch 512, SGD 0.1/0.9/5e-4, StepLR 40 x0.1, grad clip 5).
+Every field can be overridden; records store the resolved values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from benchmark.errors import BenchError, did_you_mean
+from benchmark.params import check_field, param
+
+
+@dataclass(frozen=True)
+class Protocol:
+    preset: str = param("cpu", "preset this protocol came from")
+    model: str = param("small-cnn", "victim architecture (bench list models)")
+    epochs: int = param(15, "training epochs", ge=1)
+    batch_size: int = param(256, "training batch size", ge=1)
+    lr: float = param(0.1, "peak learning rate (SGD)", gt=0.0)
+    momentum: float = param(0.9, "SGD momentum", ge=0.0, lt=1.0)
+    nesterov: bool = param(False, "Nesterov momentum")
+    weight_decay: float = param(5e-4, "L2 weight decay", ge=0.0)
+    schedule: str = param("onecycle", "learning-rate schedule", choices=("onecycle", "step", "cosine", "constant"))
+    lr_step: int = param(40, "step schedule: decay every this many epochs", ge=1)
+    lr_gamma: float = param(0.1, "step schedule: decay factor", gt=0.0, le=1.0)
+    warmup: float = param(0.25, "onecycle: fraction of steps spent warming up", ge=0.0, lt=1.0)
+    grad_clip: float = param(0.0, "global gradient-norm clip (0 = off)", ge=0.0)
+    label_smoothing: float = param(0.0, "label smoothing of the training targets", ge=0.0, lt=1.0)
+    augment: bool = param(True, "random crop (pad 4) + horizontal flip, batched on the device")
+    train_subset: int = param(0, "train on a fixed stratified subset of this many images (0 = all)", ge=0)
+    test_subset: int = param(0, "evaluate on a fixed stratified subset of the test set (0 = all)", ge=0)
+    subset_seed: int = param(0, "seed of the fixed subsets (part of the protocol, not the run seed)", ge=0)
+    eval_batch_size: int = param(1000, "evaluation batch size", ge=1)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(preset="smoke", model="small-cnn", epochs=3, batch_size=64, lr=0.05, schedule="onecycle",
+                  train_subset=512, test_subset=500),
+    "cpu": dict(preset="cpu", model="small-cnn", epochs=15, batch_size=256, lr=0.2, nesterov=True,
+                schedule="onecycle", weight_decay=5e-4, train_subset=20000),
+    "paper": dict(preset="paper", model="resnet18", epochs=100, batch_size=512, lr=0.1, momentum=0.9,
+                  weight_decay=5e-4, schedule="step", lr_step=40, lr_gamma=0.1, grad_clip=5.0, warmup=0.0),
+}
+
+PRESET_HELP = {
+    "smoke": "tests: 512 train / 500 test images, 3 epochs, seconds",
+    "cpu": "default without a GPU: small-cnn, fixed 20k CIFAR-10 subset, 15 epochs one-cycle, minutes on 2 cores",
+    "paper": "default with a GPU: CUDA official protocol, ResNet-18, full data, 100 epochs, bs 512, StepLR 40",
+}
+
+
+def resolve_protocol(preset: str, overrides: Mapping[str, Any] | None = None) -> Protocol:
+    """Preset values plus validated overrides (``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise BenchError(f"unknown preset '{preset}': {did_you_mean(preset, sorted(PRESETS))}")
+    values = dict(PRESETS[preset])
+    fields = {f.name: f for f in dataclasses.fields(Protocol)}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise BenchError(f"unknown protocol option '{key}'; valid: {', '.join(fields)}")
+        values[key] = value
+    proto = Protocol(**values)
+    for name, f in fields.items():
+        check_field("protocol", f, getattr(proto, name))
+    return proto
+
+
+def protocol_dict(proto: Protocol) -> dict[str, Any]:
+    return dataclasses.asdict(proto)

@@ -1,0 +1,143 @@
+"""Run records: one JSON per run, the single source of truth for tables and plots.
+
+Fields other tools read (stable names): ``schema_version``, ``run_id``, ``status``, ``created``,
+``config.{dataset, dataset_source, model, preset, seed, protocol, poison{name, params, ratio,
+key_fingerprint, clean_only}, defense{name, params, components}}``, ``environment``, ``poison`` (budget
+metrics, generation cost), ``metrics.{test_acc, peak_test_acc, peak_epoch, train_acc,
+per_class_test_acc, per_epoch, defense}``, ``timings`` (seconds), ``error``.
+Accuracies are percentages (0-100) as numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import BenchError
+from benchmark.io import write_json
+
+SCHEMA_VERSION = 1
+STATUSES = ("finished", "failed")
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """Hash of the full resolved config: same config (and seed) -> same id -> same record file."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "_", text).strip("_")[:60]
+
+
+def record_filename(config: dict[str, Any], rid: str) -> str:
+    parts = [config["dataset"], config["preset"], config["model"], config["poison"]["name"],
+             config["defense"]["name"], f"s{config['seed']}"]
+    if config["poison"].get("ratio", 1.0) != 1.0:
+        parts.insert(4, f"r{config['poison']['ratio']:g}")
+    if config["poison"].get("clean_only"):
+        parts.insert(4, "cleanonly")
+    return "-".join(_slug(str(p)) for p in parts) + f"-{rid}.json"
+
+
+def find_record(results: Path, rid: str) -> Path | None:
+    matches = sorted(Path(results).glob(f"*-{rid}.json"))
+    return matches[0] if matches else None
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Package versions, device and code version behind a run."""
+    import numpy
+    import torch
+    import torchvision
+
+    import benchmark
+
+    dev_name = device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev_name = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "bench_version": benchmark.__version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": dev_name,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+REQUIRED = {
+    "schema_version": int, "run_id": str, "status": str, "config": dict, "metrics": dict, "timings": dict,
+}
+
+
+def validate_record(rec: Any) -> str | None:
+    """None if ``rec`` is a usable record of this schema, else what is wrong (one line)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if rec.get("schema_version") != SCHEMA_VERSION:
+        return f"unknown schema_version {rec.get('schema_version')!r} (this version reads {SCHEMA_VERSION})"
+    for key, typ in REQUIRED.items():
+        if not isinstance(rec.get(key), typ):
+            return f"field '{key}' missing or not a {typ.__name__}"
+    if rec["status"] not in STATUSES:
+        return f"unknown status {rec['status']!r}"
+    cfg = rec["config"]
+    for key in ("dataset", "model", "preset", "seed", "poison", "defense"):
+        if key not in cfg:
+            return f"field 'config.{key}' missing"
+    if rec["status"] == "finished" and not isinstance(rec["metrics"].get("test_acc"), (int, float)):
+        return "finished run without metrics.test_acc"
+    return None
+
+
+def write_record(path: Path, rec: dict[str, Any]) -> None:
+    problem = validate_record(rec)
+    if problem:
+        raise BenchError(f"refusing to write invalid record {path}: {problem}")
+    write_json(path, rec)
+
+
+def load_records(results: Path, warn=None) -> list[tuple[Path, dict[str, Any]]]:
+    """All valid records under ``results`` (recursively); each bad file is skipped with one warning."""
+    out = []
+    for path in sorted(Path(results).rglob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            if warn:
+                warn(f"skipping {path}: unreadable JSON ({str(exc).splitlines()[0]})")
+            continue
+        problem = validate_record(rec)
+        if problem:
+            if warn:
+                warn(f"skipping {path}: {problem}")
+            continue
+        out.append((path, rec))
+    return out

@@ -1,0 +1,240 @@
+"""One benchmark run end to end: data -> poison -> defense -> victim training -> evaluation -> record.
+
+``prepare_run`` validates everything (names, params, data) before any expensive work; ``execute``
+does the work and writes the record atomically. The CLI and the sweep both drive these two calls.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark import paths
+from benchmark.data import Dataset, ImageSet, load_dataset, stratified_subset
+from benchmark.errors import BenchError
+from benchmark.evaluate import evaluate
+from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
+from benchmark.protocol import Protocol, protocol_dict, resolve_protocol
+from benchmark.records import SCHEMA_VERSION, environment, find_record, now_iso, record_filename, run_id, write_record
+from benchmark.registry import MODELS
+from benchmark.train import train_model
+from defenses.base import DefenseStack, TrainContext, build_defense
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device '{name}'; valid: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def default_preset(device: torch.device) -> str:
+    return "paper" if device.type == "cuda" else "cpu"
+
+
+@dataclass
+class RunSpec:
+    """Everything a user can set for one run (CLI flags map onto these)."""
+
+    dataset: str = "cifar10"
+    poison: str = "none"
+    poison_params: dict[str, Any] = field(default_factory=dict)
+    key: int = 0
+    ratio: float = 1.0
+    clean_only: bool = False  # partial poisoning baseline: train on the unpoisoned part only
+    defense: str = "none"
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    data_root: str | None = None
+    cache_dir: str | None = None
+    results: str | None = None
+    download: bool = False
+    device: str = "auto"
+    force: bool = False
+
+
+@dataclass
+class PreparedRun:
+    spec: RunSpec
+    device: torch.device
+    protocol: Protocol
+    poison: PoisonSpec
+    defense: DefenseStack
+    data: Dataset
+    train: ImageSet
+    test: ImageSet
+    config: dict[str, Any]
+    run_id: str
+    record_path: Path
+    cache: Path
+
+    @property
+    def dataset_id(self) -> dict[str, Any]:
+        return {"name": self.data.name, "source": self.data.source, "train_size": len(self.train),
+                "train_subset": self.protocol.train_subset, "subset_seed": self.protocol.subset_seed}
+
+
+def prepare_run(spec: RunSpec) -> PreparedRun:
+    """Validate the request and load data; raises BenchError (one line) on any bad input."""
+    if spec.seed < 0:
+        raise BenchError(f"--seed must be >= 0, got {spec.seed}")
+    device = resolve_device(spec.device)
+    preset = spec.preset or default_preset(device)
+    proto = resolve_protocol(preset, spec.overrides)
+    MODELS.canonical(proto.model)
+    poison = build_poison(spec.poison, spec.poison_params, spec.key, spec.ratio, preset)
+    defense = build_defense(spec.defense, spec.defense_params)
+    if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
+        raise BenchError("--clean-only needs a partial poison (--ratio below 1) of a real poison")
+    cache = paths.cache_dir(spec.cache_dir)
+    data = load_dataset(spec.dataset, paths.data_root(spec.data_root), cache, spec.download)
+    train, test = data.train, data.test
+    if proto.train_subset:
+        train = train.subset(stratified_subset(train.y, proto.train_subset, proto.subset_seed))
+    if proto.test_subset:
+        test = test.subset(stratified_subset(test.y, proto.test_subset, proto.subset_seed))
+    poison_rec = poison.record()
+    poison_rec["clean_only"] = spec.clean_only
+    config = {
+        "dataset": data.name,
+        "dataset_source": data.source,
+        "train_size": len(train),
+        "test_size": len(test),
+        "model": proto.model,
+        "preset": proto.preset,
+        "protocol": protocol_dict(proto),
+        "seed": spec.seed,
+        "poison": poison_rec,
+        "defense": defense.record(),
+    }
+    rid = run_id(config)
+    results = paths.results_dir(spec.results)
+    existing = find_record(results, rid)
+    path = existing or results / record_filename(config, rid)
+    return PreparedRun(spec, device, proto, poison, defense, data, train, test, config, rid, path, cache)
+
+
+def existing_record(prep: PreparedRun) -> dict[str, Any] | None:
+    """The finished record of this exact config, if there is one."""
+    if not prep.record_path.exists():
+        return None
+    from benchmark.io import read_json
+
+    rec = read_json(prep.record_path)
+    return rec if rec.get("status") == "finished" else None
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed * 7919 + 1)
+
+
+def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
+    """Run (or resume) training and write the record. Returns the record."""
+    emit = on_event or (lambda kind, data: None)
+    t_start = time.perf_counter()
+    emit("poison_start", {"name": prep.poison.name})
+    poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
+                                      prep.protocol.preset,
+                                      progress=lambda step, total, info: emit("poison_progress",
+                                                                              {"step": step, "total": total, **info}))
+    emit("poison_done", manifest)
+    train = poisoned.as_imageset(prep.train.classes)
+    if prep.spec.clean_only:
+        keep = torch.ones(len(train), dtype=torch.bool)
+        keep[poisoned.poisoned_indices] = False
+        train = train.subset(torch.nonzero(keep).flatten())
+    num_classes = prep.data.num_classes
+    c, h, w = prep.data.shape
+    gen = _seed_everything(prep.spec.seed)
+    ctx = TrainContext(device=prep.device, num_classes=num_classes, in_channels=c, image_size=(h, w),
+                       protocol=prep.protocol, seed=prep.spec.seed, generator=gen, cache_dir=prep.cache,
+                       extras={"dataset": prep.data, "data_root": prep.spec.data_root})
+    ckpt = prep.cache / "checkpoints" / f"{prep.run_id}.pt"
+    try:
+        train_dev = prep.defense.prepare(train, ctx).to(prep.device)
+        model = prep.defense.build_model(prep.protocol.model, num_classes, c, ctx).to(prep.device)
+        if prep.device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
+        test_dev = prep.test.to(prep.device)
+        emit("train_start", {"epochs": prep.protocol.epochs, "resume": ckpt.exists()})
+        result = train_model(model, train_dev, test_dev, prep.protocol, prep.defense, ctx, ckpt,
+                             on_epoch=lambda e: emit("epoch", e))
+        t_eval = time.perf_counter()
+        probe = train_dev if len(train_dev) <= 10000 else train_dev.subset(torch.arange(10000))
+        train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predict, prep.protocol.eval_batch_size)
+        extra = prep.defense.evaluate(model, test_dev, ctx)
+        eval_extra = time.perf_counter() - t_eval
+    except (KeyboardInterrupt, BenchError):
+        raise
+    except Exception as exc:
+        rec = _record(prep, manifest, status="failed", error=f"{type(exc).__name__}: {exc}",
+                      traceback_text=traceback.format_exc(limit=8))
+        write_record(prep.record_path, rec)
+        raise
+    per_epoch = result.per_epoch
+    peak = max(per_epoch, key=lambda e: e["test_acc"])
+    metrics = {
+        "test_acc": round(result.test_acc, 3),
+        "peak_test_acc": peak["test_acc"],
+        "peak_epoch": peak["epoch"],
+        "train_acc": round(train_acc, 3),
+        "per_class_test_acc": result.per_class_test_acc,
+        "per_epoch": per_epoch,
+        "defense": extra,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
+    timings = {
+        "poison_generation": manifest.get("generation_seconds"),
+        "poison_cached": bool(manifest.get("cached")),
+        "training": round(result.train_seconds, 3),
+        "evaluation": round(result.eval_seconds + eval_extra, 3),
+        "wall": round(time.perf_counter() - t_start, 3),
+    }
+    rec = _record(prep, manifest, status="finished", metrics=metrics, timings=timings)
+    write_record(prep.record_path, rec)
+    ckpt.unlink(missing_ok=True)
+    emit("done", rec)
+    return rec
+
+
+def _record(prep: PreparedRun, manifest: dict[str, Any], status: str, metrics: dict | None = None,
+            timings: dict | None = None, error: str | None = None, traceback_text: str | None = None) -> dict[str, Any]:
+    poison = {
+        "budget": manifest.get("budget"),
+        "generation_seconds": manifest.get("generation_seconds"),
+        "generation_device": manifest.get("generation_device"),
+        "num_poisoned": (manifest.get("budget") or {}).get("num_poisoned"),
+        "info": manifest.get("info", {}),
+    }
+    rec = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": prep.run_id,
+        "status": status,
+        "created": now_iso(),
+        "config": prep.config,
+        "environment": environment(str(prep.device)),
+        "poison": poison,
+        "defense_source": prep.defense.describe_source(),
+        "metrics": metrics or {},
+        "timings": timings or {},
+        "error": error,
+    }
+    if traceback_text:
+        rec["traceback"] = traceback_text
+    return rec

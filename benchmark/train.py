@@ -1,0 +1,184 @@
+"""The victim trainer: SGD under a protocol preset, with defense hooks and per-epoch checkpoints.
+
+The training set is one uint8 tensor on the training device; crop (pad 4) and flip are batched tensor
+ops there. All randomness after model init comes from one CPU ``torch.Generator`` seeded by the run
+seed, and its state is checkpointed, so an interrupted run resumes to the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.data import ImageSet
+from benchmark.evaluate import evaluate
+from benchmark.io import atomic_write
+from benchmark.protocol import Protocol
+from defenses.base import DefenseStack, TrainContext
+
+
+def random_crop_flip(x: torch.Tensor, ctx: TrainContext, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` plus horizontal flip, for the whole batch at once."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = ctx.randint(2 * pad + 1, (n,))
+    ox = ctx.randint(2 * pad + 1, (n,))
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    flip = ctx.rand(n) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def lr_at(proto: Protocol, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for a global step under the protocol's schedule."""
+    total = proto.epochs * steps_per_epoch
+    if proto.schedule == "constant":
+        return proto.lr
+    if proto.schedule == "step":
+        return proto.lr * proto.lr_gamma ** ((step // steps_per_epoch) // proto.lr_step)
+    if proto.schedule == "cosine":
+        return 0.5 * proto.lr * (1 + math.cos(math.pi * step / total))
+    warm = max(1, int(proto.warmup * total))  # onecycle: linear up, then linear down to 0
+    if step < warm:
+        return proto.lr * (0.1 + 0.9 * step / warm)
+    return proto.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    per_epoch: list[dict[str, Any]] = field(default_factory=list)
+    test_acc: float = 0.0
+    per_class_test_acc: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign checkpoint is discarded: the run restarts from epoch 0
+        return None
+
+
+def train_model(
+    model: nn.Module,
+    train: ImageSet,
+    test: ImageSet,
+    proto: Protocol,
+    defense: DefenseStack,
+    ctx: TrainContext,
+    checkpoint: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train`` (uint8, on ctx.device) and evaluate on ``test`` every epoch."""
+    device = ctx.device
+    gen = ctx.generator
+    assert gen is not None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=proto.lr, momentum=proto.momentum, nesterov=proto.nesterov and proto.momentum > 0,
+                          weight_decay=proto.weight_decay)
+    n = len(train)
+    steps_per_epoch = max(1, math.ceil(n / proto.batch_size))
+    result = TrainResult(model=model)
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = _load_checkpoint(checkpoint)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            start_epoch = int(state["epoch"])
+            result.per_epoch = list(state["per_epoch"])
+            result.train_seconds = float(state["train_seconds"])
+            result.eval_seconds = float(state["eval_seconds"])
+            result.resumed_from_epoch = start_epoch
+
+    labels_onehot = F.one_hot(train.y.to(device), ctx.num_classes).float()
+    if proto.label_smoothing:
+        labels_onehot = labels_onehot * (1 - proto.label_smoothing) + proto.label_smoothing / ctx.num_classes
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, proto.epochs):
+        ctx.epoch = epoch
+        t0 = time.perf_counter()
+        model.train()
+        defense.train_mode(model, ctx)
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for b in range(steps_per_epoch):
+            idx = perm[b * proto.batch_size:(b + 1) * proto.batch_size]
+            if idx.numel() < 2 and n >= 2:  # BatchNorm cannot train on one image
+                continue
+            ctx.step = step
+            lr = lr_at(proto, step, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = train.x[idx].float().div_(255)
+            y = labels_onehot[idx]
+            if proto.augment:
+                x = random_crop_flip(x, ctx)
+            x, y = defense.batch(x, y, ctx)
+            loss, logits = defense.loss(model, x, y, ctx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if proto.grad_clip > 0:
+                nn.utils.clip_grad_norm_(trainable, proto.grad_clip)
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                loss_sum += loss.detach() * idx.numel()
+                correct += (logits.argmax(1) == y.argmax(1)).sum()
+                seen += idx.numel()
+        train_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        test_acc, per_class = evaluate(model, test, ctx.num_classes, defense.predict, proto.eval_batch_size)
+        eval_time = time.perf_counter() - t1
+        result.train_seconds += train_time
+        result.eval_seconds += eval_time
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": round(float(loss_sum) / max(1, seen), 5),
+            "train_acc": round(100.0 * float(correct) / max(1, seen), 3),
+            "test_acc": round(test_acc, 3),
+            "lr": round(lr, 6),
+            "seconds": round(train_time + eval_time, 3),
+        }
+        result.per_epoch.append(entry)
+        result.test_acc, result.per_class_test_acc = test_acc, per_class
+        if checkpoint is not None:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "per_epoch": result.per_epoch,
+                     "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            _save_checkpoint(checkpoint, state)
+        if on_epoch is not None:
+            on_epoch(entry)
+    if result.per_epoch and start_epoch >= proto.epochs:  # resumed a run whose training had finished
+        result.test_acc, result.per_class_test_acc = evaluate(model, test, ctx.num_classes, defense.predict,
+                                                              proto.eval_batch_size)
+    return result

@@ -1,0 +1,143 @@
+"""What a user sees during and after ``bench run``: rich progress and a summary table."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from benchmark.runner import PreparedRun, RunSpec, execute, existing_record, prepare_run
+
+
+def _describe(prep: PreparedRun) -> str:
+    poison = prep.config["poison"]
+    params = ",".join(f"{k}={v}" for k, v in poison["params"].items())
+    pdesc = poison["name"] + (f"({params})" if params else "")
+    if poison["ratio"] != 1.0:
+        pdesc += f" ratio={poison['ratio']:g}" + (" clean-only" if poison.get("clean_only") else "")
+    if poison.get("key_fingerprint"):
+        pdesc += f" key#{poison['key_fingerprint'][:8]}"
+    return (f"{prep.data.name} ({prep.data.source}, {len(prep.train)} train / {len(prep.test)} test) · "
+            f"preset {prep.protocol.preset} · {prep.protocol.model} · {prep.protocol.epochs} epochs · "
+            f"poison {pdesc} · defense {prep.config['defense']['name']} · seed {prep.spec.seed} · {prep.device}")
+
+
+def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
+    existing = existing_record(prep)
+    if existing and not prep.spec.force:
+        console.print(f"[dim]{label}: finished record exists ({prep.record_path}); --force to run again[/]")
+        return dict(existing, _path=str(prep.record_path))
+    console.print(f"[bold]{label}[/]: {_describe(prep)}")
+    live = console.is_terminal
+    progress = Progress(TextColumn("[cyan]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=console, disable=not live, transient=False)
+    epochs = prep.protocol.epochs
+    state: dict[str, Any] = {}
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "poison_progress":
+            if "poison" not in state:
+                state["poison"] = progress.add_task(f"poison {prep.poison.name}", total=data["total"], info="")
+            info = " ".join(f"{k} {v}" for k, v in data.items() if k not in ("step", "total"))
+            progress.update(state["poison"], completed=data["step"], info=info)
+            if not live and data["step"] % max(1, data["total"] // 10) == 0:
+                console.print(f"  poison {prep.poison.name} step {data['step']}/{data['total']} {info}")
+        elif kind == "poison_done":
+            how = "cached" if data.get("cached") else f"generated in {data['generation_seconds']:.2f} s"
+            console.print(f"  poison {prep.poison.name}: {how}")
+        elif kind == "train_start":
+            state["train"] = progress.add_task("train", total=epochs, info="")
+            if data.get("resume"):
+                console.print("  resuming from checkpoint")
+        elif kind == "epoch":
+            info = f"loss {data['train_loss']:.3f} train {data['train_acc']:.1f}% test {data['test_acc']:.2f}%"
+            progress.update(state["train"], completed=data["epoch"], info=info)
+            if not live:
+                console.print(f"  epoch {data['epoch']:>3}/{epochs} {info} ({data['seconds']:.1f} s)")
+
+    with progress:
+        rec = execute(prep, on_event)
+    return dict(rec, _path=str(prep.record_path))
+
+
+def run_with_display(spec: RunSpec, baseline: bool, console: Console) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Validate both runs first (bad input fails before any work), then run baseline and main run."""
+    prep = prepare_run(spec)
+    base_prep = None
+    if prep.poison.name != "none":
+        base_spec = replace(spec, poison="none", poison_params={}, ratio=1.0, clean_only=False, force=False)
+        base_prep = prepare_run(base_spec)
+    base_rec = None
+    if base_prep is not None:
+        base_rec = existing_record(base_prep)
+        if base_rec is not None:
+            base_rec = dict(base_rec, _path=str(base_prep.record_path))
+        elif baseline:
+            base_rec = _run_one(base_prep, console, "clean baseline")
+    rec = _run_one(prep, console, "run")
+    if prep.poison.name == "none":
+        base_rec = rec
+    return rec, base_rec
+
+
+def _fmt(v: Any, unit: str = "", digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
+    cfg, m, t = rec["config"], rec["metrics"], rec["timings"]
+    table = Table(title=f"{cfg['poison']['name']} vs {cfg['defense']['name']} — {cfg['dataset']} "
+                        f"({cfg['dataset_source']}), {cfg['model']}, preset {cfg['preset']}, seed {cfg['seed']}",
+                  title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    base_acc = base["metrics"]["test_acc"] if base else None
+    table.add_row("clean baseline test acc", _fmt(base_acc, " %") + ("" if base else "  (not run: --baseline)"))
+    table.add_row("test acc (final)", _fmt(m["test_acc"], " %"))
+    if base_acc is not None and cfg["poison"]["name"] != "none":
+        table.add_row("drop vs clean", _fmt(base_acc - m["test_acc"], " points"))
+    table.add_row("peak test acc (oracle)", f"{_fmt(m['peak_test_acc'], ' %')} at epoch {m['peak_epoch']}")
+    table.add_row("train acc (on its training set)", _fmt(m["train_acc"], " %"))
+    for k, v in (m.get("defense") or {}).items():
+        table.add_row(f"defense: {k}", _fmt(v, "", 3) if not isinstance(v, (dict, list)) else str(v))
+    b = (rec.get("poison") or {}).get("budget") or {}
+    if cfg["poison"]["name"] != "none" and b:
+        table.add_row("poisoned images", f"{b.get('num_poisoned')} of {cfg['train_size']}")
+        table.add_row("budget", f"L-inf {b.get('linf_255')}/255 · mean L2 {_fmt(b.get('l2_mean'), '', 3)} · "
+                                f"PSNR {_fmt(b.get('psnr'), ' dB')} · SSIM {_fmt(b.get('ssim'), '', 4)}")
+    if cfg["poison"].get("key_fingerprint"):
+        table.add_row("key fingerprint", cfg["poison"]["key_fingerprint"])
+    gen = t.get("poison_generation")
+    table.add_row("timings", f"poison {_fmt(gen, ' s', 3)}{' (cached)' if t.get('poison_cached') else ''} · "
+                             f"training {_fmt(t.get('training'), ' s', 1)} · evaluation {_fmt(t.get('evaluation'), ' s', 1)}")
+    table.add_row("record", rec.get("_path", "") or str(rec.get("run_id")))
+    return table
+
+
+@contextlib.contextmanager
+def poison_progress(console: Console, name: str) -> Iterator[Any]:
+    live = console.is_terminal
+    progress = Progress(TextColumn(f"[cyan]poison {name}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, disable=not live)
+    task: dict[str, Any] = {}
+
+    def update(step: int, total: int, info: dict[str, Any]) -> None:
+        text = " ".join(f"{k} {v}" for k, v in info.items())
+        if "t" not in task:
+            task["t"] = progress.add_task(name, total=total, info="")
+        progress.update(task["t"], completed=step, info=text)
+        if not live and step % max(1, total // 10) == 0:
+            console.print(f"  step {step}/{total} {text}")
+
+    with progress:
+        yield update

@@ -1,0 +1,217 @@
+"""The defense interface: a defense implements only the hooks it needs.
+
+Hooks (see spec/design.md):
+
+* ``prepare(train, ctx) -> ImageSet``  data level, once before training (JPEG, grayscale, ...); chains.
+* ``batch(x, y, ctx) -> (x, y)``       after crop/flip, float images in [0,1] and soft labels; chains.
+* ``loss(model, x, y, ctx) -> (loss, logits)``   owns the training step (AT, DAT); at most one.
+* ``build_model(arch, num_classes, in_channels, ctx) -> nn.Module``   owns the model; at most one.
+* ``train_mode(model, ctx)``          after ``model.train()`` each epoch (e.g. freeze BN); chains.
+* ``predict(model, x) -> logits``     owns test-time prediction (randomized smoothing); at most one.
+* ``evaluate(model, test, ctx) -> dict``   extra metrics after training (robust accuracy); merged.
+
+Defenses compose with ``+`` (``at+mixup``): chained hooks run left to right; two components that
+both own the same hook are a one-line error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.data import ImageSet
+from benchmark.errors import BenchError
+from benchmark.params import NoParams, build_params, params_dict
+from benchmark.registry import DEFENSES
+
+OWNED_HOOKS = ("loss", "build_model", "predict")
+HOOK_ROLES = {"loss": "the training step (loss)", "build_model": "the model (build_model)",
+              "predict": "prediction (predict)"}
+
+
+@dataclass
+class TrainContext:
+    """What hooks may use: device, shapes, protocol, seeded generator, position in training."""
+
+    device: torch.device
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    protocol: Any = None
+    seed: int = 0
+    generator: torch.Generator | None = None  # CPU generator: draw here, then move to device
+    epoch: int = 0
+    step: int = 0
+    cache_dir: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0,1) numbers from the run's generator, on the training device."""
+        return torch.rand(*shape, generator=self.generator).to(self.device)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(high, shape, generator=self.generator).to(self.device)
+
+    def randperm(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator).to(self.device)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft labels (rows sum to 1): what mixing defenses need."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+class Defense:
+    """Base class: every hook is the identity / plain ERM. Subclasses override what they need."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
+        return train
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return soft_cross_entropy(logits, y), logits
+
+    def build_model(self, arch: str, num_classes: int, in_channels: int, ctx: TrainContext) -> nn.Module:
+        from benchmark.models import build_model
+
+        return build_model(arch, num_classes, in_channels)
+
+    def train_mode(self, model: nn.Module, ctx: TrainContext) -> None:
+        return None
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
+        return {}
+
+    def describe_source(self) -> dict[str, Any]:
+        """Extra facts for the record (e.g. which backbone a fine-tune started from)."""
+        return {}
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+    @classmethod
+    def owns(cls, hook: str) -> bool:
+        return getattr(cls, hook) is not getattr(Defense, hook)
+
+
+class DefenseStack(Defense):
+    """Composition ``a+b+...``: chains data/batch hooks, delegates owned hooks to their one owner."""
+
+    def __init__(self, components: list[Defense]) -> None:
+        super().__init__(NoParams())
+        self.components = components
+        self.owner: dict[str, Defense] = {}
+        for hook in OWNED_HOOKS:
+            owners = [c for c in components if type(c).owns(hook)]
+            if len(owners) > 1:
+                names = " and ".join(f"'{c.name}'" for c in owners)
+                raise BenchError(f"defenses {names} both own {HOOK_ROLES[hook]}; combine at most one of them "
+                                 "with data- or batch-level defenses")
+            if owners:
+                self.owner[hook] = owners[0]
+
+    @property
+    def spec_name(self) -> str:
+        return "+".join(c.name for c in self.components) or "none"
+
+    def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
+        for c in self.components:
+            train = c.prepare(train, ctx)
+        return train
+
+    def batch(self, x, y, ctx):
+        for c in self.components:
+            x, y = c.batch(x, y, ctx)
+        return x, y
+
+    def loss(self, model, x, y, ctx):
+        owner = self.owner.get("loss")
+        return owner.loss(model, x, y, ctx) if owner else super().loss(model, x, y, ctx)
+
+    def build_model(self, arch, num_classes, in_channels, ctx):
+        if "build_model" in self.owner:
+            return self.owner["build_model"].build_model(arch, num_classes, in_channels, ctx)
+        return super().build_model(arch, num_classes, in_channels, ctx)
+
+    def train_mode(self, model, ctx):
+        for c in self.components:
+            c.train_mode(model, ctx)
+
+    def predict(self, model, x):
+        return self.owner["predict"].predict(model, x) if "predict" in self.owner else model(x)
+
+    def evaluate(self, model, test, ctx):
+        out: dict[str, Any] = {}
+        for c in self.components:
+            out.update(c.evaluate(model, test, ctx))
+        return out
+
+    def describe_source(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c in self.components:
+            out.update(c.describe_source())
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """``config.defense`` of a run record."""
+        comps = [{"name": c.name, "params": params_dict(c.params)} for c in self.components]
+        params: dict[str, Any] = comps[0]["params"] if len(comps) == 1 else {c["name"]: c["params"] for c in comps}
+        return {"name": self.spec_name, "params": params, "components": comps}
+
+
+def build_defense(spec: str, params: dict[str, Any] | None = None) -> DefenseStack:
+    """Build ``spec`` (``name`` or ``a+b``) with params; keys may be ``name.param`` to target one
+    component of a composition, or plain ``param`` when exactly one component declares it."""
+    names = [s.strip() for s in spec.split("+") if s.strip()]
+    if not names:
+        raise BenchError("empty defense name; see 'bench list defenses'")
+    classes = [DEFENSES.get(n) for n in names]
+    canon = [DEFENSES.canonical(n) for n in names]
+    if len(set(canon)) != len(canon):
+        raise BenchError(f"defense '{spec}' lists the same defense twice")
+    per: dict[str, dict[str, Any]] = {c: {} for c in canon}
+    import dataclasses as dc
+
+    for key, value in (params or {}).items():
+        if "." in key:
+            comp, pname = key.split(".", 1)
+            comp = DEFENSES.canonical(comp)
+            if comp not in per:
+                raise BenchError(f"defense parameter '{key}' names '{comp}', which is not in '{spec}'")
+            per[comp][pname] = value
+            continue
+        holders = [c for c, cls in zip(canon, classes, strict=True)
+                   if key in {f.name for f in dc.fields(cls.Params)}]
+        if len(holders) > 1:
+            raise BenchError(f"defense parameter '{key}' is ambiguous in '{spec}'; write e.g. '{holders[0]}.{key}'")
+        target = holders[0] if holders else canon[0]
+        per[target][key] = value
+    components = []
+    for name, cls in zip(canon, classes, strict=True):
+        comp = cls(build_params(cls.Params, per[name], owner=f"defense {name}"))
+        comp.name = name
+        components.append(comp)
+    if canon != ["none"]:
+        components = [c for c in components if c.name != "none"]
+    return DefenseStack(components)
