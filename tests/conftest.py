@@ -1,0 +1,87 @@
+"""Shared fixtures: the offline data root, a persistent decode cache, tiny generated image sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.data import ImageSet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_data_root() -> Path | None:
+    env = os.environ.get("BENCH_DATA_ROOT")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO / "data"]:
+        if (cand / "cifar10-jpeg" / "cifar10-jpeg.tar.gz").is_file():
+            return cand.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The offline copies (CIFAR-10 JPEG, Fashion-MNIST): ../shared/data or $BENCH_DATA_ROOT."""
+    root = _find_data_root()
+    if root is None:
+        pytest.skip("offline data sets not found: set BENCH_DATA_ROOT to the shared/data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset_cache() -> Path:
+    """Decoded-dataset cache kept across test sessions (decoding CIFAR-10 once takes ~10 s)."""
+    path = Path(os.environ.get("BENCH_TEST_CACHE", REPO / ".bench-cache" / "tests"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, dataset_cache: Path) -> Path:
+    """A fresh cache dir per test whose datasets/ sub-folder links to the shared decode cache."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shared = dataset_cache / "datasets"
+    shared.mkdir(parents=True, exist_ok=True)
+    (cache / "datasets").symlink_to(shared, target_is_directory=True)
+    return cache
+
+
+@pytest.fixture
+def bench_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path, cache_dir: Path) -> dict[str, Path]:
+    """Environment for CLI runs: data root, per-test cache and results folder."""
+    results = tmp_path / "results"
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    return {"data_root": data_root, "cache": cache_dir, "results": results}
+
+
+def make_images(n: int = 64, num_classes: int = 4, size: int = 16, channels: int = 3, seed: int = 0) -> ImageSet:
+    """Tiny, learnable images: each class has its own mean colour plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    base = torch.linspace(40, 215, num_classes)[y].view(n, 1, 1, 1)
+    noise = torch.randn(n, channels, size, size, generator=gen) * 25
+    x = (base + noise).clamp(0, 255).to(torch.uint8)
+    return ImageSet(x, y.long(), [f"c{i}" for i in range(num_classes)])
+
+
+@pytest.fixture
+def tiny_images() -> ImageSet:
+    return make_images()
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run ``bench`` in-process: (exit code, stdout, stderr)."""
+    from benchmark.cli import main
+
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,0 +1,91 @@
+"""Registries: lookup, did-you-mean errors, listing, and third-party plugins via entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmark.errors import BenchError
+from conftest import run_cli
+from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
+
+
+def test_builtin_entries_and_aliases() -> None:
+    assert "cuda" in POISONS.names() and "none" in POISONS.names()
+    assert POISONS.canonical("clean") == "none"
+    assert "none" in DEFENSES.names()
+    assert {"small-cnn", "resnet18", "vgg16-bn", "wrn-34-10", "densenet121", "mobilenetv2"} <= set(MODELS.names())
+    assert MODELS.canonical("timm:resnet10t") == "timm:"
+    assert {"cifar10", "cifar100", "svhn", "fashion-mnist"} <= set(DATASETS.names())
+
+
+def test_unknown_name_suggests_closest() -> None:
+    with pytest.raises(BenchError, match="did you mean 'cuda'"):
+        POISONS.get("cudaa")
+    with pytest.raises(BenchError, match="unknown model 'resnet19'.*resnet18"):
+        MODELS.get("resnet19")
+
+
+def test_cli_list_shows_params(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(["list", "poisons"], capsys)
+    assert code == 0
+    assert "cuda" in out and "pb=0.3" in out and "k=3" in out
+
+
+PLUGIN = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "bench-test-plugin"
+        version = "0.0.1"
+        [project.entry-points."bench.poisons"]
+        invert = "bench_test_plugin:InvertPoison"
+        [project.entry-points."bench.models"]
+        tiny-linear = "bench_test_plugin:tiny_linear"
+        [tool.setuptools]
+        py-modules = ["bench_test_plugin"]
+    """,
+    "bench_test_plugin.py": '''
+        """A third-party poison and model, found only through entry points."""
+        import torch
+        from attacks.base import Poison, PoisonedSet
+
+        class InvertPoison(Poison):
+            """Inverts every image (test plugin)."""
+            uses_key = False
+            def generate(self, train, ctx):
+                return PoisonedSet(255 - train.x, train.y.clone(), torch.arange(len(train)))
+
+        def tiny_linear(num_classes, in_channels=3):
+            """Linear classifier on pooled pixels (test plugin)."""
+            return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                       torch.nn.Linear(in_channels * 16, num_classes))
+    ''',
+}
+
+
+def test_entry_point_plugin_runs_without_editing_repo(tmp_path: Path, bench_env: dict) -> None:
+    pkg = tmp_path / "plugin"
+    pkg.mkdir()
+    for name, text in PLUGIN.items():
+        (pkg / name).write_text(textwrap.dedent(text))
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(pip + ["install", "--no-deps", "--no-build-isolation", str(pkg)], check=True,
+                   capture_output=True)
+    try:
+        listing = subprocess.run([sys.executable, "-m", "benchmark.cli", "list", "poisons"],
+                                 capture_output=True, text=True, check=True)
+        assert "invert" in listing.stdout
+        run = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--poison", "invert", "--model",
+                              "tiny-linear", "--preset", "smoke", "--no-baseline"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        records = list(bench_env["results"].glob("*.json"))
+        assert len(records) == 1 and "invert" in records[0].name and "tiny-linear" in records[0].name
+    finally:
+        subprocess.run(pip + ["uninstall", "-y", "bench-test-plugin"], capture_output=True)

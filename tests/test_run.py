@@ -1,0 +1,125 @@
+"""End-to-end runs on real CIFAR-10 (smoke preset): records, resume, repeatability, key secrecy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.records import validate_record
+from benchmark.runner import RunSpec, execute, prepare_run
+from conftest import run_cli
+
+
+def _spec(env: dict, **kw) -> RunSpec:
+    base = dict(poison="cuda", preset="smoke", data_root=str(env["data_root"]), cache_dir=str(env["cache"]),
+                results=str(env["results"]))
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def _curve(rec: dict) -> list[tuple]:
+    return [(e["epoch"], e["train_loss"], e["train_acc"], e["test_acc"]) for e in rec["metrics"]["per_epoch"]]
+
+
+def test_bench_run_writes_valid_record_with_baseline(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_cli(["run", "--poison", "cuda", "--defense", "none", "--preset", "smoke"], capsys)
+    assert code == 0, err
+    records = sorted(bench_env["results"].glob("*.json"))
+    assert len(records) == 2  # the clean baseline ran first, then the poisoned run
+    recs = {json.loads(p.read_text())["config"]["poison"]["name"]: json.loads(p.read_text()) for p in records}
+    assert set(recs) == {"none", "cuda"}
+    rec = recs["cuda"]
+    assert validate_record(rec) is None
+    assert rec["status"] == "finished" and rec["schema_version"] == 1
+    cfg = rec["config"]
+    assert cfg["dataset"] == "cifar10" and cfg["dataset_source"] == "cifar10-jpeg"
+    assert cfg["preset"] == "smoke" and cfg["model"] == "small-cnn" and cfg["seed"] == 0
+    assert cfg["poison"]["params"] == {"pb": 0.3, "k": 3, "universal": False}
+    assert cfg["poison"]["ratio"] == 1.0 and len(cfg["poison"]["key_fingerprint"]) == 16
+    assert cfg["defense"]["name"] == "none"
+    m = rec["metrics"]
+    assert 0 <= m["test_acc"] <= 100 and len(m["per_epoch"]) == cfg["protocol"]["epochs"]
+    assert m["peak_test_acc"] == max(e["test_acc"] for e in m["per_epoch"])
+    assert len(m["per_class_test_acc"]) == 10
+    budget = rec["poison"]["budget"]
+    assert budget["num_poisoned"] == cfg["train_size"] and 0 < budget["ssim"] < 1 and budget["psnr"] > 5
+    assert rec["timings"]["training"] > 0
+    assert "clean baseline test acc" in out and "drop vs clean" in out
+    # a finished run is not repeated
+    code, out, _ = run_cli(["run", "--poison", "cuda", "--preset", "smoke"], capsys)
+    assert code == 0 and "finished record exists" in out
+    assert len(list(bench_env["results"].glob("*.json"))) == 2
+
+
+def test_same_seed_same_numbers_other_seed_differs(bench_env: dict) -> None:
+    a = execute(prepare_run(_spec(bench_env, seed=3)))
+    b = execute(prepare_run(_spec(bench_env, seed=3, force=True)))
+    assert _curve(a) == _curve(b) and a["metrics"]["test_acc"] == b["metrics"]["test_acc"]
+    c = execute(prepare_run(_spec(bench_env, seed=4)))
+    assert _curve(c) != _curve(a)
+
+
+def test_interrupted_run_resumes_to_identical_numbers(bench_env: dict, tmp_path: Path) -> None:
+    full = execute(prepare_run(_spec(bench_env, results=str(tmp_path / "full"))))
+
+    def stop_after_two(kind: str, data: dict) -> None:
+        if kind == "epoch" and data["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    spec = _spec(bench_env, results=str(tmp_path / "resumed"))
+    with pytest.raises(KeyboardInterrupt):
+        execute(prepare_run(spec), stop_after_two)
+    assert not list((tmp_path / "resumed").glob("*.json"))  # no partial record
+    assert list((bench_env["cache"] / "checkpoints").glob("*.pt"))
+    resumed = execute(prepare_run(spec))
+    assert resumed["metrics"]["resumed_from_epoch"] == 2
+    assert _curve(resumed) == _curve(full)
+    assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
+    assert not list((bench_env["cache"] / "checkpoints").glob("*.pt"))  # removed when done
+
+
+def test_key_appears_in_no_output(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    key = "987654321"
+    out_file = tmp_path / "export" / "p.npz"
+    out_file.parent.mkdir()
+    code, out1, err1 = run_cli(["poison", "--poison", "cuda", "--key", key, "--preset", "smoke",
+                                "--out", str(out_file)], capsys)
+    assert code == 0, err1
+    code, out2, err2 = run_cli(["run", "--poison", "cuda", "--key", key, "--preset", "smoke"], capsys)
+    assert code == 0, err2
+    assert key not in out1 + err1 + out2 + err2
+    scanned = 0
+    for root in (bench_env["results"], bench_env["cache"], out_file.parent):
+        for path in root.rglob("*"):
+            if path.is_file() and "datasets" not in path.parts:
+                assert key not in path.name
+                assert key.encode() not in path.read_bytes(), f"key leaked into {path}"
+                scanned += 1
+    assert scanned >= 5
+    rec = json.loads(next(p for p in bench_env["results"].glob("*cuda*.json")).read_text())
+    assert rec["config"]["poison"]["key_fingerprint"] != json.loads(
+        next(p for p in bench_env["results"].glob("*none*.json")).read_text())["config"]["poison"].get("key_fingerprint")
+
+
+def test_bench_poison_exports_npz_and_sidecar(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cuda.npz"
+    code, text, err = run_cli(["poison", "--poison", "cuda", "--ratio", "0.5", "--preset", "smoke",
+                               "--out", str(out)], capsys)
+    assert code == 0, err
+    with np.load(out, allow_pickle=False) as data:
+        assert data["x_train"].shape == (512, 32, 32, 3) and data["x_train"].dtype == np.uint8
+        assert data["y_train"].dtype == np.int64 and data["poisoned_indices"].dtype == np.int64
+        n_poisoned = len(data["poisoned_indices"])
+    assert 150 < n_poisoned < 360  # Bernoulli(0.5) over 512 images
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["poison"]["name"] == "cuda" and side["poison"]["ratio"] == 0.5
+    assert side["generation_seconds"] >= 0 and side["budget"]["num_poisoned"] == n_poisoned
+    assert {"linf", "l2_mean", "psnr", "ssim"} <= set(side["budget"])
+    assert "key" not in side["poison"] and len(side["poison"]["key_fingerprint"]) == 16
+    # second call reuses the cached artifact
+    code, text, _ = run_cli(["poison", "--poison", "cuda", "--ratio", "0.5", "--preset", "smoke",
+                             "--out", str(out)], capsys)
+    assert code == 0 and "reused from cache" in text
