@@ -181,6 +181,57 @@ def poison_cmd(**kw: Any) -> None:
     console.print(f"wrote {out} and {sidecar}")
 
 
+# ------------------------------------------------------------------------------------------- perf
+
+@cli.command("perf")
+@click.option("--model", default="small-cnn", show_default=True, help="surrogate architecture (bench list models)")
+@click.option("--batch-size", type=int, default=None, help="generation batch (default: 128 on a GPU, 32 on CPU)")
+@click.option("--steps", type=int, default=2, show_default=True, help="timed steps per poison (after one warm-up step)")
+@click.option("--preset", type=click.Choice(["paper", "cpu", "smoke"]), default="paper", show_default=True,
+              help="generation hyperparameters (PGD steps, EOT samples, ...) to time")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+def perf_cmd(model: str, batch_size: int | None, steps: int, preset: str, device: str) -> None:
+    """Time one REM generation step against one SEM step (same model, batch, budget)."""
+    from benchmark.perf import measure_rem_sem, perf_table
+    from benchmark.registry import MODELS
+    from benchmark.runner import resolve_device
+
+    dev = resolve_device(device)
+    MODELS.canonical(model)
+    batch = batch_size if batch_size is not None else (128 if dev.type == "cuda" else 32)
+    if batch < 2 or steps < 1:
+        raise BenchError(f"--batch-size must be >= 2 and --steps >= 1, got {batch} and {steps}")
+    costs = measure_rem_sem(model, batch, steps, dev, preset)
+    console.print(perf_table(costs, f"generation step cost: {model}, batch {batch}, preset {preset}, {dev}"))
+
+
+# ------------------------------------------------------------------------------------ leaderboard
+
+@cli.command("leaderboard")
+@click.option("--results", default="results/runs", envvar="BENCH_RESULTS", show_default=True, help="folder of run records; env BENCH_RESULTS")
+@click.option("--out", default=None, help="output file (default leaderboard.md, .html or .tex by --format)")
+@click.option("--plots", default="results/plots", show_default=True, help="folder for the PNG plots")
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "latex"]), default="md", show_default=True,
+              help="md, html (one self-contained page) or latex (booktabs)")
+@click.option("--samples/--no-samples", default=True, show_default=True,
+              help="sample grids per poison (need the dataset; cheap poisons are re-created if not cached)")
+@click.option("--data-root", envvar="BENCH_DATA_ROOT", help="datasets for the sample grids; env BENCH_DATA_ROOT")
+@click.option("--cache-dir", envvar="BENCH_CACHE_DIR", help="cached poisons and decoded datasets; env BENCH_CACHE_DIR")
+def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples: bool, data_root: str | None,
+                    cache_dir: str | None) -> None:
+    """Regenerate the leaderboard (tables + plots) from the run records alone."""
+    from benchmark import paths
+    from benchmark.report import write_leaderboard
+
+    def warn(msg: str) -> None:
+        print(f"bench leaderboard: warning: {msg}", file=sys.stderr)
+
+    summary = write_leaderboard(results, out, plots, fmt, paths.data_root(data_root), paths.cache_dir(cache_dir),
+                                samples, warn)
+    click.echo(f"wrote {summary.out} ({summary.records} records, {summary.groups} table groups) "
+               f"and {len(summary.plots)} plots in {plots}")
+
+
 # ------------------------------------------------------------------------------------------ entry
 
 def main(argv: list[str] | None = None) -> None:

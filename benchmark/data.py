@@ -301,10 +301,10 @@ def load_fashion_mnist(spec: str, root: Path, cache: Path, download: bool) -> Da
     """Fashion-MNIST (10 classes, 28x28 grey): IDX files from torchvision's folder or the offline copy."""
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    for folder, source in ((root / "FashionMNIST" / "raw", "torchvision"), (root / "fashion-mnist", "fashion-mnist-idx")):
-        files = [folder / n for n in names]
-        if all(f.is_file() for f in files):
-            break
+    candidates = [(root / "FashionMNIST" / "raw", "torchvision"), (root / "fashion-mnist", "fashion-mnist-idx")]
+    found = next(((folder, src) for folder, src in candidates if all((folder / n).is_file() for n in names)), None)
+    if found is not None:
+        files, source = [found[0] / n for n in names], found[1]
     else:
         if not download:
             raise _missing("Fashion-MNIST", root, "fashion-mnist/*.gz or FashionMNIST/raw/*.gz")
@@ -358,8 +358,6 @@ def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Data
     if not sources:
         raise BenchError(f"image folder '{path}' contains no images")
 
-    classes_holder: dict[str, list[str]] = {}
-
     def build() -> dict[str, np.ndarray]:
         if has_split:
             train, test = _read_folder(path / "train"), _read_folder(path / "test")
@@ -382,12 +380,11 @@ def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Data
         mode = _folder_mode(train[0][2], train[0][1])
         x_tr, y_tr = _split_items(train, classes, mode)
         x_te, y_te = _split_items(test, classes, mode) if test else (x_tr[:0], y_tr[:0])
-        classes_holder["c"] = classes
         return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
                 "classes": np.array(classes, dtype=np.str_)}
 
     arrays = _cached(cache, "imagefolder", sources, build)
-    classes = [str(c) for c in arrays.get("classes", np.array(classes_holder.get("c", [])))]
+    classes = [str(c) for c in arrays["classes"]]
     return _to_dataset(f"imagefolder:{path}", "imagefolder", arrays, classes)
 
 

@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.base import Poison, PoisonContext, PoisonedSet, budget_metrics, check_key, check_ratio, key_fingerprint
+from attacks.base import (
+    Poison,
+    PoisonContext,
+    PoisonedSet,
+    budget_metrics,
+    check_key,
+    check_ratio,
+    key_fingerprint,
+)
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import read_json, read_npz, write_json, write_npz

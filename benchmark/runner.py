@@ -21,7 +21,15 @@ from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
 from benchmark.protocol import Protocol, protocol_dict, resolve_protocol
-from benchmark.records import SCHEMA_VERSION, environment, find_record, now_iso, record_filename, run_id, write_record
+from benchmark.records import (
+    SCHEMA_VERSION,
+    environment,
+    find_record,
+    now_iso,
+    record_filename,
+    run_id,
+    write_record,
+)
 from benchmark.registry import MODELS
 from benchmark.train import train_model
 from defenses.base import DefenseStack, TrainContext, build_defense

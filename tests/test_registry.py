@@ -8,9 +8,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from benchmark.errors import BenchError
-from conftest import run_cli
 from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
 
 

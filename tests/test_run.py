@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from benchmark.records import validate_record
 from benchmark.runner import RunSpec, execute, prepare_run
-from conftest import run_cli
 
 
 def _spec(env: dict, **kw) -> RunSpec:

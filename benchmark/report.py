@@ -1,0 +1,1147 @@
+"""Leaderboard and plots generated from run records alone (``bench leaderboard``).
+
+Records (benchmark/records.py) are grouped by (dataset + source, model, preset, protocol); presets and
+protocol variants are never mixed in one table. Per group: the poison x defense matrix of final clean
+test accuracy (mean +- std over runs), the peak-accuracy matrix (oracle upper bound), poisons ranked by
+their worst case over defenses (the highest accuracy any defense recovers; lower = stronger poison),
+defenses ranked by their worst case over poisons (their lowest accuracy), extra defense metrics, poison
+budgets and generation cost, and partial poisoning. The same document renders to Markdown, one
+self-contained HTML page, or LaTeX (booktabs). Output is deterministic: stable ordering, the only date
+in it is the newest record's ``created`` date, and PNGs carry no timestamp metadata.
+
+Bad records (corrupt JSON, unknown schema, failed runs) are skipped with one warning each; duplicate
+records of one config and seed (same config hash) count once. Runs that share a config but differ in
+seed or poison key are pooled as repeats (n).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import BenchError
+from benchmark.io import atomic_write, read_json, read_npz
+from benchmark.records import canonical_json, load_records
+from benchmark.records import run_id as config_hash
+
+Warn = Callable[[str], None]
+
+CLEAN = "clean"
+NO_DEFENSE = "none"
+PRESET_ORDER = {"smoke": 0, "cpu": 1, "paper": 2}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST"}
+SOURCE_NOTES = {
+    "cifar10-jpeg": ("CIFAR-10 (JPEG copy)",
+                     "The CIFAR-10 images come from an offline JPEG copy, which is not bit-exact with the original "
+                     "CIFAR-10 files; do not compare these numbers silently with published CIFAR-10 numbers."),
+}
+MAX_SAMPLE_CLASSES = 10
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (0 for one run) and number of runs of one cell."""
+
+    mean: float
+    std: float
+    n: int
+
+    def fmt(self, digits: int = 2) -> str:
+        if self.n > 1:
+            return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
+        return f"{self.mean:.{digits}f}"
+
+
+def stat(values: Iterable[float]) -> Stat | None:
+    vals = [float(v) for v in values]
+    if not vals:
+        return None
+    return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+
+
+def _fmt(s: Stat | None, digits: int = 2) -> str:
+    return s.fmt(digits) if s is not None else "–"
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+# -------------------------------------------------------------------------------- loading runs
+
+def collect_runs(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """Finished, valid records under ``results``; failed runs and duplicates are skipped with a warning.
+
+    Duplicates are records with the same config hash (config + seed); the newest ``created`` wins."""
+    runs: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path, rec in load_records(Path(results), warn=warn):
+        if rec["status"] != "finished":
+            warn(f"skipping {path}: failed run ({rec.get('error') or 'no error message'})")
+            continue
+        if (problem := _shape_problem(rec)) is not None:
+            warn(f"skipping {path}: {problem}")
+            continue
+        try:
+            key = config_hash(rec["config"])
+        except (TypeError, ValueError):
+            key = rec["run_id"]
+        if key in runs:
+            other_path, other = runs[key]
+            newer = (str(rec.get("created", "")), str(path)) > (str(other.get("created", "")), str(other_path))
+            dropped = other_path if newer else path
+            warn(f"skipping {dropped}: duplicate of {path if newer else other_path} (same config and seed)")
+            if not newer:
+                continue
+        runs[key] = (path, rec)
+    return sorted(runs.values(), key=lambda pr: str(pr[0]))
+
+
+def _shape_problem(rec: dict[str, Any]) -> str | None:
+    """What the report needs beyond validate_record, as one line (None if usable)."""
+    cfg = rec["config"]
+    for part in ("poison", "defense"):
+        if not isinstance(cfg.get(part), dict) or not isinstance(cfg[part].get("name"), str):
+            return f"field 'config.{part}' is not an object with a name"
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        return "field 'config.seed' is not an integer"
+    if _num(cfg["poison"].get("ratio", 1.0)) is None:
+        return "field 'config.poison.ratio' is not a number"
+    if _num(rec["metrics"].get("test_acc")) is None:
+        return "metrics.test_acc is not a finite number"
+    return None
+
+
+# ------------------------------------------------------------------------------------- grouping
+
+def _flat(params: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(params, dict):
+        return {prefix or "value": params}
+    out: dict[str, Any] = {}
+    for k in sorted(params):
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(params[k], dict):
+            out.update(_flat(params[k], name))
+        else:
+            out[name] = params[k]
+    return out
+
+
+def _params_text(params: Any) -> str:
+    flat = _flat(params or {})
+    return ", ".join(f"{k}={v}" for k, v in flat.items()) or "–"
+
+
+def _labels(ids: Iterable[tuple[str, str]], special: dict[str, str]) -> dict[tuple[str, str], str]:
+    """Readable unique labels for (name, params-json) ids: the name, plus the params that differ
+    between ids sharing a name."""
+    by_name: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for pid in sorted(set(ids)):
+        by_name[pid[0]].append(pid)
+    labels = {}
+    for name, pids in by_name.items():
+        base = special.get(name, name)
+        if len(pids) == 1:
+            labels[pids[0]] = base
+            continue
+        flats = [_flat(json.loads(p[1])) for p in pids]
+        keys = sorted({k for f in flats for k in f})
+        differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+        for pid, f in zip(pids, flats, strict=True):
+            labels[pid] = f"{base} ({', '.join(f'{k}={f.get(k)}' for k in differ)})"
+    return labels
+
+
+def _dataset_title(cfg: dict[str, Any]) -> tuple[str, str | None]:
+    source = cfg.get("dataset_source") or "unknown source"
+    if source in SOURCE_NOTES:
+        return SOURCE_NOTES[source]
+    name = str(cfg["dataset"])
+    if name.startswith("imagefolder:"):
+        return f"image folder {name.split(':', 1)[1]}", None
+    return f"{DATASET_NAMES.get(name, name)} ({source})", None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "-", text).strip("-").lower()[:80]
+
+
+@dataclass
+class Group:
+    """All runs under one protocol: one set of tables and plots."""
+
+    dataset: str
+    source: str
+    model: str
+    preset: str
+    protocol: dict[str, Any]
+    variant: str  # "" or the protocol fields that set this group apart from its siblings
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    poison_labels: dict[tuple[str, str], str] = field(default_factory=dict)
+    defense_labels: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.runs[0]["config"]
+
+    @property
+    def title(self) -> str:
+        ds, _ = _dataset_title(self.cfg)
+        text = f"{ds} · {self.model} · preset {self.preset}"
+        return text + (f" · {self.variant}" if self.variant else "")
+
+    @property
+    def slug(self) -> str:
+        base = f"{self.dataset}-{self.source}-{self.model}-{self.preset}"
+        if self.variant:
+            base += "-" + config_hash(self.protocol)[:6]
+        return _slug(base)
+
+    def poison_label(self, rec: dict[str, Any]) -> str:
+        return self.poison_labels[_pid(rec["config"]["poison"])]
+
+    def defense_label(self, rec: dict[str, Any]) -> str:
+        return self.defense_labels[_pid(rec["config"]["defense"])]
+
+    def is_full(self, rec: dict[str, Any]) -> bool:
+        p = rec["config"]["poison"]
+        return p["name"] == "none" or (float(p.get("ratio", 1.0)) >= 1.0 and not p.get("clean_only"))
+
+    def full_runs(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if self.is_full(r)]
+
+    def partial_runs(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if not self.is_full(r)]
+
+
+def _pid(part: dict[str, Any]) -> tuple[str, str]:
+    return str(part["name"]), canonical_json(part.get("params") or {})
+
+
+def _protocol_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    proto = dict(cfg.get("protocol") or {})
+    proto["train_size"] = cfg.get("train_size")
+    proto["test_size"] = cfg.get("test_size")
+    return proto
+
+
+def group_runs(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[Group]:
+    """Group records by dataset (and source), model, preset and resolved protocol."""
+    buckets: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    protos: dict[str, dict[str, Any]] = {}
+    for _path, rec in runs:
+        cfg = rec["config"]
+        key = (str(cfg["dataset"]), str(cfg.get("dataset_source") or ""), str(cfg["model"]), str(cfg["preset"]))
+        proto = _protocol_of(cfg)
+        sig = canonical_json(proto)
+        protos[sig] = proto
+        buckets[key][sig].append(rec)
+    groups = []
+    for key in sorted(buckets, key=lambda k: (k[0], k[1], k[2], PRESET_ORDER.get(k[3], 9), k[3])):
+        variants = buckets[key]
+        sigs = sorted(variants)
+        differ = []
+        if len(sigs) > 1:
+            keys = sorted({k for s in sigs for k in protos[s]})
+            differ = [k for k in keys if len({repr(protos[s].get(k)) for s in sigs}) > 1]
+        for sig in sigs:
+            proto = protos[sig]
+            variant = ", ".join(f"{k}={proto.get(k)}" for k in differ)
+            g = Group(key[0], key[1], key[2], key[3], proto, variant, variants[sig])
+            g.poison_labels = _labels((_pid(r["config"]["poison"]) for r in g.runs), {"none": CLEAN})
+            g.defense_labels = _labels((_pid(r["config"]["defense"]) for r in g.runs), {})
+            groups.append(g)
+    return groups
+
+
+# ------------------------------------------------------------------------------------ aggregates
+
+@dataclass
+class Matrix:
+    """Poison (rows, clean first) x defense (columns, none first) cells of one metric."""
+
+    rows: list[str]
+    cols: list[str]
+    cells: dict[tuple[str, str], Stat]
+
+    def get(self, row: str, col: str) -> Stat | None:
+        return self.cells.get((row, col))
+
+
+def _ordered(labels: Iterable[str], first: str) -> list[str]:
+    uniq = sorted(set(labels))
+    return ([first] if first in uniq else []) + [x for x in uniq if x != first]
+
+
+def metric_value(rec: dict[str, Any], metric: str) -> float | None:
+    """``test_acc``/``peak_test_acc`` from metrics, or ``defense:<key>`` from metrics.defense (flattened)."""
+    m = rec.get("metrics") or {}
+    if metric.startswith("defense:"):
+        return _num(_flat(m.get("defense") or {}).get(metric.split(":", 1)[1]))
+    return _num(m.get(metric))
+
+
+def accuracy_matrix(group: Group, metric: str = "test_acc") -> Matrix:
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for rec in group.full_runs():
+        v = metric_value(rec, metric)
+        if v is not None:
+            values[(group.poison_label(rec), group.defense_label(rec))].append(v)
+    cells = {k: s for k, v in values.items() if (s := stat(v)) is not None}
+    rows = _ordered((r for r, _ in cells), CLEAN)
+    cols = _ordered((c for _, c in cells), NO_DEFENSE)
+    return Matrix(rows, cols, cells)
+
+
+@dataclass(frozen=True)
+class PoisonRank:
+    poison: str
+    worst: Stat  # the best accuracy any defense recovers
+    defense: str  # which defense recovers it
+    undefended: Stat | None
+    drop: float | None  # clean/none accuracy minus worst case (points)
+    covered: int
+    total: int
+
+
+@dataclass(frozen=True)
+class DefenseRank:
+    defense: str
+    clean: Stat | None  # clean-data accuracy under this defense
+    cost: float | None  # clean accuracy under this defense minus under no defense (points)
+    mean: float | None  # mean accuracy over poisons
+    worst: Stat | None  # lowest accuracy over poisons
+    poison: str | None  # the poison that gives it
+    covered: int
+    total: int
+
+
+def poison_ranking(m: Matrix) -> list[PoisonRank]:
+    """Per poison: the highest accuracy over defenses (and which). Ranked ascending (lower = stronger);
+    poisons not evaluated against every defense come after those that are."""
+    out = []
+    base = m.get(CLEAN, NO_DEFENSE)
+    for row in m.rows:
+        if row == CLEAN:
+            continue
+        cells = [(c, m.get(row, c)) for c in m.cols if m.get(row, c) is not None]
+        if not cells:
+            continue
+        col, worst = max(cells, key=lambda cs: cs[1].mean)  # first column wins ties
+        drop = base.mean - worst.mean if base else None
+        out.append(PoisonRank(row, worst, col, m.get(row, NO_DEFENSE), drop, len(cells), len(m.cols)))
+    return sorted(out, key=lambda r: (r.covered < r.total, r.worst.mean, r.poison))
+
+
+def defense_ranking(m: Matrix) -> list[DefenseRank]:
+    """Per defense: its clean-data cost, mean and lowest accuracy over poisons. Ranked by the lowest
+    accuracy, descending; defenses not evaluated on every poison come after those that are."""
+    poisons = [r for r in m.rows if r != CLEAN]
+    base = m.get(CLEAN, NO_DEFENSE)
+    out = []
+    for col in m.cols:
+        clean = m.get(CLEAN, col)
+        cells = [(r, m.get(r, col)) for r in poisons if m.get(r, col) is not None]
+        cost = clean.mean - base.mean if clean and base else None
+        if cells:
+            row, worst = min(cells, key=lambda rs: rs[1].mean)
+            mean = statistics.fmean(s.mean for _, s in cells)
+        else:
+            row, worst, mean = None, None, None
+        out.append(DefenseRank(col, clean, cost, mean, worst, row, len(cells), len(poisons)))
+    return sorted(out, key=lambda d: (d.worst is None, d.covered < d.total,
+                                      -(d.worst.mean if d.worst else 0.0), d.defense))
+
+
+def defense_metric_keys(group: Group) -> list[str]:
+    keys = set()
+    for rec in group.full_runs():
+        for k, v in _flat((rec.get("metrics") or {}).get("defense") or {}).items():
+            if _num(v) is not None:
+                keys.add(k)
+    return sorted(keys)
+
+
+@dataclass
+class PoisonCost:
+    poison: str
+    params: str
+    budget: dict[str, Stat]
+    seconds: Stat | None
+    device: str
+    keys: int
+
+
+def poison_costs(group: Group) -> list[PoisonCost]:
+    """Budget and generation cost per poison, averaged over distinct artifacts (keys); full-ratio runs
+    are preferred because partial runs perturb fewer images."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in group.runs:
+        if rec["config"]["poison"]["name"] != "none":
+            by_label[group.poison_label(rec)].append(rec)
+    out = []
+    for label in sorted(by_label):
+        recs = by_label[label]
+        full = [r for r in recs if group.is_full(r)] or recs
+        artifacts: dict[tuple, dict[str, Any]] = {}
+        for r in full:
+            p = r["config"]["poison"]
+            artifacts.setdefault((str(p.get("key_fingerprint")), float(p.get("ratio", 1.0))), r)
+        arts = [artifacts[k] for k in sorted(artifacts)]
+        budget = {}
+        for key in ("linf_255", "l2_mean", "psnr", "ssim", "num_poisoned"):
+            s = stat(v for r in arts if (v := _num(((r.get("poison") or {}).get("budget") or {}).get(key))) is not None)
+            if s:
+                budget[key] = s
+        seconds = stat(v for r in arts if (v := _num((r.get("poison") or {}).get("generation_seconds"))) is not None)
+        devices = sorted({_device_text(r) for r in arts})
+        out.append(PoisonCost(label, _params_text(recs[0]["config"]["poison"].get("params")), budget, seconds,
+                              ", ".join(devices), len(arts)))
+    return out
+
+
+def _device_text(rec: dict[str, Any]) -> str:
+    dev = str((rec.get("poison") or {}).get("generation_device") or "?")
+    env = rec.get("environment") or {}
+    name = env.get("device_name")
+    if dev.startswith("cuda") and name and name != dev and str(env.get("device", "")).startswith("cuda"):
+        return f"{dev} ({name})"
+    return dev
+
+
+@dataclass
+class PartialRow:
+    poison: str
+    defense: str
+    setting: str  # "mixed" or "clean-only"
+    cells: dict[float, Stat]  # ratio -> accuracy; 0.0 is the clean run under the same defense
+
+
+def partial_rows(group: Group, metric: str = "test_acc") -> tuple[list[float], list[PartialRow]]:
+    """Accuracy against poison ratio for poisons with partial runs: mixed (poisoned + clean images)
+    and clean-only (only the unpoisoned part), with the clean run (0) and the full poison (1) as ends."""
+    partial = group.partial_runs()
+    if not partial:
+        return [], []
+    m = accuracy_matrix(group, metric)
+    values: dict[tuple[str, str, str, float], list[float]] = defaultdict(list)
+    for rec in partial:
+        p = rec["config"]["poison"]
+        v = metric_value(rec, metric)
+        if v is not None:
+            setting = "clean-only" if p.get("clean_only") else "mixed"
+            values[(group.poison_label(rec), group.defense_label(rec), setting, float(p.get("ratio", 1.0)))].append(v)
+    ratios = sorted({k[3] for k in values} | {0.0, 1.0})
+    rows = []
+    for poison, defense in sorted({(k[0], k[1]) for k in values}, key=lambda pd: (pd[0], pd[1] != NO_DEFENSE, pd[1])):
+        for setting in ("mixed", "clean-only"):
+            cells = {k[3]: s for k, v in values.items() if k[:3] == (poison, defense, setting) and (s := stat(v))}
+            if not cells:
+                continue
+            if (c := m.get(CLEAN, defense)) is not None:
+                cells[0.0] = c
+            if setting == "mixed" and (f := m.get(poison, defense)) is not None:
+                cells[1.0] = f
+            rows.append(PartialRow(poison, defense, setting, cells))
+    return ratios, rows
+
+
+# ------------------------------------------------------------------------------------ document
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+    anchor: str = ""
+
+
+@dataclass
+class Para:
+    text: str  # may use `code` and **bold**
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    legend: str
+    caption: str = ""
+    align: str = ""  # one of l/r per column; default: first column left, rest right
+
+
+@dataclass
+class Image:
+    path: Path
+    alt: str
+
+
+Block = Heading | Para | Table | Image
+
+
+def _protocol_legend(group: Group) -> str:
+    p = group.protocol
+    ds, note = _dataset_title(group.cfg)
+    parts = [f"Protocol: preset `{group.preset}`", f"{p.get('epochs', '?')} epochs",
+             f"batch {p.get('batch_size', '?')}", f"lr {p.get('lr', '?')} ({p.get('schedule', '?')})",
+             f"model {group.model}", f"dataset {ds}",
+             f"{p.get('train_size', '?')} train / {p.get('test_size', '?')} test images"]
+    text = ", ".join(parts) + "."
+    if group.variant:
+        text += f" Protocol differs from other groups in: {group.variant}."
+    if note:
+        text += " (JPEG copy: not bit-exact with the original; do not compare silently with published numbers.)" \
+            if group.source == "cifar10-jpeg" else " " + note
+    return text
+
+
+def _rank_table(group: Group, m: Matrix, legend: str) -> tuple[Table, Table]:
+    p_rows = []
+    for i, r in enumerate(poison_ranking(m), 1):
+        p_rows.append([str(i), r.poison, r.worst.fmt(), r.defense, _fmt(r.undefended),
+                       f"{r.drop:.2f}" if r.drop is not None else "–", f"{r.covered}/{r.total}"])
+    poisons = Table(
+        ["rank", "poison", "worst case (best defense acc.)", "best defense", "no defense", "drop vs clean", "defenses run"],
+        p_rows,
+        align="rlrlrrr",
+        legend="Worst case of a poison = the highest clean test accuracy any defense recovers (final epoch); "
+        "poisons ranked by it, lower = stronger poison. Drop = clean accuracy without defense minus the worst "
+        "case (points). A poison not run against every defense (defenses run < total) is ranked after the "
+        "others: its worst case can only rise as defenses are added. " + legend)
+    d_rows = []
+    for i, d in enumerate(defense_ranking(m), 1):
+        d_rows.append([str(i), d.defense, _fmt(d.clean), f"{d.cost:+.2f}" if d.cost is not None else "–",
+                       f"{d.mean:.2f}" if d.mean is not None else "–", _fmt(d.worst), d.poison or "–",
+                       f"{d.covered}/{d.total}"])
+    defenses = Table(
+        ["rank", "defense", "clean acc.", "cost on clean", "mean over poisons", "worst case (lowest acc.)",
+         "worst poison", "poisons run"],
+        d_rows,
+        align="rlrrrrlr",
+        legend="Worst case of a defense = its lowest clean test accuracy over poisons; defenses ranked by it, higher = "
+        "better. Cost on clean = accuracy on clean (unpoisoned) training data under the defense minus without "
+        "any defense (points; negative = the defense costs accuracy). Defenses not run on every poison are "
+        "ranked after the others. " + legend)
+    return poisons, defenses
+
+
+def _matrix_table(m: Matrix, legend: str) -> Table:
+    return Table(["poison \\ defense", *m.cols], [[r, *(_fmt(m.get(r, c)) for c in m.cols)] for r in m.rows], legend)
+
+
+def build_document(groups: list[Group], results_label: str, n_records: int, newest: str,
+                   plots: dict[str, dict[str, Any]]) -> list[Block]:
+    """The leaderboard as format-neutral blocks."""
+    doc: list[Block] = [
+        Heading(1, "Leaderboard: unlearnable-data poisons vs defenses"),
+        Para(f"Generated by `bench leaderboard` from {n_records} run records in `{results_label}` "
+             f"(newest record: {newest}). Do not edit by hand; regenerate it from the records."),
+        Para("Every number is the **clean test accuracy (%)** of a victim trained on the (poisoned) training set "
+             "under a defense. **Lower accuracy = stronger poison; higher accuracy = better defense.** Tables "
+             "show mean ± std over seeds (sample std; n = runs, shown when above 1). Final accuracy is the "
+             "accuracy after the last epoch; peak accuracy picks the best epoch on the test set and is an oracle "
+             "upper bound, not a result. Presets and protocols are never mixed in one table."),
+    ]
+    if len(groups) > 1:
+        doc.append(Para("Groups: " + "; ".join(f"[{g.title}](#{g.slug})" for g in groups) + "."))
+    for g in groups:
+        legend = _protocol_legend(g)
+        gp = plots.get(g.slug, {})
+        seeds = sorted({int(r["config"]["seed"]) for r in g.runs})
+        doc.append(Heading(2, g.title, g.slug))
+        _ds, note = _dataset_title(g.cfg)
+        doc.append(Para(f"{len(g.runs)} runs, seeds {', '.join(map(str, seeds))}." + (f" **Note:** {note}" if note else "")))
+        m = accuracy_matrix(g, "test_acc")
+        if m.cells:
+            doc.append(Heading(3, "Clean test accuracy, poison × defense (final epoch)"))
+            doc.append(_matrix_table(m, "Rows: poisons (clean = no poison), columns: defenses (none = plain "
+                                        "training). Final-epoch clean test accuracy (%); lower = stronger poison. "
+                                        + legend))
+            for key, alt in (("heatmap", "heatmap of the accuracy matrix"), ("bars", "grouped bars with std")):
+                if key in gp:
+                    doc.append(Image(gp[key], alt))
+            pm = accuracy_matrix(g, "peak_test_acc")
+            if pm.cells:
+                doc.append(Heading(3, "Peak clean test accuracy (oracle upper bound)"))
+                doc.append(_matrix_table(pm, "Best epoch chosen on the test set: an oracle upper bound (early "
+                                             "stopping with test labels), not a comparable result. " + legend))
+            doc.append(Heading(3, "Poisons ranked by worst case over defenses"))
+            pt, dt = _rank_table(g, m, legend)
+            doc.append(pt)
+            doc.append(Heading(3, "Defenses ranked by worst case over poisons"))
+            doc.append(dt)
+            for key in defense_metric_keys(g):
+                dm = accuracy_matrix(g, f"defense:{key}")
+                doc.append(Heading(3, f"Defense metric `{key}`"))
+                doc.append(_matrix_table(dm, f"Extra metric `{key}` reported by the defense (metrics.defense), "
+                                             "final model; only defenses that report it are shown. " + legend))
+        costs = poison_costs(g)
+        if costs:
+            doc.append(Heading(3, "Poison budgets and generation cost"))
+            rows = []
+            for c in costs:
+                b = c.budget
+                rows.append([c.poison, c.params, _fmt(b.get("linf_255"), 1), _fmt(b.get("l2_mean"), 3),
+                             _fmt(b.get("psnr"), 2), _fmt(b.get("ssim"), 4), _fmt(b.get("num_poisoned"), 0),
+                             _fmt(c.seconds, 2), c.device])
+            doc.append(Table(["poison", "params", "L∞ (/255)", "L2 (mean)", "PSNR (dB)", "SSIM", "images poisoned",
+                              "generation (s)", "device"], rows,
+                             "Perturbation of the poisoned images vs their clean originals (record poison.budget): "
+                             "L∞ in grey levels out of 255, mean per-image L2 in [0,1] pixel units, mean PSNR and "
+                             "SSIM. Generation time is wall-clock seconds to generate the poison once (cached "
+                             "afterwards); mean ± std over poison keys when several keys were used. " + legend,
+                             align="llrrrrrrl"))
+        ratios, prows = partial_rows(g)
+        if prows:
+            doc.append(Heading(3, "Partial poisoning"))
+            header = ["poison", "defense", "training set"] + [_ratio_label(r) for r in ratios]
+            rows = [[p.poison, p.defense, p.setting, *(_fmt(p.cells.get(r)) for r in ratios)] for p in prows]
+            doc.append(Table(header, rows,
+                             "Columns: fraction of the training set poisoned (config.poison.ratio). mixed = poisoned "
+                             "images plus the clean rest; clean-only = training on the unpoisoned rest alone (the "
+                             "baseline a partial poison should be compared with). 0% = the clean run, 100% = the "
+                             "full poison, both under the same defense. " + legend, align="lll" + "r" * len(ratios)))
+            if "ratio" in gp:
+                doc.append(Image(gp["ratio"], "accuracy vs poison ratio"))
+        if "curves" in gp:
+            doc.append(Heading(3, "Test accuracy per epoch"))
+            doc.append(Image(gp["curves"], "test accuracy per epoch, clean vs poisoned, per defense"))
+        samples = gp.get("samples") or {}
+        if samples:
+            doc.append(Heading(3, "Samples"))
+            doc.append(Para("Per poison: clean training images (one per class), their poisoned versions and the "
+                            "amplified difference (grey = no change)."))
+            for label in sorted(samples):
+                doc.append(Image(samples[label], f"samples of {label}"))
+    return doc
+
+
+def _ratio_label(r: float) -> str:
+    return f"{r * 100:g}%" + (" (clean)" if r == 0 else "")
+
+
+# ------------------------------------------------------------------------------------ renderers
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(doc: list[Block], out_dir: Path) -> str:
+    lines: list[str] = []
+    for b in doc:
+        if isinstance(b, Heading):
+            if b.anchor:
+                lines += [f'<a id="{b.anchor}"></a>', ""]
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif isinstance(b, Para):
+            lines += [b.text, ""]
+        elif isinstance(b, Table):
+            align = b.align or "l" + "r" * (len(b.header) - 1)
+            lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
+            lines.append("|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            lines += ["", f"<sub>{b.legend}</sub>", ""]
+        elif isinstance(b, Image):
+            rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
+            lines += [f"![{b.alt}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\[([^\]]+)\]\(#([^)]+)\)", r'<a href="#\2">\1</a>', text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}"
+        "th{background:#f3f3f3}td.r{text-align:right}.legend{font-size:0.8em;color:#555;max-width:60em}"
+        "img{max-width:100%;display:block;margin:1em 0}code{background:#f3f3f3;padding:0 3px}")
+
+
+def render_html(doc: list[Block]) -> str:
+    """One self-contained page: plots embedded as base64 PNG."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>unlearnable-bench leaderboard</title>", f"<style>{_CSS}</style></head><body>"]
+    for b in doc:
+        if isinstance(b, Heading):
+            anchor = f' id="{html.escape(b.anchor)}"' if b.anchor else ""
+            parts.append(f"<h{b.level}{anchor}>{_inline_html(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            parts.append(f"<p>{_inline_html(b.text)}</p>")
+        elif isinstance(b, Table):
+            align = b.align or "l" + "r" * (len(b.header) - 1)
+            parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+                         + "</tr></thead><tbody>")
+            for row in b.rows:
+                parts.append("<tr>" + "".join(f'<td class="{a}">{html.escape(c)}</td>'
+                                              for a, c in zip(align, row, strict=True)) + "</tr>")
+            parts.append(f'</tbody></table><p class="legend">{_inline_html(b.legend)}</p>')
+        elif isinstance(b, Image):
+            data = base64.b64encode(Path(b.path).read_bytes()).decode()
+            parts.append(f'<img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}">')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "∞": r"$\infty$",
+        "×": r"$\times$", "–": "--", "·": r"$\cdot$", "<": r"$<$", ">": r"$>$", "|": r"$|$"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _inline_tex(text: str) -> str:
+    text = re.sub(r"\[([^\]]+)\]\(#[^)]+\)", r"\1", text)
+    out = _tex(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", out)
+    return re.sub(r"`([^`]+)`", r"\\texttt{\1}", out)
+
+
+def render_latex(doc: list[Block], out_dir: Path) -> str:
+    """booktabs tables (and figures) for a paper; needs \\usepackage{booktabs,graphicx}."""
+    lines = ["% Generated by `bench leaderboard --format latex`; needs \\usepackage{booktabs,graphicx}.", ""]
+    title = ""
+    for b in doc:
+        if isinstance(b, Heading):
+            if b.level == 1:
+                continue
+            if b.level == 2:
+                title = b.text
+                lines += [f"\\subsection*{{{_inline_tex(b.text)}}}", ""]
+            else:
+                lines += [f"\\paragraph{{{_inline_tex(b.text)}}}", ""]
+        elif isinstance(b, Para):
+            lines += [_inline_tex(b.text), ""]
+        elif isinstance(b, Table):
+            align = b.align or "l" + "r" * (len(b.header) - 1)
+            lines += ["\\begin{table}[t]", "\\centering", "\\small", f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+                      " & ".join(_tex(h) for h in b.header) + r" \\", "\\midrule"]
+            lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in b.rows]
+            lines += ["\\bottomrule", "\\end{tabular}",
+                      f"\\caption{{{_inline_tex(title)}. {_inline_tex(b.legend)}}}", "\\end{table}", ""]
+        elif isinstance(b, Image):
+            rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
+            lines += ["\\begin{figure}[t]", "\\centering", f"\\includegraphics[width=\\linewidth]{{{rel}}}",
+                      f"\\caption{{{_inline_tex(title)}: {_tex(b.alt)}.}}", "\\end{figure}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    plt.rcParams.update({"svg.hashsalt": "bench", "figure.dpi": 100})
+    return plt, sns
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    data = buf.getvalue()
+    _write_public(path, lambda p: p.write_bytes(data))
+    return path
+
+
+def _write_public(path: Path, write: Callable[[Path], None]) -> None:
+    """Atomic write, then the usual file mode (mkstemp creates 0600; these files are for readers)."""
+    atomic_write(path, write)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _wrap(text: str, width: int = 70) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def plot_heatmap(m: Matrix, title: str, path: Path) -> Path:
+    plt, sns = _plt()
+    import numpy as np
+
+    data = np.full((len(m.rows), len(m.cols)), np.nan)
+    annot = np.full(data.shape, "", dtype=object)
+    for i, r in enumerate(m.rows):
+        for j, c in enumerate(m.cols):
+            s = m.get(r, c)
+            if s is not None:
+                data[i, j] = s.mean
+                annot[i, j] = f"{s.mean:.1f}" + (f"\n±{s.std:.1f}" if s.n > 1 else "")
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(m.cols) + 2.5), max(2.8, 0.65 * len(m.rows) + 1.6)))
+    sns.heatmap(data, annot=annot, fmt="", cmap="viridis", vmin=0, vmax=100, ax=ax, linewidths=0.5,
+                cbar_kws={"label": "clean test accuracy (%)"}, xticklabels=m.cols, yticklabels=m.rows,
+                annot_kws={"fontsize": 9})
+    ax.set_xlabel("defense")
+    ax.set_ylabel("poison")
+    ax.set_title(_wrap(title + " — final clean test accuracy (%); lower = stronger poison", 60), fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+    return _save(fig, path)
+
+
+def _palette(n: int) -> list:
+    _plt_, sns = _plt()
+    return sns.color_palette("tab10" if n <= 10 else "husl", n)
+
+
+def plot_bars(m: Matrix, title: str, path: Path) -> Path:
+    plt, _sns = _plt()
+    import numpy as np
+
+    n_rows, n_cols = len(m.rows), len(m.cols)
+    width = 0.8 / max(n_cols, 1)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * n_rows * max(1, n_cols) ** 0.5 + 3), 4))
+    colors = _palette(n_cols)
+    x = np.arange(n_rows)
+    for j, c in enumerate(m.cols):
+        means = [m.get(r, c).mean if m.get(r, c) else np.nan for r in m.rows]
+        stds = [m.get(r, c).std if m.get(r, c) else 0.0 for r in m.rows]
+        ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=3, label=c, color=colors[j],
+               error_kw={"elinewidth": 1})
+    ax.set_xticks(x, m.rows, rotation=30 if n_rows > 4 else 0, ha="right" if n_rows > 4 else "center")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("clean test accuracy (%)")
+    ax.set_xlabel("poison")
+    ax.set_title(_wrap(title + " — mean ± std over seeds; lower = stronger poison", 70), fontsize=10)
+    ax.legend(title="defense", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8, title_fontsize=9)
+    return _save(fig, path)
+
+
+def _curve(recs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
+    per: dict[int, list[float]] = defaultdict(list)
+    for r in recs:
+        for e in (r.get("metrics") or {}).get("per_epoch") or []:
+            if isinstance(e, dict) and _num(e.get("epoch")) is not None and _num(e.get("test_acc")) is not None:
+                per[int(e["epoch"])].append(float(e["test_acc"]))
+    epochs = sorted(per)
+    stats = [stat(per[e]) for e in epochs]
+    return epochs, [s.mean for s in stats], [s.std for s in stats]
+
+
+def plot_curves(group: Group, m: Matrix, title: str, path: Path) -> Path | None:
+    plt, _sns = _plt()
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for rec in group.full_runs():
+        cells[(group.poison_label(rec), group.defense_label(rec))].append(rec)
+    if not any(_curve(v)[0] for v in cells.values()):
+        return None
+    ncols = min(3, len(m.cols))
+    nrows = math.ceil(len(m.cols) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.8), squeeze=False, sharey=True)
+    colors = dict(zip(m.rows, _palette(len(m.rows)), strict=True))
+    colors[CLEAN] = (0.1, 0.1, 0.1)
+    for k, c in enumerate(m.cols):
+        ax = axes[k // ncols][k % ncols]
+        for r in m.rows:
+            epochs, mean, std = _curve(cells.get((r, c), []))
+            if not epochs:
+                continue
+            style = {"linewidth": 2.2, "linestyle": "-"} if r == CLEAN else {"linewidth": 1.4, "linestyle": "--"}
+            ax.plot(epochs, mean, marker="o", markersize=3, color=colors[r], label=r, **style)
+            if any(s > 0 for s in std):
+                ax.fill_between(epochs, np.array(mean) - std, np.array(mean) + std, color=colors[r], alpha=0.15)
+        ax.set_title(f"defense: {c}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 100)
+        if k % ncols == 0:
+            ax.set_ylabel("test accuracy (%)")
+    for k in range(len(m.cols), nrows * ncols):
+        axes[k // ncols][k % ncols].axis("off")
+    handles = [plt.Line2D([], [], color=colors[r], linewidth=2.2 if r == CLEAN else 1.4,
+                          linestyle="-" if r == CLEAN else "--", marker="o", markersize=3) for r in m.rows]
+    fig.legend(handles, m.rows, title="poison", loc="lower center", ncol=min(len(m.rows), 6), fontsize=8,
+               title_fontsize=9, bbox_to_anchor=(0.5, -0.02), frameon=False)
+    fig.suptitle(_wrap(title + " — test accuracy per epoch (mean over seeds, band = std)", 90), fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 + 0.02 * math.ceil(len(m.rows) / 6), 1, 0.95))
+    return _save(fig, path)
+
+
+def plot_ratio(ratios: list[float], rows: list[PartialRow], title: str, path: Path) -> Path:
+    plt, _sns = _plt()
+    poisons = sorted({r.poison for r in rows})
+    fig, axes = plt.subplots(1, len(poisons), figsize=(5 * len(poisons), 3.8), squeeze=False, sharey=True)
+    defenses = sorted({r.defense for r in rows}, key=lambda d: (d != NO_DEFENSE, d))
+    colors = dict(zip(defenses, _palette(len(defenses)), strict=True))
+    for k, poison in enumerate(poisons):
+        ax = axes[0][k]
+        for row in (r for r in rows if r.poison == poison):
+            xs = [x for x in ratios if x in row.cells]
+            ax.errorbar([100 * x for x in xs], [row.cells[x].mean for x in xs], yerr=[row.cells[x].std for x in xs],
+                        marker="o" if row.setting == "mixed" else "s", capsize=3, color=colors[row.defense],
+                        linestyle="-" if row.setting == "mixed" else ":", label=f"{row.defense}, {row.setting}")
+        ax.set_title(f"poison: {poison}", fontsize=10)
+        ax.set_xlabel("poisoned fraction of the training set (%)")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8, loc="lower left")
+        if k == 0:
+            ax.set_ylabel("clean test accuracy (%)")
+    fig.suptitle(_wrap(title + " — partial poisoning (mixed vs clean-only)", 90), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_samples(clean: Any, poisoned: Any, classes: list[str], title: str, path: Path) -> Path:
+    """3 rows: clean, poisoned, signed difference amplified so its largest value fills the range."""
+    plt, _sns = _plt()
+    import numpy as np
+
+    c = clean.numpy().astype(np.float64) / 255.0
+    p = poisoned.numpy().astype(np.float64) / 255.0
+    d = p - c
+    peak = float(np.abs(d).max())
+    amp = 0.5 / peak if peak > 0 else 1.0
+    k = c.shape[0]
+    fig, axes = plt.subplots(3, k, figsize=(1.15 * k + 1.2, 4.0), squeeze=False)
+    gray = c.shape[1] == 1
+
+    def show(ax: Any, img: Any) -> None:
+        img = np.clip(img.transpose(1, 2, 0), 0, 1)
+        ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+
+    row_names = ["clean", "poisoned", f"diff ×{2 * amp:.1f}"]
+    for j in range(k):
+        show(axes[0][j], c[j])
+        show(axes[1][j], p[j])
+        show(axes[2][j], 0.5 + amp * d[j])
+        axes[0][j].set_title(classes[j][:12], fontsize=8)
+    for i, name in enumerate(row_names):
+        axes[i][0].set_ylabel(name, fontsize=9)
+    fig.suptitle(_wrap(f"{title} (max |diff| = {round(peak * 255)}/255)", 90), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------- sample images
+
+def _is_cheap(cls: type) -> bool:
+    """Poisons that need no surrogate training can be re-created on a few images for a preview; a class
+    may say so explicitly with ``preview_cheap = True/False``."""
+    return bool(getattr(cls, "preview_cheap", not getattr(cls, "preset_params", {})))
+
+
+class SampleSource:
+    """Clean and poisoned sample images for a record: from the cached poison artifact if present, else
+    by re-running a cheap poison on one training image per class (deterministic: first image of each
+    class of the protocol's training subset, the key recovered from its fingerprint)."""
+
+    def __init__(self, data_root: Path | None, cache: Path | None, warn: Warn) -> None:
+        self.data_root, self.cache, self.warn = data_root, cache, warn
+        self._datasets: dict[str, Any] = {}
+        self._manifests: list[tuple[Path, dict[str, Any]]] | None = None
+
+    def _dataset(self, name: str) -> Any:
+        if name not in self._datasets:
+            from benchmark.data import load_dataset
+
+            try:
+                self._datasets[name] = load_dataset(name, Path(self.data_root or "data"), Path(self.cache or "."))
+            except BenchError as exc:
+                self._datasets[name] = exc
+        return self._datasets[name]
+
+    def _artifact(self, dataset_id: dict[str, Any], poison: dict[str, Any]) -> Path | None:
+        if self.cache is None:
+            return None
+        if self._manifests is None:
+            self._manifests = []
+            for path in sorted((Path(self.cache) / "poisons").glob("*.json")):
+                try:
+                    self._manifests.append((path, read_json(path)))
+                except BenchError:
+                    continue
+        want = {k: poison.get(k) for k in ("name", "params", "ratio", "key_fingerprint")}
+        for path, man in self._manifests:
+            if isinstance(man, dict) and man.get("dataset") == dataset_id and man.get("poison") == want:
+                npz = path.with_suffix(".npz")
+                if npz.exists():
+                    return npz
+        return None
+
+    def images(self, rec: dict[str, Any], label: str) -> tuple[Any, Any, list[str]] | None:
+        import torch
+
+        from benchmark.data import stratified_subset
+
+        cfg = rec["config"]
+        proto = cfg.get("protocol") or {}
+        data = self._dataset(str(cfg["dataset"]))
+        if isinstance(data, BenchError):
+            self.warn(f"no sample grid for {label}: {data}")
+            return None
+        if data.source != cfg.get("dataset_source"):
+            self.warn(f"no sample grid for {label}: dataset source is {data.source}, the records used "
+                      f"{cfg.get('dataset_source')}")
+            return None
+        train = data.train
+        if proto.get("train_subset"):
+            train = train.subset(stratified_subset(train.y, int(proto["train_subset"]), int(proto.get("subset_seed", 0))))
+        dataset_id = {"name": data.name, "source": data.source, "train_size": len(train),
+                      "train_subset": proto.get("train_subset"), "subset_seed": proto.get("subset_seed")}
+        poison = cfg["poison"]
+        npz = self._artifact(dataset_id, poison)
+        if npz is not None:
+            try:
+                arrays = read_npz(npz, required=("x_train", "poisoned_indices"))
+            except BenchError as exc:
+                self.warn(f"no sample grid for {label}: {exc}")
+                return None
+            allowed = torch.zeros(len(train), dtype=torch.bool)
+            allowed[torch.from_numpy(arrays["poisoned_indices"].astype("int64"))] = True
+            idx = self._pick(train.y, allowed)
+            px = torch.from_numpy(arrays["x_train"][idx.numpy()].transpose(0, 3, 1, 2).copy())
+            return train.x[idx], px, [train.classes[int(c)] if train.classes else str(int(c)) for c in train.y[idx]]
+        return self._recreate(train, poison, cfg, label)
+
+    @staticmethod
+    def _pick(y: Any, allowed: Any) -> Any:
+        import torch
+
+        picks = []
+        for c in torch.unique(y).tolist()[:MAX_SAMPLE_CLASSES]:
+            hits = torch.nonzero((y == c) & allowed).flatten()
+            if hits.numel():
+                picks.append(int(hits[0]))
+        return torch.tensor(picks, dtype=torch.long)
+
+    def _recreate(self, train: Any, poison: dict[str, Any], cfg: dict[str, Any], label: str) -> Any:
+        import torch
+
+        from attacks.base import PoisonContext, key_fingerprint
+        from benchmark.poisoning import build_poison
+        from benchmark.registry import POISONS
+
+        try:
+            cls = POISONS.get(poison["name"])
+        except BenchError as exc:
+            self.warn(f"no sample grid for {label}: {exc}")
+            return None
+        if not _is_cheap(cls):
+            self.warn(f"no sample grid for {label}: no cached poison artifact, and re-creating '{poison['name']}' "
+                      "needs surrogate training (keep the cache or run `bench poison` first)")
+            return None
+        candidates = [0]
+        if os.environ.get("BENCH_POISON_KEY", "").isdigit():
+            candidates.insert(0, int(os.environ["BENCH_POISON_KEY"]))
+        fp = poison.get("key_fingerprint")
+        key = next((k for k in candidates if fp is None or key_fingerprint(k) == fp), None)
+        if key is None:
+            self.warn(f"no sample grid for {label}: the poison key is private (set BENCH_POISON_KEY to the key "
+                      "with fingerprint " + str(fp) + ")")
+            return None
+        try:
+            spec = build_poison(poison["name"], poison.get("params") or {}, key, 1.0, str(cfg.get("preset")))
+            idx = self._pick(train.y, torch.ones(len(train), dtype=torch.bool))
+            sub = train.subset(idx)
+            ctx = PoisonContext(key=key, ratio=1.0, device=torch.device("cpu"), preset=str(cfg.get("preset")),
+                                num_classes=train.num_classes)
+            out = spec.poison.generate(sub, ctx)
+        except (BenchError, RuntimeError, ValueError) as exc:
+            self.warn(f"no sample grid for {label}: re-creating the poison failed ({exc})")
+            return None
+        return sub.x, out.x.cpu(), [train.classes[int(c)] if train.classes else str(int(c)) for c in sub.y]
+
+
+# ------------------------------------------------------------------------------------- top level
+
+@dataclass
+class Summary:
+    out: Path
+    records: int
+    groups: int
+    plots: list[Path]
+
+
+def make_plots(group: Group, plots_dir: Path, samples: SampleSource | None) -> dict[str, Any]:
+    """Write this group's PNGs; returns {kind: path} (``samples``: {poison label: path})."""
+    out: dict[str, Any] = {}
+    m = accuracy_matrix(group, "test_acc")
+    stem = Path(plots_dir) / group.slug
+    if m.cells:
+        out["heatmap"] = plot_heatmap(m, group.title, Path(f"{stem}-heatmap.png"))
+        out["bars"] = plot_bars(m, group.title, Path(f"{stem}-bars.png"))
+        if (curves := plot_curves(group, m, group.title, Path(f"{stem}-curves.png"))) is not None:
+            out["curves"] = curves
+    ratios, prows = partial_rows(group)
+    if prows:
+        out["ratio"] = plot_ratio(ratios, prows, group.title, Path(f"{stem}-ratio.png"))
+    if samples is not None:
+        chosen: dict[str, dict[str, Any]] = {}
+        for rec in sorted(group.runs, key=lambda r: (not group.is_full(r), r["run_id"])):
+            if rec["config"]["poison"]["name"] != "none":
+                chosen.setdefault(group.poison_label(rec), rec)
+        sample_paths = {}
+        for label in sorted(chosen):
+            got = samples.images(chosen[label], f"{group.title} / {label}")
+            if got is not None:
+                clean, poisoned, classes = got
+                sample_paths[label] = plot_samples(clean, poisoned, classes, f"{label} on {group.title}",
+                                                   Path(f"{stem}-samples-{_slug(label)}.png"))
+        if sample_paths:
+            out["samples"] = sample_paths
+    return out
+
+
+def write_leaderboard(results: Path | str = "results/runs", out: Path | str | None = None,
+                      plots_dir: Path | str = "results/plots", fmt: str = "md", data_root: Path | str | None = None,
+                      cache_dir: Path | str | None = None, samples: bool = True, warn: Warn | None = None) -> Summary:
+    """Regenerate the leaderboard (``md``, ``html`` or ``latex``) and its plots from the records."""
+    warn = warn or (lambda msg: None)
+    if fmt not in ("md", "html", "latex"):
+        raise BenchError(f"unknown format '{fmt}'; valid: md, html, latex")
+    results = Path(results)
+    if not results.is_dir():
+        raise BenchError(f"results folder '{results}' does not exist; run `bench run` first or pass --results")
+    out = Path(out) if out else Path({"md": "leaderboard.md", "html": "leaderboard.html", "latex": "leaderboard.tex"}[fmt])
+    runs = collect_runs(results, warn)
+    if not runs:
+        raise BenchError(f"no usable finished run records in '{results}'; nothing to report")
+    groups = group_runs(runs)
+    source = SampleSource(Path(data_root) if data_root else None, Path(cache_dir) if cache_dir else None, warn) \
+        if samples else None
+    plots = {g.slug: make_plots(g, Path(plots_dir), source) for g in groups}
+    newest = max(str(rec.get("created") or "") for _p, rec in runs)[:10] or "unknown"
+    doc = build_document(groups, results.as_posix(), len(runs), newest, plots)
+    out_dir = out.resolve().parent
+    text = {"md": lambda: render_markdown(doc, out_dir), "html": lambda: render_html(doc),
+            "latex": lambda: render_latex(doc, out_dir)}[fmt]()
+    _write_public(out, lambda p: p.write_text(text, encoding="utf-8"))
+    written = []
+    for gp in plots.values():
+        for v in gp.values():
+            written += list(v.values()) if isinstance(v, dict) else [v]
+    return Summary(out, len(runs), len(groups), sorted(written))

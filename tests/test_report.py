@@ -1,0 +1,300 @@
+"""bench leaderboard: aggregation and rankings on hand-made records with known answers, preset
+separation, bad records, duplicates, idempotence, HTML/LaTeX output and plot files."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+from attacks.base import key_fingerprint
+from benchmark.protocol import protocol_dict, resolve_protocol
+from benchmark.records import SCHEMA_VERSION, record_filename, run_id, validate_record
+from benchmark.report import (
+    accuracy_matrix,
+    collect_runs,
+    defense_ranking,
+    group_runs,
+    partial_rows,
+    poison_ranking,
+    write_leaderboard,
+)
+
+CUDA_PARAMS = {"pb": 0.3, "k": 3, "universal": False}
+
+
+def make_record(poison: str = "none", defense: str = "none", acc: float = 50.0, seed: int = 0,
+                preset: str = "smoke", ratio: float = 1.0, clean_only: bool = False, peak: float | None = None,
+                defense_metrics: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                status: str = "finished") -> dict[str, Any]:
+    """A record shaped like the runner's (CIFAR-10 JPEG copy, small-cnn), with chosen accuracies."""
+    proto = protocol_dict(resolve_protocol(preset))
+    if params is None:
+        params = CUDA_PARAMS if poison == "cuda" else {}
+    config = {
+        "dataset": "cifar10", "dataset_source": "cifar10-jpeg", "train_size": proto["train_subset"] or 50000,
+        "test_size": proto["test_subset"] or 10000, "model": proto["model"], "preset": preset, "protocol": proto,
+        "seed": seed,
+        "poison": {"name": poison, "params": params, "ratio": ratio,
+                   "key_fingerprint": None if poison == "none" else key_fingerprint(0), "clean_only": clean_only},
+        "defense": {"name": defense, "params": {}, "components": [{"name": defense, "params": {}}]},
+    }
+    epochs = proto["epochs"]
+    curve = [{"epoch": e, "train_loss": 1.0, "train_acc": 50.0, "test_acc": round(acc * e / epochs, 3),
+              "lr": 0.01, "seconds": 0.1} for e in range(1, epochs + 1)]
+    finished = status == "finished"
+    rec = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id(config), "status": status,
+        "created": f"2026-01-{10 + seed:02d}T12:00:00+00:00", "config": config,
+        "environment": {"device": "cpu", "device_name": "cpu"},
+        "poison": {"budget": None if poison == "none" else {"linf": 0.5, "linf_255": 128, "l2_mean": 5.0,
+                                                            "psnr": 20.0, "ssim": 0.8, "num_poisoned": 512},
+                   "generation_seconds": 0.5, "generation_device": "cpu"},
+        "metrics": {"test_acc": acc, "peak_test_acc": peak if peak is not None else acc, "peak_epoch": epochs,
+                    "per_epoch": curve, "defense": defense_metrics or {}} if finished else {},
+        "timings": {"training": 1.0}, "error": None if finished else "RuntimeError: boom",
+    }
+    assert validate_record(rec) is None
+    return rec
+
+
+def write(results: Path, rec: dict[str, Any], name: str | None = None) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / (name or record_filename(rec["config"], rec["run_id"]))
+    path.write_text(json.dumps(rec, indent=2))
+    return path
+
+
+def standard_set() -> list[dict[str, Any]]:
+    """Known answers: clean/none 81 ± 1.414 (n=2), cuda/none 22 ± 2.828, cuda/mixup 50, clean/mixup 78,
+    em/none 15, em/mixup 30, sem only under none (incomplete coverage), a partial cuda poison."""
+    return [
+        make_record("none", "none", 80.0, seed=0, peak=85.0), make_record("none", "none", 82.0, seed=1, peak=86.0),
+        make_record("cuda", "none", 20.0, seed=0, peak=30.0), make_record("cuda", "none", 24.0, seed=1, peak=31.0),
+        make_record("cuda", "mixup", 50.0, defense_metrics={"robust_test_acc": 12.5}),
+        make_record("none", "mixup", 78.0, defense_metrics={"robust_test_acc": 40.0}),
+        make_record("em", "none", 15.0), make_record("em", "mixup", 30.0, defense_metrics={"robust_test_acc": 5.0}),
+        make_record("sem", "none", 10.0),
+        make_record("cuda", "none", 60.0, ratio=0.5), make_record("cuda", "none", 70.0, ratio=0.5, clean_only=True),
+    ]
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    folder = tmp_path / "runs"
+    for rec in standard_set():
+        write(folder, rec)
+    return folder
+
+
+def test_matrix_mean_std_and_rankings(results: Path) -> None:
+    (group,) = group_runs(collect_runs(results, lambda m: None))
+    m = accuracy_matrix(group)
+    assert m.rows == ["clean", "cuda", "em", "sem"] and m.cols == ["none", "mixup"]
+    clean = m.get("clean", "none")
+    assert clean.mean == pytest.approx(81.0) and clean.std == pytest.approx(math.sqrt(2)) and clean.n == 2
+    cuda = m.get("cuda", "none")
+    assert cuda.mean == pytest.approx(22.0) and cuda.std == pytest.approx(math.sqrt(8)) and cuda.n == 2
+    assert cuda.fmt() == "22.00 ± 2.83 (n=2)" and m.get("cuda", "mixup").fmt() == "50.00"
+    assert m.get("sem", "mixup") is None
+    assert accuracy_matrix(group, "peak_test_acc").get("cuda", "none").mean == pytest.approx(30.5)
+
+    ranks = poison_ranking(m)
+    assert [r.poison for r in ranks] == ["em", "cuda", "sem"]  # sem is incomplete: ranked last despite 10
+    assert ranks[0].worst.mean == 30.0 and ranks[0].defense == "mixup" and ranks[0].drop == pytest.approx(51.0)
+    assert ranks[1].worst.mean == 50.0 and ranks[1].defense == "mixup"
+    assert (ranks[2].covered, ranks[2].total) == (1, 2)
+
+    d = {r.defense: r for r in defense_ranking(m)}
+    assert [r.defense for r in defense_ranking(m)] == ["none", "mixup"]  # mixup lacks sem: ranked after
+    assert d["none"].cost == pytest.approx(0.0) and d["mixup"].cost == pytest.approx(-3.0)
+    assert d["none"].worst.mean == 10.0 and d["none"].poison == "sem"
+    assert d["none"].mean == pytest.approx((22 + 15 + 10) / 3)
+    assert d["mixup"].worst.mean == 30.0 and d["mixup"].poison == "em" and d["mixup"].mean == pytest.approx(40.0)
+    assert (d["mixup"].covered, d["mixup"].total) == (2, 3)
+
+    ratios, rows = partial_rows(group)
+    assert ratios == [0.0, 0.5, 1.0]
+    by = {r.setting: r for r in rows}
+    assert by["mixed"].cells[0.5].mean == 60.0 and by["mixed"].cells[1.0].mean == pytest.approx(22.0)
+    assert by["clean-only"].cells[0.5].mean == 70.0 and 1.0 not in by["clean-only"].cells
+    assert by["mixed"].cells[0.0].mean == pytest.approx(81.0)
+
+
+def test_markdown_tables_and_legends(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site" / "leaderboard.md"
+    write_leaderboard(results, out, tmp_path / "plots", samples=False)
+    text = out.read_text()
+    assert "| clean | 81.00 ± 1.41 (n=2) | 78.00 |" in text
+    assert "| cuda | 22.00 ± 2.83 (n=2) | 50.00 |" in text
+    assert "| sem | 10.00 | – |" in text
+    assert "| 1 | em | 30.00 | mixup | 15.00 | 51.00 | 2/2 |" in text
+    assert "| 2 | mixup | 78.00 | -3.00 | 40.00 | 30.00 | em | 2/3 |" in text
+    assert "Peak clean test accuracy (oracle upper bound)" in text
+    assert "Defense metric `robust_test_acc`" in text and "| cuda | 12.50 |" in text
+    assert "| cuda | none | mixed | 81.00 ± 1.41 (n=2) | 60.00 | 22.00 ± 2.83 (n=2) |" in text
+    assert "| cuda | none | clean-only | 81.00 ± 1.41 (n=2) | 70.00 | – |" in text
+    assert "CIFAR-10 (JPEG copy)" in text and "not bit-exact" in text
+    assert "lower = stronger poison" in text.lower()
+    assert "newest record: 2026-01-11" in text
+    # every table has a legend that states the protocol
+    tables = re.findall(r"^\|(?::?---:?\|)+$", text, flags=re.M)
+    assert text.count("Protocol: preset `smoke`") == len(tables) == 7
+    # plots are linked relative to the output file
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links and all(lnk.startswith("../plots/") and (out.parent / lnk).is_file() for lnk in links)
+
+
+def test_presets_never_share_a_table(tmp_path: Path) -> None:
+    folder = tmp_path / "runs"
+    for preset, acc in (("smoke", 40.0), ("cpu", 70.0)):
+        write(folder, make_record("none", "none", acc, preset=preset))
+        write(folder, make_record("cuda", "none", acc / 2, preset=preset))
+    groups = group_runs(collect_runs(folder, lambda m: None))
+    assert [g.preset for g in groups] == ["smoke", "cpu"]
+    assert [accuracy_matrix(g).get("clean", "none").n for g in groups] == [1, 1]
+    out = tmp_path / "lb.md"
+    write_leaderboard(folder, out, tmp_path / "plots", samples=False)
+    text = out.read_text()
+    assert text.count("### Clean test accuracy, poison × defense") == 2
+    assert "· preset smoke" in text and "· preset cpu" in text
+    assert "| clean | 40.00 |" in text and "| clean | 70.00 |" in text
+
+
+def test_protocol_overrides_split_groups(tmp_path: Path) -> None:
+    folder = tmp_path / "runs"
+    write(folder, make_record("none", "none", 40.0))
+    rec = make_record("none", "none", 60.0)
+    rec["config"]["protocol"]["epochs"] = 5
+    rec["run_id"] = run_id(rec["config"])
+    write(folder, rec)
+    groups = group_runs(collect_runs(folder, lambda m: None))
+    assert len(groups) == 2 and {g.variant for g in groups} == {"epochs=3", "epochs=5"}
+
+
+def test_bad_records_are_skipped_with_one_warning_each(results: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    (results / "corrupt.json").write_text('{"schema_version": 1, "run_id": ')
+    future = make_record("cuda", "cutmix", 99.0)
+    future["schema_version"] = 99
+    write(results, future, "future.json")
+    write(results, make_record("cuda", "cutout", 99.0, status="failed"), "failed.json")
+    odd = make_record("cuda", "cutmix", 99.0, seed=7)
+    odd["config"]["poison"] = "cuda"  # passes validate_record, but is not an object
+    write(results, odd, "odd.json")
+    dup = make_record("none", "none", 80.0, seed=0, peak=85.0)
+    write(results, dup, "a-copy.json")  # same config and seed as a record already there
+    out = tmp_path / "lb.md"
+    code, stdout, err = run_cli(["leaderboard", "--results", str(results), "--out", str(out), "--plots",
+                                 str(tmp_path / "plots"), "--no-samples"], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 5, err
+    assert any("corrupt.json" in w and "unreadable JSON" in w for w in warnings)
+    assert any("future.json" in w and "schema_version" in w for w in warnings)
+    assert any("failed.json" in w and "failed run" in w for w in warnings)
+    assert any("duplicate" in w and "a-copy.json" in w for w in warnings)
+    assert any("odd.json" in w and "config.poison" in w for w in warnings)
+    text = out.read_text()
+    assert "99.00" not in text and "cutmix" not in text and "cutout" not in text
+    assert "| clean | 81.00 ± 1.41 (n=2) | 78.00 |" in text  # the duplicate counted once
+    assert "11 run records" in text and "wrote" in stdout
+
+
+def test_no_usable_records_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write(tmp_path / "runs", make_record("cuda", "none", 10.0, status="failed"))
+    code, _, err = run_cli(["leaderboard", "--results", str(tmp_path / "runs"), "--out", str(tmp_path / "x.md")],
+                           capsys)
+    assert code == 2 and "no usable finished run records" in err and not (tmp_path / "x.md").exists()
+    code, _, err = run_cli(["leaderboard", "--results", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_idempotent_html_latex(results: Path, tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    first = write_leaderboard(results, tmp_path / "a.md", plots, samples=False)
+    png = {p: p.read_bytes() for p in first.plots}
+    second = write_leaderboard(results, tmp_path / "b.md", plots, samples=False)
+    assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
+    assert {p: p.read_bytes() for p in second.plots} == png
+
+    html_path = write_leaderboard(results, tmp_path / "lb.html", plots, fmt="html", samples=False).out
+    page = html_path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") >= 7
+    assert page.count('src="data:image/png;base64,') == 4 and 'src="plots' not in page
+    assert "22.00 ± 2.83 (n=2)" in page
+    again = write_leaderboard(results, tmp_path / "lb2.html", plots, fmt="html", samples=False).out
+    assert again.read_bytes() == html_path.read_bytes()
+
+    tex = write_leaderboard(results, tmp_path / "lb.tex", plots, fmt="latex", samples=False).out.read_text()
+    assert tex.count("\\toprule") == tex.count("\\bottomrule") == tex.count("\\begin{tabular}") >= 7
+    assert "22.00 $\\pm$ 2.83 (n=2)" in tex and "robust\\_test\\_acc" in tex
+    assert "\\includegraphics[width=\\linewidth]{plots/" in tex
+
+
+def test_every_plot_is_written_including_samples(results: Path, tmp_path: Path, data_root: Path,
+                                                 cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "lb.md"
+    code, _, err = run_cli(["leaderboard", "--results", str(results), "--out", str(out), "--plots",
+                            str(tmp_path / "plots"), "--data-root", str(data_root), "--cache-dir", str(cache_dir)],
+                           capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    stem = "cifar10-cifar10-jpeg-small-cnn-smoke"
+    for kind in ("heatmap", "bars", "curves", "ratio", "samples-cuda"):
+        assert f"{stem}-{kind}.png" in names
+    assert all((tmp_path / "plots" / n).stat().st_size > 1000 for n in names)
+    # cuda is re-created from its key (not cached here); em and sem need surrogate training or are unknown
+    assert "samples-em" not in " ".join(names) and "needs surrogate training" in err
+    text = out.read_text()
+    assert f"![samples of cuda](plots/{stem}-samples-cuda.png)" in text
+    # deterministic: a fresh regeneration gives the same PNG
+    first = (tmp_path / "plots" / f"{stem}-samples-cuda.png").read_bytes()
+    shutil.rmtree(tmp_path / "plots")
+    run_cli(["leaderboard", "--results", str(results), "--out", str(out), "--plots", str(tmp_path / "plots"),
+             "--data-root", str(data_root), "--cache-dir", str(cache_dir)], capsys)
+    assert (tmp_path / "plots" / f"{stem}-samples-cuda.png").read_bytes() == first
+
+
+def test_samples_from_cache_match_recreated(results: Path, data_root: Path, cache_dir: Path) -> None:
+    """The cached artifact and the cheap re-creation on one image per class give the same images."""
+    import torch
+
+    from benchmark.data import load_dataset, stratified_subset
+    from benchmark.poisoning import build_poison, get_poisoned
+    from benchmark.report import SampleSource
+
+    rec = make_record("cuda", "none", 20.0)
+    warnings: list[str] = []
+    recreated = SampleSource(data_root, cache_dir, warnings.append).images(rec, "cuda")
+    assert recreated is not None and not warnings
+    data = load_dataset("cifar10", data_root, cache_dir)
+    train = data.train.subset(stratified_subset(data.train.y, 512, 0))
+    dataset_id = {"name": data.name, "source": data.source, "train_size": 512, "train_subset": 512, "subset_seed": 0}
+    _, manifest = get_poisoned(train, dataset_id, build_poison("cuda", CUDA_PARAMS, 0, 1.0, "smoke"), cache_dir,
+                               torch.device("cpu"), "smoke")
+    assert manifest["cached"] is False
+    cached = SampleSource(data_root, cache_dir, warnings.append).images(rec, "cuda")
+    assert cached is not None and not warnings
+    assert cached[2] == recreated[2] == list(data.train.classes)
+    assert torch.equal(cached[0], recreated[0]) and torch.equal(cached[1], recreated[1])
+    assert not torch.equal(cached[0], cached[1])
+    other = make_record("cuda", "none", 20.0)
+    other["config"]["poison"]["key_fingerprint"] = key_fingerprint(12345)
+    assert SampleSource(data_root, cache_dir, warnings.append).images(other, "cuda") is None
+    assert "private" in warnings[-1]
+
+
+def test_missing_data_skips_sample_grid_with_warning(results: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    warnings: list[str] = []
+    summary = write_leaderboard(results, tmp_path / "lb.md", tmp_path / "plots", data_root=tmp_path / "empty",
+                                cache_dir=tmp_path / "cache", warn=warnings.append)
+    assert not any("samples" in p.name for p in summary.plots)
+    assert any("no sample grid" in w and "CIFAR-10" in w for w in warnings)
