@@ -46,22 +46,31 @@ def cuda_filters(key: int, num_classes: int, k: int, pb: float) -> tuple[np.ndar
     return filters, rng
 
 
-def apply_filters(x: torch.Tensor, labels: torch.Tensor, filters: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Convolve each uint8 image with its class filter (depthwise, zero 'same' padding), divide by the
-    image's global max, and return uint8 by truncation. Batched per class on x's device."""
+def apply_filters(x: torch.Tensor, labels: torch.Tensor, filters: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Convolve each uint8 image with its class filter (zero 'same' padding, the same filter on every
+    channel; cross-correlation like ``F.conv2d``), divide by the image's global max, and return uint8
+    by truncation.
+
+    Batched over all images at once: the k*k shifted copies of the padded batch are weighted by each
+    image's own filter entries and summed (a per-image depthwise convolution, ~10x faster on CPU than
+    one grouped ``conv2d`` per class).
+    """
     n, c, h, w = x.shape
     k = filters.shape[-1]
+    pad = k // 2
+    weights = filters.to(device=x.device, dtype=torch.float32)
     out = torch.empty_like(x)
-    for cls in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == cls).flatten()
-        weight = filters[cls].to(device=x.device, dtype=torch.float32).view(1, 1, k, k).repeat(c, 1, 1, 1)
-        for start in range(0, idx.numel(), chunk):
-            sel = idx[start:start + chunk]
-            imgs = x[sel].to(torch.float32) / 255.0
-            y = F.conv2d(imgs, weight, padding=k // 2, groups=c)
-            peak = y.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-            y = torch.where(peak > 0, y / peak.clamp_min(1e-12), y)
-            out[sel] = (y * 255.0).clamp_(0, 255).to(torch.uint8)  # float->uint8 cast truncates
+    for start in range(0, n, chunk):
+        imgs = x[start:start + chunk].to(torch.float32).div_(255.0)
+        padded = F.pad(imgs, (pad, pad, pad, pad))
+        per_image = weights[labels[start:start + chunk].to(x.device)]  # (b, k, k)
+        y = torch.zeros_like(imgs)
+        for i in range(k):
+            for j in range(k):
+                y.addcmul_(padded[:, :, i:i + h, j:j + w], per_image[:, i, j].view(-1, 1, 1, 1))
+        peak = y.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+        y = torch.where(peak > 0, y / peak.clamp_min(1e-12), y)
+        out[start:start + chunk] = (y * 255.0).clamp_(0, 255).to(torch.uint8)  # cast truncates
     return out
 
 
@@ -81,9 +90,13 @@ class CUDA(Poison):
         draws = rng.random_sample(len(train))
         mask = torch.from_numpy(draws < ctx.ratio)
         poisoned_indices = torch.nonzero(mask).flatten()
-        x = train.x.clone()
-        if poisoned_indices.numel():
-            sel = poisoned_indices.to(train.x.device)
-            x[sel] = apply_filters(train.x[sel], train.y[sel], torch.from_numpy(filters))
+        filt = torch.from_numpy(filters)
+        if poisoned_indices.numel() == len(train):
+            x = apply_filters(train.x, train.y, filt)
+        else:
+            x = train.x.clone()
+            if poisoned_indices.numel():
+                sel = poisoned_indices.to(train.x.device)
+                x[sel] = apply_filters(train.x[sel], train.y[sel], filt)
         return PoisonedSet(x, train.y.clone(), poisoned_indices,
                            info={"filters_sum_mean": float(filters.sum(axis=(1, 2)).mean())})

@@ -1,0 +1,251 @@
+"""Batch-level defenses: mixup, CutMix, cutout, randomized smoothing (spec defenses.md §2-4, §6)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.data import ImageSet
+from benchmark.errors import BenchError
+from benchmark.records import validate_record
+from benchmark.runner import RunSpec, execute, prepare_run
+from defenses.base import TrainContext, build_defense, soft_cross_entropy
+from defenses.cutmix import cutmix_box
+from defenses.mixup import sample_dirichlet
+from defenses.smoothing import abstain_pvalues
+
+
+def make_ctx(seed: int = 0, num_classes: int = 10) -> TrainContext:
+    return TrainContext(device=torch.device("cpu"), num_classes=num_classes, in_channels=3, image_size=(32, 32),
+                        seed=seed, generator=torch.Generator().manual_seed(seed))
+
+
+def one_batch(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random [0,1] images with identity soft labels (image i has its own class i)."""
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 100))
+    return x, torch.eye(n)
+
+
+# ------------------------------------------------------------------------------------------ mixup
+
+@pytest.mark.parametrize("ways", [2, 4])
+def test_mixup_mixes_images_and_labels_with_the_same_weights(ways: int) -> None:
+    x, y = one_batch()
+    mixup = build_defense("mixup", {"ways": str(ways)})
+    xm, ym = mixup.batch(x, y, make_ctx())
+    assert xm.shape == x.shape and ym.shape == y.shape
+    assert torch.allclose(ym.sum(1), torch.ones(len(y)), atol=1e-6)  # soft labels sum to 1
+    assert torch.allclose(xm.flatten(1), ym @ x.flatten(1), atol=1e-5)  # x~ = sum_j w_ij x_j
+    # one weight vector per batch: every row holds the same multiset of weights (up to merged equal perms)
+    assert int((ym > 0).sum(1).max()) <= ways
+    w_first = ym.diagonal()  # the identity component's weight is the first Dirichlet weight
+    rows_without_collision = (ym > 0).sum(1) == ways
+    assert rows_without_collision.any()
+    assert torch.allclose(w_first[rows_without_collision], w_first[rows_without_collision][0].expand(
+        int(rows_without_collision.sum())))
+    if ways == 2:  # mixed image = lam*x + (1-lam)*x[perm]
+        lam = float(w_first[rows_without_collision][0])
+        perm = torch.where(rows_without_collision, (ym - torch.diag(ym.diagonal())).argmax(1), torch.arange(len(y)))
+        assert torch.allclose(xm, lam * x + (1 - lam) * x[perm], atol=1e-5)
+
+
+def test_mixup_seeded_and_beta_distribution() -> None:
+    x, y = one_batch()
+    a = build_defense("mixup").batch(x, y, make_ctx(3))
+    b = build_defense("mixup").batch(x, y, make_ctx(3))
+    c = build_defense("mixup").batch(x, y, make_ctx(4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    ctx = make_ctx(0)
+    for alpha, var in [(1.0, 1 / 12), (0.2, 1 / (4 * 1.4))]:  # Var Beta(a, a) = 1 / (4 (2a + 1))
+        lams = torch.tensor([sample_dirichlet(ctx, alpha, 2)[0] for _ in range(600)])
+        assert abs(float(lams.mean()) - 0.5) < 0.05
+        assert abs(float(lams.var()) - var) < 0.02
+
+
+def test_mixup_bad_params_rejected() -> None:
+    with pytest.raises(BenchError, match="alpha"):
+        build_defense("mixup", {"alpha": "0"})
+    with pytest.raises(BenchError, match="ways"):
+        build_defense("mixup", {"ways": "1"})
+
+
+# ----------------------------------------------------------------------------------------- CutMix
+
+def test_cutmix_box_matches_reference_rand_bbox() -> None:
+    assert cutmix_box(0.75, 32, 32, 16, 16) == (8, 24, 8, 24)  # side int(32 * sqrt(.25)) = 16
+    assert cutmix_box(0.75, 32, 32, 0, 31) == (0, 8, 23, 32)  # clipped at the borders
+    assert cutmix_box(1.0, 32, 32, 5, 5) == (5, 5, 5, 5)  # lam = 1: empty box
+
+
+def test_cutmix_label_weight_is_one_minus_box_area() -> None:
+    n = 16
+    x = torch.arange(1, n + 1, dtype=torch.float32).div(n + 1).view(n, 1, 1, 1).expand(n, 3, 32, 32).contiguous()
+    y = torch.eye(n)
+    cutmix = build_defense("cutmix", {"p": "1"})
+    ctx = make_ctx(1)
+    areas = []
+    for _ in range(10):
+        xm, ym = cutmix.batch(x, y, ctx)
+        assert torch.allclose(ym.sum(1), torch.ones(n), atol=1e-6)
+        moved = (xm != x).any(1)  # (N, H, W): pixels pasted from another image
+        box = moved.any(0)
+        if not box.any():
+            continue  # empty box (lam ~ 1)
+        rows, cols = box.any(1), box.any(0)
+        assert torch.equal(box, rows[:, None] & cols[None, :])  # one rectangle, the same for all images
+        area = float(box.float().mean())
+        areas.append(area)
+        for i in range(n):
+            if not moved[i].any():  # paired with itself
+                assert float(ym[i, i]) == pytest.approx(1.0)
+                continue
+            assert torch.equal(moved[i], box)
+            src = int(round(float(xm[i, 0][box][0]) * (n + 1))) - 1  # which image the box came from
+            assert float(ym[i, i]) == pytest.approx(1 - area, abs=1e-6)
+            assert float(ym[i, src]) == pytest.approx(area, abs=1e-6)
+            assert torch.equal(xm[i][:, box], x[src][:, box]) and torch.equal(xm[i][:, ~box], x[i][:, ~box])
+    assert len(set(areas)) > 3  # boxes of several sizes
+
+
+def test_cutmix_probability() -> None:
+    x, y = one_batch()
+    cutmix = build_defense("cutmix")  # p = 0.5
+    ctx = make_ctx(2)
+    changed = sum(not torch.equal(cutmix.batch(x, y, ctx)[1], y) for _ in range(60))
+    assert 15 <= changed <= 45
+    never = build_defense("cutmix", {"p": "0"})
+    assert all(torch.equal(never.batch(x, y, ctx)[0], x) for _ in range(5))
+    with pytest.raises(BenchError, match="'p'"):
+        build_defense("cutmix", {"p": "1.5"})
+
+
+# ----------------------------------------------------------------------------------------- cutout
+
+def test_cutout_zeroes_one_clipped_square_per_image() -> None:
+    n = 64
+    x = torch.rand(n, 3, 32, 32).add_(0.1)  # no zeros before cutout
+    y = torch.eye(n)
+    xo, yo = build_defense("cutout").batch(x, y, make_ctx(5))
+    assert torch.equal(yo, y)
+    zero = (xo == 0).all(1)  # (N, H, W)
+    assert torch.equal((xo == 0).any(1), zero)  # all channels zeroed together
+    assert torch.equal(xo[~zero[:, None].expand_as(xo)], x[~zero[:, None].expand_as(x)])
+    sides = []
+    for i in range(n):
+        rows, cols = zero[i].any(1), zero[i].any(0)
+        assert torch.equal(zero[i], rows[:, None] & cols[None, :])  # one rectangle
+        h, w = int(rows.sum()), int(cols.sum())
+        assert 8 <= h <= 16 and 8 <= w <= 16  # 16 px, clipped at the borders
+        sides.append((h, w, int(rows.float().argmax()), int(cols.float().argmax())))
+    assert sum(s[:2] == (16, 16) for s in sides) >= 5  # interior centres give the full patch
+    assert len({s[2:] for s in sides}) > 20  # centres differ per image
+
+
+# -------------------------------------------------------------------------------------- smoothing
+
+def test_smoothing_noise_statistics_and_seeding() -> None:
+    x, y = one_batch(64)
+    rs = build_defense("smoothing")
+    xn, yn = rs.batch(x, y, make_ctx(7))
+    noise = xn - x
+    assert torch.equal(yn, y)
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 0.5) < 0.01
+    assert torch.equal(rs.batch(x, y, make_ctx(7))[0], xn) and not torch.equal(rs.batch(x, y, make_ctx(8))[0], xn)
+    xs = build_defense("smoothing", {"sigma": "0.25"}).batch(x, y, make_ctx(7))[0]
+    assert abs(float((xs - x).std()) - 0.25) < 0.005
+
+
+class BrightnessModel(nn.Module):
+    """Class 1 if the image mean is above 0.5: noise averages out except for images at exactly 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1) - 0.5
+        return torch.stack([-m, m], dim=1) * 100 + self.dummy
+
+
+def test_smoothed_classifier_counts_abstentions_as_wrong() -> None:
+    levels = torch.tensor([0.8] * 10 + [0.2] * 10 + [0.5] * 10)
+    x = (levels * 255).round().to(torch.uint8).view(30, 1, 1, 1).expand(30, 3, 16, 16).contiguous()
+    x[20:, :, :, ::2] = 127  # mean exactly 0.5 (127 and 128 alternate): the vote is a coin flip
+    x[20:, :, :, 1::2] = 128
+    y = torch.tensor([1] * 10 + [0] * 10 + [0] * 10)
+    test = ImageSet(x, y, ["dark", "bright"])
+    ctx = make_ctx(0, num_classes=2)
+    out = build_defense("smoothing", {"n_samples": "64", "eval_subset": "0"}).evaluate(BrightnessModel(), test, ctx)
+    assert out["smoothed_n"] == 30 and out["smoothed_n_samples"] == 64
+    assert out["smoothed_abstain_rate"] == pytest.approx(100 / 3, abs=0.01)
+    assert out["smoothed_test_acc"] == pytest.approx(200 / 3, abs=0.01)  # the 0.5-images count as wrong
+    assert out["smoothed_vote_acc"] > out["smoothed_test_acc"]  # some coin-flip votes hit label 0
+    again = build_defense("smoothing", {"n_samples": "64", "eval_subset": "0"}).evaluate(BrightnessModel(), test, ctx)
+    assert again == out
+    never = build_defense("smoothing", {"n_samples": "64", "eval_subset": "0", "alpha": "1"}).evaluate(
+        BrightnessModel(), test, ctx)
+    assert never["smoothed_abstain_rate"] == 0 and never["smoothed_test_acc"] == out["smoothed_vote_acc"]
+    sub = build_defense("smoothing", {"n_samples": "4", "eval_subset": "6"}).evaluate(BrightnessModel(), test, ctx)
+    assert sub["smoothed_n"] == 6 and 0 <= sub["smoothed_test_acc"] <= 100
+
+
+def test_binomial_abstain_test_matches_scipy() -> None:
+    from scipy.stats import binomtest
+
+    top = torch.tensor([10, 30, 16, 27, 5])
+    second = torch.tensor([10, 2, 16, 5, 0])
+    got = abstain_pvalues(top, second)
+    want = [binomtest(int(a), int(a + b), 0.5).pvalue for a, b in zip(top, second, strict=True)]
+    assert torch.allclose(got, torch.tensor(want, dtype=got.dtype), rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------------ composition
+
+def test_mixup_plus_cutmix_chain_and_train_a_step() -> None:
+    x, y = one_batch(16)
+    stack = build_defense("mixup+cutmix", {"cutmix.p": "1"})
+    assert stack.record()["name"] == "mixup+cutmix"
+    xm, ym = stack.batch(x, y, make_ctx(0))
+    assert torch.allclose(ym.sum(1), torch.ones(16), atol=1e-6) and not torch.equal(xm, x)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16))
+    loss, logits = stack.loss(model, xm, ym, make_ctx(0))
+    assert math.isfinite(float(loss.detach())) and torch.allclose(loss, soft_cross_entropy(model(xm), ym))
+    loss.backward()
+    assert model[1].weight.grad is not None
+    assert F.softmax(logits, 1).shape == (16, 16)
+
+
+# ------------------------------------------------------------------------------- end to end (smoke)
+
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_cache: Path) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("mixing-runs")
+    cache = base / "cache"
+    cache.mkdir()
+    shared = dataset_cache / "datasets"
+    shared.mkdir(parents=True, exist_ok=True)
+    (cache / "datasets").symlink_to(shared, target_is_directory=True)
+    return {"data_root": data_root, "cache": cache, "results": base / "results"}
+
+
+@pytest.mark.parametrize("defense, params", [
+    ("mixup", {}), ("cutmix", {}), ("cutout", {}),
+    ("smoothing", {"n_samples": "4", "eval_subset": "40"}),
+])
+def test_smoke_run_end_to_end(run_env: dict, defense: str, params: dict) -> None:
+    spec = RunSpec(preset="smoke", poison="cuda", defense=defense, defense_params=params,
+                   overrides={"epochs": 1, "train_subset": 128, "test_subset": 100},
+                   data_root=str(run_env["data_root"]), cache_dir=str(run_env["cache"]), results=str(run_env["results"]))
+    rec = execute(prepare_run(spec))
+    assert validate_record(rec) is None and rec["status"] == "finished"
+    assert rec["config"]["defense"]["name"] == defense
+    assert isinstance(rec["metrics"]["test_acc"], float) and 0 <= rec["metrics"]["test_acc"] <= 100
+    if defense == "smoothing":
+        extra = rec["metrics"]["defense"]
+        assert extra["smoothed_n"] == 40 and 0 <= extra["smoothed_test_acc"] <= extra["smoothed_vote_acc"] <= 100
+        assert rec["config"]["defense"]["params"]["sigma"] == 0.5
