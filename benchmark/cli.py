@@ -133,6 +133,7 @@ def run_cmd(**kw: Any) -> None:
     )
     main_rec, base_rec = run_with_display(spec, baseline=kw["baseline"], console=console)
     console.print(summary_table(main_rec, base_rec))
+    console.print(f"record: {main_rec.get('_path', main_rec['run_id'])}")
 
 
 # ----------------------------------------------------------------------------------------- poison

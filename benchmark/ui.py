@@ -127,7 +127,6 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
     gen = t.get("poison_generation")
     table.add_row("timings", f"poison {_fmt(gen, ' s', 3)}{' (cached)' if t.get('poison_cached') else ''} · "
                              f"training {_fmt(t.get('training'), ' s', 1)} · evaluation {_fmt(t.get('evaluation'), ' s', 1)}")
-    table.add_row("record", rec.get("_path", "") or str(rec.get("run_id")))
     return table
 
 
