@@ -55,7 +55,7 @@ def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
             progress.update(state["poison"], completed=data["step"], info=info)
             if not live and data["step"] % max(1, data["total"] // 10) == 0:
                 console.print(f"  poison {prep.poison.name} step {data['step']}/{data['total']} {info}")
-        elif kind == "poison_done":
+        elif kind == "poison_done" and prep.poison.name != "none":
             how = "cached" if data.get("cached") else f"generated in {data['generation_seconds']:.2f} s"
             console.print(f"  poison {prep.poison.name}: {how}")
         elif kind == "train_start":
