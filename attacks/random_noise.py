@@ -1,0 +1,45 @@
+"""Random noise: uniform U(-eps, eps) noise, sample-wise or class-wise (spec poisons.md §2.4, §5.1).
+
+The sanity control of the error-minimizing family: same budget, no optimisation, so it should
+leave clean accuracy essentially unchanged. The noise is drawn from a generator seeded by the key,
+rounded to integer grey levels (official code truncates the float sum; documented deviation), added
+and clipped to [0, 255].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import PoisonContext, PoisonedSet
+from attacks.em import NoisePoison, derived_generator, to_levels
+from benchmark.data import ImageSet
+from benchmark.params import param
+from benchmark.registry import register_poison
+
+
+@dataclass(frozen=True)
+class RandomNoiseParams:
+    eps: float = param(8 / 255, "L-inf budget (0.0314 = 8/255)", ge=0.0, le=1.0)
+    mode: str = param("samplewise", "one noise per image, or one per class", choices=("samplewise", "classwise"))
+
+
+@register_poison("random-noise", aliases=("random",))
+class RandomNoise(NoisePoison):
+    """Uniform random noise in the L-inf ball: the control that should not work."""
+
+    Params = RandomNoiseParams
+
+    def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
+        p: RandomNoiseParams = self.params
+        gen = derived_generator(ctx.key, self.name, p.mode)
+        shape = tuple(train.x.shape[1:])
+        if p.mode == "classwise":
+            num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if len(train) else 0)
+            noise = (torch.rand((num_classes, *shape), generator=gen) * 2 - 1) * p.eps
+            levels = to_levels(noise, self.budget_255()).to(train.x.device)[train.y]
+        else:
+            noise = (torch.rand((len(train), *shape), generator=gen) * 2 - 1) * p.eps
+            levels = to_levels(noise, self.budget_255()).to(train.x.device)
+        return self.finish(train, ctx, levels, {"mode": p.mode})

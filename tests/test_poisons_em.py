@@ -1,0 +1,240 @@
+"""Error-minimizing poisons (EM sample/class-wise, REM, SEM) and the random-noise control: exact
+budgets, class-wise structure, the EM clamp-bug flag, REM/SEM shared machinery, resumable
+generation, and smoke runs end to end on the CIFAR-10 offline subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import run_cli
+
+from attacks.base import PoisonContext, exact_subset
+from attacks.em import add_levels, budget_levels
+from attacks.rem import RobustErrorMinimizing, random_flip_crop
+from attacks.sem import StableErrorMinimizing
+from benchmark.data import ImageSet
+from benchmark.errors import BenchError
+from benchmark.poisoning import build_poison
+from benchmark.runner import RunSpec, execute, prepare_run
+
+NAMES = ("em", "em-classwise", "rem", "sem", "random-noise")
+
+
+def _images(n: int = 48, classes: int = 4, size: int = 16, low: int = 0, high: int = 256, seed: int = 0) -> ImageSet:
+    """Random images whose class is carried by a colour shift (learnable in a few steps)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randint(low, high, (n, 3, size, size), generator=gen)
+    shift = (torch.linspace(-20, 20, classes)[y]).view(n, 1, 1, 1)
+    x = (x + shift).clamp(low, high - 1).to(torch.uint8)
+    return ImageSet(x, y.long(), [f"c{i}" for i in range(classes)])
+
+
+def _generate(name: str, train: ImageSet, params: dict | None = None, key: int = 3, ratio: float = 1.0,
+              workdir: Path | None = None, progress=None):
+    spec = build_poison(name, params or {}, key=key, ratio=ratio, preset="smoke")
+    ctx = PoisonContext(key=key, ratio=ratio, preset="smoke", workdir=workdir, progress=progress,
+                        num_classes=train.num_classes)
+    return spec.poison, spec.poison.generate(train, ctx)
+
+
+# ------------------------------------------------------------------------------------------ budget
+
+@pytest.mark.parametrize("name,extra", [("em", {}), ("em-classwise", {}), ("rem", {"rho_u": 6.5 / 255}),
+                                        ("sem", {"rho_u": 6.5 / 255}), ("random-noise", {}),
+                                        ("random-noise", {"mode": "classwise"})])
+def test_budget_exact_after_uint8_quantisation(name: str, extra: dict) -> None:
+    train = _images()
+    params = dict(extra) if "rho_u" in extra else dict(extra, eps=6.5 / 255)
+    poison, out = _generate(name, train, params)
+    assert poison.budget_255() == 6 == budget_levels(6.5 / 255)
+    assert out.x.dtype == torch.uint8 and out.x.shape == train.x.shape and torch.equal(out.y, train.y)
+    diff = (out.x.int() - train.x.int()).abs()
+    assert int(diff.max()) <= 6
+    assert int(diff.max()) >= 1  # the poison changed something
+    assert out.poisoned_indices.tolist() == list(range(len(train)))
+
+
+def test_budget_levels_tolerates_float_fractions() -> None:
+    assert budget_levels(8 / 255) == 8 and budget_levels(0.0314) == 8 and budget_levels(0.0) == 0
+    x = torch.tensor([0, 3, 250, 255], dtype=torch.uint8)
+    assert add_levels(x, torch.tensor([-8, -2, 8, 8])).tolist() == [0, 1, 255, 255]
+
+
+# -------------------------------------------------------------------------------------- class-wise
+
+@pytest.mark.parametrize("name,params", [("em-classwise", {}), ("random-noise", {"mode": "classwise"})])
+def test_classwise_noise_identical_within_class(name: str, params: dict) -> None:
+    train = _images(low=30, high=226)  # far from 0/255: no clipping hides the noise
+    _, out = _generate(name, train, params)
+    noise = out.x.int() - train.x.int()
+    per_class = []
+    for c in range(4):
+        members = noise[train.y == c]
+        assert (members == members[0]).all(), f"class {c} noise differs between images"
+        per_class.append(members[0])
+    assert not torch.equal(per_class[0], per_class[1])
+
+
+def test_samplewise_random_noise_differs_between_images_and_keys() -> None:
+    train = _images(low=30, high=226)
+    _, a = _generate("random-noise", train, key=1)
+    _, b = _generate("random-noise", train, key=2)
+    _, a2 = _generate("random-noise", train, key=1)
+    noise = a.x.int() - train.x.int()
+    assert not torch.equal(noise[0], noise[4])  # same class, different noise
+    assert torch.equal(a.x, a2.x) and not torch.equal(a.x, b.x)
+
+
+def test_partial_poisoning_uses_exact_seeded_subset() -> None:
+    train = _images(40)
+    _, out = _generate("random-noise", train, key=9, ratio=0.25)
+    expected = exact_subset(40, 0.25, 9)
+    assert out.poisoned_indices.tolist() == expected.tolist() and len(expected) == 10
+    clean = torch.ones(40, dtype=torch.bool)
+    clean[expected] = False
+    assert torch.equal(out.x[clean], train.x[clean])
+    assert not torch.equal(out.x[expected], train.x[expected])
+
+
+# -------------------------------------------------------------------------------------- EM clamp bug
+
+def test_em_official_clamp_bug_zeroes_negative_noise() -> None:
+    train = _images(low=30, high=226)
+    _, fixed = _generate("em", train, {"random_start": True})
+    _, buggy = _generate("em", train, {"random_start": True, "official_clamp_bug": True})
+    noise_fixed = fixed.x.int() - train.x.int()
+    noise_buggy = buggy.x.int() - train.x.int()
+    assert int(noise_fixed.min()) < 0 < int(noise_fixed.max())
+    assert int(noise_buggy.min()) == 0  # no negative noise with the bug flag
+    assert torch.equal(noise_buggy, noise_fixed.clamp(min=0))  # same generation, negatives zeroed
+    assert buggy.info["official_clamp_bug"] and not fixed.info["official_clamp_bug"]
+
+
+# ------------------------------------------------------------------------------- REM / SEM machinery
+
+class _Counting(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+def test_sem_is_rem_with_random_inner_step() -> None:
+    assert issubclass(StableErrorMinimizing, RobustErrorMinimizing)
+    assert StableErrorMinimizing.generate is RobustErrorMinimizing.generate
+    assert StableErrorMinimizing.craft_noise is RobustErrorMinimizing.craft_noise
+    rem = build_poison("rem", {}).poison
+    sem = build_poison("sem", {}).poison
+    # spec §4.3: official CIFAR settings cost 10x5x(10+1)+11 = 561 vs 10x5x1+11 = 61 passes per step
+    assert sum(rem.passes_per_step()) == 561 and sum(sem.passes_per_step()) == 61
+
+    torch.manual_seed(0)
+    train = _images(64, size=16)
+    model, opt = rem.build(4, 3, key=0, device=torch.device("cpu"))
+    x, y = train.x.float() / 255, train.y
+    for _ in range(15):  # fit the surrogate a little so the loss landscape is meaningful
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    counted = _Counting(model)
+    rho_a = rem.params.rho_a
+    x_sem = sem.inner_perturbation(counted, x, y, torch.Generator().manual_seed(1))
+    assert counted.calls == 0  # SEM: one random draw, no forward/backward
+    x_rem = rem.inner_perturbation(counted, x, y, torch.Generator().manual_seed(1))
+    assert counted.calls == rem.params.pgd_steps  # REM: PGD ascent
+    for adv in (x_sem, x_rem):
+        assert float((adv - x).abs().max()) <= rho_a + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        clean, l_sem, l_rem = (float(F.cross_entropy(model(t), y)) for t in (x, x_sem, x_rem))
+    assert l_rem > l_sem and l_rem > clean + 1e-3
+
+
+def test_random_flip_crop_is_differentiable_and_seeded() -> None:
+    x = torch.rand(6, 3, 8, 8, requires_grad=True)
+    a = random_flip_crop(x, torch.Generator().manual_seed(0))
+    b = random_flip_crop(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    a.sum().backward()
+    assert x.grad is not None and float(x.grad.sum()) > 0
+
+
+def test_rem_param_validation() -> None:
+    with pytest.raises(BenchError, match="rho_a"):
+        build_poison("rem", {"rho_a": "8/255", "rho_u": "8/255"})
+    with pytest.raises(BenchError, match="surrogate"):
+        build_poison("sem", {"surrogate": "resnet-nope"})
+    with pytest.raises(BenchError):
+        build_poison("em", {"num_steps": "0"})
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+@pytest.mark.parametrize("name,params,stop_at", [
+    ("em", {"max_iters": 3, "stop_error": 0.0, "checkpoint_every": 1}, 2),
+    ("rem", {"surrogate_steps": 3, "checkpoint_every": 2, "batch_size": 16}, 3),
+])
+def test_interrupted_generation_resumes_to_same_noise(tmp_path: Path, name: str, params: dict, stop_at: int) -> None:
+    train = _images(32)
+    _, full = _generate(name, train, params, workdir=tmp_path / "full")
+
+    def interrupt(step: int, total: int, info: dict) -> None:
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    work = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _generate(name, train, params, workdir=work, progress=interrupt)
+    assert (work / "state.pt").exists()
+    seen: list[int] = []
+    _, resumed = _generate(name, train, params, workdir=work, progress=lambda s, t, i: seen.append(s))
+    assert seen[0] > 1  # continued from the checkpoint, not from scratch
+    assert torch.equal(resumed.x, full.x)
+    assert resumed.info == full.info
+
+
+def test_same_key_same_poison_other_key_differs() -> None:
+    train = _images(32)
+    _, a = _generate("sem", train, key=5)
+    _, b = _generate("sem", train, key=5)
+    _, c = _generate("sem", train, key=6)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+
+
+# -------------------------------------------------------------------------------------- end to end
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_run_end_to_end(bench_env: dict, name: str) -> None:
+    spec = RunSpec(poison=name, preset="smoke", data_root=str(bench_env["data_root"]),
+                   cache_dir=str(bench_env["cache"]), results=str(bench_env["results"]),
+                   overrides={"epochs": 1}, device="cpu")
+    rec = execute(prepare_run(spec))
+    assert rec["status"] == "finished"
+    budget = rec["poison"]["budget"]
+    assert 1 <= budget["linf_255"] <= 8 and budget["num_poisoned"] == rec["config"]["train_size"]
+    info = rec["poison"]["info"]
+    if name != "random-noise":
+        assert info["surrogate_forward_backward"] > 0 and info["surrogate_steps"] > 0
+        assert 0.0 <= info["final_train_error"] <= 1.0
+    assert rec["poison"]["generation_seconds"] > 0
+    # the cached artifact is reused (and re-validated against its budget) by the next run
+    again = execute(prepare_run(RunSpec(**{**spec.__dict__, "force": True})))
+    assert again["timings"]["poison_cached"] is True
+
+
+def test_bench_perf_command(capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_cli(["perf", "--preset", "smoke", "--batch-size", "4", "--steps", "1",
+                              "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "rem" in out and "sem" in out and "REM / SEM" in out
+    code, _, err = run_cli(["perf", "--model", "nope"], capsys)
+    assert code == 2 and "unknown model" in err
