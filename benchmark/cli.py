@@ -233,6 +233,42 @@ def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples
                f"and {len(summary.plots)} plots in {plots}")
 
 
+# ------------------------------------------------------------------------------------------ sweep
+
+@cli.command("sweep")
+@click.option("--config", type=click.Path(dir_okay=False), help="TOML sweep file (sweeps/*.toml); flags given here override it")
+@click.option("--poisons", help="comma-separated poisons, e.g. cuda,em,rem,sem (the clean 'none' row is always added)")
+@click.option("--defenses", help="comma-separated defenses or compositions, e.g. none,mixup,at+mixup  [default: none]")
+@click.option("--seeds", help="comma-separated run seeds  [default: 0]")
+@click.option("--models", help="comma-separated victim models (default: the preset's)")
+@click.option("--ratios", help="comma-separated poison ratios; below 1 also runs the clean-only baseline  [default: 1.0]")
+@click.option("--dataset", help="cifar10, cifar100, svhn, fashion-mnist or imagefolder:PATH  [default: cifar10]")
+@click.option("--preset", help="protocol preset: smoke, cpu (default without GPU), paper (default with GPU)")
+@click.option("--key", type=int, envvar="BENCH_POISON_KEY", help="private poison key; env BENCH_POISON_KEY  [default: 0]")
+@click.option("--poison-param", "poison_params", multiple=True, metavar="[POISON.]NAME=VALUE", help="poison parameter for every poison that declares it, or POISON.NAME for one; repeatable")
+@click.option("--defense-param", "defense_params", multiple=True, metavar="[DEFENSE.]NAME=VALUE", help="defense parameter, as --poison-param; repeatable")
+@click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="protocol override for every cell (epochs=2, train_subset=1000, ...)")
+@click.option("--clean-only-baseline/--no-clean-only-baseline", default=None, help="with ratios below 1, also train on the unpoisoned part only  [default: on]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="local worker processes or a Ray cluster  [default: local]")
+@click.option("--jobs", type=int, help="local executor: parallel worker processes (cores are split between them)  [default: 1]")
+@click.option("--address", help="Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (default: start a local instance)")
+@click.option("--dry-run", is_flag=True, help="print the grid and an estimated cost, run nothing")
+@click.option("--force", is_flag=True, help="run cells again even if their finished records exist")
+@click.option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
+@data_options
+def sweep_cmd(**kw: Any) -> None:
+    """Run a grid of poisons x defenses x seeds (each poison generated once; finished cells skipped)."""
+    from click.core import ParameterSource
+
+    from benchmark.sweep import sweep_command
+
+    ctx = click.get_current_context()
+    explicit = {name for name in kw if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    summary = sweep_command(kw, explicit, console)
+    if summary is not None and summary.failed:
+        sys.exit(1)
+
+
 # ------------------------------------------------------------------------------------------ entry
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,8 +97,11 @@ class PreparedRun:
                 "train_subset": self.protocol.train_subset, "subset_seed": self.protocol.subset_seed}
 
 
-def prepare_run(spec: RunSpec) -> PreparedRun:
-    """Validate the request and load data; raises BenchError (one line) on any bad input."""
+def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
+    """Validate the request and load data; raises BenchError (one line) on any bad input.
+
+    ``data``: the already loaded ``spec.dataset`` (a sweep validates many cells of one dataset and
+    loads it once)."""
     if spec.seed < 0:
         raise BenchError(f"--seed must be >= 0, got {spec.seed}")
     device = resolve_device(spec.device)
@@ -110,7 +113,8 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
     if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
         raise BenchError("--clean-only needs a partial poison (--ratio below 1) of a real poison")
     cache = paths.cache_dir(spec.cache_dir)
-    data = load_dataset(spec.dataset, paths.data_root(spec.data_root), cache, spec.download)
+    if data is None:
+        data = load_dataset(spec.dataset, paths.data_root(spec.data_root), cache, spec.download)
     train, test = data.train, data.test
     if proto.train_subset:
         train = train.subset(stratified_subset(train.y, proto.train_subset, proto.subset_seed))

@@ -1,0 +1,203 @@
+"""Sweeps on real CIFAR-10 (smoke preset, 1 epoch on 128 images): the grid, poisons generated once,
+parallel and Ray executors, resume after a crash, failed cells, dry runs, config files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+from benchmark.errors import BenchError
+from benchmark.records import validate_record
+from benchmark.sweep import SweepSpec, load_config, plan_sweep, run_sweep
+
+TINY = ["--preset", "smoke", "--protocol-param", "epochs=1", "--protocol-param", "train_subset=128",
+        "--protocol-param", "test_subset=100"]
+GRID = ["--poisons", "cuda,random-noise", "--defenses", "none,cutout", "--seeds", "0,1"]
+
+
+def _sweep(env: dict, **kw) -> SweepSpec:
+    base = dict(poisons=["cuda", "random-noise"], defenses=["none", "cutout"], seeds=[0, 1], preset="smoke",
+                overrides={"epochs": 1, "train_subset": 128, "test_subset": 100},
+                data_root=str(env["data_root"]), cache_dir=str(env["cache"]), results=str(env["results"]))
+    base.update(kw)
+    return SweepSpec(**base)
+
+
+def _records(results: Path) -> dict[str, dict]:
+    recs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    return {r["run_id"]: r for r in recs}
+
+
+def _check_grid(results: Path, expected_ids: set[str]) -> None:
+    recs = _records(results)
+    assert set(recs) == expected_ids
+    assert all(validate_record(r) is None and r["status"] == "finished" for r in recs.values())
+    combos = {(r["config"]["poison"]["name"], r["config"]["defense"]["name"], r["config"]["seed"]) for r in recs.values()}
+    assert combos == set(itertools.product(["none", "cuda", "random-noise"], ["none", "cutout"], [0, 1]))
+    assert {r["config"]["protocol"]["epochs"] for r in recs.values()} == {1}
+    assert {r["config"]["train_size"] for r in recs.values()} == {128}
+    # every poison was generated before its cells, which all reused the cached artifact
+    assert all(r["timings"]["poison_cached"] for r in recs.values())
+
+
+def test_local_parallel_sweep_generates_each_poison_once(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    expected = {c.run_id for c in plan_sweep(_sweep(bench_env)).cells}
+    assert len(expected) == 12  # (clean + 2 poisons) x 2 defenses x 2 seeds
+    code, out, err = run_cli(["sweep", *GRID, *TINY, "--executor", "local", "--jobs", "2"], capsys)
+    assert code == 0, err
+    _check_grid(bench_env["results"], expected)
+    artifacts = sorted(p.name.split("-")[1] for p in (bench_env["cache"] / "poisons").glob("*.npz"))
+    assert artifacts == ["cuda", "none", "random"]  # one artifact per poison, shared by 4 cells each
+    assert "12 done, 0 skipped, 0 failed" in out
+    # idempotent: nothing left to do
+    code, out, err = run_cli(["sweep", *GRID, *TINY, "--jobs", "2"], capsys)
+    assert code == 0, err
+    assert "0 done, 12 skipped, 0 failed" in out
+
+
+def test_ray_sweep_gives_the_same_runs(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    ray = pytest.importorskip("ray")
+    expected = {c.run_id for c in plan_sweep(_sweep(bench_env)).cells}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code, out, err = run_cli(["sweep", *GRID, *TINY, "--executor", "ray"], capsys)
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    _check_grid(bench_env["results"], expected)
+    assert "12 done, 0 skipped, 0 failed" in out
+
+
+def test_interrupted_sweep_resumes_only_missing_cells(bench_env: dict, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmark.sweep as sweep_mod
+
+    grid = ["--poisons", "cuda", "--defenses", "none", "--seeds", "0,1,2"]
+    code, out, _ = run_cli(["sweep", *grid, *TINY, "--dry-run"], capsys)
+    assert code == 0
+    assert "6 of 6 cells to run; estimated cost: unknown" in out
+    assert not bench_env["results"].exists()  # a dry run runs nothing
+
+    real_execute = sweep_mod.execute
+    calls = []
+
+    def crash_on_fourth(prep, on_event=None):
+        calls.append(prep.run_id)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C (or the machine went down) mid-sweep
+        return real_execute(prep, on_event)
+
+    monkeypatch.setattr(sweep_mod, "execute", crash_on_fourth)
+    code, _out, err = run_cli(["sweep", *grid, *TINY], capsys)
+    assert code == 130, err  # Ctrl-C: exit 130, no traceback
+    assert len(_records(bench_env["results"])) == 3
+
+    code, out, _ = run_cli(["sweep", *grid, *TINY, "--dry-run"], capsys)
+    assert code == 0
+    assert "3 of 6 cells to run; estimated cost:" in out and "unknown" not in out.split("cells to run")[1]
+
+    monkeypatch.setattr(sweep_mod, "execute", real_execute)
+    summary = run_sweep(_sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0, 1, 2]))
+    assert (summary.skipped, summary.done, summary.failed) == (3, 3, 0)
+    assert len(_records(bench_env["results"])) == 6
+
+
+def test_failed_cell_and_failed_poison_do_not_stop_the_sweep(bench_env: dict, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmark.sweep as sweep_mod
+
+    real_execute, real_generate = sweep_mod.execute, sweep_mod.generate_poison
+
+    def fail_one_cell(prep, on_event=None):
+        if prep.spec.poison == "none" and prep.spec.seed == 1:
+            raise RuntimeError("simulated out of memory")
+        return real_execute(prep, on_event)
+
+    def fail_random_noise(spec):
+        if spec.poison == "random-noise":
+            raise ValueError("simulated generator crash")
+        return real_generate(spec)
+
+    monkeypatch.setattr(sweep_mod, "execute", fail_one_cell)
+    monkeypatch.setattr(sweep_mod, "generate_poison", fail_random_noise)
+    sweep = _sweep(bench_env, defenses=["none"])
+    summary = run_sweep(sweep)
+    assert (summary.done, summary.failed, summary.skipped) == (3, 3, 0)  # 6 cells: none, cuda, random-noise x 2 seeds
+    recs = _records(bench_env["results"])
+    failed = {(r["config"]["poison"]["name"], r["config"]["seed"]): r for r in recs.values() if r["status"] == "failed"}
+    assert set(failed) == {("none", 1), ("random-noise", 0), ("random-noise", 1)}
+    assert "simulated out of memory" in failed[("none", 1)]["error"]
+    assert "poison generation failed" in failed[("random-noise", 0)]["error"]
+    assert all(validate_record(r) is None for r in recs.values())
+
+    # the CLI exits 1 when a cell failed; a re-run retries only the failed cells
+    monkeypatch.setattr(sweep_mod, "generate_poison", real_generate)
+    code, out, _ = run_cli(["sweep", "--poisons", "cuda,random-noise", "--seeds", "0,1", *TINY], capsys)
+    assert code == 1 and "2 done, 3 skipped, 1 failed" in out
+    monkeypatch.setattr(sweep_mod, "execute", real_execute)
+    summary = run_sweep(sweep)
+    assert (summary.done, summary.failed, summary.skipped) == (1, 0, 5)
+    assert all(r["status"] == "finished" for r in _records(bench_env["results"]).values())
+
+
+def test_partial_ratios_add_clean_only_baselines_and_params_are_routed(bench_env: dict) -> None:
+    plan = plan_sweep(_sweep(bench_env, ratios=[0.5, 1.0], seeds=[0], defenses=["none"],
+                             poison_params={"eps": "4/255", "cuda.pb": 0.2}))
+    cells = {(c.spec.poison, c.spec.ratio, c.spec.clean_only): c for c in plan.cells}
+    assert set(cells) == {("none", 1.0, False), ("cuda", 0.5, False), ("cuda", 0.5, True), ("cuda", 1.0, False),
+                          ("random-noise", 0.5, False), ("random-noise", 0.5, True), ("random-noise", 1.0, False)}
+    # the clean-only baseline trains on the same artifact as its mixed cell (generated once)
+    assert cells[("cuda", 0.5, False)].artifact == cells[("cuda", 0.5, True)].artifact
+    assert len({c.artifact for c in plan.cells}) == 5
+    assert cells[("cuda", 1.0, False)].spec.poison_params == {"pb": 0.2}
+    assert cells[("random-noise", 1.0, False)].spec.poison_params == {"eps": "4/255"}
+    assert cells[("none", 1.0, False)].spec.poison_params == {}
+    no_baseline = plan_sweep(_sweep(bench_env, ratios=[0.5], seeds=[0], defenses=["none"], clean_only_baseline=False))
+    assert not any(c.spec.clean_only for c in no_baseline.cells)
+
+
+BAD_SWEEPS = [
+    (["--poisons", "cuda,nope"], "unknown poison 'nope'"),
+    (["--poisons", "cuda", "--defenses", "none,mixupp"], "unknown defense 'mixupp'"),
+    (["--poisons", "cuda", "--poison-param", "cuda.pb=-1"], "'pb'=-1.0 is out of range"),
+    (["--poisons", "cuda", "--poison-param", "depth=3"], "no poison of the sweep"),
+    (["--poisons", "cuda", "--poison-param", "em.eps=0.1"], "not in the sweep"),
+    (["--poisons", "cuda", "--defense-param", "alpha=2"], "no defense of the sweep"),
+    (["--poisons", "cuda", "--seeds", "0,x"], "'x' is not a valid int"),
+    (["--poisons", "cuda", "--ratios", "1.5"], "ratio must be in [0, 1]"),
+    (["--poisons", "cuda", "--protocol-param", "epochs=0"], "'epochs'=0 is out of range"),
+    (["--poisons", "cuda", "--jobs", "0"], "--jobs must be >= 1"),
+    (["--poisons", "cuda", "--address", "auto"], "--address only applies to --executor ray"),
+    (["--defenses", "none"], "a sweep needs --poisons"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_SWEEPS, ids=[" ".join(a) for a, _ in BAD_SWEEPS])
+def test_bad_sweep_fails_up_front(args: list[str], message: str, bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    code, _out, err = run_cli(["sweep", "--preset", "smoke", *args], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not bench_env["results"].exists()
+
+
+def test_example_config_file(bench_env: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    config = load_config(REPO / "sweeps" / "cpu-cifar10.toml")
+    sweep = SweepSpec(poisons=config["poisons"], defenses=config["defenses"], seeds=config["seeds"],
+                      poison_params=config["poison_params"], defense_params=config["defense_params"])
+    from benchmark.sweep import expand_grid
+
+    specs = expand_grid(sweep, config["preset"], "cpu")  # every name and routed param exists
+    assert len(specs) == (len(config["poisons"]) + 1) * len(config["defenses"]) * len(config["seeds"])
+    # flags override the file
+    code, out, err = run_cli(["sweep", "--config", str(REPO / "sweeps" / "cpu-cifar10.toml"), "--poisons", "cuda",
+                              "--defenses", "none", "--seeds", "0", "--dry-run"], capsys)
+    assert code == 0, err
+    assert "2 of 2 cells to run" in out and "preset cpu" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('poisons = ["cuda"]\nseed = [0]\n')
+    with pytest.raises(BenchError, match="unknown key"):
+        load_config(bad)
