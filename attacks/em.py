@@ -221,8 +221,8 @@ class EMParams:
 _EM_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(surrogate="resnet18", batch_size=512, num_steps=20, step_size=0.8 / 255, train_step=10,
                   stop_error=0.01, max_iters=100),
-    "cpu": dict(surrogate="small-cnn", batch_size=256, num_steps=5, step_size=2 / 255, train_step=20,
-                stop_error=0.01, max_iters=4),
+    "cpu": dict(surrogate="small-cnn", batch_size=256, num_steps=4, step_size=2 / 255, train_step=50,
+                stop_error=0.01, max_iters=10),
     "smoke": dict(surrogate="small-cnn", batch_size=128, num_steps=2, step_size=4 / 255, train_step=2,
                   max_iters=2),
 }
@@ -238,17 +238,23 @@ class _EMBase(NoisePoison):
         return model, sgd(model, p.lr, p.momentum, p.weight_decay)
 
     def _theta_steps(self, model: nn.Module, opt: torch.optim.SGD, x_u8: torch.Tensor, y: torch.Tensor,
-                     noise_of: Any, outer: int) -> int:
-        """``train_step`` SGD steps on x + δ (no clamp, as officially), batches in fixed order,
-        continuing where the previous outer iteration stopped. Returns the number of fwd+bwd passes."""
+                     noise_of: Any, outer: int, key: int) -> int:
+        """``train_step`` SGD steps on x + δ (no clamp, as officially), continuing where the previous
+        outer iteration stopped in a stream of shuffled epochs (the official loader shuffles; datasets
+        stored sorted by class would otherwise give one-class batches and a surrogate that never
+        learns). Each epoch's order derives from the key, so a resumed run sees the same batches.
+        Returns the number of fwd+bwd passes."""
         p = self.params
         n = len(y)
         batches = math.ceil(n / p.batch_size)
         model.train()
         passes = 0
+        perms: dict[int, torch.Tensor] = {}
         for j in range(p.train_step):
-            b = (outer * p.train_step + j) % batches
-            idx = torch.arange(b * p.batch_size, min(n, (b + 1) * p.batch_size), device=x_u8.device)
+            epoch, b = divmod(outer * p.train_step + j, batches)
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=derived_generator(key, self.name, "epoch", epoch)).to(x_u8.device)
+            idx = perms[epoch][b * p.batch_size:(b + 1) * p.batch_size]
             if idx.numel() < 2:  # BatchNorm cannot train on one image
                 continue
             xb = x_u8[idx].float().div_(255) + noise_of(idx)
@@ -308,7 +314,7 @@ class ErrorMinimizing(_EMBase):
             noise = state["noise"].to(dev)
             outer, err, counts = int(state["step"]), float(state["err"]), dict(state["counts"])
         while outer < p.max_iters and err >= p.stop_error:
-            steps = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[idx], outer)
+            steps = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[idx], outer, ctx.key)
             counts["theta"] += steps
             counts["fb"] += steps
             counts["img_fb"] += steps * min(n, p.batch_size)
@@ -384,7 +390,7 @@ class ErrorMinimizingClasswise(_EMBase):
         m = len(ys)
         batches = max(1, m // p.batch_size)  # drop_last, but keep one batch for a small subset
         while outer < p.max_iters and err >= p.stop_error:
-            steps = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[y[idx]], outer)
+            steps = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[y[idx]], outer, ctx.key)
             counts["theta"] += steps
             counts["fb"] += steps
             counts["img_fb"] += steps * min(n, p.batch_size)
