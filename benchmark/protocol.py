@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmark.errors import BenchError, did_you_mean
-from benchmark.params import check_field, param
+from benchmark.params import _convert, check_field, param
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def resolve_protocol(preset: str, overrides: Mapping[str, Any] | None = None) ->
             continue
         if key not in fields:
             raise BenchError(f"unknown protocol option '{key}'; valid: {', '.join(fields)}")
-        values[key] = value
+        values[key] = _convert("protocol", key, value, fields[key].default)  # "4000" -> 4000
     proto = Protocol(**values)
     for name, f in fields.items():
         check_field("protocol", f, getattr(proto, name))

@@ -25,6 +25,9 @@ BAD_RUNS = [
     (["--poison", "cuda", "--key", "-1"], "key must be an integer"),
     (["--device", "cuda:0"], "no CUDA GPU"),
     (["--epochs", "two"], "Invalid value for '--epochs'"),
+    (["--protocol-param", "train_subset=many"], "parameter 'train_subset' must be a int"),
+    (["--protocol-param", "epochs=0"], "'epochs'=0 is out of range"),
+    (["--protocol-param", "epoch=3"], "unknown protocol option 'epoch'"),
 ]
 
 

@@ -123,3 +123,12 @@ def test_bench_poison_exports_npz_and_sidecar(bench_env: dict, tmp_path: Path, c
     code, text, _ = run_cli(["poison", "--poison", "cuda", "--ratio", "0.5", "--preset", "smoke",
                              "--out", str(out)], capsys)
     assert code == 0 and "reused from cache" in text
+
+
+def test_protocol_params_from_the_command_line_are_typed(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["run", "--preset", "smoke", "--no-baseline", "--protocol-param", "epochs=1",
+                            "--protocol-param", "train_subset=200", "--protocol-param", "nesterov=true"], capsys)
+    assert code == 0, err
+    (path,) = bench_env["results"].glob("*.json")
+    proto = json.loads(path.read_text())["config"]["protocol"]
+    assert (proto["epochs"], proto["train_subset"], proto["nesterov"]) == (1, 200, True)
