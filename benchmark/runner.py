@@ -188,7 +188,9 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         result = train_model(model, train_dev, test_dev, prep.protocol, prep.defense, ctx, ckpt,
                              on_epoch=lambda e: emit("epoch", e))
         t_eval = time.perf_counter()
-        probe = train_dev if len(train_dev) <= 10000 else train_dev.subset(torch.arange(10000))
+        # a stratified probe: datasets are stored sorted by class, so the first 10k are a few classes
+        probe = train_dev if len(train_dev) <= 10000 else train_dev.subset(
+            stratified_subset(train_dev.y.cpu(), 10000, 0).to(train_dev.y.device))
         train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predict, prep.protocol.eval_batch_size)
         extra = prep.defense.evaluate(model, test_dev, ctx)
         eval_extra = time.perf_counter() - t_eval

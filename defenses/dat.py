@@ -1,0 +1,118 @@
+"""DAT: deconvolution-based adversarial training, the adaptive attack CUDA's authors built to break
+CUDA (CUDA paper §5.2; spec defenses.md §8, poisons.md §1.5). ``bench run --defense adaptive``.
+
+Per training batch: fresh class-wise ``size``×``size`` transposed-convolution filters (1 in / 1 out
+channel, with bias, PyTorch's default init, shared across the colour channels) are optimised by
+``steps`` of plain gradient *ascent* (raw gradient, step ``lr``) on the classifier's CE, with weights
+and biases clamped to ±``bound`` before each step; each image is then filtered with its class's
+final filter, min-max rescaled per image to [0, 1], and the classifier takes its step on that batch.
+
+Batched over classes: the batch is reshaped to (1, N*C, H, W) and every image-channel gets its
+class's filter through one grouped ``conv_transpose2d`` (no loop over images or classes).
+
+As the official code, the per-class mean CE terms are summed for the ascent step and the classifier
+stays in train mode while the filters are optimised (its BatchNorm running statistics see those
+forward passes; ``bn_train=false`` uses eval mode instead). Deviation (documented): the filters are
+clamped to the box after the last ascent step too (the official code clamps only before each step,
+so the filters finally used may leave the box by one step). The official gradient-norm clip 5.0 comes
+from the protocol (``grad_clip``, on in the paper preset), not from this defense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.params import param
+from benchmark.registry import register_defense
+from defenses.base import Defense, TrainContext, soft_cross_entropy
+
+
+@dataclass(frozen=True)
+class DATParams:
+    size: int = param(7, "filter size (the paper ran 3, 5 and 7; the code uses 7)", ge=1, odd=True)
+    steps: int = param(10, "gradient-ascent steps on the filters per batch", ge=0)
+    lr: float = param(0.1, "ascent step size eta (raw gradient, no sign)", gt=0.0)
+    bound: float = param(5.0, "box constraint M: weights and biases clamped to [-M, M]", gt=0.0)
+    bn_train: bool = param(True, "BatchNorm in train mode while optimising the filters (official); false = eval mode")
+
+
+def init_filters(num_classes: int, size: int, gen: torch.Generator | None,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's default ConvTranspose2d(1, 1, size) init, one filter per class: kaiming-uniform
+    with a=sqrt(5) gives U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; for a transposed
+    conv torch computes fan_in from weight dim 1 (= out channels = 1) times size*size."""
+    bound = 1.0 / math.sqrt(size * size)
+    w = (torch.rand((num_classes, size, size), generator=gen) * 2 - 1) * bound
+    b = (torch.rand((num_classes,), generator=gen) * 2 - 1) * bound
+    return w.to(device), b.to(device)
+
+
+def deconvolve(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Filter each image (every channel) with its class's transposed-conv filter ('same' size)."""
+    n, c, h, w = x.shape
+    size = weight.shape[-1]
+    k = weight[labels].repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, s, s)
+    out = F.conv_transpose2d(x.reshape(1, n * c, h, w), k, padding=size // 2, groups=n * c)
+    return out.reshape(n, c, h, w) + bias[labels].view(n, 1, 1, 1)
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max rescale to [0, 1] (the official normalisation after deconvolution)."""
+    flat = x.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def class_ce(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sum over the classes present of the class's mean CE (the official per-class loop)."""
+    per = F.cross_entropy(logits, labels, reduction="none")
+    sums = torch.zeros(num_classes, device=per.device, dtype=per.dtype).index_add_(0, labels, per)
+    counts = torch.bincount(labels, minlength=num_classes).to(per.dtype)
+    present = counts > 0
+    return (sums[present] / counts[present]).sum()
+
+
+@register_defense("dat", aliases=("adaptive", "deconvolution"))
+class DeconvolutionAT(Defense):
+    """Deconvolution-based adversarial training: class-wise error-maximising filters (CUDA's adaptive attack)."""
+
+    Params = DATParams
+
+    def adversarial_filters(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                            ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh class-wise filters ascended for ``steps`` steps on the model's loss."""
+        p: DATParams = self.params
+        weight, bias = init_filters(ctx.num_classes, p.size, ctx.generator, x.device)
+        was_training = model.training
+        flags = [q.requires_grad for q in model.parameters()]
+        for q in model.parameters():
+            q.requires_grad_(False)
+        model.train(p.bn_train)
+        try:
+            for _ in range(p.steps):
+                weight = weight.clamp(-p.bound, p.bound).requires_grad_(True)
+                bias = bias.clamp(-p.bound, p.bound).requires_grad_(True)
+                loss = class_ce(model(deconvolve(x, labels, weight, bias)), labels, ctx.num_classes)
+                gw, gb = torch.autograd.grad(loss, (weight, bias))
+                weight = (weight + p.lr * gw).detach()
+                bias = (bias + p.lr * gb).detach()
+            weight, bias = weight.clamp(-p.bound, p.bound), bias.clamp(-p.bound, p.bound)
+        finally:
+            for q, flag in zip(model.parameters(), flags, strict=True):
+                q.requires_grad_(flag)
+            model.train(was_training)
+        return weight, bias
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = y.argmax(1)
+        weight, bias = self.adversarial_filters(model, x.detach(), labels, ctx)
+        with torch.no_grad():
+            x_def = minmax(deconvolve(x, labels, weight, bias))
+        logits = model(x_def)
+        return soft_cross_entropy(logits, y), logits
