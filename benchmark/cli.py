@@ -248,6 +248,7 @@ def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples
 @click.option("--poison-param", "poison_params", multiple=True, metavar="[POISON.]NAME=VALUE", help="poison parameter for every poison that declares it, or POISON.NAME for one; repeatable")
 @click.option("--defense-param", "defense_params", multiple=True, metavar="[DEFENSE.]NAME=VALUE", help="defense parameter, as --poison-param; repeatable")
 @click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="protocol override for every cell (epochs=2, train_subset=1000, ...)")
+@click.option("--clean-row/--no-clean-row", default=None, help="also run every defense on clean data (--poison none)  [default: on]")
 @click.option("--clean-only-baseline/--no-clean-only-baseline", default=None, help="with ratios below 1, also train on the unpoisoned part only  [default: on]")
 @click.option("--executor", type=click.Choice(["local", "ray"]), help="local worker processes or a Ray cluster  [default: local]")
 @click.option("--jobs", type=int, help="local executor: parallel worker processes (cores are split between them)  [default: 1]")

@@ -67,6 +67,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)  # protocol fields
     key: int = 0
     clean_only_baseline: bool = True
+    clean_row: bool = True  # False: only the poisons asked for (e.g. the clean rows are run later)
     # False: params that target no poison/defense of the grid are dropped instead of rejected (a
     # config file's params when the command line narrows its lists)
     strict_params: bool = True
@@ -197,7 +198,8 @@ def route_defense_params(defenses: list[str], raw: Mapping[str, Any], strict: bo
 def expand_grid(sweep: SweepSpec, preset: str, device: str) -> list[RunSpec]:
     """Every run of the sweep: the clean row for each defense, each poison at each ratio (plus its
     clean-only baseline when the ratio is below 1), x defenses x models x seeds."""
-    poisons = ["none"] + [p for p in dict.fromkeys(POISONS.canonical(p) for p in sweep.poisons) if p != "none"]
+    asked = [POISONS.canonical(p) for p in sweep.poisons]
+    poisons = (["none"] if sweep.clean_row or "none" in asked else []) + [p for p in dict.fromkeys(asked) if p != "none"]
     defenses = list(dict.fromkeys(sweep.defenses))
     pparams = route_poison_params(poisons, sweep.poison_params, sweep.strict_params)
     dparams = route_defense_params(defenses, sweep.defense_params, sweep.strict_params)
@@ -763,7 +765,8 @@ def sweep_from_options(values: Mapping[str, Any], explicit: Iterable[str]) -> tu
     explicit = set(explicit)
     config = load_config(values["config"]) if values.get("config") else {}
     cli_to_config = {"poison_params": "poison_params", "defense_params": "defense_params",
-                     "protocol_params": "protocol", "clean_only_baseline": "clean_only_baseline"}
+                     "protocol_params": "protocol", "clean_only_baseline": "clean_only_baseline",
+                     "clean_row": "clean_row"}
 
     def get(name: str) -> Any:
         key = cli_to_config.get(name, name)
@@ -790,6 +793,7 @@ def sweep_from_options(values: Mapping[str, Any], explicit: Iterable[str]) -> tu
         overrides=_protocol_overrides(kv("protocol_params", "--protocol-param")),
         key=int(get("key") or 0),
         clean_only_baseline=bool(get("clean_only_baseline") if get("clean_only_baseline") is not None else True),
+        clean_row=bool(get("clean_row") if get("clean_row") is not None else True),
         strict_params=not any(key in config and flag not in explicit and list_ in explicit
                               for key, flag, list_ in (("poison_params", "poison_params", "poisons"),
                                                        ("defense_params", "defense_params", "defenses"))),

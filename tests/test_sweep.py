@@ -201,3 +201,12 @@ def test_example_config_file(bench_env: dict, capsys: pytest.CaptureFixture, tmp
     bad.write_text('poisons = ["cuda"]\nseed = [0]\n')
     with pytest.raises(BenchError, match="unknown key"):
         load_config(bad)
+
+
+def test_clean_row_can_be_left_out(bench_env: dict) -> None:
+    with_row = plan_sweep(_sweep(bench_env))
+    without = plan_sweep(_sweep(bench_env, clean_row=False))
+    assert len(with_row.cells) == 12 and len(without.cells) == 8
+    assert {c.spec.poison for c in without.cells} == {"cuda", "random-noise"}
+    # asking for 'none' explicitly keeps it
+    assert len(plan_sweep(_sweep(bench_env, poisons=["none", "cuda"], clean_row=False)).cells) == 8
