@@ -206,6 +206,40 @@ def perf_cmd(model: str, batch_size: int | None, steps: int, preset: str, device
     console.print(perf_table(costs, f"generation step cost: {model}, batch {batch}, preset {preset}, {dev}"))
 
 
+# --------------------------------------------------------------------------------------- pretrain
+
+@cli.command("pretrain")
+@click.option("--dataset", default="cifar10", show_default=True, help="clean data to pretrain on (cifar10, cifar100, ...)")
+@click.option("--model", default="small-cnn", show_default=True, help="architecture; the victim must use the same (--model)")
+@click.option("--out", required=True, help="output file (.safetensors), e.g. backbones/small-cnn-cifar10-holdout.safetensors")
+@click.option("--split", type=click.Choice(["holdout", "train", "all"]), default="holdout", show_default=True,
+              help="holdout: training images outside the preset's victim subset; train: that subset, clean; all")
+@click.option("--preset", help="protocol preset for the training recipe (default: cpu without GPU, paper with)")
+@click.option("--epochs", type=int, help="override the preset's epochs")
+@click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="any other protocol field")
+@click.option("--max-images", type=int, default=0, show_default=True, help="use a fixed stratified subset of this many of the split's images (0 = all)")
+@click.option("--seed", type=int, default=0, show_default=True, help="model init and data order")
+@data_options
+def pretrain_cmd(**kw: Any) -> None:
+    """Train a clean backbone for `--defense finetune` (writes safetensors + provenance metadata)."""
+    from benchmark.pretrain import pretrain
+
+    overrides: dict[str, Any] = parse_kv(kw["protocol_params"], "--protocol-param")
+    if kw["epochs"] is not None:
+        overrides["epochs"] = kw["epochs"]
+
+    def show(entry: dict[str, Any]) -> None:
+        console.print(f"  epoch {entry['epoch']:>3} loss {entry['train_loss']:.3f} test {entry['test_acc']:.2f}%")
+
+    res = pretrain(kw["dataset"], kw["model"], kw["out"], kw["preset"], kw["split"], kw["seed"], overrides,
+                   kw["data_root"], kw["cache_dir"], kw["download"], kw["device"], on_epoch=show,
+                   max_images=kw["max_images"])
+    m = res.metadata
+    console.print(f"backbone {m['model']} pretrained on {m['train_images']} clean {m['dataset']} ({m['dataset_source']}) "
+                  f"images, split {m['split']}, {m['epochs']} epochs: clean test acc {m['clean_test_acc']:.2f}%")
+    console.print(f"wrote {res.path}")
+
+
 # ------------------------------------------------------------------------------------ leaderboard
 
 @cli.command("leaderboard")

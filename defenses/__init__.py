@@ -6,6 +6,7 @@ from defenses import (  # noqa: F401  (imports register the defenses)
     cutmix,
     cutout,
     dat,
+    finetune,
     gaussian_blur,
     grayscale,
     jpeg,

@@ -1,0 +1,160 @@
+"""Fine-tuning: `bench pretrain` backbones with provenance, full vs linear-probe training (what is
+frozen), RobustBench-format checkpoints loaded without unpickling, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import make_images, run_cli
+from safetensors import safe_open
+
+from benchmark.data import stratified_subset
+from benchmark.models import build_model
+from benchmark.pretrain import pretrain_images
+from benchmark.protocol import resolve_protocol
+from benchmark.train import train_model
+from defenses.base import TrainContext, build_defense
+
+
+class NotAWeight:
+    """A pickled object that a weights-only load must refuse."""
+
+
+@pytest.fixture
+def backbone(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+    out = tmp_path / "bb.safetensors"
+    code, stdout, err = run_cli(["pretrain", "--preset", "smoke", "--epochs", "1", "--max-images", "256",
+                                 "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "split holdout" in " ".join(stdout.split()) and out.is_file()
+    return out
+
+
+def test_pretrain_metadata_and_holdout_is_disjoint_from_the_victim_subset(backbone: Path) -> None:
+    with safe_open(str(backbone), framework="pt") as f:
+        meta = json.loads(f.metadata()["bench"])
+        keys = list(f.keys())
+    assert meta["model"] == "small-cnn" and meta["dataset"] == "cifar10" and meta["dataset_source"] == "cifar10-jpeg"
+    assert meta["split"] == "holdout" and meta["train_images"] == 256 and meta["victim_train_subset"] == 512
+    assert meta["epochs"] == 1 and "linear.weight" in keys
+    y = torch.arange(1000) % 10
+    images = make_images(n=1000, num_classes=10)
+    images.y = y
+    held = pretrain_images(images, "holdout", 100, 0)
+    outside = torch.ones(1000, dtype=torch.bool)
+    outside[stratified_subset(y, 100, 0)] = False
+    assert len(held) == 900 and torch.equal(held.x, images.x[outside])  # exactly the images victims never see
+    assert len(pretrain_images(images, "train", 100, 0)) == 100 and len(pretrain_images(images, "all", 100, 0)) == 1000
+
+
+def _train_once(mode: str, backbone: Path) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    stack = build_defense("finetune", {"backbone": str(backbone), "mode": mode})
+    proto = resolve_protocol("smoke", {"epochs": 1, "batch_size": 32})
+    ctx = TrainContext(device=torch.device("cpu"), num_classes=4, in_channels=3, image_size=(16, 16),
+                       protocol=proto, seed=0, generator=torch.Generator().manual_seed(0))
+    model = stack.build_model("small-cnn", 4, 3, ctx)
+    with safe_open(str(backbone), framework="pt") as f:
+        pre = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # the backbone weights were loaded (all but the fresh 4-way head)
+    assert all(torch.equal(before[k], pre[k]) for k in pre if not k.startswith("linear."))
+    assert before["linear.weight"].shape == (4, pre["linear.weight"].shape[1])
+    data = make_images(n=96, num_classes=4)
+    train_model(model, data, data, proto, stack, ctx)
+    return model, before, model.state_dict()
+
+
+def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_statistics(backbone: Path) -> None:
+    _, before, after = _train_once("linear", backbone)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"linear.weight", "linear.bias"}  # running_mean/var and all backbone weights intact
+
+
+def test_full_finetune_trains_the_backbone(backbone: Path) -> None:
+    _, before, after = _train_once("full", backbone)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "linear.weight" in changed
+    assert any(k.startswith("features") and k.endswith("weight") for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)
+
+
+def _robustbench_file(model_dir: Path, state: dict) -> Path:
+    path = model_dir / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return path
+
+
+def _robustbench_keys(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our ResNet-18 state dict under RobustBench's names (layerI.J, 'module.' prefix)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("layers."):
+            _, idx, rest = k.split(".", 2)
+            k = f"layer{int(idx) // 2 + 1}.{int(idx) % 2}.{rest}"
+        out["module." + k] = v.clone()
+    return out
+
+
+def test_robustbench_checkpoint_loads_weights_only(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    reference = build_model("resnet18", 10, 3)
+    _robustbench_file(tmp_path / "models", {"state_dict": _robustbench_keys(reference)})
+    stack = build_defense("finetune", {"backbone": "robustbench:Sehwag2021Proxy_R18",
+                                       "model_dir": str(tmp_path / "models"), "mode": "linear"})
+    ctx = TrainContext(device=torch.device("cpu"), num_classes=10, in_channels=3, image_size=(32, 32))
+    model = stack.build_model("resnet18", 10, 3, ctx)
+    assert torch.equal(model.layers[5].conv1.weight, reference.layers[5].conv1.weight)
+    assert not torch.equal(model.linear.weight, reference.linear.weight)  # a fresh head
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["linear.weight", "linear.bias"]
+    src = stack.describe_source()["finetune"]
+    assert src["backbone"] == "robustbench:Sehwag2021Proxy_R18" and src["mode"] == "linear" and len(src["sha256"]) == 16
+
+
+def test_pickled_objects_in_a_checkpoint_are_refused(tmp_path: Path) -> None:
+    _robustbench_file(tmp_path / "models", {"state_dict": {"w": torch.zeros(1)}, "extra": NotAWeight()})
+    stack = build_defense("finetune", {"backbone": "robustbench:Sehwag2021Proxy_R18", "model_dir": str(tmp_path / "models")})
+    ctx = TrainContext(device=torch.device("cpu"), num_classes=10, in_channels=3, image_size=(32, 32))
+    from benchmark.errors import BenchError
+
+    with pytest.raises(BenchError, match="weights_only=True"):
+        stack.build_model("resnet18", 10, 3, ctx)
+
+
+@pytest.mark.parametrize("params,message", [
+    (["backbone=/nonexistent/bb.safetensors"], "backbone file not found: /nonexistent/bb.safetensors"),
+    ([], "needs --defense-param backbone="),
+    (["backbone=robustbench:Sehwag2021Proxy_R18", "model_dir=/nowhere"], "get it from https://github.com/RobustBench"),
+    (["backbone=robustbench:Nope"], "unknown robustbench backbone 'Nope'"),
+    (["backbone=bb.pt"], "must be a .safetensors file or robustbench:NAME"),
+    (["backbone=x.safetensors", "mode=probe"], "'mode'"),
+])
+def test_bad_backbones_are_one_line_errors(params: list[str], message: str, bench_env: dict,
+                                           capsys: pytest.CaptureFixture) -> None:
+    args = ["run", "--preset", "smoke", "--poison", "cuda", "--defense", "finetune", "--no-baseline"]
+    for p in params:
+        args += ["--defense-param", p]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not list(bench_env["results"].glob("*.json"))
+
+
+def test_finetune_run_end_to_end_records_the_backbone(backbone: Path, bench_env: dict,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["run", "--preset", "smoke", "--poison", "cuda", "--defense", "finetune", "--no-baseline",
+                            "--defense-param", f"backbone={backbone}", "--defense-param", "mode=linear",
+                            "--protocol-param", "epochs=1"], capsys)
+    assert code == 0, err
+    (path,) = bench_env["results"].glob("*.json")
+    rec = json.loads(path.read_text())
+    src = rec["defense_source"]["finetune"]
+    assert src["mode"] == "linear" and src["pretrained_on"]["split"] == "holdout"
+    assert src["pretrained_on"]["train_images"] == 256
+    # a backbone of another architecture is refused up front with a hint
+    code, _, err = run_cli(["run", "--preset", "smoke", "--poison", "cuda", "--defense", "finetune", "--no-baseline",
+                            "--model", "resnet18", "--defense-param", f"backbone={backbone}"], capsys)
+    assert code == 2 and "pass --model small-cnn" in err
