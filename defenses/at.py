@@ -108,6 +108,7 @@ class AdversarialTraining(Defense):
         x_all = test.x if idx is None else test.x[idx]
         y_all = test.y if idx is None else test.y[idx]
         gen = torch.Generator().manual_seed(ctx.seed)
+        was_training = model.training
         model.eval()
         correct = 0
         bs = 250
@@ -117,5 +118,6 @@ class AdversarialTraining(Defense):
             x_adv = pgd(model, x, y, p.norm, p.eps, p.eval_steps, 2.5 * p.eps / p.eval_steps, gen)
             with torch.no_grad():
                 correct += int((model(x_adv).argmax(1) == y).sum())
+        model.train(was_training)
         return {"robust_acc": round(100.0 * correct / max(1, len(y_all)), 2),
                 "robust_eval": f"PGD-{p.eval_steps} {p.norm} eps={p.eps:.5f} on {len(y_all)} test images"}

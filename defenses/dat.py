@@ -5,17 +5,24 @@ Per training batch: fresh class-wise ``size``×``size`` transposed-convolution f
 channel, with bias, PyTorch's default init, shared across the colour channels) are optimised by
 ``steps`` of plain gradient *ascent* (raw gradient, step ``lr``) on the classifier's CE, with weights
 and biases clamped to ±``bound`` before each step; each image is then filtered with its class's
-final filter, min-max rescaled per image to [0, 1], and the classifier takes its step on that batch.
+final filter, min-max rescaled per image to [0, 1], and the classifier takes its step on that batch
+only (no clean term, as the official ``final_muladv.py``).
 
-Batched over classes: the batch is reshaped to (1, N*C, H, W) and every image-channel gets its
-class's filter through one grouped ``conv_transpose2d`` (no loop over images or classes).
+Batched: every image-channel gets its class's filter through one grouped convolution (a stride-1
+transposed convolution with padding s//2 is a convolution with the flipped kernel; grouped
+``conv_transpose2d`` is ~25x slower on CPU). The ascent maximises the sum over classes of each
+class's mean CE, which gives every filter exactly the official per-class gradient.
 
-As the official code, the per-class mean CE terms are summed for the ascent step and the classifier
-stays in train mode while the filters are optimised (its BatchNorm running statistics see those
-forward passes; ``bn_train=false`` uses eval mode instead). Deviation (documented): the filters are
-clamped to the box after the last ascent step too (the official code clamps only before each step,
-so the filters finally used may leave the box by one step). The official gradient-norm clip 5.0 comes
-from the protocol (``grad_clip``, on in the paper preset), not from this defense.
+BatchNorm during the ascent (``bn_mode``): ``class`` (default, official) keeps the classifier in train
+mode and runs one forward per class present, so BN normalises with per-class batch statistics and
+its running statistics see those forwards, as in the official per-class loop; ``batch`` is one
+train-mode forward on the whole batch (faster on GPUs, mixed-class BN statistics); ``eval`` freezes
+BN (the AT convention; per-class and batched forwards are then identical).
+
+Deviation (documented): the filters are clamped to the box after the last ascent step too (the
+official code clamps only before each step, so its final filters may leave the box by one step).
+The official gradient-norm clip 5.0 comes from the protocol (``grad_clip``, on in the paper preset).
+With soft labels (``dat+mixup``) each image uses the filter of its arg-max class.
 """
 
 from __future__ import annotations
@@ -34,11 +41,13 @@ from defenses.base import Defense, TrainContext, soft_cross_entropy
 
 @dataclass(frozen=True)
 class DATParams:
-    size: int = param(7, "filter size (the paper ran 3, 5 and 7; the code uses 7)", ge=1, odd=True)
+    size: int = param(7, "filter size s (the paper ran 3, 5 and 7; the code uses 7)", ge=1, odd=True)
     steps: int = param(10, "gradient-ascent steps on the filters per batch", ge=0)
     lr: float = param(0.1, "ascent step size eta (raw gradient, no sign)", gt=0.0)
     bound: float = param(5.0, "box constraint M: weights and biases clamped to [-M, M]", gt=0.0)
-    bn_train: bool = param(True, "BatchNorm in train mode while optimising the filters (official); false = eval mode")
+    bn_mode: str = param("class", "BatchNorm during the ascent: class = train mode, one forward per class "
+                         "(official); batch = train mode, one forward; eval = frozen",
+                         choices=("class", "batch", "eval"))
 
 
 def init_filters(num_classes: int, size: int, gen: torch.Generator | None,
@@ -53,11 +62,12 @@ def init_filters(num_classes: int, size: int, gen: torch.Generator | None,
 
 
 def deconvolve(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Filter each image (every channel) with its class's transposed-conv filter ('same' size)."""
+    """Each image (every channel) through its class's ConvTranspose2d(1, 1, s, padding=s//2): computed
+    as one grouped convolution with the flipped kernels (equal at stride 1, 'same' size)."""
     n, c, h, w = x.shape
     size = weight.shape[-1]
-    k = weight[labels].repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, s, s)
-    out = F.conv_transpose2d(x.reshape(1, n * c, h, w), k, padding=size // 2, groups=n * c)
+    k = weight[labels].flip(-2, -1).repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, s, s)
+    out = F.conv2d(x.reshape(1, n * c, h, w), k, padding=size // 2, groups=n * c)
     return out.reshape(n, c, h, w) + bias[labels].view(n, 1, 1, 1)
 
 
@@ -69,13 +79,16 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def class_ce(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Sum over the classes present of the class's mean CE (the official per-class loop)."""
-    per = F.cross_entropy(logits, labels, reduction="none")
-    sums = torch.zeros(num_classes, device=per.device, dtype=per.dtype).index_add_(0, labels, per)
-    counts = torch.bincount(labels, minlength=num_classes).to(per.dtype)
-    present = counts > 0
-    return (sums[present] / counts[present]).sum()
+def class_ce(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_class_forward: bool) -> torch.Tensor:
+    """Sum over the classes present of the class's mean CE (the official per-class objective);
+    ``per_class_forward`` runs the model once per class, as the official loop does."""
+    if per_class_forward:
+        return sum(F.cross_entropy(model(x[labels == c]), labels[labels == c]) for c in labels.unique().tolist())
+    per = F.cross_entropy(model(x), labels, reduction="none")
+    classes, inverse = labels.unique(return_inverse=True)
+    sums = torch.zeros(len(classes), device=per.device, dtype=per.dtype).index_add_(0, inverse, per)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(per.dtype)
+    return (sums / counts).sum()
 
 
 @register_defense("dat", aliases=("adaptive", "deconvolution"))
@@ -86,19 +99,20 @@ class DeconvolutionAT(Defense):
 
     def adversarial_filters(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                             ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh class-wise filters ascended for ``steps`` steps on the model's loss."""
+        """Fresh class-wise filters ascended for ``steps`` steps on the model's loss; returns
+        (weight (K, s, s), bias (K,)) inside the box."""
         p: DATParams = self.params
         weight, bias = init_filters(ctx.num_classes, p.size, ctx.generator, x.device)
         was_training = model.training
         flags = [q.requires_grad for q in model.parameters()]
         for q in model.parameters():
             q.requires_grad_(False)
-        model.train(p.bn_train)
+        model.train(p.bn_mode != "eval")
         try:
             for _ in range(p.steps):
                 weight = weight.clamp(-p.bound, p.bound).requires_grad_(True)
                 bias = bias.clamp(-p.bound, p.bound).requires_grad_(True)
-                loss = class_ce(model(deconvolve(x, labels, weight, bias)), labels, ctx.num_classes)
+                loss = class_ce(model, deconvolve(x, labels, weight, bias), labels, p.bn_mode == "class")
                 gw, gb = torch.autograd.grad(loss, (weight, bias))
                 weight = (weight + p.lr * gw).detach()
                 bias = (bias + p.lr * gb).detach()

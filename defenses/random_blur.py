@@ -4,8 +4,11 @@ parameter p'b (the paper reports p'b = 0.1 and 0.3 against CUDA pb = 0.3).
 
 Filters are drawn like CUDA's (entries ~ U[0, p'b), one random entry set to 1, the same filter on
 every channel, each image divided by its own max afterwards), from the run's seeded generator.
-The paper text does not say how filters are assigned; ``per=image`` (default) draws one filter per
-image, ``per=batch`` one for the whole batch (documented choice). Batched: one grouped convolution.
+The paper text does not say how filters are assigned (spec defenses.md §6 table); ``per=image``
+(default) draws one filter per image, ``per=batch`` one for the whole batch, ``per=class`` one per
+class for the batch (CUDA's class-wise structure, re-drawn every batch). The draw mirrors
+``attacks.cuda.cuda_filters`` but from the run's torch generator, vectorised (that function replays
+the official NumPy key stream class by class). Batched: one grouped convolution on the batch's device.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from defenses.base import Defense, TrainContext
 class RandomBlurParams:
     pb: float = param(0.3, "blur parameter p'b: filter entries ~ U[0, p'b) (paper: 0.1 and 0.3)", ge=0.0)
     k: int = param(3, "filter size (odd)", ge=1, odd=True)
-    per: str = param("image", "a fresh filter per image or one per batch", choices=("image", "batch"))
+    per: str = param("image", "fresh filters per image, one per batch, or one per class each batch",
+                     choices=("image", "batch", "class"))
 
 
 def random_cuda_filters(n: int, k: int, pb: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -53,7 +57,11 @@ class RandomBlur(Defense):
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         p: RandomBlurParams = self.params
-        filters = random_cuda_filters(x.shape[0] if p.per == "image" else 1, p.k, p.pb, ctx.generator)
+        n = x.shape[0]
+        count = {"image": n, "batch": 1, "class": ctx.num_classes}[p.per]
+        filters = random_cuda_filters(count, p.k, p.pb, ctx.generator).to(x.device)
         if p.per == "batch":
-            filters = filters.expand(x.shape[0], -1, -1)
+            filters = filters.expand(n, -1, -1)
+        elif p.per == "class":
+            filters = filters[y.argmax(1)]
         return blur(x, filters), y

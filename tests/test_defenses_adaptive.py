@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import run_cli
 
-from benchmark.models import build_model
+from benchmark.models import SmallCNN
 from benchmark.registry import DEFENSES
 from defenses.at import pgd
 from defenses.base import TrainContext, build_defense
@@ -25,12 +25,13 @@ def make_ctx(seed: int = 0, num_classes: int = 4) -> TrainContext:
 
 
 def trained_model(num_classes: int = 4, steps: int = 30) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small CNN trained a few steps on colour-coded random images (so gradients are meaningful)."""
+    """A narrow SmallCNN (with BatchNorm) trained a few steps on colour-coded random images, so
+    gradients are meaningful; narrow so the file stays fast on two cores."""
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(64) % num_classes
     x = (torch.rand(64, 3, 16, 16, generator=gen) * 0.6 + (y.float() / num_classes * 0.4).view(-1, 1, 1, 1))
     torch.manual_seed(0)
-    model = build_model("small-cnn", num_classes, 3)
+    model = SmallCNN(num_classes, 3, widths=(8, 16, 16, 16))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for _ in range(steps):
         opt.zero_grad()
@@ -70,6 +71,8 @@ def test_at_loss_attacks_in_eval_mode_and_restores_train_mode() -> None:
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # hook doesn't step
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_at_default_step_size_follows_the_cuda_protocol() -> None:
@@ -106,14 +109,46 @@ def test_dat_filters_are_class_wise_clamped_and_output_is_min_max_scaled() -> No
 def test_dat_ascent_raises_the_loss() -> None:
     model, x, y = trained_model()
     ctx = make_ctx()
-    dat = build_defense("dat", {"steps": "0", "bn_train": "false"}).components[0]
+    dat = build_defense("dat", {"steps": "0", "bn_mode": "eval"}).components[0]
     w0, b0 = dat.adversarial_filters(model, x, y, make_ctx())
-    dat10 = build_defense("dat", {"steps": "10", "bn_train": "false"}).components[0]
+    dat10 = build_defense("dat", {"steps": "10", "bn_mode": "eval"}).components[0]
     w1, b1 = dat10.adversarial_filters(model, x, y, ctx)
     with torch.no_grad():
         l0 = F.cross_entropy(model(deconvolve(x, y, w0, b0)), y)
         l1 = F.cross_entropy(model(deconvolve(x, y, w1, b1)), y)
     assert float(l1) > float(l0)
+
+
+@pytest.mark.parametrize("bn_mode,forwards", [("class", [16, 16, 16, 16]), ("batch", [64]), ("eval", [64])])
+def test_dat_batchnorm_mode_during_the_ascent(bn_mode: str, forwards: list[int]) -> None:
+    model, x, y = trained_model()
+    calls: list[tuple[bool, int]] = []
+    model.register_forward_pre_hook(lambda m, inp: calls.append((m.training, inp[0].shape[0])))
+    model.train()
+    bn = model.features[0][1]
+    stats = bn.running_mean.clone()
+    dat = build_defense("dat", {"steps": "2", "bn_mode": bn_mode}).components[0]
+    dat.adversarial_filters(model, x, y, make_ctx())
+    train = bn_mode != "eval"
+    assert calls == [(train, n) for n in forwards] * 2  # 'class': one forward per class, as the official loop
+    assert torch.equal(stats, bn.running_mean) != train  # train-mode BN statistics see the ascent forwards
+    assert model.training and all(q.requires_grad for q in model.parameters())
+
+
+def test_dat_loss_hook_trains_on_the_deconvolved_batch() -> None:
+    model, x, y = trained_model()
+    model.train()
+    dat = build_defense("deconvolution", {"steps": "2"})
+    loss, logits = dat.loss(model, x, F.one_hot(y, 4).float(), make_ctx())
+    assert model.training and torch.isfinite(loss) and logits.shape == (64, 4)
+    before = [q.detach().clone() for q in model.parameters()]
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # the training forward saw the min-max scaled deconvolved images, not the clean batch
+    with torch.no_grad():
+        model.eval()
+        assert not torch.allclose(model(x), logits, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------ random blur
@@ -135,6 +170,16 @@ def test_random_blur_filters_and_output() -> None:
     assert torch.allclose(blur(x[:1], ident), x[:1] / x[:1].max())
 
 
+@pytest.mark.parametrize("per", ["image", "batch", "class"])
+def test_random_blur_filter_assignment(per: str) -> None:
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)).expand(8, -1, -1, -1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    xb, _ = build_defense("random-blur", {"per": per}).batch(x, F.one_hot(labels, 4).float(), make_ctx())
+    same_class = torch.allclose(xb[0], xb[1]) and torch.allclose(xb[2], xb[3])
+    across = torch.allclose(xb[0], xb[2])
+    assert (same_class, across) == {"image": (False, False), "batch": (True, True), "class": (True, False)}[per]
+
+
 # ----------------------------------------------------------------------------- composition / runs
 
 def test_aliases_and_ownership_conflict(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
@@ -147,7 +192,7 @@ def test_aliases_and_ownership_conflict(bench_env: dict, capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize("defense,params", [("adaptive", ["steps=2"]), ("at", ["steps=2", "eval_samples=100"]),
-                                            ("random-blur", [])])
+                                            ("at+mixup", ["steps=1", "eval_samples=50"]), ("random-blur", [])])
 def test_smoke_run_of_each_adaptive_defense(defense: str, params: list[str], bench_env: dict,
                                             capsys: pytest.CaptureFixture) -> None:
     args = ["run", "--preset", "smoke", "--poison", "cuda", "--defense", defense, "--no-baseline",
@@ -158,7 +203,7 @@ def test_smoke_run_of_each_adaptive_defense(defense: str, params: list[str], ben
     assert code == 0, err
     (path,) = bench_env["results"].glob("*.json")
     rec = json.loads(path.read_text())
-    assert rec["status"] == "finished" and rec["config"]["defense"]["name"] == DEFENSES.canonical(defense)
-    if defense == "at":
+    assert rec["status"] == "finished" and rec["config"]["defense"]["name"] == build_defense(defense).spec_name
+    if defense.startswith("at"):
         assert 0 <= rec["metrics"]["defense"]["robust_acc"] <= 100
         assert "PGD-20 linf" in rec["metrics"]["defense"]["robust_eval"]
