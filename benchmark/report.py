@@ -146,23 +146,50 @@ def _params_text(params: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in flat.items()) or "–"
 
 
-def _labels(ids: Iterable[tuple[str, str]], special: dict[str, str]) -> dict[tuple[str, str], str]:
+_FRACTION_KEYS = ("eps", "rho", "step_size")
+
+
+def _fmt_param(key: str, value: Any) -> str:
+    """Short, readable parameter value: budgets as k/255, paths as their file stem."""
+    if isinstance(value, float):
+        k = value * 255
+        if any(part in key for part in _FRACTION_KEYS) and 0 < value < 1 and abs(k - round(k)) < 1e-6:
+            return f"{round(k)}/255"
+        return f"{value:g}"
+    if isinstance(value, str) and "/" in value and ":" not in value:
+        return Path(value).stem
+    return str(value)
+
+
+def _defense_defaults(name: str) -> dict[str, Any] | None:
+    """Flat default parameters of a registered defense (``None`` when it is not installed here)."""
+    try:
+        from defenses.base import build_defense
+        return _flat(build_defense(name).record()["params"])
+    except (BenchError, ImportError):
+        return None
+
+
+def _labels(ids: Iterable[tuple[str, str]], special: dict[str, str],
+            defaults: Callable[[str], dict[str, Any] | None] | None = None) -> dict[tuple[str, str], str]:
     """Readable unique labels for (name, params-json) ids: the name, plus the params that differ
-    between ids sharing a name."""
+    between ids sharing a name and (with ``defaults``) the params that differ from the registered
+    defaults, so a column says e.g. ``at (eps=4/255)``."""
     by_name: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for pid in sorted(set(ids)):
         by_name[pid[0]].append(pid)
     labels = {}
     for name, pids in by_name.items():
         base = special.get(name, name)
-        if len(pids) == 1:
-            labels[pids[0]] = base
-            continue
         flats = [_flat(json.loads(p[1])) for p in pids]
         keys = sorted({k for f in flats for k in f})
-        differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+        shown = {k for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
+        default = defaults(name) if defaults else None
+        if default is not None:
+            shown |= {k for f in flats for k in f if k in default and f[k] != default[k]}
         for pid, f in zip(pids, flats, strict=True):
-            labels[pid] = f"{base} ({', '.join(f'{k}={f.get(k)}' for k in differ)})"
+            text = ", ".join(f"{k}={_fmt_param(k, f.get(k))}" for k in keys if k in shown)
+            labels[pid] = f"{base} ({text})" if text else base
     return labels
 
 
@@ -263,7 +290,7 @@ def group_runs(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[Group]:
             variant = ", ".join(f"{k}={proto.get(k)}" for k in differ)
             g = Group(key[0], key[1], key[2], key[3], proto, variant, variants[sig])
             g.poison_labels = _labels((_pid(r["config"]["poison"]) for r in g.runs), {"none": CLEAN})
-            g.defense_labels = _labels((_pid(r["config"]["defense"]) for r in g.runs), {})
+            g.defense_labels = _labels((_pid(r["config"]["defense"]) for r in g.runs), {}, _defense_defaults)
             groups.append(g)
     return groups
 
@@ -798,9 +825,12 @@ def plot_heatmap(m: Matrix, title: str, path: Path) -> Path:
     sns.heatmap(data, annot=annot, fmt="", cmap="viridis", vmin=0, vmax=100, ax=ax, linewidths=0.5,
                 cbar_kws={"label": "clean test accuracy (%)"}, xticklabels=m.cols, yticklabels=m.rows,
                 annot_kws={"fontsize": 9})
+    ax.grid(False)
+    ax.set_facecolor("#f2f2f2")  # cells not run: light grey, not mistaken for a value
     ax.set_xlabel("defense")
     ax.set_ylabel("poison")
-    ax.set_title(_wrap(title + " — final clean test accuracy (%); lower = stronger poison", 60), fontsize=10)
+    ax.set_title(_wrap(title + " — final clean test accuracy (%); lower = stronger poison; grey = not run", 60),
+                 fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
     return _save(fig, path)
@@ -812,25 +842,36 @@ def _palette(n: int) -> list:
 
 
 def plot_bars(m: Matrix, title: str, path: Path) -> Path:
+    """Grouped bars, one group per poison holding only the defenses run on it (centred on its tick);
+    error bars (std) only where a cell has more than one run."""
     plt, _sns = _plt()
-    import numpy as np
 
-    n_rows, n_cols = len(m.rows), len(m.cols)
-    width = 0.8 / max(n_cols, 1)
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * n_rows * max(1, n_cols) ** 0.5 + 3), 4))
-    colors = _palette(n_cols)
-    x = np.arange(n_rows)
-    for j, c in enumerate(m.cols):
-        means = [m.get(r, c).mean if m.get(r, c) else np.nan for r in m.rows]
-        stds = [m.get(r, c).std if m.get(r, c) else 0.0 for r in m.rows]
-        ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=3, label=c, color=colors[j],
-               error_kw={"elinewidth": 1})
-    ax.set_xticks(x, m.rows, rotation=30 if n_rows > 4 else 0, ha="right" if n_rows > 4 else "center")
+    colors = dict(zip(m.cols, _palette(len(m.cols)), strict=True))
+    present = [[c for c in m.cols if m.get(r, c) is not None] for r in m.rows]
+    slots = max([len(p) for p in present] + [1])
+    width = 0.8 / slots
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * sum(len(p) for p in present) + 0.6 * len(m.rows) + 3), 4))
+    ax.grid(False, axis="x")
+    labelled: set[str] = set()
+    for i, (r, cols) in enumerate(zip(m.rows, present, strict=True)):
+        for j, c in enumerate(cols):
+            s = m.get(r, c)
+            ax.bar(i - width * len(cols) / 2 + width * (j + 0.5), s.mean, width * 0.92,
+                   yerr=s.std if s.n > 1 else None, capsize=3, color=colors[c], error_kw={"elinewidth": 1},
+                   label=c if c not in labelled else None)
+            labelled.add(c)
+    n_rows = len(m.rows)
+    ax.set_xticks(range(n_rows), m.rows, rotation=30 if n_rows > 6 else 0, ha="right" if n_rows > 6 else "center")
+    ax.set_xlim(-0.6, n_rows - 0.4)
     ax.set_ylim(0, 100)
     ax.set_ylabel("clean test accuracy (%)")
     ax.set_xlabel("poison")
-    ax.set_title(_wrap(title + " — mean ± std over seeds; lower = stronger poison", 70), fontsize=10)
-    ax.legend(title="defense", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8, title_fontsize=9)
+    ax.set_title(_wrap(title + " — mean ± std over seeds (bars: std, where n > 1); lower = stronger poison", 70),
+                 fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: m.cols.index(labels[k]))
+    ax.legend([handles[k] for k in order], [labels[k] for k in order], title="defense",
+              bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8, title_fontsize=9)
     return _save(fig, path)
 
 

@@ -298,3 +298,20 @@ def test_missing_data_skips_sample_grid_with_warning(results: Path, tmp_path: Pa
                                 cache_dir=tmp_path / "cache", warn=warnings.append)
     assert not any("samples" in p.name for p in summary.plots)
     assert any("no sample grid" in w and "CIFAR-10" in w for w in warnings)
+
+
+def test_defense_labels_show_non_default_and_differing_params():
+    """A single AT variant still says its budget (it differs from the default 8/255); variants that
+    differ from each other are told apart by every param that varies; budgets print as k/255 and defaults stay hidden."""
+    from benchmark.report import _defense_defaults, _labels
+
+    def pid(name, **params):
+        base = {"at": {"norm": "linf", "eps": 8 / 255, "steps": 10, "step_size": 0.0, "eval_steps": 20,
+                       "eval_samples": 500}, "mixup": {"alpha": 1.0, "ways": 2}}[name]
+        return name, json.dumps({**base, **params}, sort_keys=True)
+
+    one = _labels([pid("at", eps=4 / 255), pid("mixup")], {}, _defense_defaults)
+    assert one == {pid("at", eps=4 / 255): "at (eps=4/255)", pid("mixup"): "mixup"}
+    three = _labels([pid("at"), pid("at", eps=4 / 255), pid("at", norm="l2", eps=0.5)], {}, _defense_defaults)
+    assert sorted(three.values()) == ["at (eps=0.5, norm=l2)", "at (eps=4/255, norm=linf)",
+                                      "at (eps=8/255, norm=linf)"]
