@@ -1147,11 +1147,16 @@ def make_plots(group: Group, plots_dir: Path, samples: SampleSource | None) -> d
                 chosen.setdefault(group.poison_label(rec), rec)
         sample_paths = {}
         for label in sorted(chosen):
+            path = Path(f"{stem}-samples-{_slug(label)}.png")
             got = samples.images(chosen[label], f"{group.title} / {label}")
             if got is not None:
                 clean, poisoned, classes = got
-                sample_paths[label] = plot_samples(clean, poisoned, classes, f"{label} on {group.title}",
-                                                   Path(f"{stem}-samples-{_slug(label)}.png"))
+                sample_paths[label] = plot_samples(clean, poisoned, classes, f"{label} on {group.title}", path)
+            elif path.is_file() and path.stat().st_size > 0:
+                # Keep the grid made earlier (e.g. the committed one, made where the dataset and the
+                # poison cache were at hand), so the document does not depend on this machine's cache.
+                samples.warn(f"kept the existing sample grid {path}")
+                sample_paths[label] = path
         if sample_paths:
             out["samples"] = sample_paths
     return out

@@ -300,6 +300,21 @@ def test_missing_data_skips_sample_grid_with_warning(results: Path, tmp_path: Pa
     assert any("no sample grid" in w and "CIFAR-10" in w for w in warnings)
 
 
+def test_existing_sample_grid_is_kept_when_it_cannot_be_remade(results: Path, tmp_path: Path, data_root: Path,
+                                                              cache_dir: Path) -> None:
+    """A fresh clone has the committed grids but not the data or the poison cache: the regenerated
+    document must still link them (byte-for-byte reproducibility of leaderboard.md)."""
+    plots = tmp_path / "plots"
+    with_data = write_leaderboard(results, tmp_path / "a.md", plots, data_root=data_root, cache_dir=cache_dir)
+    grid = next(p for p in with_data.plots if "samples-cuda" in p.name)
+    (tmp_path / "empty").mkdir()
+    warnings: list[str] = []
+    without = write_leaderboard(results, tmp_path / "b.md", plots, data_root=tmp_path / "empty",
+                                cache_dir=tmp_path / "cache", warn=warnings.append)
+    assert grid in without.plots and any("kept the existing sample grid" in w for w in warnings)
+    assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
+
+
 def test_defense_labels_show_non_default_and_differing_params():
     """A single AT variant still says its budget (it differs from the default 8/255); variants that
     differ from each other are told apart by every param that varies; budgets print as k/255 and defaults stay hidden."""
