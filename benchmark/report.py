@@ -403,6 +403,42 @@ def defense_metric_keys(group: Group) -> list[str]:
     return sorted(keys)
 
 
+def _defense_metrics_table(group: Group, legend: str) -> Table | None:
+    """One table of the extra metrics defenses report (``metrics.defense``, e.g. AT's robust accuracy,
+    smoothing's certified-vote accuracy): a row per (poison, defense) cell, a column per metric."""
+    keys = defense_metric_keys(group)
+    if not keys:
+        return None
+    mats = {k: accuracy_matrix(group, f"defense:{k}") for k in keys}
+    cells = sorted({(r, c) for m in mats.values() for r in m.rows for c in m.cols if m.get(r, c) is not None},
+                   key=lambda rc: (_defense_sort_key(rc[1]), rc[0] != CLEAN, rc[0]))
+    if not cells:
+        return None
+    digits = {k: 0 if all(st.mean.is_integer() for st in mats[k].cells.values()) else 2 for k in keys}
+    rows = [[c, r] + [_fmt(mats[k].get(r, c), digits[k]) for k in keys] for r, c in cells]
+    return Table(["defense", "poison"] + [f"`{k}`" for k in keys], rows,
+                 "Extra metrics reported by the defenses themselves (record metrics.defense), final model. "
+                 + "".join(f"`{k}`: {h}. " for k, h in _metrics_help(keys).items()) + legend,
+                 align="ll" + "r" * len(keys))
+
+
+def _metrics_help(keys: list[str]) -> dict[str, str]:
+    """Meaning of each defense metric key, from the registered defenses that declare it."""
+    try:
+        import defenses  # noqa: F401  (registers the built-in defenses)
+        from benchmark.registry import DEFENSES
+    except ImportError:
+        return {}
+    known: dict[str, str] = {}
+    for name in DEFENSES.names():
+        known.update(getattr(DEFENSES.get(name), "metrics_help", {}))
+    return {k: known[k] for k in keys if k in known}
+
+
+def _defense_sort_key(label: str) -> tuple[bool, str]:
+    return label != NO_DEFENSE, label
+
+
 @dataclass
 class PoisonCost:
     poison: str
@@ -610,11 +646,9 @@ def build_document(groups: list[Group], results_label: str, n_records: int, newe
             doc.append(pt)
             doc.append(Heading(3, "Defenses ranked by worst case over poisons"))
             doc.append(dt)
-            for key in defense_metric_keys(g):
-                dm = accuracy_matrix(g, f"defense:{key}")
-                doc.append(Heading(3, f"Defense metric `{key}`"))
-                doc.append(_matrix_table(dm, f"Extra metric `{key}` reported by the defense (metrics.defense), "
-                                             "final model; only defenses that report it are shown. " + legend))
+            if (extra := _defense_metrics_table(g, legend)) is not None:
+                doc.append(Heading(3, "Defense metrics"))
+                doc.append(extra)
         costs = poison_costs(g)
         if costs:
             doc.append(Heading(3, "Poison budgets and generation cost"))

@@ -90,6 +90,8 @@ class AdversarialTraining(Defense):
     """PGD adversarial training (L-inf or L2), robust accuracy under PGD-20 reported."""
 
     Params = ATParams
+    metrics_help = {"robust_acc": "accuracy (%) under PGD-20 in the training threat model (norm, eps) on "
+                                  "`eval_samples` test images"}
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         p: ATParams = self.params

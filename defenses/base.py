@@ -73,6 +73,8 @@ class Defense:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    #: what each key this defense writes to ``metrics.defense`` means (shown under the leaderboard's table)
+    metrics_help: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

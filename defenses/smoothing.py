@@ -85,6 +85,14 @@ class RandomizedSmoothing(Defense):
     """Randomized smoothing: Gaussian-noise training (sigma 0.5); reports base and smoothed accuracy."""
 
     Params = SmoothingParams
+    metrics_help = {
+        "smoothed_test_acc": "smoothed classifier's accuracy (%) on `smoothed_n` test images, abstentions counted wrong",
+        "smoothed_abstain_rate": "% of the `smoothed_n` test images where the binomial test abstained",
+        "smoothed_vote_acc": "% where the majority vote is right (no abstention)",
+        "smoothed_noisy_base_acc": "base model's accuracy (%) on the noisy copies",
+        "smoothed_n": "test images evaluated",
+        "smoothed_n_samples": "noisy copies per image",
+    }
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         return x + self.params.sigma * device_normal(tuple(x.shape), ctx), y

@@ -137,7 +137,8 @@ def test_markdown_tables_and_legends(results: Path, tmp_path: Path) -> None:
     assert "| 1 | em | 30.00 | mixup | 15.00 | 51.00 | 2/2 |" in text
     assert "| 2 | mixup | 78.00 | -3.00 | 40.00 | 30.00 | em | 2/3 |" in text
     assert "Peak clean test accuracy (oracle upper bound)" in text
-    assert "Defense metric `robust_test_acc`" in text and "| cuda | 12.50 |" in text
+    assert "### Defense metrics" in text and "| `robust_test_acc` |" in text
+    assert "| mixup | clean | 40.00 |" in text and "| mixup | cuda | 12.50 |" in text
     assert "| cuda | none | mixed | 81.00 ± 1.41 (n=2) | 60.00 | 22.00 ± 2.83 (n=2) |" in text
     assert "| cuda | none | clean-only | 81.00 ± 1.41 (n=2) | 70.00 | – |" in text
     assert "CIFAR-10 (JPEG copy)" in text and "not bit-exact" in text
