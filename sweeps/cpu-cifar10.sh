@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # The sweeps behind the committed leaderboard.md (cpu preset, CIFAR-10 offline JPEG copy, 2 CPU cores).
 # Each command skips cells whose records already exist, so re-running this file only does what is missing.
-# Usage: bash sweeps/cpu-cifar10.sh [--data-root DIR]   (then: bench leaderboard)
+# Usage: bash sweeps/cpu-cifar10.sh [--data-root DIR] [--results DIR]   (then: bench leaderboard)
+# Every sweep also runs the clean (--poison none) row of each defense it names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || set -- --data-root ../shared/data
-DATA=("$@")
-B=(bench sweep --preset cpu "${DATA[@]}")
+B=(bench sweep --preset cpu "$@")
 BB=backbones/small-cnn-cifar10-holdout.safetensors
+POISONS=cuda,em,em-classwise,rem,sem
+# defenses that cost about one plain training run each
+CHEAP=none,mixup,cutmix,cutout,grayscale,jpeg,bit-depth,gaussian-blur,median-filter,random-blur,smoothing
 
-"${B[@]}" --poisons cuda,em,rem,sem,random-noise --defenses none --seeds 0
-"${B[@]}" --poisons cuda --defenses none --seeds 1
-"${B[@]}" --poisons cuda --defenses mixup,cutmix,cutout,grayscale,jpeg,bit-depth,random-blur,smoothing --seeds 0 --jobs 2
-"${B[@]}" --poisons cuda --defenses at,dat --defense-param at.eps=4/255 --seeds 0 --jobs 2
+# 1. every poison without defense (random noise is the control that should not work)
+"${B[@]}" --poisons $POISONS,random-noise --defenses none --seeds 0 --jobs 2
+# 2. every poison against the cheap defenses; the CUDA row (and the clean row) with a second seed
+"${B[@]}" --poisons $POISONS --defenses $CHEAP --seeds 0 --jobs 2
+"${B[@]}" --poisons cuda --defenses $CHEAP --seeds 1 --jobs 2
+# 3. fine-tuning a backbone pretrained on the 30k CIFAR-10 images outside the victim subset
+[ -f "$BB" ] || bench pretrain --dataset cifar10 --model small-cnn --split holdout --preset cpu "$@" --out "$BB"
+for mode in linear full; do
+  "${B[@]}" --poisons $POISONS --defenses finetune --defense-param backbone=$BB --defense-param mode=$mode --seeds 0 --jobs 2
+  "${B[@]}" --poisons cuda --defenses finetune --defense-param backbone=$BB --defense-param mode=$mode --seeds 1 --jobs 2
+done
+# 4. training-time defenses that cost ~10x a plain run: PGD adversarial training and CUDA's adaptive DAT
+"${B[@]}" --poisons cuda,em,rem,sem --defenses at --defense-param at.eps=4/255 --seeds 0 --jobs 2
 "${B[@]}" --poisons cuda --defenses at --defense-param at.eps=8/255 --seeds 0 --jobs 2
 "${B[@]}" --poisons cuda --defenses at --defense-param at.norm=l2 --defense-param at.eps=0.5 --seeds 0 --jobs 2
-[ -f "$BB" ] || bench pretrain --dataset cifar10 --model small-cnn --split holdout --preset cpu "${DATA[@]}" --out "$BB"
-"${B[@]}" --poisons cuda --defenses finetune --defense-param backbone=$BB --defense-param mode=linear --seeds 0 --jobs 2
-"${B[@]}" --poisons cuda --defenses finetune --defense-param backbone=$BB --defense-param mode=full --seeds 0 --jobs 2
+"${B[@]}" --poisons cuda --defenses dat --seeds 0 --jobs 2
