@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.errors import BenchError
-from benchmark.params import describe_params, parse_kv
+from benchmark.params import describe_params, format_value, parse_kv
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -72,7 +72,13 @@ def list_cmd(what: str | None) -> None:
             reg = POISONS if section == "poisons" else DEFENSES
             for name in reg.names():
                 cls = reg.get(name)
-                params = ", ".join(f"{n}={d!r}" for n, _t, d, _h in describe_params(cls.Params)) or "-"
+                defaults = {n: d for n, _t, d, _h in describe_params(cls.Params)}
+                params = ", ".join(f"{n}={format_value(n, d)}" for n, d in defaults.items()) or "-"
+                for preset, values in getattr(cls, "preset_params", {}).items():
+                    changed = {n: v for n, v in values.items() if defaults.get(n) != v}
+                    if changed:  # generation presets follow --preset and replace these defaults
+                        params += f"\n{preset} preset: " + ", ".join(
+                            f"{n}={format_value(n, v)}" for n, v in changed.items())
                 aliases = reg.aliases_of(name)
                 label = name + (f" ({', '.join(aliases)})" if aliases else "")
                 table.add_row(label, cls.describe(), params)

@@ -117,6 +117,23 @@ def params_dict(instance: Any) -> dict[str, Any]:
     return dataclasses.asdict(instance)
 
 
+_FRACTION_KEYS = ("eps", "rho", "step_size")
+
+
+def format_value(name: str, value: Any) -> str:
+    """A parameter value as a user would type it: L-inf-sized budgets and step sizes (names with
+    eps, rho or step_size) as k/255 (``8/255``, ``0.8/255``; whole k up to 32, or k below 10 with one
+    decimal), so L2 radii such as 0.5 stay plain; other floats short."""
+    if isinstance(value, float):
+        k = value * 255
+        whole = abs(k - round(k)) < 1e-6 and round(k) <= 32
+        tenth = abs(10 * k - round(10 * k)) < 1e-6 and k < 10
+        if any(part in name for part in _FRACTION_KEYS) and value > 0 and (whole or tenth):
+            return f"{round(k, 1):g}/255"
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for ``bench list``."""
     out = []

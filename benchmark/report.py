@@ -32,6 +32,7 @@ from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write, read_json, read_npz
+from benchmark.params import format_value
 from benchmark.records import canonical_json, load_records
 from benchmark.records import run_id as config_hash
 
@@ -143,22 +144,15 @@ def _flat(params: Any, prefix: str = "") -> dict[str, Any]:
 
 def _params_text(params: Any) -> str:
     flat = _flat(params or {})
-    return ", ".join(f"{k}={v}" for k, v in flat.items()) or "–"
-
-
-_FRACTION_KEYS = ("eps", "rho", "step_size")
+    return ", ".join(f"{k}={_fmt_param(k, v)}" for k, v in flat.items()) or "–"
 
 
 def _fmt_param(key: str, value: Any) -> str:
-    """Short, readable parameter value: budgets as k/255, paths as their file stem."""
-    if isinstance(value, float):
-        k = value * 255
-        if any(part in key for part in _FRACTION_KEYS) and 0 < value < 1 and abs(k - round(k)) < 1e-6:
-            return f"{round(k)}/255"
-        return f"{value:g}"
-    if isinstance(value, str) and "/" in value and ":" not in value:
-        return Path(value).stem
-    return str(value)
+    """Short, readable parameter value: budgets as k/255 (:func:`format_value`), paths as their
+    file stem, strings unquoted."""
+    if isinstance(value, str):
+        return Path(value).stem if "/" in value and ":" not in value else value
+    return format_value(key, value)
 
 
 def _defense_defaults(name: str) -> dict[str, Any] | None:

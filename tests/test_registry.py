@@ -30,10 +30,27 @@ def test_unknown_name_suggests_closest() -> None:
         MODELS.get("resnet19")
 
 
-def test_cli_list_shows_params(capsys: pytest.CaptureFixture) -> None:
+def test_cli_list_shows_params(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmark import cli
+
+    monkeypatch.setattr(cli.console, "width", 200)  # wide enough that no parameter is wrapped
     code, out, _ = run_cli(["list", "poisons"], capsys)
     assert code == 0
     assert "cuda" in out and "pb=0.3" in out and "k=3" in out
+    flat = " ".join(out.split())  # rich wraps long cells
+    # budgets print as users type them, and a poison's generation presets show what they replace
+    assert "rho_u=8/255" in flat and "eps=0.0313" not in flat
+    assert "cpu preset: surrogate='small-cnn'" in flat
+
+
+def test_format_value_writes_linf_budgets_as_k_over_255() -> None:
+    from benchmark.params import format_value
+
+    assert format_value("eps", 8 / 255) == "8/255"
+    assert format_value("pgd_step_size", 0.8 / 255) == "0.8/255"
+    assert format_value("eps", 0.5) == "0.5"  # an L2 radius, not 127.5/255
+    assert format_value("pb", 0.3) == "0.3"  # not a budget
+    assert format_value("lr", 0.1) == "0.1" and format_value("surrogate", "small-cnn") == "'small-cnn'"
 
 
 PLUGIN = {
