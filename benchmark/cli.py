@@ -147,7 +147,10 @@ def run_cmd(**kw: Any) -> None:
 @cli.command("poison")
 @poison_options
 @click.option("--preset", default=None, help="generation preset for poisons that train a surrogate: smoke, cpu, paper")
-@click.option("--train-subset", type=int, default=None, help="poison a fixed subset of this many training images (default: the preset's)")
+@click.option("--train-subset", type=int, default=0, show_default=True,
+              help="poison only a fixed stratified subset of this many training images, as a protocol preset does "
+                   "(20000 = the cpu preset's victim subset, which `bench run` then reuses from the cache); 0 = the "
+                   "whole training set")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="output .npz (a .json sidecar is written beside it)")
 @data_options
 def poison_cmd(**kw: Any) -> None:

@@ -109,7 +109,9 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     base_acc = base["metrics"]["test_acc"] if base else None
-    table.add_row("clean baseline test acc", _fmt(base_acc, " %") + ("" if base else "  (not run: --baseline)"))
+    defense = cfg["defense"]["name"]
+    base_label = "clean baseline test acc" + ("" if defense == "none" else f" ({defense} on clean data)")
+    table.add_row(base_label, _fmt(base_acc, " %") + ("" if base else "  (not run: --baseline)"))
     table.add_row("test acc (final)", _fmt(m["test_acc"], " %"))
     if base_acc is not None and cfg["poison"]["name"] != "none":
         table.add_row("drop vs clean", _fmt(base_acc - m["test_acc"], " points"))

@@ -55,7 +55,8 @@ def test_unreadable_data_root(bench_env: dict, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_corrupt_cached_poison(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = run_cli(["poison", "--poison", "cuda", "--preset", "smoke", "--out", str(tmp_path / "p.npz")], capsys)
+    code, _, err = run_cli(["poison", "--poison", "cuda", "--preset", "smoke", "--train-subset", "512",
+                            "--out", str(tmp_path / "p.npz")], capsys)
     assert code == 0, err
     cached = list((bench_env["cache"] / "poisons").glob("*.npz"))
     assert len(cached) == 1

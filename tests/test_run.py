@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def test_key_appears_in_no_output(bench_env: dict, tmp_path: Path, capsys: pytes
     key = "987654321"
     out_file = tmp_path / "export" / "p.npz"
     out_file.parent.mkdir()
-    code, out1, err1 = run_cli(["poison", "--poison", "cuda", "--key", key, "--preset", "smoke",
+    code, out1, err1 = run_cli(["poison", "--poison", "cuda", "--key", key, "--preset", "smoke", "--train-subset", "512",
                                 "--out", str(out_file)], capsys)
     assert code == 0, err1
     code, out2, err2 = run_cli(["run", "--poison", "cuda", "--key", key, "--preset", "smoke"], capsys)
@@ -106,8 +107,9 @@ def test_key_appears_in_no_output(bench_env: dict, tmp_path: Path, capsys: pytes
 
 def test_bench_poison_exports_npz_and_sidecar(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cuda.npz"
+    # --train-subset 512 = the smoke preset's victim subset, so `bench run --preset smoke` could reuse it
     code, text, err = run_cli(["poison", "--poison", "cuda", "--ratio", "0.5", "--preset", "smoke",
-                               "--out", str(out)], capsys)
+                               "--train-subset", "512", "--out", str(out)], capsys)
     assert code == 0, err
     with np.load(out, allow_pickle=False) as data:
         assert data["x_train"].shape == (512, 32, 32, 3) and data["x_train"].dtype == np.uint8
@@ -121,8 +123,11 @@ def test_bench_poison_exports_npz_and_sidecar(bench_env: dict, tmp_path: Path, c
     assert "key" not in side["poison"] and len(side["poison"]["key_fingerprint"]) == 16
     # second call reuses the cached artifact
     code, text, _ = run_cli(["poison", "--poison", "cuda", "--ratio", "0.5", "--preset", "smoke",
-                             "--out", str(out)], capsys)
+                             "--train-subset", "512", "--out", str(out)], capsys)
     assert code == 0 and "reused from cache" in text
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file's mode, not mkstemp's 0600
 
 
 def test_protocol_params_from_the_command_line_are_typed(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
