@@ -78,6 +78,10 @@ class Poison:
     uses_key: ClassVar[bool] = True
     #: parameters that change with the protocol preset (e.g. surrogate steps): {preset: {param: value}}
     preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: algorithm revision: bump it when a code change alters what the poison produces for the same params
+    #: and key. Above 1 it is part of ``config.poison`` (so of the run id) and of the cached artifact's id,
+    #: so records and artifacts of the old algorithm are never reused or averaged with the new ones.
+    revision: ClassVar[int] = 1
 
     def __init__(self, params: Any) -> None:
         self.params = params

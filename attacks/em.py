@@ -15,9 +15,12 @@ Shared machinery (also used by :mod:`attacks.rem`, :mod:`attacks.sem`, :mod:`att
 * long generations checkpoint (surrogate, optimizer, noise, step, counters) under ``ctx.workdir``.
 
 Deviations from the official code (documented): noise is *rounded* to integer levels (the official
-dataset truncates the float sum when casting to uint8); the stop check evaluates the surrogate on
-clamp(x + δ, 0, 1); the number of outer iterations is capped by ``max_iters`` (official: no cap);
-the class-wise subset loop keeps one batch when the subset is smaller than ``batch_size``.
+dataset truncates the float sum when casting to uint8; ``official_clamp_bug=true`` reproduces the
+official quantisation exactly: negative noise zeroed, positive noise truncated); sample-wise EM's
+surrogate reads shuffled epochs (official: fixed order; see ``_theta_steps``); the stop check evaluates
+the surrogate on clamp(x + δ, 0, 1); the number of outer iterations is capped by ``max_iters``
+(official: no cap); the class-wise subset loop keeps one batch when the subset is smaller than
+``batch_size``.
 """
 
 from __future__ import annotations
@@ -229,7 +232,9 @@ _EM_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class _EMBase(NoisePoison):
-    """Shared surrogate loop of the two EM variants: θ-steps on a fixed-order wrapping stream."""
+    """Shared surrogate loop of the two EM variants: θ-steps on a shuffled wrapping stream."""
+
+    revision = 2  # 2: official_clamp_bug=true truncates positive noise, as the official dataset code
 
     def _setup(self, train: ImageSet, ctx: PoisonContext) -> tuple[nn.Module, torch.optim.SGD]:
         p = self.params
@@ -240,10 +245,12 @@ class _EMBase(NoisePoison):
     def _theta_steps(self, model: nn.Module, opt: torch.optim.SGD, x_u8: torch.Tensor, y: torch.Tensor,
                      noise_of: Any, outer: int, key: int) -> int:
         """``train_step`` SGD steps on x + δ (no clamp, as officially), continuing where the previous
-        outer iteration stopped in a stream of shuffled epochs (the official loader shuffles; datasets
-        stored sorted by class would otherwise give one-class batches and a surrogate that never
-        learns). Each epoch's order derives from the key, so a resumed run sees the same batches.
-        Returns the number of fwd+bwd passes."""
+        outer iteration stopped in a stream of shuffled epochs. Deviation for sample-wise EM: the
+        official loader reads the training set in its fixed file order, which for the original
+        CIFAR-10 files is class-mixed; data sets stored sorted by class (the offline JPEG copy, any
+        image folder) would give one-class batches and a surrogate that never learns. (Class-wise EM's
+        official loader shuffles.) Each epoch's order derives from the key, so a resumed run sees the
+        same batches. Returns the number of fwd+bwd passes."""
         p = self.params
         n = len(y)
         batches = math.ceil(n / p.batch_size)
@@ -280,10 +287,12 @@ class _EMBase(NoisePoison):
         return delta
 
     def _final_levels(self, noise: torch.Tensor) -> torch.Tensor:
-        levels = to_levels(noise, self.budget_255())
         if self.params.official_clamp_bug:
-            levels.clamp_(min=0)  # the official `noise.mul(255).clamp_(0, 255)` before adding
-        return levels
+            # the official `noise.mul(255).clamp_(0, 255)` zeroes negative noise; the dataset then adds
+            # it to the integer image and casts to uint8, which truncates: x + floor(max(0, 255 δ))
+            budget = self.budget_255()
+            return torch.floor(noise * 255).clamp_(0, budget).to(torch.int16)
+        return to_levels(noise, self.budget_255())
 
 
 @register_poison("em", aliases=("em-samplewise",))

@@ -12,9 +12,14 @@ The class is the reusable machinery: SEM (:mod:`attacks.sem`) only overrides ``i
 The gradient through the inner maximiser is Danskin-style: δa is treated as a constant and the
 loss gradient at x_adv is backpropagated through the (differentiable) augmentation to δu.
 
-Deviations (documented): the EOT samples are processed as one batch (same maths, faster); the
-surrogate's AT attack runs with the model in train mode; the final pass covers every sample (the
-official loader drops the last partial batch, whose samples keep their in-training noise).
+The surrogate's AT attack runs with the model in eval mode (BatchNorm running statistics untouched),
+then one train-mode SGD step on the adversarial batch, as the official code does. (Revision 1 ran the
+attack in train mode, which let the 10 attack forwards of every step drive the BatchNorm statistics
+that the eval-mode noise crafting uses.)
+
+Deviations (documented): the EOT samples are processed as one batch (same maths, faster); the final
+pass covers every sample (the official loader drops the last partial batch, whose samples keep their
+in-training noise).
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class RobustErrorMinimizing(NoisePoison):
     Params = REMParams
     preset_params = _REM_PRESETS
     radius_field = "rho_u"
+    revision = 2  # 2: the surrogate's AT attack runs in eval mode, as the official code (see module doc)
 
     # ------------------------------------------------------------------ the overridable pieces
 
@@ -162,11 +168,13 @@ class RobustErrorMinimizing(NoisePoison):
 
     def surrogate_update(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                          levels: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[float, float]:
-        """One PGD-AT SGD step on T(x + stored noise). Returns (loss, accuracy) on the batch."""
+        """One PGD-AT SGD step on T(x + stored noise): the attack in eval mode, the step in train mode
+        (official). Returns (loss, accuracy) on the batch."""
         p = self.params
-        model.train()
         x_def = random_flip_crop((x + levels.float() / 255).clamp(0, 1), gen, p.crop_pad)
+        model.eval()
         x_adv = pgd_ascent(model, x_def, y, p.rho_a, p.pgd_steps, p.pgd_step_size, gen)
+        model.train()
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)

@@ -24,9 +24,10 @@ class StableErrorMinimizing(RobustErrorMinimizing):
 
     def inner_perturbation(self, model: nn.Module, x_def: torch.Tensor, y: torch.Tensor,
                            gen: torch.Generator) -> torch.Tensor:
-        """One uniform random perturbation of radius ρa: no forward or backward pass."""
+        """One uniform random perturbation of radius ρa: no forward or backward pass. Like the
+        official ``_get_adv_``, no perturbation at all when ρa or the attack steps are 0."""
         rho_a = self.params.rho_a
-        if rho_a <= 0:
+        if rho_a <= 0 or self.params.pgd_steps <= 0:
             return x_def.detach()
         return (x_def.detach() + uniform(x_def.shape, rho_a, gen, x_def.device)).clamp(0, 1)
 

@@ -45,10 +45,18 @@ class PoisonSpec:
     def params(self) -> dict[str, Any]:
         return params_dict(self.poison.params)
 
+    @property
+    def revision(self) -> int:
+        return int(type(self.poison).revision)
+
     def record(self) -> dict[str, Any]:
-        """``config.poison`` of a run record: the key appears only as its fingerprint."""
-        return {"name": self.name, "params": self.params, "ratio": self.ratio,
-                "key_fingerprint": key_fingerprint(self.key) if type(self.poison).uses_key else None}
+        """``config.poison`` of a run record: the key appears only as its fingerprint; ``revision``
+        only when above 1 (records of first revisions keep their run ids)."""
+        rec = {"name": self.name, "params": self.params, "ratio": self.ratio,
+               "key_fingerprint": key_fingerprint(self.key) if type(self.poison).uses_key else None}
+        if self.revision > 1:
+            rec["revision"] = self.revision
+        return rec
 
 
 def build_poison(name: str, params: dict[str, Any] | None = None, key: int = 0, ratio: float = 1.0,
@@ -65,6 +73,8 @@ def build_poison(name: str, params: dict[str, Any] | None = None, key: int = 0, 
 def artifact_id(dataset_id: dict[str, Any], spec: PoisonSpec) -> str:
     payload = {"v": ARTIFACT_VERSION, "dataset": dataset_id, "poison": spec.name, "params": spec.params,
                "key": spec.key, "ratio": spec.ratio}
+    if spec.revision > 1:
+        payload["revision"] = spec.revision
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 

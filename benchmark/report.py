@@ -182,7 +182,7 @@ def _labels(ids: Iterable[tuple[str, str]], special: dict[str, str],
         if default is not None:
             shown |= {k for f in flats for k in f if k in default and f[k] != default[k]}
         for pid, f in zip(pids, flats, strict=True):
-            text = ", ".join(f"{k}={_fmt_param(k, f.get(k))}" for k in keys if k in shown)
+            text = ", ".join(f"{k}={_fmt_param(k, f[k])}" for k in keys if k in shown and k in f)
             labels[pid] = f"{base} ({text})" if text else base
     return labels
 
@@ -250,7 +250,12 @@ class Group:
 
 
 def _pid(part: dict[str, Any]) -> tuple[str, str]:
-    return str(part["name"]), canonical_json(part.get("params") or {})
+    """(name, params) identity of a poison or defense; a poison's algorithm revision counts as a param,
+    so records of two revisions are never averaged together."""
+    params = dict(part.get("params") or {})
+    if part.get("revision"):
+        params["revision"] = part["revision"]
+    return str(part["name"]), canonical_json(params)
 
 
 def _protocol_of(cfg: dict[str, Any]) -> dict[str, Any]:

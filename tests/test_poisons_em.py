@@ -111,7 +111,11 @@ def test_em_official_clamp_bug_zeroes_negative_noise() -> None:
     noise_buggy = buggy.x.int() - train.x.int()
     assert int(noise_fixed.min()) < 0 < int(noise_fixed.max())
     assert int(noise_buggy.min()) == 0  # no negative noise with the bug flag
-    assert torch.equal(noise_buggy, noise_fixed.clamp(min=0))  # same generation, negatives zeroed
+    # same generation: negatives zeroed, positives truncated (official uint8 cast) instead of rounded
+    assert torch.all(noise_buggy[noise_fixed <= 0] == 0)
+    pos = noise_fixed > 0
+    gap = noise_fixed[pos] - noise_buggy[pos]
+    assert torch.all((gap == 0) | (gap == 1)) and bool((gap == 1).any()) and bool((gap == 0).any())
     assert buggy.info["official_clamp_bug"] and not fixed.info["official_clamp_bug"]
 
 
@@ -157,6 +161,38 @@ def test_sem_is_rem_with_random_inner_step() -> None:
     with torch.no_grad():
         clean, l_sem, l_rem = (float(F.cross_entropy(model(t), y)) for t in (x, x_sem, x_rem))
     assert l_rem > l_sem and l_rem > clean + 1e-3
+
+
+def test_surrogate_attack_runs_in_eval_mode_and_sem_zero_steps_is_clean() -> None:
+    """Official REM/SEM: the surrogate's PGD runs in eval mode, so only the SGD step's own forward
+    moves BatchNorm's statistics; SEM adds no perturbation when the attack has 0 steps."""
+    rem = build_poison("rem", {"pgd_steps": 3}, preset="smoke").poison
+    train = _images(32, size=16)
+    model, opt = rem.build(4, 3, key=0, device=torch.device("cpu"))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    levels = torch.zeros(train.x.shape, dtype=torch.int8)
+    rem.surrogate_update(model, opt, train.x.float() / 255, levels, train.y, torch.Generator().manual_seed(0))
+    assert all(int(m.num_batches_tracked) == 1 for m in bns)  # 3 attack forwards + 1 step: one update
+    assert model.training
+    sem = build_poison("sem", {"pgd_steps": 0}, preset="smoke").poison
+    x = train.x.float() / 255
+    assert torch.equal(sem.inner_perturbation(model, x, train.y, torch.Generator().manual_seed(0)), x)
+
+
+def test_algorithm_revision_is_part_of_run_id_and_artifact_only_above_one() -> None:
+    from benchmark.poisoning import artifact_id
+
+    dataset_id = {"name": "cifar10", "source": "x", "train_size": 10, "train_subset": 0, "subset_seed": 0}
+    rem, cuda = build_poison("rem"), build_poison("cuda")
+    assert rem.record()["revision"] == RobustErrorMinimizing.revision >= 2
+    assert "revision" not in cuda.record()  # first revisions keep the run ids they always had
+    before = artifact_id(dataset_id, rem)
+    try:
+        RobustErrorMinimizing.revision += 1
+        assert artifact_id(dataset_id, rem) != before and build_poison("sem").record()["revision"] == rem.revision
+    finally:
+        RobustErrorMinimizing.revision -= 1
 
 
 def test_random_flip_crop_is_differentiable_and_seeded() -> None:

@@ -331,3 +331,16 @@ def test_defense_labels_show_non_default_and_differing_params():
     three = _labels([pid("at"), pid("at", eps=4 / 255), pid("at", norm="l2", eps=0.5)], {}, _defense_defaults)
     assert sorted(three.values()) == ["at (eps=0.5, norm=l2)", "at (eps=4/255, norm=linf)",
                                       "at (eps=8/255, norm=linf)"]
+
+
+def test_poison_revisions_are_separate_rows() -> None:
+    """Records of two algorithm revisions of a poison (same name and params) are never averaged
+    together as if they were seeds: each revision is its own labelled row."""
+    old = make_record("rem", "none", 40.0, params={"rho_u": 8 / 255})
+    new = make_record("rem", "none", 20.0, params={"rho_u": 8 / 255})
+    new["config"]["poison"]["revision"] = 2
+    new["run_id"] = run_id(new["config"])
+    groups = group_runs([(Path("a.json"), old), (Path("b.json"), new)])
+    m = accuracy_matrix(groups[0])
+    assert sorted(m.rows) == ["rem", "rem (revision=2)"]
+    assert m.get("rem", "none").mean == 40.0 and m.get("rem (revision=2)", "none").mean == 20.0
