@@ -551,7 +551,12 @@ class Image:
     alt: str
 
 
-Block = Heading | Para | Table | Image
+@dataclass
+class Bullets:
+    items: list[str]  # each may use `code` and **bold**
+
+
+Block = Heading | Para | Table | Image | Bullets
 
 
 def _protocol_legend(group: Group) -> str:
@@ -600,6 +605,69 @@ def _rank_table(group: Group, m: Matrix, legend: str) -> tuple[Table, Table]:
     return poisons, defenses
 
 
+#: a poison counts as neutralised by a defense when its accuracy is within this many points of the
+#: same defense's accuracy on clean data (about the spread of a single seed plus a margin)
+NEUTRALISED_WITHIN = 5.0
+
+
+def _pct(s: Stat) -> str:
+    return f"{s.mean:.1f} %"
+
+
+def highlights(m: Matrix) -> list[str]:
+    """What the matrix says, in a few generated sentences: each poison without defense; which
+    defenses neutralise which poison (poisoned accuracy within ``NEUTRALISED_WITHIN`` points of the same
+    defense on clean data); which poisons no defense run neutralises; and the defenses that cost
+    accuracy on clean data. A defense whose clean accuracy is below half of plain training's fails on
+    its own and is never counted as neutralising a poison."""
+    out: list[str] = []
+    base = m.get(CLEAN, NO_DEFENSE)
+    poisons = [r for r in m.rows if r != CLEAN]
+    if base is None or not poisons:
+        return out
+    undefended = sorted(((r, s) for r in poisons if (s := m.get(r, NO_DEFENSE))), key=lambda rs: (rs[1].mean, rs[0]))
+    if undefended:
+        out.append(f"**Without defense** (clean data: {_pct(base)}): " + ", ".join(
+            f"{r} {_pct(s)} ({s.mean - base.mean:+.1f})" for r, s in undefended) + ".")
+    clean_of = {c: s for c in m.cols if (s := m.get(CLEAN, c)) is not None}
+    failing = sorted((c for c, s in clean_of.items() if s.mean < 0.5 * base.mean), key=lambda c: clean_of[c].mean)
+    usable = [c for c in m.cols if c in clean_of and c not in failing and c != NO_DEFENSE]
+    no_effect = [r for r, s in undefended if base.mean - s.mean <= NEUTRALISED_WITHIN]
+    neutral: list[str] = []
+    standing: list[str] = []
+    for r in poisons:
+        if r in no_effect:
+            continue
+        runs = [(c, s, clean_of[c]) for c in usable if (s := m.get(r, c)) is not None]
+        hits = [f"{c} ({_pct(s)} vs {_pct(cl)})" for c, s, cl in runs if cl.mean - s.mean <= NEUTRALISED_WITHIN]
+        if hits:
+            neutral.append(f"{r} by {', '.join(hits)}")
+        elif runs:
+            c, s, cl = min(runs, key=lambda t: (t[2].mean - t[1].mean, t[0]))
+            standing.append(f"{r} (closest: {c}, {_pct(s)} vs {_pct(cl)} on clean data; {len(runs)} of "
+                            f"{len(usable)} usable defenses run)")
+        else:
+            standing.append(f"{r} (no defense run yet)")
+    if no_effect:
+        out.append(f"**No effect** even without defense (within {NEUTRALISED_WITHIN:g} points of clean): "
+                   + ", ".join(no_effect) + ".")
+    if neutral:
+        out.append(f"**Neutralised** (poisoned accuracy within {NEUTRALISED_WITHIN:g} points of the same defense "
+                   "on clean data): " + "; ".join(neutral) + ".")
+    if standing:
+        out.append("**Not neutralised by any defense run:** " + "; ".join(standing) + ".")
+    costly = sorted(((c, clean_of[c].mean - base.mean) for c in usable
+                     if base.mean - clean_of[c].mean > NEUTRALISED_WITHIN), key=lambda cd: cd[1])
+    if costly:
+        out.append(f"**Costly on clean data** (more than {NEUTRALISED_WITHIN:g} points below plain training): "
+                   + ", ".join(f"{c} {d:+.1f}" for c, d in costly) + ".")
+    if failing:
+        out.append("**Fails on clean data** at this protocol (below half of plain training's accuracy, so not "
+                   "counted as neutralising anything): " + ", ".join(f"{c} {_pct(clean_of[c])}" for c in failing)
+                   + ".")
+    return out
+
+
 def _matrix_table(m: Matrix, legend: str) -> Table:
     return Table(["poison \\ defense", *m.cols], [[r, *(_fmt(m.get(r, c)) for c in m.cols)] for r in m.rows], legend)
 
@@ -627,6 +695,11 @@ def build_document(groups: list[Group], results_label: str, n_records: int, newe
         _ds, note = _dataset_title(g.cfg)
         doc.append(Para(f"{len(g.runs)} runs, seeds {', '.join(map(str, seeds))}." + (f" **Note:** {note}" if note else "")))
         m = accuracy_matrix(g, "test_acc")
+        if m.cells and (items := highlights(m)):
+            doc.append(Heading(3, "Highlights"))
+            doc.append(Bullets(items))
+            doc.append(Para("Generated from the final-epoch matrix below (means over seeds); single runs carry a "
+                            "seed-to-seed spread of about a point."))
         if m.cells:
             doc.append(Heading(3, "Clean test accuracy, poison × defense (final epoch)"))
             doc.append(_matrix_table(m, "Rows: poisons (clean = no poison), columns: defenses (none = plain "
@@ -717,6 +790,8 @@ def render_markdown(doc: list[Block], out_dir: Path) -> str:
         elif isinstance(b, Image):
             rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
             lines += [f"![{b.alt}]({rel})", ""]
+        elif isinstance(b, Bullets):
+            lines += [f"- {item}" for item in b.items] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -754,6 +829,8 @@ def render_html(doc: list[Block]) -> str:
         elif isinstance(b, Image):
             data = base64.b64encode(Path(b.path).read_bytes()).decode()
             parts.append(f'<img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}">')
+        elif isinstance(b, Bullets):
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in b.items) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -800,6 +877,8 @@ def render_latex(doc: list[Block], out_dir: Path) -> str:
             rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
             lines += ["\\begin{figure}[t]", "\\centering", f"\\includegraphics[width=\\linewidth]{{{rel}}}",
                       f"\\caption{{{_inline_tex(title)}: {_tex(b.alt)}.}}", "\\end{figure}", ""]
+        elif isinstance(b, Bullets):
+            lines += ["\\begin{itemize}"] + [f"  \\item {_inline_tex(item)}" for item in b.items] + ["\\end{itemize}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -344,3 +344,25 @@ def test_poison_revisions_are_separate_rows() -> None:
     m = accuracy_matrix(groups[0])
     assert sorted(m.rows) == ["rem", "rem (revision=2)"]
     assert m.get("rem", "none").mean == 40.0 and m.get("rem (revision=2)", "none").mean == 20.0
+
+
+def test_highlights_state_what_the_matrix_says() -> None:
+    """Known answers: em is neutralised by grayscale (within 5 points of grayscale's clean row), cuda by
+    nothing (closest: mixup), random noise has no effect, dat fails on clean data and so neutralises
+    nothing, jpeg costs 8 points on clean data."""
+    from benchmark.report import CLEAN, Matrix, highlights, stat
+
+    acc = {(CLEAN, "none"): 80.0, (CLEAN, "grayscale"): 76.0, (CLEAN, "mixup"): 79.0, (CLEAN, "dat"): 15.0,
+           (CLEAN, "jpeg"): 72.0,
+           ("cuda", "none"): 20.0, ("cuda", "grayscale"): 22.0, ("cuda", "mixup"): 30.0, ("cuda", "dat"): 14.0,
+           ("em", "none"): 15.0, ("em", "grayscale"): 73.0, ("em", "mixup"): 25.0,
+           ("random-noise", "none"): 79.5}
+    m = Matrix([CLEAN, "cuda", "em", "random-noise"], ["none", "dat", "grayscale", "jpeg", "mixup"],
+               {k: stat([v]) for k, v in acc.items()})
+    text = "\n".join(highlights(m))
+    assert "em 15.0 % (-65.0), cuda 20.0 % (-60.0), random-noise 79.5 % (-0.5)" in text
+    assert "**No effect** even without defense (within 5 points of clean): random-noise." in text
+    assert "em by grayscale (73.0 % vs 76.0 %)" in text and "cuda by" not in text
+    assert "cuda (closest: mixup, 30.0 % vs 79.0 % on clean data; 2 of 3 usable defenses run)" in text
+    assert "jpeg -8.0" in text and "grayscale -4.0" not in text
+    assert "dat 15.0 %" in text.split("**Fails on clean data**")[1]
