@@ -315,14 +315,34 @@ def sweep_cmd(**kw: Any) -> None:
 
 # ------------------------------------------------------------------------------------------ entry
 
+INTERRUPTED = "bench: interrupted; run the same command again to resume from the last finished epoch"
+
+
+def _interrupt_on_sigterm() -> None:
+    """``kill`` (SIGTERM) stops a command like Ctrl-C: the run keeps its last epoch checkpoint and a
+    sweep terminates its worker processes instead of leaving them running."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def _raise(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _raise)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors with exit code 2 for bad input."""
+    _interrupt_on_sigterm()
     try:
         cli.main(args=argv, prog_name="bench", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("bench: aborted")
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C (and our SIGTERM) into Abort
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr)
+        else:
+            err_console.print("bench: aborted")
         sys.exit(130)
     except click.exceptions.UsageError as exc:
         msg = exc.format_message().replace("\n", " ")
@@ -336,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("bench: interrupted; run the same command again to resume from the last finished epoch", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         if os.environ.get("BENCH_DEBUG"):

@@ -469,7 +469,11 @@ def _run_local(plan: Plan, jobs: int, display: _Display) -> None:
                     except Exception as exc:  # the worker died (killed, out of memory)
                         result = {"status": "failed", "error": _error_text(exc)}
                     display.cell(item, result)
-    except BaseException:
+    except BaseException:  # Ctrl-C, SIGTERM (bench main), a display error: stop the workers too
+        # ProcessPoolExecutor has no public way to stop a task that is running; a worker left alive
+        # would finish its cell (possibly with code edited since) after this sweep has gone
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()  # a cell stopped mid-way resumes from its last epoch checkpoint
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

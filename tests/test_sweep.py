@@ -210,3 +210,54 @@ def test_clean_row_can_be_left_out(bench_env: dict) -> None:
     assert {c.spec.poison for c in without.cells} == {"cuda", "random-noise"}
     # asking for 'none' explicitly keeps it
     assert len(plan_sweep(_sweep(bench_env, poisons=["none", "cuda"], clean_row=False)).cells) == 8
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find worker processes")
+def test_sigterm_stops_a_parallel_sweep_and_its_workers(bench_env: dict) -> None:
+    """`kill` of a sweep acts like Ctrl-C: exit 130 with the resume hint, and no worker process is left
+    running a cell (it would write a record after the sweep has gone, maybe from edited code)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long_cells = ["--preset", "smoke", "--protocol-param", "epochs=200", "--protocol-param", "test_subset=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "--poisons", "cuda", "--defenses", "none",
+                             "--seeds", "0,1", "--jobs", "2", *long_cells], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.5)
+            workers = [k for k in _children(proc.pid) if "--multiprocessing-fork" in
+                       Path(f"/proc/{k}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(workers) == 2, "the sweep did not start its 2 workers"
+        time.sleep(5)  # let them import torch and start training cells
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not list(bench_env["results"].glob("*.json")) if bench_env["results"].exists() else True
