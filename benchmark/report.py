@@ -1138,6 +1138,8 @@ class SampleSource:
                 except BenchError:
                     continue
         want = {k: poison.get(k) for k in ("name", "params", "ratio", "key_fingerprint")}
+        if poison.get("revision"):  # an artifact of another algorithm revision is not this record's poison
+            want["revision"] = poison["revision"]
         for path, man in self._manifests:
             if isinstance(man, dict) and man.get("dataset") == dataset_id and man.get("poison") == want:
                 npz = path.with_suffix(".npz")

@@ -292,6 +292,25 @@ def test_samples_from_cache_match_recreated(results: Path, data_root: Path, cach
     assert "private" in warnings[-1]
 
 
+def test_sample_grid_never_uses_an_artifact_of_another_poison_revision(data_root: Path, cache_dir: Path) -> None:
+    """A cached artifact made by revision 1 of a poison must not illustrate records of revision 2."""
+    import torch
+
+    from benchmark.data import load_dataset, stratified_subset
+    from benchmark.poisoning import build_poison, get_poisoned
+    from benchmark.report import SampleSource
+
+    data = load_dataset("cifar10", data_root, cache_dir)
+    train = data.train.subset(stratified_subset(data.train.y, 512, 0))
+    dataset_id = {"name": data.name, "source": data.source, "train_size": 512, "train_subset": 512, "subset_seed": 0}
+    get_poisoned(train, dataset_id, build_poison("cuda", CUDA_PARAMS, 0, 1.0, "smoke"), cache_dir,
+                 torch.device("cpu"), "smoke")
+    poison = make_record("cuda", "none", 20.0)["config"]["poison"]
+    source = SampleSource(data_root, cache_dir, lambda _: None)
+    assert source._artifact(dataset_id, poison) is not None
+    assert source._artifact(dataset_id, {**poison, "revision": 2}) is None
+
+
 def test_missing_data_skips_sample_grid_with_warning(results: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     warnings: list[str] = []
