@@ -27,10 +27,9 @@ for mode in linear full; do
   "${B[@]}" --poisons $POISONS --defenses finetune --defense-param backbone=$BB --defense-param mode=$mode --seeds 0 --jobs 2
 done
 # 5. training-time defenses that cost ~10x a plain run: PGD adversarial training and CUDA's adaptive DAT
-"${B[@]}" --poisons cuda --defenses at --defense-param at.eps=4/255 --seeds 0 --jobs 2
+"${B[@]}" --poisons cuda,rem --defenses at --defense-param at.eps=4/255 --seeds 0 --jobs 2
 "${B[@]}" --poisons cuda --defenses at --defense-param at.eps=8/255 --seeds 0 --jobs 2
 "${B[@]}" --poisons cuda --defenses at --defense-param at.norm=l2 --defense-param at.eps=0.5 --seeds 0 --jobs 2
 "${B[@]}" --poisons cuda --defenses dat --seeds 0 --jobs 2
-# 6. not yet in the committed leaderboard (about 1 h per cell on 2 cores): AT against the surrogate poisons,
-#    REM's own threat model. Uncomment to run.
-# "${B[@]}" --poisons em,rem,sem --defenses at --defense-param at.eps=4/255 --seeds 0 --jobs 2
+# 6. not yet in the committed leaderboard (about 40 min per cell on one core): AT against EM and SEM.
+# "${B[@]}" --poisons em,sem --defenses at --defense-param at.eps=4/255 --seeds 0 --jobs 2
