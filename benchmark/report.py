@@ -1010,7 +1010,9 @@ def plot_curves(group: Group, m: Matrix, title: str, path: Path) -> Path | None:
         return None
     ncols = min(3, len(m.cols))
     nrows = math.ceil(len(m.cols) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.8), squeeze=False, sharey=True)
+    legend_rows = math.ceil(len(m.rows) / 6)
+    height = 3.2 * nrows + 1.0 + 0.2 * legend_rows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, height), squeeze=False, sharey=True)
     colors = dict(zip(m.rows, _palette(len(m.rows)), strict=True))
     colors[CLEAN] = (0.1, 0.1, 0.1)
     for k, c in enumerate(m.cols):
@@ -1034,9 +1036,10 @@ def plot_curves(group: Group, m: Matrix, title: str, path: Path) -> Path | None:
     handles = [plt.Line2D([], [], color=colors[r], linewidth=2.2 if r == CLEAN else 1.4,
                           linestyle="-" if r == CLEAN else "--", marker="o", markersize=3) for r in m.rows]
     fig.legend(handles, m.rows, title="poison", loc="lower center", ncol=min(len(m.rows), 6), fontsize=8,
-               title_fontsize=9, bbox_to_anchor=(0.5, -0.02), frameon=False)
+               title_fontsize=9, bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.suptitle(_wrap(title + " — test accuracy per epoch (mean over seeds, band = std)", 90), fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 + 0.02 * math.ceil(len(m.rows) / 6), 1, 0.95))
+    # margins in inches, so the legend sits right under the panels however many rows there are
+    fig.tight_layout(rect=(0, (0.45 + 0.2 * legend_rows) / height, 1, 1 - 0.55 / height))
     return _save(fig, path)
 
 
