@@ -66,6 +66,15 @@ class Stat:
         return f"{self.mean:.{digits}f}"
 
 
+def seed_spread_note(m: Matrix) -> str:
+    """How much a single run may be trusted, measured on this table's own cells with several seeds."""
+    stds = sorted(c.std for c in m.cells.values() if c.n > 1)
+    if not stds:
+        return "Every cell is a single run: its seed-to-seed spread is not measured here."
+    return (f"Seed-to-seed std over the {len(stds)} cells run with several seeds: median {statistics.median(stds):.1f}, "
+            f"max {stds[-1]:.1f} points; read differences between single runs smaller than that as noise.")
+
+
 def stat(values: Iterable[float]) -> Stat | None:
     vals = [float(v) for v in values]
     if not vals:
@@ -698,8 +707,7 @@ def build_document(groups: list[Group], results_label: str, n_records: int, newe
         if m.cells and (items := highlights(m)):
             doc.append(Heading(3, "Highlights"))
             doc.append(Bullets(items))
-            doc.append(Para("Generated from the final-epoch matrix below (means over seeds); single runs carry a "
-                            "seed-to-seed spread of about a point."))
+            doc.append(Para("Generated from the final-epoch matrix below (means over seeds). " + seed_spread_note(m)))
         if m.cells:
             doc.append(Heading(3, "Clean test accuracy, poison × defense (final epoch)"))
             doc.append(_matrix_table(m, "Rows: poisons (clean = no poison), columns: defenses (none = plain "
@@ -962,7 +970,9 @@ def plot_bars(m: Matrix, title: str, path: Path) -> Path:
     present = [[c for c in m.cols if m.get(r, c) is not None] for r in m.rows]
     slots = max([len(p) for p in present] + [1])
     width = 0.8 / slots
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * sum(len(p) for p in present) + 0.6 * len(m.rows) + 3), 4))
+    # width grows with the bars up to a page-wide 16 in; a capped figure gets taller instead
+    want = max(6.0, 0.35 * sum(len(p) for p in present) + 0.6 * len(m.rows) + 3)
+    fig, ax = plt.subplots(figsize=(min(16.0, want), 4.0 if want <= 16.0 else 5.5))
     ax.grid(False, axis="x")
     labelled: set[str] = set()
     for i, (r, cols) in enumerate(zip(m.rows, present, strict=True)):

@@ -385,3 +385,15 @@ def test_highlights_state_what_the_matrix_says() -> None:
     assert "cuda (closest: mixup, 30.0 % vs 79.0 % on clean data; 2 of 3 usable defenses run)" in text
     assert "jpeg -8.0" in text and "grayscale -4.0" not in text
     assert "dat 15.0 %" in text.split("**Fails on clean data**")[1]
+
+
+def test_seed_spread_note_is_measured_on_the_table():
+    """The sentence under the highlights quotes the std of the table's multi-seed cells, not a fixed claim."""
+    from benchmark.report import Matrix, Stat, seed_spread_note
+
+    cells = {("clean", "none"): Stat(80.0, 0.5, 2), ("cuda", "none"): Stat(20.0, 3.0, 2),
+             ("cuda", "mixup"): Stat(30.0, 1.0, 3), ("em", "none"): Stat(25.0, 0.0, 1)}
+    note = seed_spread_note(Matrix(["clean", "cuda", "em"], ["none", "mixup"], cells))
+    assert "3 cells" in note and "median 1.0" in note and "max 3.0" in note
+    single = seed_spread_note(Matrix(["em"], ["none"], {("em", "none"): Stat(25.0, 0.0, 1)}))
+    assert "not measured" in single
