@@ -7,6 +7,7 @@ subset, budget metrics, caching, manifests, the key fingerprint) is shared here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,16 +19,21 @@ from benchmark.errors import BenchError
 from benchmark.params import NoParams
 
 KEY_MAX = 2**32 - 1  # NumPy's legacy seed range, which CUDA's official key scheme uses
-_FINGERPRINT_SALT = "unlearnable-bench/key-fingerprint/v1"
+_FINGERPRINT_SALT = b"unlearnable-bench/key-fingerprint/v2"
 
 
+@functools.lru_cache(maxsize=64)
 def key_fingerprint(key: int) -> str:
-    """A salted, truncated SHA-256 of the private key: identifies a key without revealing it.
+    """A memory-hard hash (scrypt, 32 MiB, ~0.1 s) of the private key: identifies a key without revealing it.
 
-    Small integer keys (the default 0) can be recovered by trying them all; a user who needs the key
-    to stay secret should pick a large random one.
+    Keys live in NumPy's 32-bit seed range, so a fast hash (v1 was a salted SHA-256) could be inverted
+    by trying all 2^32 keys in about half an hour on one core; at ~0.1 s and 32 MiB per try, scrypt
+    makes that about 14 core-years. A key chosen from a tiny set (the default 0, say) is still found
+    by trying that set: pick a large random key when it must stay private.
     """
-    return hashlib.sha256(f"{_FINGERPRINT_SALT}:{int(key)}".encode()).hexdigest()[:16]
+    digest = hashlib.scrypt(str(int(key)).encode(), salt=_FINGERPRINT_SALT, n=2**15, r=8, p=1,
+                            maxmem=64 * 1024 * 1024, dklen=8)
+    return digest.hex()
 
 
 def check_key(key: int) -> int:

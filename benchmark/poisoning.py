@@ -72,7 +72,7 @@ def build_poison(name: str, params: dict[str, Any] | None = None, key: int = 0, 
 
 def artifact_id(dataset_id: dict[str, Any], spec: PoisonSpec) -> str:
     payload = {"v": ARTIFACT_VERSION, "dataset": dataset_id, "poison": spec.name, "params": spec.params,
-               "key": spec.key, "ratio": spec.ratio}
+               "key_fingerprint": key_fingerprint(spec.key), "ratio": spec.ratio}
     if spec.revision > 1:
         payload["revision"] = spec.revision
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]

@@ -43,3 +43,24 @@ def test_budget_metrics_values() -> None:
 def test_key_fingerprint_is_stable_and_hides_key() -> None:
     assert key_fingerprint(0) == key_fingerprint(0) != key_fingerprint(1)
     assert "12345" not in key_fingerprint(12345) and len(key_fingerprint(12345)) == 16
+
+
+def test_key_fingerprint_is_memory_hard_and_the_only_key_trace_in_artifact_ids(monkeypatch) -> None:
+    """A fast hash of a 32-bit key is invertible by brute force; the fingerprint must be scrypt, and
+    cache file names must depend on the key only through it."""
+    import hashlib
+
+    import attacks.base
+    import benchmark.poisoning as poisoning
+
+    expected = hashlib.scrypt(b"12345", salt=b"unlearnable-bench/key-fingerprint/v2", n=2**15, r=8, p=1,
+                              maxmem=64 * 1024 * 1024, dklen=8).hex()
+    assert key_fingerprint(12345) == expected
+    assert key_fingerprint(12345) != hashlib.sha256(b"unlearnable-bench/key-fingerprint/v1:12345").hexdigest()[:16]
+    dataset_id = {"name": "cifar10", "source": "cifar10-jpeg", "train_size": 512}
+    ids = {k: poisoning.artifact_id(dataset_id, poisoning.build_poison("cuda", key=k)) for k in (1, 2)}
+    assert ids[1] != ids[2]
+    monkeypatch.setattr(poisoning, "key_fingerprint", lambda key: "same")
+    monkeypatch.setattr(attacks.base, "key_fingerprint", lambda key: "same")
+    assert poisoning.artifact_id(dataset_id, poisoning.build_poison("cuda", key=1)) == \
+        poisoning.artifact_id(dataset_id, poisoning.build_poison("cuda", key=2))
