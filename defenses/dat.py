@@ -13,15 +13,23 @@ transposed convolution with padding s//2 is a convolution with the flipped kerne
 ``conv_transpose2d`` is ~25x slower on CPU). The ascent maximises the sum over classes of each
 class's mean CE, which gives every filter exactly the official per-class gradient.
 
-BatchNorm during the ascent (``bn_mode``): ``class`` (default, official) keeps the classifier in train
-mode and runs one forward per class present, so BN normalises with per-class batch statistics and
-its running statistics see those forwards, as in the official per-class loop; ``batch`` is one
-train-mode forward on the whole batch (faster on GPUs, mixed-class BN statistics); ``eval`` freezes
-BN (the AT convention; per-class and batched forwards are then identical).
+BatchNorm during the ascent (``bn_mode``): ``class`` (default, official) runs the classifier in its
+training mode with one forward per class present, so BN normalises with per-class batch statistics,
+as in the official per-class loop; ``batch`` is one forward on the whole batch (faster on GPUs,
+mixed-class BN statistics); ``eval`` freezes BN (the AT convention; per-class and batched forwards
+are then identical). The ascent never changes a module's mode otherwise, so a linear probe's frozen
+backbone (``finetune(mode=linear)+dat``) stays frozen.
 
-Deviation (documented): the filters are clamped to the box after the last ascent step too (the
-official code clamps only before each step, so its final filters may leave the box by one step).
-The official gradient-norm clip 5.0 comes from the protocol (``grad_clip``, on in the paper preset).
+Deviation (documented, ``official_bn_update``): the attack forwards do not touch BN's running
+statistics; they are saved before the ascent and restored after it, as PGD-AT implementations avoid
+the same leak by attacking in eval mode. The official code leaves the model in train mode, so its
+~10 x classes attack forwards per batch overwrite the running mean/variance with statistics of
+filtered, not yet rescaled images (outputs span about [-7, 11]) that test images never resemble; only
+one forward in ~100 is the real training batch. On the cpu preset that alone keeps a DAT-trained
+small CNN near chance on clean test data. ``official_bn_update=true`` reproduces the official
+behaviour. As in the official code, the filters are clamped to the box before each ascent step only,
+so the last update may leave the box by one step. The official gradient-norm clip 5.0 comes from the
+protocol (``grad_clip``: on in the paper preset, off in the cpu preset).
 With soft labels (``dat+mixup``) each image uses the filter of its arg-max class.
 """
 
@@ -48,6 +56,8 @@ class DATParams:
     bn_mode: str = param("class", "BatchNorm during the ascent: class = train mode, one forward per class "
                          "(official); batch = train mode, one forward; eval = frozen",
                          choices=("class", "batch", "eval"))
+    official_bn_update: bool = param(False, "let the attack forwards update BatchNorm running statistics, "
+                                     "as the official code does (default: saved and restored)")
 
 
 def init_filters(num_classes: int, size: int, gen: torch.Generator | None,
@@ -79,6 +89,19 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def bn_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """Copies of every BatchNorm layer's running statistics (mean, var, batch counter)."""
+    return [(m, {k: getattr(m, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")
+                 if getattr(m, k, None) is not None})
+            for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+
+
+def restore_bn_state(saved: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> None:
+    for m, buffers in saved:
+        for k, v in buffers.items():
+            getattr(m, k).copy_(v)
+
+
 def class_ce(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_class_forward: bool) -> torch.Tensor:
     """Sum over the classes present of the class's mean CE (the official per-class objective);
     ``per_class_forward`` runs the model once per class, as the official loop does."""
@@ -100,14 +123,16 @@ class DeconvolutionAT(Defense):
     def adversarial_filters(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                             ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh class-wise filters ascended for ``steps`` steps on the model's loss; returns
-        (weight (K, s, s), bias (K,)) inside the box."""
+        (weight (K, s, s), bias (K,)); clamped before each step, so the last update may leave the box."""
         p: DATParams = self.params
         weight, bias = init_filters(ctx.num_classes, p.size, ctx.generator, x.device)
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
         flags = [q.requires_grad for q in model.parameters()]
         for q in model.parameters():
             q.requires_grad_(False)
-        model.train(p.bn_mode != "eval")
+        if p.bn_mode == "eval":
+            model.eval()
+        saved = None if p.official_bn_update else bn_state(model)
         try:
             for _ in range(p.steps):
                 weight = weight.clamp(-p.bound, p.bound).requires_grad_(True)
@@ -116,11 +141,13 @@ class DeconvolutionAT(Defense):
                 gw, gb = torch.autograd.grad(loss, (weight, bias))
                 weight = (weight + p.lr * gw).detach()
                 bias = (bias + p.lr * gb).detach()
-            weight, bias = weight.clamp(-p.bound, p.bound), bias.clamp(-p.bound, p.bound)
         finally:
             for q, flag in zip(model.parameters(), flags, strict=True):
                 q.requires_grad_(flag)
-            model.train(was_training)
+            for m, mode in modes:
+                m.training = mode
+            if saved is not None:
+                restore_bn_state(saved)
         return weight, bias
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

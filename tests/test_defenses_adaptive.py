@@ -15,7 +15,7 @@ from benchmark.models import SmallCNN
 from benchmark.registry import DEFENSES
 from defenses.at import pgd
 from defenses.base import TrainContext, build_defense
-from defenses.dat import deconvolve, minmax
+from defenses.dat import class_ce, deconvolve, init_filters, minmax
 from defenses.random_blur import blur, random_cuda_filters
 
 
@@ -86,12 +86,19 @@ def test_at_default_step_size_follows_the_cuda_protocol() -> None:
 
 def test_dat_filters_are_class_wise_clamped_and_output_is_min_max_scaled() -> None:
     model, x, y = trained_model()
-    dat = build_defense("adaptive", {"lr": "1000", "bound": "0.05", "steps": "3"}).components[0]
+    dat = build_defense("adaptive", {"lr": "1000", "bound": "0.05", "steps": "3", "bn_mode": "eval"}).components[0]
     assert dat.name == "dat"
     weight, bias = dat.adversarial_filters(model, x, y, make_ctx())
     assert weight.shape == (4, 7, 7) and bias.shape == (4,)
-    assert float(weight.abs().max()) <= 0.05 + 1e-7 and float(bias.abs().max()) <= 0.05 + 1e-7
-    assert float(weight.abs().max()) == pytest.approx(0.05)  # the huge step hit the box
+    # official order: clamp to the box, then step; so the result is the clamped previous filter plus one
+    # unclamped step (reproduced by hand here), and the huge step leaves the box
+    w, b = init_filters(4, 7, make_ctx().generator, x.device)
+    for _ in range(3):
+        w, b = w.clamp(-0.05, 0.05).requires_grad_(True), b.clamp(-0.05, 0.05).requires_grad_(True)
+        gw, gb = torch.autograd.grad(class_ce(model, deconvolve(x, y, w, b), y, False), (w, b))
+        w, b = (w + 1000 * gw).detach(), (b + 1000 * gb).detach()
+    assert torch.allclose(weight, w, atol=1e-4) and torch.allclose(bias, b, atol=1e-4)
+    assert float(weight.abs().max()) > 0.05
     out = minmax(deconvolve(x, y, weight, bias))
     flat = out.flatten(1)
     assert torch.allclose(flat.min(1).values, torch.zeros(64), atol=1e-6)
@@ -119,20 +126,42 @@ def test_dat_ascent_raises_the_loss() -> None:
     assert float(l1) > float(l0)
 
 
+@pytest.mark.parametrize("official", [False, True])
 @pytest.mark.parametrize("bn_mode,forwards", [("class", [16, 16, 16, 16]), ("batch", [64]), ("eval", [64])])
-def test_dat_batchnorm_mode_during_the_ascent(bn_mode: str, forwards: list[int]) -> None:
+def test_dat_batchnorm_mode_during_the_ascent(bn_mode: str, forwards: list[int], official: bool) -> None:
     model, x, y = trained_model()
     calls: list[tuple[bool, int]] = []
     model.register_forward_pre_hook(lambda m, inp: calls.append((m.training, inp[0].shape[0])))
     model.train()
     bn = model.features[0][1]
-    stats = bn.running_mean.clone()
-    dat = build_defense("dat", {"steps": "2", "bn_mode": bn_mode}).components[0]
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    dat = build_defense("dat", {"steps": "2", "bn_mode": bn_mode, "official_bn_update": str(official)}).components[0]
     dat.adversarial_filters(model, x, y, make_ctx())
     train = bn_mode != "eval"
     assert calls == [(train, n) for n in forwards] * 2  # 'class': one forward per class, as the official loop
-    assert torch.equal(stats, bn.running_mean) != train  # train-mode BN statistics see the ascent forwards
+    after = (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+    # by default the attack forwards leave BN's running statistics as they were; the official code's
+    # train-mode forwards overwrite them
+    assert all(torch.equal(a, b) for a, b in zip(stats, after, strict=True)) != (train and official)
     assert model.training and all(q.requires_grad for q in model.parameters())
+
+
+def test_dat_ascent_keeps_a_frozen_backbone_frozen() -> None:
+    """finetune(mode=linear)+dat: BN layers the defense put in eval mode stay in eval mode during and after
+    the ascent, and their statistics do not move (even with the official update)."""
+    model, x, y = trained_model()
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in bns]
+    seen: list[bool] = []
+    bns[0].register_forward_pre_hook(lambda m, inp: seen.append(m.training))
+    dat = build_defense("dat", {"steps": "2", "official_bn_update": "true"}).components[0]
+    dat.adversarial_filters(model, x, y, make_ctx())
+    assert seen and not any(seen) and not any(m.training for m in bns) and model.training
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, bns, strict=True))
 
 
 def test_dat_loss_hook_trains_on_the_deconvolved_batch() -> None:
