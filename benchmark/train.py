@@ -101,6 +101,7 @@ def train_model(
     steps_per_epoch = max(1, math.ceil(n / proto.batch_size))
     result = TrainResult(model=model)
     start_epoch = 0
+    step = 0  # optimizer steps taken: an epoch whose last batch is a single image takes one step fewer
     if checkpoint is not None and checkpoint.exists():
         state = _load_checkpoint(checkpoint)
         if state is not None:
@@ -111,6 +112,7 @@ def train_model(
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             start_epoch = int(state["epoch"])
+            step = int(state.get("step", start_epoch * steps_per_epoch))
             result.per_epoch = list(state["per_epoch"])
             result.train_seconds = float(state["train_seconds"])
             result.eval_seconds = float(state["eval_seconds"])
@@ -119,7 +121,6 @@ def train_model(
     labels_onehot = F.one_hot(train.y.to(device), ctx.num_classes).float()
     if proto.label_smoothing:
         labels_onehot = labels_onehot * (1 - proto.label_smoothing) + proto.label_smoothing / ctx.num_classes
-    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, proto.epochs):
         ctx.epoch = epoch
         t0 = time.perf_counter()
@@ -171,7 +172,7 @@ def train_model(
         result.test_acc, result.per_class_test_acc = test_acc, per_class
         if checkpoint is not None:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "per_epoch": result.per_epoch,
+                     "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step, "per_epoch": result.per_epoch,
                      "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)

@@ -63,14 +63,16 @@ def test_same_seed_same_numbers_other_seed_differs(bench_env: dict) -> None:
     assert _curve(c) != _curve(a)
 
 
-def test_interrupted_run_resumes_to_identical_numbers(bench_env: dict, tmp_path: Path) -> None:
-    full = execute(prepare_run(_spec(bench_env, results=str(tmp_path / "full"))))
+@pytest.mark.parametrize("train_subset", [512, 449])  # 449 = 7 x 64 + 1: each epoch drops a 1-image batch
+def test_interrupted_run_resumes_to_identical_numbers(bench_env: dict, tmp_path: Path, train_subset: int) -> None:
+    overrides = {"train_subset": train_subset}
+    full = execute(prepare_run(_spec(bench_env, results=str(tmp_path / "full"), overrides=overrides)))
 
     def stop_after_two(kind: str, data: dict) -> None:
         if kind == "epoch" and data["epoch"] == 2:
             raise KeyboardInterrupt
 
-    spec = _spec(bench_env, results=str(tmp_path / "resumed"))
+    spec = _spec(bench_env, results=str(tmp_path / "resumed"), overrides=overrides)
     with pytest.raises(KeyboardInterrupt):
         execute(prepare_run(spec), stop_after_two)
     assert not list((tmp_path / "resumed").glob("*.json"))  # no partial record
@@ -78,6 +80,7 @@ def test_interrupted_run_resumes_to_identical_numbers(bench_env: dict, tmp_path:
     resumed = execute(prepare_run(spec))
     assert resumed["metrics"]["resumed_from_epoch"] == 2
     assert _curve(resumed) == _curve(full)
+    assert [e["lr"] for e in resumed["metrics"]["per_epoch"]] == [e["lr"] for e in full["metrics"]["per_epoch"]]
     assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
     assert not list((bench_env["cache"] / "checkpoints").glob("*.pt"))  # removed when done
 
