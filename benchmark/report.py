@@ -61,6 +61,10 @@ class Stat:
     n: int
 
     def fmt(self, digits: int = 2) -> str:
+        """``mean ± std (n=k)``; a count that is the same in every run (std 0, shown without decimals)
+        reads ``1000 (n=2)``: "± 0" would suggest a measured spread."""
+        if self.n > 1 and digits == 0 and self.std == 0:
+            return f"{self.mean:.0f} (n={self.n})"
         if self.n > 1:
             return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
         return f"{self.mean:.{digits}f}"
@@ -171,6 +175,34 @@ def _defense_defaults(name: str) -> dict[str, Any] | None:
         return _flat(build_defense(name).record()["params"])
     except (BenchError, ImportError):
         return None
+
+
+def _poison_defaults(name: str, preset: str) -> tuple[dict[str, Any], bool] | None:
+    """Flat default parameters of a registered poison under a generation preset, and whether that
+    preset replaces any of the poison's own defaults (``None`` when the poison is not installed here)."""
+    try:
+        from benchmark.poisoning import build_poison
+        from benchmark.registry import POISONS
+
+        spec = build_poison(name, {}, 0, 1.0, preset)
+        return _flat(spec.params), bool(POISONS.get(name).preset_params.get(preset))
+    except (BenchError, ImportError):
+        return None
+
+
+def _poison_params_text(poison: dict[str, Any], preset: str) -> str:
+    """The params of a poison that differ from its defaults under ``preset`` (a full EM recipe is 15
+    params, most of them the preset's); "defaults of preset X" when none differ. Every param when the
+    poison is not installed here, since its defaults are then unknown."""
+    flat = _flat(poison.get("params") or {})
+    known = _poison_defaults(str(poison["name"]), preset)
+    if known is None:
+        return _params_text(poison.get("params"))
+    defaults, by_preset = known
+    changed = {k: v for k, v in flat.items() if k not in defaults or defaults[k] != v}
+    if not changed:
+        return f"defaults of preset {preset}" if by_preset else "defaults"
+    return ", ".join(f"{k}={_fmt_param(k, v)}" for k, v in changed.items())
 
 
 def _labels(ids: Iterable[tuple[str, str]], special: dict[str, str],
@@ -349,8 +381,9 @@ class PoisonRank:
     defense: str  # which defense recovers it
     undefended: Stat | None
     drop: float | None  # clean/none accuracy minus worst case (points)
-    covered: int
-    total: int
+    covered: int  # defenses of the comparable set run on this poison
+    total: int  # size of the comparable defense set
+    missing: tuple[str, ...] = ()  # defenses of the comparable set not run on this poison
 
 
 @dataclass(frozen=True)
@@ -358,48 +391,76 @@ class DefenseRank:
     defense: str
     clean: Stat | None  # clean-data accuracy under this defense
     cost: float | None  # clean accuracy under this defense minus under no defense (points)
-    mean: float | None  # mean accuracy over poisons
-    worst: Stat | None  # lowest accuracy over poisons
+    mean: float | None  # mean accuracy over the comparable poisons it was run on
+    worst: Stat | None  # lowest accuracy over the comparable poisons it was run on
     poison: str | None  # the poison that gives it
-    covered: int
-    total: int
+    covered: int  # comparable poisons it was run on
+    total: int  # size of the comparable poison set
+    missing: tuple[str, ...] = ()  # comparable poisons it was not run on
+    reference: bool = False  # the `none` row: shown first, unranked
+
+
+def comparable_poisons(m: Matrix) -> list[str]:
+    """The poisons defenses are compared on: those with a record under at least one defense other
+    than ``none``. A control run only without defense (e.g. random noise) would otherwise count as a
+    gap of every defense and leave plain training the only defense with full coverage. When no
+    defense but ``none`` was run, every poison."""
+    poisons = [r for r in m.rows if r != CLEAN]
+    defended = [r for r in poisons if any(m.get(r, c) is not None for c in m.cols if c != NO_DEFENSE)]
+    return defended or poisons
+
+
+def comparable_defenses(m: Matrix) -> list[str]:
+    """The defenses poisons are compared on: those run on at least one poison (a defense run only on
+    clean data says nothing about any poison)."""
+    return [c for c in m.cols if any(m.get(r, c) is not None for r in m.rows if r != CLEAN)]
 
 
 def poison_ranking(m: Matrix) -> list[PoisonRank]:
-    """Per poison: the highest accuracy over defenses (and which). Ranked ascending (lower = stronger);
-    poisons not evaluated against every defense come after those that are."""
+    """Per poison: the highest accuracy over the comparable defenses (and which). Ranked by how many
+    of those defenses were run on it (more first: a worst case over fewer defenses can only rise as
+    defenses are added), then by that worst case ascending (lower = stronger)."""
     out = []
     base = m.get(CLEAN, NO_DEFENSE)
+    defenses = comparable_defenses(m)
     for row in m.rows:
         if row == CLEAN:
             continue
-        cells = [(c, m.get(row, c)) for c in m.cols if m.get(row, c) is not None]
+        cells = [(c, s) for c in defenses if (s := m.get(row, c)) is not None]
         if not cells:
             continue
         col, worst = max(cells, key=lambda cs: cs[1].mean)  # first column wins ties
         drop = base.mean - worst.mean if base else None
-        out.append(PoisonRank(row, worst, col, m.get(row, NO_DEFENSE), drop, len(cells), len(m.cols)))
-    return sorted(out, key=lambda r: (r.covered < r.total, r.worst.mean, r.poison))
+        missing = tuple(c for c in defenses if m.get(row, c) is None)
+        out.append(PoisonRank(row, worst, col, m.get(row, NO_DEFENSE), drop, len(cells), len(defenses), missing))
+    return sorted(out, key=lambda r: (-r.covered, r.worst.mean, r.poison))
 
 
 def defense_ranking(m: Matrix) -> list[DefenseRank]:
-    """Per defense: its clean-data cost, mean and lowest accuracy over poisons. Ranked by the lowest
-    accuracy, descending; defenses not evaluated on every poison come after those that are."""
-    poisons = [r for r in m.rows if r != CLEAN]
+    """Per defense: its clean-data cost, and its mean and lowest accuracy over the comparable poisons
+    (:func:`comparable_poisons`) it was run on. ``none`` comes first as an unranked reference; the
+    others are ranked by how many comparable poisons they were run on (more first), then by their
+    lowest accuracy, descending (higher = better)."""
+    poisons = comparable_poisons(m)
     base = m.get(CLEAN, NO_DEFENSE)
-    out = []
+    ref: list[DefenseRank] = []
+    ranked: list[DefenseRank] = []
     for col in m.cols:
         clean = m.get(CLEAN, col)
-        cells = [(r, m.get(r, col)) for r in poisons if m.get(r, col) is not None]
+        cells = [(r, s) for r in poisons if (s := m.get(r, col)) is not None]
         cost = clean.mean - base.mean if clean and base else None
         if cells:
             row, worst = min(cells, key=lambda rs: rs[1].mean)
             mean = statistics.fmean(s.mean for _, s in cells)
         else:
             row, worst, mean = None, None, None
-        out.append(DefenseRank(col, clean, cost, mean, worst, row, len(cells), len(poisons)))
-    return sorted(out, key=lambda d: (d.worst is None, d.covered < d.total,
-                                      -(d.worst.mean if d.worst else 0.0), d.defense))
+        missing = tuple(r for r in poisons if m.get(r, col) is None)
+        entry = DefenseRank(col, clean, cost, mean, worst, row, len(cells), len(poisons), missing,
+                            reference=col == NO_DEFENSE)
+        (ref if entry.reference else ranked).append(entry)
+    ranked.sort(key=lambda d: (d.worst is None, -d.covered, -(d.worst.mean if d.worst else 0.0),
+                               -(d.mean or 0.0), d.defense))
+    return ref + ranked
 
 
 def defense_metric_keys(group: Group) -> list[str]:
@@ -480,7 +541,7 @@ def poison_costs(group: Group) -> list[PoisonCost]:
                 budget[key] = s
         seconds = stat(v for r in arts if (v := _num((r.get("poison") or {}).get("generation_seconds"))) is not None)
         devices = sorted({_device_text(r) for r in arts})
-        out.append(PoisonCost(label, _params_text(recs[0]["config"]["poison"].get("params")), budget, seconds,
+        out.append(PoisonCost(label, _poison_params_text(recs[0]["config"]["poison"], group.preset), budget, seconds,
                               ", ".join(devices), len(arts)))
     return out
 
@@ -584,34 +645,69 @@ def _protocol_legend(group: Group) -> str:
     return text
 
 
+def _not_run(missing: tuple[str, ...], covered: list[str]) -> str:
+    """The comparable poisons/defenses a row lacks, short: the missing ones, or (when most are
+    missing) their count and the ones that were run."""
+    if not missing:
+        return "–"
+    if len(missing) <= len(covered) or not covered:
+        return ", ".join(missing)
+    return f"{len(missing)} (run: {', '.join(covered)})"
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
 def _rank_table(group: Group, m: Matrix, legend: str) -> tuple[Table, Table]:
+    defenses = comparable_defenses(m)
     p_rows = []
     for i, r in enumerate(poison_ranking(m), 1):
+        run = [c for c in defenses if c not in r.missing]
         p_rows.append([str(i), r.poison, r.worst.fmt(), r.defense, _fmt(r.undefended),
-                       f"{r.drop:.2f}" if r.drop is not None else "–", f"{r.covered}/{r.total}"])
+                       f"{r.drop:.2f}" if r.drop is not None else "–", f"{r.covered}/{r.total}",
+                       _not_run(r.missing, run)])
+    left_out = [c for c in m.cols if c not in defenses]
+    d_set = (f"all {len(defenses)} defenses of the matrix" if not left_out else
+             f"the {len(defenses)} defenses run on at least one poison (left out, run on clean data only: "
+             f"{_names(left_out)})")
     poisons = Table(
-        ["rank", "poison", "worst case (best defense acc.)", "best defense", "no defense", "drop vs clean", "defenses run"],
+        ["rank", "poison", "worst case (best defense acc.)", "best defense", "no defense", "drop vs clean",
+         "defenses run", "defenses not run"],
         p_rows,
-        align="rlrlrrr",
-        legend="Worst case of a poison = the highest clean test accuracy any defense recovers (final epoch); "
-        "poisons ranked by it, lower = stronger poison. Drop = clean accuracy without defense minus the worst "
-        "case (points). A poison not run against every defense (defenses run < total) is ranked after the "
-        "others: its worst case can only rise as defenses are added. " + legend)
+        align="rlrlrrrl",
+        legend="Worst case of a poison = the highest clean test accuracy any defense run on it recovers (final "
+        f"epoch). Comparable defenses: {d_set}; \"defenses run\" = k of them were run on the poison, and its worst "
+        "case is over those k only. Ranked by k (more first: a worst case over fewer defenses can only rise as "
+        "defenses are added), then by the worst case (lower = stronger poison). Drop = clean accuracy without "
+        "defense minus the worst case (points). " + legend)
+    poisons_k = comparable_poisons(m)
+    all_poisons = [r for r in m.rows if r != CLEAN]
+    undefended_only = [r for r in all_poisons if r not in poisons_k]
+    k_set = _names(poisons_k) + (f" (left out: {_names(undefended_only)}, run only without defense)"
+                                 if undefended_only else "")
     d_rows = []
-    for i, d in enumerate(defense_ranking(m), 1):
-        d_rows.append([str(i), d.defense, _fmt(d.clean), f"{d.cost:+.2f}" if d.cost is not None else "–",
+    ranked = 0
+    for d in defense_ranking(m):
+        if not d.reference:
+            ranked += 1
+        run = [r for r in poisons_k if r not in d.missing]
+        d_rows.append(["ref" if d.reference else str(ranked), d.defense, _fmt(d.clean),
+                       f"{d.cost:+.2f}" if d.cost is not None else "–",
                        f"{d.mean:.2f}" if d.mean is not None else "–", _fmt(d.worst), d.poison or "–",
-                       f"{d.covered}/{d.total}"])
-    defenses = Table(
+                       f"{d.covered}/{d.total}", _not_run(d.missing, run)])
+    defenses_t = Table(
         ["rank", "defense", "clean acc.", "cost on clean", "mean over poisons", "worst case (lowest acc.)",
-         "worst poison", "poisons run"],
+         "worst poison", "poisons run", "poisons not run"],
         d_rows,
-        align="rlrrrrlr",
-        legend="Worst case of a defense = its lowest clean test accuracy over poisons; defenses ranked by it, higher = "
-        "better. Cost on clean = accuracy on clean (unpoisoned) training data under the defense minus without "
-        "any defense (points; negative = the defense costs accuracy). Defenses not run on every poison are "
-        "ranked after the others. " + legend)
-    return poisons, defenses
+        align="rlrrrrlrl",
+        legend=f"Comparable poisons (K = {len(poisons_k)}): {k_set}; poisons run = k of them were run under the "
+        "defense. Mean over poisons and worst case (its lowest clean test accuracy) are over those k poisons "
+        "only, so rows with different k average over different poisons (see poisons not run). none (plain "
+        "training) is the unranked reference row (rank ref); the other defenses are ranked by k (more first), "
+        "then by the worst case (higher = better). Cost on clean = accuracy on clean (unpoisoned) training data "
+        "under the defense minus without any defense (points; negative = the defense costs accuracy). " + legend)
+    return poisons, defenses_t
 
 
 #: a poison counts as neutralised by a defense when its accuracy is within this many points of the
@@ -738,13 +834,15 @@ def build_document(groups: list[Group], results_label: str, n_records: int, newe
                 rows.append([c.poison, c.params, _fmt(b.get("linf_255"), 1), _fmt(b.get("l2_mean"), 3),
                              _fmt(b.get("psnr"), 2), _fmt(b.get("ssim"), 4), _fmt(b.get("num_poisoned"), 0),
                              _fmt(c.seconds, 2), c.device])
-            doc.append(Table(["poison", "params", "L∞ (/255)", "L2 (mean)", "PSNR (dB)", "SSIM", "images poisoned",
+            doc.append(Table(["poison", "params (non-default)", "L∞ (/255)", "L2 (mean)", "PSNR (dB)", "SSIM", "images poisoned",
                               "generation (s)", "device"], rows,
+                             "Params: only those that differ from the poison's defaults under this preset's "
+                             "generation recipe (`bench list poisons` shows them all; every record stores them all). "
                              "Perturbation of the poisoned images vs their clean originals (record poison.budget): "
                              "L∞ in grey levels out of 255, mean per-image L2 in [0,1] pixel units, mean PSNR and "
                              "SSIM. Generation time is wall-clock seconds to generate the poison once (cached "
                              "afterwards); mean ± std over poison keys when several keys were used. " + legend,
-                             align="llrrrrrrl"))
+                             align="lprrrrrrl"))
         ratios, prows = partial_rows(g)
         if prows:
             doc.append(Heading(3, "Partial poisoning"))
@@ -764,7 +862,8 @@ def build_document(groups: list[Group], results_label: str, n_records: int, newe
         if samples:
             doc.append(Heading(3, "Samples"))
             doc.append(Para("Per poison: clean training images (one per class), their poisoned versions and the "
-                            "amplified difference (grey = no change)."))
+                            "difference poisoned − clean, drawn as grey + factor × difference (grey = no change; "
+                            "the factor, in the row label, makes the largest difference reach black or white)."))
             for label in sorted(samples):
                 doc.append(Image(samples[label], f"samples of {label}"))
     return doc
@@ -792,7 +891,7 @@ def render_markdown(doc: list[Block], out_dir: Path) -> str:
         elif isinstance(b, Table):
             align = b.align or "l" + "r" * (len(b.header) - 1)
             lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            lines.append("|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|")
+            lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|")
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
             lines += ["", f"<sub>{b.legend}</sub>", ""]
         elif isinstance(b, Image):
@@ -859,9 +958,20 @@ def _inline_tex(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"\\texttt{\1}", out)
 
 
+#: LaTeX column of an ``align`` letter: ``p`` is a wrapped text column (long parameter lists)
+_TEX_COLUMNS = {"l": "l", "r": "r", "p": "p{4.5cm}"}
+
+#: shrink a table wider than the text to the text width (never enlarge a narrow one); graphicx's
+#: \resizebox evaluates \width as the natural width of its content
+_TEX_FIT = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+
+
 def render_latex(doc: list[Block], out_dir: Path) -> str:
-    """booktabs tables (and figures) for a paper; needs \\usepackage{booktabs,graphicx}."""
-    lines = ["% Generated by `bench leaderboard --format latex`; needs \\usepackage{booktabs,graphicx}.", ""]
+    """booktabs tables (and figures) for a paper. Wide tables (17 defense columns) are shrunk to the
+    text width with \\resizebox, so the preamble needs \\usepackage{booktabs,graphicx}."""
+    lines = ["% Generated by `bench leaderboard --format latex`. Preamble needs:",
+             "%   \\usepackage{booktabs}  % table rules",
+             "%   \\usepackage{graphicx}  % wide tables are shrunk to the text width; figures", ""]
     title = ""
     for b in doc:
         if isinstance(b, Heading):
@@ -876,10 +986,11 @@ def render_latex(doc: list[Block], out_dir: Path) -> str:
             lines += [_inline_tex(b.text), ""]
         elif isinstance(b, Table):
             align = b.align or "l" + "r" * (len(b.header) - 1)
-            lines += ["\\begin{table}[t]", "\\centering", "\\small", f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-                      " & ".join(_tex(h) for h in b.header) + r" \\", "\\midrule"]
+            cols = "".join(_TEX_COLUMNS.get(a, "l") for a in align)
+            lines += ["\\begin{table}[t]", "\\centering", "\\small", _TEX_FIT, f"\\begin{{tabular}}{{{cols}}}",
+                      "\\toprule", " & ".join(_tex(h) for h in b.header) + r" \\", "\\midrule"]
             lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in b.rows]
-            lines += ["\\bottomrule", "\\end{tabular}",
+            lines += ["\\bottomrule", "\\end{tabular}}",
                       f"\\caption{{{_inline_tex(title)}. {_inline_tex(b.legend)}}}", "\\end{table}", ""]
         elif isinstance(b, Image):
             rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
@@ -957,16 +1068,34 @@ def plot_heatmap(m: Matrix, title: str, path: Path) -> Path:
 
 
 def _palette(n: int) -> list:
+    """``n`` colours that can be told apart: tab10, or tab20 with its dark shades first (the light
+    shade of a hue is then only used from the 11th entry on); cycles beyond 20."""
     _plt_, sns = _plt()
-    return sns.color_palette("tab10" if n <= 10 else "husl", n)
+    if n <= 10:
+        return sns.color_palette("tab10", n)
+    tab20 = sns.color_palette("tab20", 20)
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [tab20[order[i % 20]] for i in range(n)]
+
+
+#: hatch of a bar by its colour slot's round (0-9: plain, 10-19: hatched light shades, ...)
+_HATCHES = ("", "///", "...", "xxx", "\\\\\\", "+++")
+
+
+def bar_styles(labels: list[str]) -> dict[str, tuple[Any, str]]:
+    """A fixed (colour, hatch) per label by its position: tab20 gives 20 colours but a dark and a light
+    shade of one hue look alike, so every label from the 11th on is also hatched, and labels beyond 20
+    reuse colours with another hatch. Every label keeps a distinct style however many there are."""
+    colors = _palette(len(labels))
+    return {lab: (colors[i], _HATCHES[(i // 10) % len(_HATCHES)]) for i, lab in enumerate(labels)}
 
 
 def plot_bars(m: Matrix, title: str, path: Path) -> Path:
     """Grouped bars, one group per poison holding only the defenses run on it (centred on its tick);
-    error bars (std) only where a cell has more than one run."""
+    error bars (std over seeds) only where a cell has more than one run."""
     plt, _sns = _plt()
 
-    colors = dict(zip(m.cols, _palette(len(m.cols)), strict=True))
+    styles = bar_styles(m.cols)
     present = [[c for c in m.cols if m.get(r, c) is not None] for r in m.rows]
     slots = max([len(p) for p in present] + [1])
     width = 0.8 / slots
@@ -978,9 +1107,10 @@ def plot_bars(m: Matrix, title: str, path: Path) -> Path:
     for i, (r, cols) in enumerate(zip(m.rows, present, strict=True)):
         for j, c in enumerate(cols):
             s = m.get(r, c)
+            color, hatch = styles[c]
             ax.bar(i - width * len(cols) / 2 + width * (j + 0.5), s.mean, width * 0.92,
-                   yerr=s.std if s.n > 1 else None, capsize=3, color=colors[c], error_kw={"elinewidth": 1},
-                   label=c if c not in labelled else None)
+                   yerr=s.std if s.n > 1 else None, capsize=3, color=color, hatch=hatch, edgecolor="#3a3a3a",
+                   linewidth=0, error_kw={"elinewidth": 1}, label=c if c not in labelled else None)
             labelled.add(c)
     n_rows = len(m.rows)
     ax.set_xticks(range(n_rows), m.rows, rotation=30 if n_rows > 6 else 0, ha="right" if n_rows > 6 else "center")
@@ -988,12 +1118,13 @@ def plot_bars(m: Matrix, title: str, path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_ylabel("clean test accuracy (%)")
     ax.set_xlabel("poison")
-    ax.set_title(_wrap(title + " — mean ± std over seeds (bars: std, where n > 1); lower = stronger poison", 70),
-                 fontsize=10)
+    ax.set_title(_wrap(title + " — bars: mean over seeds; error bars: std over seeds (where n > 1); "
+                       "lower = stronger poison", 70), fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda k: m.cols.index(labels[k]))
     ax.legend([handles[k] for k in order], [labels[k] for k in order], title="defense",
-              bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8, title_fontsize=9)
+              bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8, title_fontsize=9,
+              handleheight=1.6, handlelength=2.4)
     return _save(fig, path)
 
 
@@ -1077,16 +1208,30 @@ def plot_ratio(ratios: list[float], rows: list[PartialRow], title: str, path: Pa
     return _save(fig, path)
 
 
+def diff_image(clean: Any, poisoned: Any) -> tuple[Any, float, float]:
+    """The difference row of a sample grid: ``0.5 + amp * (poisoned - clean)`` on [0, 1] images, with
+    ``amp`` chosen so the largest |difference| reaches black or white (grey = no change). Returns the
+    images, ``amp`` (the factor the row label states) and the largest |difference|."""
+    d = poisoned - clean
+    peak = float(abs(d).max()) if d.size else 0.0
+    amp = 0.5 / peak if peak > 0 else 1.0
+    return 0.5 + amp * d, amp, peak
+
+
+def diff_label(amp: float) -> str:
+    """Row label: the factor by which the drawn difference is scaled (deviation from grey = amp x diff)."""
+    return f"diff ×{amp:.3g}"
+
+
 def plot_samples(clean: Any, poisoned: Any, classes: list[str], title: str, path: Path) -> Path:
-    """3 rows: clean, poisoned, signed difference amplified so its largest value fills the range."""
+    """3 rows: clean, poisoned, signed difference scaled (by the factor in its row label) so its largest
+    value reaches black or white."""
     plt, _sns = _plt()
     import numpy as np
 
     c = clean.numpy().astype(np.float64) / 255.0
     p = poisoned.numpy().astype(np.float64) / 255.0
-    d = p - c
-    peak = float(np.abs(d).max())
-    amp = 0.5 / peak if peak > 0 else 1.0
+    shown, amp, peak = diff_image(c, p)
     k = c.shape[0]
     fig, axes = plt.subplots(3, k, figsize=(1.15 * k + 1.2, 4.0), squeeze=False)
     gray = c.shape[1] == 1
@@ -1099,11 +1244,11 @@ def plot_samples(clean: Any, poisoned: Any, classes: list[str], title: str, path
         ax.set_yticks([])
         ax.grid(False)
 
-    row_names = ["clean", "poisoned", f"diff ×{2 * amp:.1f}"]
+    row_names = ["clean", "poisoned", diff_label(amp)]
     for j in range(k):
         show(axes[0][j], c[j])
         show(axes[1][j], p[j])
-        show(axes[2][j], 0.5 + amp * d[j])
+        show(axes[2][j], shown[j])
         axes[0][j].set_title(classes[j][:12], fontsize=8)
     for i, name in enumerate(row_names):
         axes[i][0].set_ylabel(name, fontsize=9)
@@ -1254,6 +1399,53 @@ class Summary:
     plots: list[Path]
 
 
+def grid_identity(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a sample grid shows: the dataset and the poison (name, params, revision, key fingerprint,
+    ratio) of the record it was made for."""
+    cfg = rec["config"]
+    poison = cfg["poison"]
+    return {"dataset": cfg.get("dataset"), "dataset_source": cfg.get("dataset_source"),
+            "train_size": cfg.get("train_size"), "poison": poison.get("name"), "params": poison.get("params") or {},
+            "revision": poison.get("revision") or 1, "key_fingerprint": poison.get("key_fingerprint"),
+            "ratio": poison.get("ratio", 1.0)}
+
+
+def _sidecar(png: Path) -> Path:
+    return png.with_name(png.name + ".json")
+
+
+def write_grid_sidecar(png: Path, identity: dict[str, Any]) -> Path:
+    """``<grid>.png.json`` beside a sample grid: the identity of the poison drawn in it, so a later run
+    that cannot re-make the grid can tell whether the existing PNG still shows the records' poison."""
+    path = _sidecar(png)
+    text = json.dumps(identity, sort_keys=True, indent=1) + "\n"
+    _write_public(path, lambda p: p.write_text(text, encoding="utf-8"))
+    return path
+
+
+def grid_sidecar_problem(png: Path, identity: dict[str, Any],
+                         also: Iterable[dict[str, Any]] = ()) -> str | None:
+    """Why an existing grid must not be shown for ``identity`` (one line), or None when its sidecar
+    says it shows exactly that poison (or one of ``also``: other records pooled under the same label,
+    e.g. another poison key)."""
+    path = _sidecar(png)
+    if not path.is_file():
+        return f"no {path.name} says which poison it shows"
+    try:
+        made_for = read_json(path)
+    except BenchError:
+        return f"{path.name} is unreadable"
+    if not isinstance(made_for, dict):
+        return f"{path.name} is not a JSON object"
+    if any(canonical_json(made_for) == canonical_json(other) for other in also):
+        return None
+    changed = sorted(k for k in set(identity) | set(made_for)
+                     if canonical_json(made_for.get(k)) != canonical_json(identity.get(k)))
+    if changed:
+        return f"it was made for another poison ({', '.join(changed)} differ from the records')"
+    return None
+
+
 def make_plots(group: Group, plots_dir: Path, samples: SampleSource | None) -> dict[str, Any]:
     """Write this group's PNGs; returns {kind: path} (``samples``: {poison label: path})."""
     out: dict[str, Any] = {}
@@ -1269,21 +1461,32 @@ def make_plots(group: Group, plots_dir: Path, samples: SampleSource | None) -> d
         out["ratio"] = plot_ratio(ratios, prows, group.title, Path(f"{stem}-ratio.png"))
     if samples is not None:
         chosen: dict[str, dict[str, Any]] = {}
+        pooled: dict[str, list[dict[str, Any]]] = defaultdict(list)  # full-ratio records if any, as chosen
         for rec in sorted(group.runs, key=lambda r: (not group.is_full(r), r["run_id"])):
             if rec["config"]["poison"]["name"] != "none":
-                chosen.setdefault(group.poison_label(rec), rec)
+                label = group.poison_label(rec)
+                chosen.setdefault(label, rec)
+                if group.is_full(rec) == group.is_full(chosen[label]):
+                    pooled[label].append(grid_identity(rec))
         sample_paths = {}
         for label in sorted(chosen):
             path = Path(f"{stem}-samples-{_slug(label)}.png")
+            identity = grid_identity(chosen[label])
             got = samples.images(chosen[label], f"{group.title} / {label}")
             if got is not None:
                 clean, poisoned, classes = got
                 sample_paths[label] = plot_samples(clean, poisoned, classes, f"{label} on {group.title}", path)
+                write_grid_sidecar(path, identity)
             elif path.is_file() and path.stat().st_size > 0:
                 # Keep the grid made earlier (e.g. the committed one, made where the dataset and the
-                # poison cache were at hand), so the document does not depend on this machine's cache.
-                samples.warn(f"kept the existing sample grid {path}")
-                sample_paths[label] = path
+                # poison cache were at hand), so the document does not depend on this machine's cache;
+                # but only if it shows this poison: a label's file name stays the same when its params,
+                # revision or key change.
+                if (problem := grid_sidecar_problem(path, identity, pooled[label])) is None:
+                    samples.warn(f"kept the existing sample grid {path}")
+                    sample_paths[label] = path
+                else:
+                    samples.warn(f"not showing the existing sample grid {path}: {problem}")
         if sample_paths:
             out["samples"] = sample_paths
     return out

@@ -109,15 +109,16 @@ def test_matrix_mean_std_and_rankings(results: Path) -> None:
     assert [r.poison for r in ranks] == ["em", "cuda", "sem"]  # sem is incomplete: ranked last despite 10
     assert ranks[0].worst.mean == 30.0 and ranks[0].defense == "mixup" and ranks[0].drop == pytest.approx(51.0)
     assert ranks[1].worst.mean == 50.0 and ranks[1].defense == "mixup"
-    assert (ranks[2].covered, ranks[2].total) == (1, 2)
+    assert (ranks[2].covered, ranks[2].total, ranks[2].missing) == (1, 2, ("mixup",))
 
+    # sem was run only without defense: it is left out of the poisons defenses are compared on
     d = {r.defense: r for r in defense_ranking(m)}
-    assert [r.defense for r in defense_ranking(m)] == ["none", "mixup"]  # mixup lacks sem: ranked after
+    assert [(r.defense, r.reference) for r in defense_ranking(m)] == [("none", True), ("mixup", False)]
     assert d["none"].cost == pytest.approx(0.0) and d["mixup"].cost == pytest.approx(-3.0)
-    assert d["none"].worst.mean == 10.0 and d["none"].poison == "sem"
-    assert d["none"].mean == pytest.approx((22 + 15 + 10) / 3)
+    assert d["none"].worst.mean == 15.0 and d["none"].poison == "em"
+    assert d["none"].mean == pytest.approx((22 + 15) / 2)
     assert d["mixup"].worst.mean == 30.0 and d["mixup"].poison == "em" and d["mixup"].mean == pytest.approx(40.0)
-    assert (d["mixup"].covered, d["mixup"].total) == (2, 3)
+    assert (d["mixup"].covered, d["mixup"].total, d["mixup"].missing) == (2, 2, ())
 
     ratios, rows = partial_rows(group)
     assert ratios == [0.0, 0.5, 1.0]
@@ -134,8 +135,11 @@ def test_markdown_tables_and_legends(results: Path, tmp_path: Path) -> None:
     assert "| clean | 81.00 ± 1.41 (n=2) | 78.00 |" in text
     assert "| cuda | 22.00 ± 2.83 (n=2) | 50.00 |" in text
     assert "| sem | 10.00 | – |" in text
-    assert "| 1 | em | 30.00 | mixup | 15.00 | 51.00 | 2/2 |" in text
-    assert "| 2 | mixup | 78.00 | -3.00 | 40.00 | 30.00 | em | 2/3 |" in text
+    assert "| 1 | em | 30.00 | mixup | 15.00 | 51.00 | 2/2 | – |" in text
+    assert "| 3 | sem | 10.00 | none | 10.00 | 71.00 | 1/2 | mixup |" in text
+    assert "| ref | none | 81.00 ± 1.41 (n=2) | +0.00 | 18.50 | 15.00 | em | 2/2 | – |" in text
+    assert "| 1 | mixup | 78.00 | -3.00 | 40.00 | 30.00 | em | 2/2 | – |" in text
+    assert "Comparable poisons (K = 2): cuda, em (left out: sem, run only without defense)" in text
     assert "Peak clean test accuracy (oracle upper bound)" in text
     assert "### Defense metrics" in text and "| `robust_test_acc` |" in text
     assert "| mixup | clean | 40.00 |" in text and "| mixup | cuda | 12.50 |" in text
@@ -150,6 +154,48 @@ def test_markdown_tables_and_legends(results: Path, tmp_path: Path) -> None:
     # plots are linked relative to the output file
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert links and all(lnk.startswith("../plots/") and (out.parent / lnk).is_file() for lnk in links)
+
+
+def test_rankings_compare_defenses_on_the_same_poisons(tmp_path: Path) -> None:
+    """Known answer for the case that put plain training first: a control poison (random-noise) run only
+    without defense must not count against every defense; a defense run on one poison (at) ranks after
+    those run on both (finetune, cutout) whatever its worst case; a defense run only on clean data
+    (jpeg) compares on no poison and comes last; none is the unranked reference row."""
+    acc = {("none", "none"): 80.0, ("none", "finetune"): 81.0, ("none", "at"): 60.0, ("none", "cutout"): 75.0,
+           ("none", "jpeg"): 72.0,
+           ("cuda", "none"): 20.0, ("cuda", "finetune"): 38.0, ("cuda", "at"): 42.0, ("cuda", "cutout"): 25.0,
+           ("em", "none"): 30.0, ("em", "finetune"): 43.0, ("em", "cutout"): 28.0,
+           ("random-noise", "none"): 79.0}
+    folder = tmp_path / "runs"
+    for (poison, defense), value in acc.items():
+        write(folder, make_record(poison, defense, value))
+    (group,) = group_runs(collect_runs(folder, lambda m: None))
+    m = accuracy_matrix(group)
+
+    defenses = defense_ranking(m)
+    assert [d.defense for d in defenses] == ["none", "finetune", "cutout", "at", "jpeg"]
+    assert [d.reference for d in defenses] == [True, False, False, False, False]
+    d = {x.defense: x for x in defenses}
+    assert (d["none"].covered, d["none"].total, d["none"].mean, d["none"].worst.mean) == (2, 2, 25.0, 20.0)
+    assert (d["finetune"].covered, d["finetune"].worst.mean, d["finetune"].poison) == (2, 38.0, "cuda")
+    assert (d["at"].covered, d["at"].total, d["at"].missing, d["at"].mean) == (1, 2, ("em",), 42.0)
+    assert (d["jpeg"].covered, d["jpeg"].worst, d["jpeg"].mean) == (0, None, None)
+
+    poisons = poison_ranking(m)  # compared on the 4 defenses run on a poison (not jpeg)
+    assert [(p.poison, p.covered, p.total) for p in poisons] == [("cuda", 4, 4), ("em", 3, 4), ("random-noise", 1, 4)]
+    assert (poisons[0].worst.mean, poisons[0].defense) == (42.0, "at")
+    assert poisons[1].missing == ("at",) and poisons[2].missing == ("at", "cutout", "finetune")
+
+    out = tmp_path / "lb.md"
+    write_leaderboard(folder, out, tmp_path / "plots", samples=False)
+    text = out.read_text()
+    assert "| ref | none | 80.00 | +0.00 | 25.00 | 20.00 | cuda | 2/2 | – |" in text
+    assert "| 1 | finetune | 81.00 | +1.00 | 40.50 | 38.00 | cuda | 2/2 | – |" in text
+    assert "| 3 | at | 60.00 | -20.00 | 42.00 | 42.00 | cuda | 1/2 | em |" in text
+    assert "| 4 | jpeg | 72.00 | -8.00 | – | – | – | 0/2 | cuda, em |" in text
+    assert "Comparable poisons (K = 2): cuda, em (left out: random-noise, run only without defense)" in text
+    assert "| 3 | random-noise | 79.00 | none | 79.00 | 1.00 | 1/4 | 3 (run: none) |" in text
+    assert "left out, run on clean data only: jpeg" in text
 
 
 def test_presets_never_share_a_table(tmp_path: Path) -> None:
@@ -237,6 +283,10 @@ def test_idempotent_html_latex(results: Path, tmp_path: Path) -> None:
     assert tex.count("\\toprule") == tex.count("\\bottomrule") == tex.count("\\begin{tabular}") >= 7
     assert "22.00 $\\pm$ 2.83 (n=2)" in tex and "robust\\_test\\_acc" in tex
     assert "\\includegraphics[width=\\linewidth]{plots/" in tex
+    # every table is shrunk to the text width when too wide, and the preamble it needs is stated
+    assert tex.count("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%") == 7
+    assert tex.count("\\end{tabular}}") == 7 and "\\usepackage{graphicx}" in tex.split("\n\n")[0]
+    assert "\\begin{tabular}{lp{4.5cm}rrrrrrl}" in tex  # the poison table's params wrap
 
 
 def test_every_plot_is_written_including_samples(results: Path, tmp_path: Path, data_root: Path,
@@ -250,7 +300,11 @@ def test_every_plot_is_written_including_samples(results: Path, tmp_path: Path, 
     stem = "cifar10-cifar10-jpeg-small-cnn-smoke"
     for kind in ("heatmap", "bars", "curves", "ratio", "samples-cuda"):
         assert f"{stem}-{kind}.png" in names
-    assert all((tmp_path / "plots" / n).stat().st_size > 1000 for n in names)
+    assert all((tmp_path / "plots" / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
+    # each sample grid has a sidecar naming the poison it shows
+    sidecar = json.loads((tmp_path / "plots" / f"{stem}-samples-cuda.png.json").read_text())
+    assert sidecar["poison"] == "cuda" and sidecar["params"] == CUDA_PARAMS and sidecar["ratio"] == 1.0
+    assert sidecar["key_fingerprint"] == key_fingerprint(0) and sidecar["revision"] == 1
     # cuda is re-created from its key (not cached here); em and sem need surrogate training or are unknown
     assert "samples-em" not in " ".join(names) and "needs surrogate training" in err
     text = out.read_text()
@@ -335,6 +389,41 @@ def test_existing_sample_grid_is_kept_when_it_cannot_be_remade(results: Path, tm
     assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
 
 
+def test_stale_sample_grid_is_dropped_when_its_poison_changed(results: Path, tmp_path: Path, data_root: Path,
+                                                             cache_dir: Path) -> None:
+    """The grid's file name comes from the row label, which stays "cuda" when the records' CUDA params
+    change: an existing grid that cannot be re-made is shown only if its sidecar names the records'
+    poison; otherwise it is dropped from the page with a warning."""
+    plots = tmp_path / "plots"
+    write_leaderboard(results, tmp_path / "a.md", plots, data_root=data_root, cache_dir=cache_dir)
+    grid = plots / "cifar10-cifar10-jpeg-small-cnn-smoke-samples-cuda.png"
+    assert grid.is_file() and Path(f"{grid}.json").is_file()
+    changed = tmp_path / "changed"
+    for rec in standard_set():
+        if rec["config"]["poison"]["name"] == "cuda":
+            rec["config"]["poison"]["params"] = {**CUDA_PARAMS, "pb": 0.5}
+            rec["run_id"] = run_id(rec["config"])
+        write(changed, rec)
+    (tmp_path / "empty").mkdir()
+
+    def regenerate(out: str) -> tuple[str, list[str]]:
+        warnings: list[str] = []
+        write_leaderboard(changed, tmp_path / out, plots, data_root=tmp_path / "empty", cache_dir=tmp_path / "cache",
+                          warn=warnings.append)
+        return (tmp_path / out).read_text(), [w for w in warnings if "sample grid" in w and "samples-cuda" in w]
+
+    text, warned = regenerate("b.md")
+    assert "samples of cuda" not in text and grid.is_file()
+    assert len(warned) == 1 and "not showing" in warned[0] and "params differ" in warned[0]
+    # a grid without a sidecar (or with an unreadable one) cannot vouch for what it shows either
+    Path(f"{grid}.json").unlink()
+    text, warned = regenerate("c.md")
+    assert "samples of cuda" not in text and "says which poison it shows" in warned[0]
+    Path(f"{grid}.json").write_text("{not json")
+    text, warned = regenerate("d.md")
+    assert "samples of cuda" not in text and "unreadable" in warned[0]
+
+
 def test_defense_labels_show_non_default_and_differing_params():
     """A single AT variant still says its budget (it differs from the default 8/255); variants that
     differ from each other are told apart by every param that varies; budgets print as k/255 and defaults stay hidden."""
@@ -397,3 +486,56 @@ def test_seed_spread_note_is_measured_on_the_table():
     assert "3 cells" in note and "median 1.0" in note and "max 3.0" in note
     single = seed_spread_note(Matrix(["em"], ["none"], {("em", "none"): Stat(25.0, 0.0, 1)}))
     assert "not measured" in single
+
+
+def test_integer_metrics_without_a_spread_print_without_plus_minus() -> None:
+    from benchmark.report import Stat
+
+    assert Stat(1000.0, 0.0, 2).fmt(0) == "1000 (n=2)"
+    assert Stat(1000.0, 0.0, 1).fmt(0) == "1000"
+    assert Stat(999.5, 0.7, 2).fmt(0) == "1000 ± 1 (n=2)"  # a real spread keeps its ±
+    assert Stat(45.0, 0.0, 2).fmt(2) == "45.00 ± 0.00 (n=2)"  # a measured accuracy keeps its std
+
+
+def test_poison_table_shows_only_non_default_params() -> None:
+    """A full EM recipe is 15 params, all but the changed ones set by the preset: the table shows the
+    changed ones, or says that the preset's defaults were used."""
+    from benchmark.poisoning import build_poison
+    from benchmark.report import _poison_params_text
+
+    em = build_poison("em", {}, 0, 1.0, "cpu").record()
+    assert len(em["params"]) > 10
+    assert _poison_params_text(em, "cpu") == "defaults of preset cpu"
+    assert _poison_params_text({**em, "params": {**em["params"], "eps": 16 / 255}}, "cpu") == "eps=16/255"
+    assert _poison_params_text(build_poison("cuda", {}, 0, 1.0, "cpu").record(), "cpu") == "defaults"
+    assert _poison_params_text({"name": "not-installed", "params": {"b": 2, "a": 1}}, "cpu") == "a=1, b=2"
+
+
+def test_sample_diff_row_says_the_factor_it_draws() -> None:
+    """The difference row is drawn as grey + amp x diff, and its label states amp (not 2 x amp)."""
+    import numpy as np
+
+    from benchmark.report import diff_image, diff_label
+
+    clean = np.full((1, 3, 2, 2), 0.5)
+    poisoned = clean.copy()
+    poisoned[0, 0, 0, 0] += 8 / 255
+    poisoned[0, 1, 1, 1] -= 4 / 255
+    shown, amp, peak = diff_image(clean, poisoned)
+    assert peak == pytest.approx(8 / 255) and amp == pytest.approx(0.5 * 255 / 8)
+    assert shown[0, 0, 0, 0] == pytest.approx(1.0) and shown[0, 1, 1, 1] == pytest.approx(0.25)
+    assert shown[0, 2, 0, 0] == pytest.approx(0.5)  # unchanged pixel: grey
+    assert np.allclose(shown - 0.5, amp * (poisoned - clean))
+    assert diff_label(amp) == "diff ×15.9"
+
+
+def test_bar_styles_tell_17_or_more_defenses_apart() -> None:
+    from benchmark.report import bar_styles
+
+    for n in (3, 17, 30):
+        styles = bar_styles([f"d{i}" for i in range(n)])
+        keys = {(tuple(round(v, 4) for v in color), hatch) for color, hatch in styles.values()}
+        assert len(keys) == n
+    seventeen = bar_styles([f"d{i}" for i in range(17)])
+    assert len({tuple(c) for c, _ in seventeen.values()}) == 17  # 17 distinct colours, not 17 husl shades
+    assert bar_styles(["none", "mixup"])["none"] == bar_styles(["none", "mixup", "at"])["none"]  # fixed slot
