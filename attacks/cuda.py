@@ -24,8 +24,10 @@ from benchmark.registry import register_poison
 
 @dataclass(frozen=True)
 class CUDAParams:
-    pb: float = param(0.3, "blur parameter: filter entries ~ Uniform[0, pb) (0.06 with k=9 for ImageNet)", ge=0.0)
-    k: int = param(3, "kernel size (odd); 3 for CIFAR, 9 for ImageNet-size images", ge=1, odd=True)
+    pb: float = param(0.3, "blur parameter: filter entries ~ Uniform[0, pb) (0.06 with k=9 for ImageNet; the paper uses 0.06-0.5)",
+                      ge=0.0, le=10.0)
+    k: int = param(3, "kernel size (odd); 3 for CIFAR, 9 for ImageNet-size images", ge=1, le=31,
+                   odd=True)
     universal: bool = param(False, "use class 0's filter for every class (the paper's 'universal blurring' control)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,9 @@ def _file_token(paths: list[Path]) -> str:
     """Cheap identity of source files (path, size, mtime) for the decode cache key."""
     h = hashlib.sha256()
     for p in sorted(paths):
+        if not p.exists():  # e.g. a root that --download is about to create
+            h.update(f"{p.resolve()}|missing".encode())
+            continue
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
@@ -101,6 +105,15 @@ def _cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], dict
     arrays = build()
     write_npz(path, arrays)
     return arrays
+
+
+def _encode_names(names: list[str]) -> np.ndarray:
+    """Class names as a uint8 array (JSON bytes), so the npz cache holds them without pickle."""
+    return np.frombuffer(json.dumps(names).encode(), dtype=np.uint8).copy()
+
+
+def _decode_names(blob: np.ndarray) -> list[str]:
+    return list(json.loads(bytes(blob.astype(np.uint8)).decode()))
 
 
 def _to_dataset(name: str, source: str, arrays: dict[str, np.ndarray], classes: list[str]) -> Dataset:
@@ -121,7 +134,9 @@ def _decode(item: tuple[str, bytes], mode: str | None) -> np.ndarray:
         with Image.open(io.BytesIO(blob)) as im:
             im = im.convert(mode) if mode else im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise BenchError(f"cannot read image {name}: not a known image format, or the file is corrupt") from None
+    except (OSError, ValueError) as exc:
         raise BenchError(f"cannot read image {name}: {exc}") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -270,13 +285,18 @@ def load_cifar100(spec: str, root: Path, cache: Path, download: bool) -> Dataset
     tv_dir = root / "cifar-100-python"
     if not (tv_dir.is_dir() or download):
         raise _missing("CIFAR-100", root, "cifar-100-python/")
-    try:
-        train = CIFAR100(str(root), train=True, download=download)
-        test = CIFAR100(str(root), train=False, download=download)
-    except RuntimeError as exc:
-        raise BenchError(f"CIFAR-100 under '{root}': {exc}") from None
-    arrays = _cached(cache, "cifar100-torchvision", [tv_dir], lambda: _torchvision_arrays(train, test))
-    return _to_dataset("cifar100", "torchvision", arrays, list(train.classes))
+
+    def build() -> dict[str, np.ndarray]:
+        # torchvision's constructor re-checks MD5 sums and re-reads every file: only on a cache miss
+        try:
+            train = CIFAR100(str(root), train=True, download=download)
+            test = CIFAR100(str(root), train=False, download=download)
+        except RuntimeError as exc:
+            raise BenchError(f"CIFAR-100 under '{root}': {exc}") from None
+        return dict(_torchvision_arrays(train, test), classes=_encode_names(list(train.classes)))
+
+    arrays = _cached(cache, "cifar100-torchvision", [tv_dir] if tv_dir.exists() else [root], build)
+    return _to_dataset("cifar100", "torchvision", arrays, _decode_names(arrays["classes"]))
 
 
 @register_dataset("svhn")
@@ -287,12 +307,16 @@ def load_svhn(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
     files = [root / "train_32x32.mat", root / "test_32x32.mat"]
     if not (all(f.is_file() for f in files) or download):
         raise _missing("SVHN", root, "train_32x32.mat and test_32x32.mat")
-    try:
-        train = SVHN(str(root), split="train", download=download)
-        test = SVHN(str(root), split="test", download=download)
-    except RuntimeError as exc:
-        raise BenchError(f"SVHN under '{root}': {exc}") from None
-    arrays = _cached(cache, "svhn-torchvision", files, lambda: _torchvision_arrays(train, test))
+
+    def build() -> dict[str, np.ndarray]:
+        try:  # only on a cache miss: the constructor re-checks and re-reads both .mat files
+            train = SVHN(str(root), split="train", download=download)
+            test = SVHN(str(root), split="test", download=download)
+        except RuntimeError as exc:
+            raise BenchError(f"SVHN under '{root}': {exc}") from None
+        return _torchvision_arrays(train, test)
+
+    arrays = _cached(cache, "svhn-torchvision", files if all(f.is_file() for f in files) else [root], build)
     return _to_dataset("svhn", "torchvision", arrays, [str(i) for i in range(10)])
 
 

@@ -6,7 +6,9 @@ Each builder takes ``(num_classes, in_channels)``; grey datasets use ``in_channe
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -190,19 +192,38 @@ def mobilenetv2(num_classes: int, in_channels: int = 3) -> nn.Module:
     return model
 
 
+def _timm() -> Any:
+    """Import timm quietly (it warns about deprecated torch APIs on import), or explain how to get it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import timm
+    except ImportError:
+        raise BenchError("timm:<name> models need the timm package: pip install timm") from None
+    return timm
+
+
 @register_model("timm:")
 def timm_model(num_classes: int, in_channels: int = 3, *, name: str = "") -> nn.Module:
-    """``timm:<name>``: any timm architecture, randomly initialised (no hub download)."""
-    import timm
+    """timm:<name> - any timm architecture, randomly initialised (no hub download)."""
+    check_model(f"timm:{name}")
+    return _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
 
-    if not timm.is_model(name):
-        raise BenchError(f"unknown timm model '{name}': see timm.list_models()")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+def check_model(name: str) -> str:
+    """The canonical name of a model, or a one-line BenchError; ``timm:<name>`` is checked against
+    timm's list here, so a typo fails before any data is loaded or poisoned."""
+    key = MODELS.canonical(name)
+    if key == "timm:":
+        arch = name.split(":", 1)[1]
+        if not arch or not _timm().is_model(arch):
+            raise BenchError(f"unknown timm model '{arch}'; see timm.list_models() for valid names")
+    return key
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Build a registered model by name (``timm:<name>`` passes through to timm)."""
-    key = MODELS.canonical(name)
+    key = check_model(name)
     builder = MODELS.get(name)
     if key == "timm:":
         return builder(num_classes, in_channels, name=name.split(":", 1)[1])

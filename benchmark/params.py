@@ -53,7 +53,7 @@ def _convert(owner: str, name: str, raw: Any, default: Any) -> Any:
                 return int(text)
             if kind is float:
                 return _parse_float(text)
-        except ValueError:
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise BenchError(
                 f"{owner}: parameter '{name}' must be a {kind.__name__}, got '{raw}'"
             ) from None
@@ -80,8 +80,8 @@ def check_field(owner: str, f: dataclasses.Field, value: Any) -> None:
         valid = ", ".join(str(c) for c in m["choices"])
         raise BenchError(f"{owner}: parameter '{f.name}'={value!r} is not valid; valid: {valid}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and math.isnan(value):
-            raise BenchError(f"{owner}: parameter '{f.name}' is NaN")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BenchError(f"{owner}: parameter '{f.name}'={value} is not a finite number")
         bounds = [("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
                   ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b)]
         for key, sym, ok in bounds:

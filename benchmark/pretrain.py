@@ -25,7 +25,7 @@ from benchmark import paths
 from benchmark.data import ImageSet, load_dataset, stratified_subset
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
-from benchmark.models import build_model
+from benchmark.models import build_model, check_model
 from benchmark.protocol import protocol_dict, resolve_protocol
 from benchmark.registry import MODELS
 from benchmark.runner import _seed_everything, resolve_device
@@ -65,7 +65,7 @@ def pretrain(dataset: str, model: str, out: str, preset: str | None = None, spli
     """Train ``model`` on clean ``dataset`` images and write ``out`` (.safetensors) atomically."""
     if not str(out).endswith(".safetensors"):
         raise BenchError(f"--out must end in .safetensors, got '{out}'")
-    MODELS.canonical(model)
+    check_model(model)
     dev = resolve_device(device)
     preset = preset or ("paper" if dev.type == "cuda" else "cpu")
     victim = resolve_protocol(preset)  # the subset victims of this preset train on

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import re
 import subprocess
@@ -117,7 +118,20 @@ def validate_record(rec: Any) -> str | None:
     return None
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by None (JSON null): a diverged run or a
+    class missing from the test set must still give a valid record, and JSON has no NaN."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_record(path: Path, rec: dict[str, Any]) -> None:
+    rec = json_safe(rec)
     problem = validate_record(rec)
     if problem:
         raise BenchError(f"refusing to write invalid record {path}: {problem}")

@@ -6,6 +6,7 @@ does the work and writes the record atomically. The CLI and the sweep both drive
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from benchmark import paths
 from benchmark.data import Dataset, ImageSet, load_dataset, stratified_subset
 from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
+from benchmark.models import check_model
 from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
 from benchmark.protocol import Protocol, protocol_dict, resolve_protocol
 from benchmark.records import (
@@ -30,7 +32,6 @@ from benchmark.records import (
     run_id,
     write_record,
 )
-from benchmark.registry import MODELS
 from benchmark.train import train_model
 from defenses.base import DefenseStack, TrainContext, build_defense
 
@@ -107,7 +108,7 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     device = resolve_device(spec.device)
     preset = spec.preset or default_preset(device)
     proto = resolve_protocol(preset, spec.overrides)
-    MODELS.canonical(proto.model)
+    check_model(proto.model)
     poison = build_poison(spec.poison, spec.poison_params, spec.key, spec.ratio, preset)
     defense = build_defense(spec.defense, spec.defense_params)
     if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
@@ -194,6 +195,29 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predict, prep.protocol.eval_batch_size)
         extra = prep.defense.evaluate(model, test_dev, ctx)
         eval_extra = time.perf_counter() - t_eval
+        per_epoch = result.per_epoch
+        peak = max(per_epoch, key=lambda e: e["test_acc"])
+        diverged = not all(math.isfinite(e["train_loss"]) for e in per_epoch)
+        metrics = {
+            "test_acc": round(result.test_acc, 3),
+            "peak_test_acc": peak["test_acc"],
+            "peak_epoch": peak["epoch"],
+            "train_acc": round(train_acc, 3),
+            "per_class_test_acc": result.per_class_test_acc,
+            "per_epoch": per_epoch,
+            "defense": extra,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "diverged": diverged,
+        }
+        timings = {
+            "poison_generation": manifest.get("generation_seconds"),
+            "poison_cached": bool(manifest.get("cached")),
+            "training": round(result.train_seconds, 3),
+            "evaluation": round(result.eval_seconds + eval_extra, 3),
+            "wall": round(time.perf_counter() - t_start, 3),
+        }
+        rec = _record(prep, manifest, status="finished", metrics=metrics, timings=timings)
+        write_record(prep.record_path, rec)
     except (KeyboardInterrupt, BenchError):
         raise
     except Exception as exc:
@@ -201,27 +225,6 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
                       traceback_text=traceback.format_exc(limit=8))
         write_record(prep.record_path, rec)
         raise
-    per_epoch = result.per_epoch
-    peak = max(per_epoch, key=lambda e: e["test_acc"])
-    metrics = {
-        "test_acc": round(result.test_acc, 3),
-        "peak_test_acc": peak["test_acc"],
-        "peak_epoch": peak["epoch"],
-        "train_acc": round(train_acc, 3),
-        "per_class_test_acc": result.per_class_test_acc,
-        "per_epoch": per_epoch,
-        "defense": extra,
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
-    timings = {
-        "poison_generation": manifest.get("generation_seconds"),
-        "poison_cached": bool(manifest.get("cached")),
-        "training": round(result.train_seconds, 3),
-        "evaluation": round(result.eval_seconds + eval_extra, 3),
-        "wall": round(time.perf_counter() - t_start, 3),
-    }
-    rec = _record(prep, manifest, status="finished", metrics=metrics, timings=timings)
-    write_record(prep.record_path, rec)
     ckpt.unlink(missing_ok=True)
     emit("done", rec)
     return rec

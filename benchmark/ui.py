@@ -111,8 +111,9 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
     base_acc = base["metrics"]["test_acc"] if base else None
     defense = cfg["defense"]["name"]
     base_label = "clean baseline test acc" + ("" if defense == "none" else f" ({defense} on clean data)")
-    table.add_row(base_label, _fmt(base_acc, " %") + ("" if base else "  (not run: --baseline)"))
-    table.add_row("test acc (final)", _fmt(m["test_acc"], " %"))
+    table.add_row(base_label, _fmt(base_acc, " %") + ("" if base else "  (not run: --no-baseline)"))
+    table.add_row("test acc (final)", _fmt(m["test_acc"], " %") +
+                  ("  [red](training diverged: the loss became NaN/inf)[/red]" if m.get("diverged") else ""))
     if base_acc is not None and cfg["poison"]["name"] != "none":
         table.add_row("drop vs clean", _fmt(base_acc - m["test_acc"], " points"))
     table.add_row("peak test acc (oracle)", f"{_fmt(m['peak_test_acc'], ' %')} at epoch {m['peak_epoch']}")

@@ -17,6 +17,12 @@ BAD_RUNS = [
     (["--poison", "cuda", "--poison-param", "depth=3"], "unknown parameter 'depth'"),
     (["--poison", "cuda", "--poison-param", "pb=-0.1"], "'pb'=-0.1 is out of range"),
     (["--poison", "cuda", "--poison-param", "k=4"], "'k'=4 must be an odd integer"),
+    (["--poison", "cuda", "--poison-param", "k=33"], "'k'=33 is out of range"),
+    (["--poison", "cuda", "--poison-param", "pb=1/0"], "parameter 'pb' must be a float, got '1/0'"),
+    (["--poison", "cuda", "--poison-param", "pb=inf"], "'pb'=inf is not a finite number"),
+    (["--poison", "cuda", "--poison-param", "pb=nan"], "'pb'=nan is not a finite number"),
+    (["--poison", "cuda", "--poison-param", "pb=1e39"], "'pb'=1e+39 is out of range"),
+    (["--poison", "cuda", "--model", "timm:notamodel"], "unknown timm model 'notamodel'"),
     (["--poison", "cuda", "--poison-param", "pb"], "must look like name=value"),
     (["--poison", "cuda", "--ratio", "1.5"], "ratio must be in [0, 1]"),
     (["--poison", "cuda", "--ratio", "-0.1"], "ratio must be in [0, 1]"),
@@ -45,6 +51,8 @@ def test_bad_run_input(args: list[str], message: str, bench_env: dict, capsys: p
     assert message in lines[0]
     assert "Traceback" not in err
     assert not bench_env["results"].exists() or not any(bench_env["results"].iterdir())
+    # nothing was generated or cached before the error (not even the clean baseline's data)
+    assert not [p for p in bench_env["cache"].iterdir() if p.name != "datasets"]
 
 
 def test_unreadable_data_root(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -71,5 +79,6 @@ def test_real_process_exit_code_and_single_line(bench_env: dict) -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--poison", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "did you mean" not in proc.stderr or "valid:" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "unknown poison 'nope'" in proc.stderr and "valid:" in proc.stderr
     assert "Traceback" not in proc.stderr

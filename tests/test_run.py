@@ -140,3 +140,27 @@ def test_protocol_params_from_the_command_line_are_typed(bench_env: dict, capsys
     (path,) = bench_env["results"].glob("*.json")
     proto = json.loads(path.read_text())["config"]["protocol"]
     assert (proto["epochs"], proto["train_subset"], proto["nesterov"]) == (1, 200, True)
+
+
+def test_diverged_run_still_writes_a_valid_record(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    """A loss that becomes NaN must not lose the run: the record is written (NaN as null, JSON has no
+    NaN), flagged as diverged, and the summary says so."""
+    code, out, err = run_cli(["run", "--poison", "none", "--preset", "smoke", "--epochs", "1", "--lr", "1e6"], capsys)
+    assert code == 0, err
+    rec = json.loads(next(bench_env["results"].glob("*.json")).read_text())
+    assert validate_record(rec) is None and rec["status"] == "finished"
+    assert rec["metrics"]["diverged"] is True and rec["metrics"]["per_epoch"][0]["train_loss"] is None
+    assert "training diverged" in out
+    assert not list((bench_env["cache"] / "checkpoints").glob("*.pt"))
+
+
+def test_json_safe_records_missing_classes_as_null() -> None:
+    import torch
+
+    from benchmark.evaluate import accuracy
+    from benchmark.records import json_safe
+
+    overall, per_class = accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), num_classes=3)
+    assert overall == pytest.approx(200 / 3) and per_class[:2] == [50.0, 100.0]
+    assert json_safe({"per_class": per_class, "x": (float("inf"), 1.5)}) == {"per_class": [50.0, 100.0, None],
+                                                                             "x": [None, 1.5]}
