@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import sys
 import time
 import traceback
 from collections import defaultdict
@@ -43,12 +45,17 @@ from benchmark.runner import (
     RunSpec,
     default_preset,
     execute,
-    existing_record,
     prepare_run,
     resolve_device,
 )
 
 EXECUTORS = ("local", "ray")
+
+Warn = Callable[[str], None]
+
+
+def _warn_stderr(msg: str) -> None:
+    print(f"bench sweep: warning: {msg}", file=sys.stderr)
 
 
 @dataclass
@@ -244,10 +251,39 @@ def _label(spec: RunSpec, config: dict[str, Any]) -> str:
     return f"{poison} × {defense} · {config['model']} · seed {spec.seed}"
 
 
-def plan_sweep(sweep: SweepSpec, device: str | None = None) -> Plan:
+def read_record(path: Path, warn: Warn | None = None) -> dict[str, Any] | None:
+    """The valid record at ``path``, or None when there is none. An unreadable or invalid file (a crash
+    while copying results, a bad merge) counts as missing, with one warning naming it: its cell then
+    runs again and the record is rewritten atomically, so one corrupt file never stops a sweep (not
+    even a dry run), which ``runner.existing_record`` would by raising."""
+    from benchmark.records import validate_record
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        problem = validate_record(rec)
+    except (OSError, ValueError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem is None:
+        return rec
+    if warn is not None:
+        warn(f"ignoring unreadable record {path} ({problem}); its cell runs again and rewrites it")
+    return None
+
+
+def finished_record(path: Path, warn: Warn | None = None) -> dict[str, Any] | None:
+    """The finished record at ``path`` (see :func:`read_record`), else None."""
+    rec = read_record(path, warn)
+    return rec if rec is not None and rec.get("status") == "finished" else None
+
+
+def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = _warn_stderr) -> Plan:
     """Expand and validate the whole grid (bad names or params raise BenchError before any work).
 
-    ``device``: the device the cells will run on (a Ray cluster's, which the driver may lack)."""
+    ``device``: the device the cells will run on (a Ray cluster's, which the driver may lack).
+    ``warn``: told about each unreadable record (the cell is then planned to run again)."""
     from benchmark.poisoning import artifact_paths
 
     if not sweep.poisons:
@@ -270,7 +306,8 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None) -> Plan:
         npz, _ = artifact_paths(prep.cache, prep.dataset_id, prep.poison)
         cells[prep.run_id] = Cell(
             spec=spec, run_id=prep.run_id, record_path=prep.record_path, artifact=str(npz),
-            finished=existing_record(prep) is not None and not sweep.force, label=_label(spec, cfg),
+            finished=not sweep.force and finished_record(prep.record_path, warn) is not None,
+            label=_label(spec, cfg),
             cost_key=(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg["train_size"],
                       cfg["protocol"]["epochs"]),
             poison_cost_key=(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg["train_size"]))
@@ -314,7 +351,8 @@ def run_cell(spec: RunSpec) -> dict[str, Any]:
     """Train one cell unless its finished record exists; errors become a failed record, not a raise."""
     t0 = time.perf_counter()
     prep = _prepare(spec)
-    if not spec.force and (rec := existing_record(prep)) is not None:
+    # planning already warned about an unreadable record; here it just counts as missing
+    if not spec.force and (rec := finished_record(prep.record_path)) is not None:
         return {"run_id": prep.run_id, "status": "skipped", "test_acc": rec["metrics"].get("test_acc"),
                 "seconds": 0.0, "error": None}
     try:
@@ -387,15 +425,26 @@ class _Display:
                              if self.summary.failed else "sweep")
 
 
+def _cell_failed(cell: Cell, exc: BaseException) -> dict[str, Any]:
+    """Result and failed record of a cell that could not write its own: its poison failed, or the
+    worker running it died (killed, out of memory, a broken process pool). Without the record a
+    cell counted as failed would leave no trace in the results folder."""
+    spec = cell.spec
+    if spec.device.startswith("cuda"):  # written by a driver that may have no GPU (a Ray head node)
+        import torch
+
+        if not torch.cuda.is_available():
+            spec = replace(spec, device="cpu")
+    try:
+        error = _failed_record(_prepare(spec), exc)["error"]
+    except Exception:  # noqa: BLE001 - the summary still reports the cell
+        error = f"{type(exc).__name__}: {exc}"
+    return {"run_id": cell.run_id, "status": "failed", "test_acc": None, "error": error, "seconds": 0.0}
+
+
 def _poison_failed(cell: Cell, error: str) -> dict[str, Any]:
     """Result (and failed record) of a cell whose poison could not be generated."""
-    exc = RuntimeError(f"poison generation failed: {error}")
-    try:
-        rec = _failed_record(_prepare(cell.spec), exc)
-        error = rec["error"]
-    except Exception:  # noqa: BLE001 - the summary still reports the cell
-        error = f"RuntimeError: {exc}"
-    return {"run_id": cell.run_id, "status": "failed", "test_acc": None, "error": error, "seconds": 0.0}
+    return _cell_failed(cell, RuntimeError(f"poison generation failed: {error}"))
 
 
 def _error_text(exc: BaseException) -> str:
@@ -439,10 +488,10 @@ def _run_local(plan: Plan, jobs: int, display: _Display) -> None:
             pending[pool.submit(fn, arg)] = tag
         except Exception as exc:  # a broken pool (a worker was killed): fail instead of hanging
             if tag[0] == "cell":
-                display.cell(tag[1], {"status": "failed", "error": _error_text(exc)})
+                display.cell(tag[1], _cell_failed(tag[1], exc))
             else:
                 for cell in waiting.pop(tag[1]):
-                    display.cell(cell, {"status": "failed", "error": _error_text(exc)})
+                    display.cell(cell, _poison_failed(cell, _error_text(exc)))
 
     try:
         for artifact, cells in waiting.items():
@@ -467,7 +516,7 @@ def _run_local(plan: Plan, jobs: int, display: _Display) -> None:
                     try:
                         result = fut.result()
                     except Exception as exc:  # the worker died (killed, out of memory)
-                        result = {"status": "failed", "error": _error_text(exc)}
+                        result = _cell_failed(item, exc)
                     display.cell(item, result)
     except BaseException:  # Ctrl-C, SIGTERM (bench main), a display error: stop the workers too
         # ProcessPoolExecutor has no public way to stop a task that is running; a worker left alive
@@ -530,11 +579,25 @@ def ray_device(ray: Any, requested: str) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
 
+def store_returned_record(path: Path, rec: dict[str, Any]) -> bool:
+    """Driver side of a Ray cell: write the record a task returned, for nodes that do not share the
+    results folder. Written unless the file there already holds it, or holds a finished record and the
+    returned one is not (a result is never replaced by a failure); a failed record of an earlier
+    sweep at the same path is replaced. Returns whether it wrote."""
+    from benchmark.records import write_record
+
+    existing = read_record(path)
+    if existing is not None and json.dumps(existing, sort_keys=True) == json.dumps(rec, sort_keys=True):
+        return False
+    if existing is not None and existing.get("status") == "finished" and rec.get("status") != "finished":
+        return False
+    write_record(path, rec)
+    return True
+
+
 def _run_ray(plan: Plan, display: _Display) -> None:
     """One Ray task per poison and per cell; a cell's task takes its poison's ObjectRef."""
     import ray
-
-    from benchmark.records import write_record
 
     opts: dict[str, Any] = {"max_retries": 0}
     if plan.device.startswith("cuda"):
@@ -562,15 +625,15 @@ def _run_ray(plan: Plan, display: _Display) -> None:
                         display.poison(waiting[item], None, poison_errors[item])
                     elif item.artifact in poison_errors:
                         display.cell(item, _poison_failed(item, poison_errors[item.artifact]))
-                    else:
-                        display.cell(item, {"status": "failed", "error": _error_text(getattr(exc, "cause", None) or exc)})
+                    else:  # the task's worker died (or raised): no record was written for it
+                        display.cell(item, _cell_failed(item, getattr(exc, "cause", None) or exc))
                     continue
                 if kind == "poison":
                     display.poison(waiting[item], value, None)
                     continue
                 rec = value.pop("record", None)
-                if rec is not None and not item.record_path.exists():  # no shared results folder
-                    write_record(item.record_path, rec)
+                if rec is not None:
+                    store_returned_record(item.record_path, rec)
                 display.cell(item, value)
     except BaseException:
         for ref in refs:
@@ -717,9 +780,11 @@ def dry_run_table(plan: Plan, jobs: int = 1) -> tuple[Table, str]:
 
 CONFIG_KEYS = {
     "poisons", "defenses", "seeds", "models", "ratios", "dataset", "preset", "key", "poison_params",
-    "defense_params", "protocol", "clean_only_baseline", "executor", "jobs", "address", "data_root",
+    "defense_params", "protocol", "clean_row", "clean_only_baseline", "executor", "jobs", "address", "data_root",
     "cache_dir", "results", "device",
 }
+#: keys that must be TOML booleans (``bool("no")`` would silently be True)
+BOOL_KEYS = ("clean_row", "clean_only_baseline")
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -740,6 +805,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
         raise BenchError(f"sweep file {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(CONFIG_KEYS))}")
+    for key in BOOL_KEYS:
+        if key in data and not isinstance(data[key], bool):
+            raise BenchError(f"sweep file {path}: '{key}' must be true or false, got {data[key]!r}")
     for table in ("poison_params", "defense_params", "protocol"):
         value = data.get(table, {})
         if not isinstance(value, dict):
@@ -804,13 +872,18 @@ def sweep_from_options(values: Mapping[str, Any], explicit: Iterable[str]) -> tu
         data_root=get("data_root"), cache_dir=get("cache_dir"), results=get("results"),
         device=get("device") or "auto", download=bool(values.get("download")), force=bool(values.get("force")),
     )
-    executor = {"executor": get("executor") or "local", "jobs": int(get("jobs") if get("jobs") is not None else 1), "address": get("address")}
+    executor = {"executor": get("executor") or "local", "jobs": int(get("jobs") if get("jobs") is not None else 1),
+                "jobs_given": get("jobs") is not None, "address": get("address")}
     return sweep, executor
 
 
 def sweep_command(values: Mapping[str, Any], explicit: Iterable[str], console: Console) -> SweepSummary | None:
     """``bench sweep``: dry run (grid + cost estimate) or the sweep itself with its summary."""
     sweep, ex = sweep_from_options(values, explicit)
+    if ex["executor"] == "ray" and ex["jobs_given"]:
+        # Ray places one cell per GPU (or per CPU without GPUs) on its own; --jobs only sizes the local pool
+        print(f"bench sweep: note: --jobs {ex['jobs']} is ignored with --executor ray (Ray runs as many cells "
+              "at once as the cluster has GPUs, or CPUs without GPUs)", file=sys.stderr)
     if values.get("dry_run"):
         if ex["executor"] not in EXECUTORS:
             raise BenchError(f"unknown executor '{ex['executor']}'; valid: {', '.join(EXECUTORS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,99 @@ def test_sigterm_stops_a_parallel_sweep_and_its_workers(bench_env: dict) -> None
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers)
     assert not list(bench_env["results"].glob("*.json")) if bench_env["results"].exists() else True
+
+
+def test_corrupt_record_is_rerun_not_fatal(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    """One unreadable record (a crash while copying results) neither stops the sweep nor its dry run:
+    it is named in one warning, its cell runs again, and the record is rewritten."""
+    sweep = _sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0], clean_row=False)
+    (cell,) = plan_sweep(sweep).cells
+    run_sweep(sweep)
+    assert _records(bench_env["results"])[cell.run_id]["status"] == "finished"
+    cell.record_path.write_text('{"schema_version": 1, "run_id": ')  # truncated
+    warnings: list[str] = []
+    (again,) = plan_sweep(sweep, warn=warnings.append).cells
+    assert not again.finished and again.record_path == cell.record_path
+    assert len(warnings) == 1 and str(cell.record_path) in warnings[0] and "runs again" in warnings[0]
+
+    grid = ["--poisons", "cuda", "--defenses", "none", "--no-clean-row"]
+    code, out, err = run_cli(["sweep", *grid, *TINY, "--dry-run"], capsys)
+    assert code == 0, err
+    assert "1 of 1 cells to run" in out
+    (line,) = [line for line in err.splitlines() if line]
+    assert line.startswith(f"bench sweep: warning: ignoring unreadable record {cell.record_path} (Expecting value")
+    assert line.endswith("its cell runs again and rewrites it")
+    code, out, err = run_cli(["sweep", *grid, *TINY], capsys)
+    assert code == 0 and "1 done, 0 skipped, 0 failed" in out, err
+    rec = json.loads(cell.record_path.read_text())
+    assert rec["status"] == "finished" and validate_record(rec) is None
+    assert len(list(bench_env["results"].glob("*.json"))) == 1  # rewritten in place, no second file
+
+
+def test_ray_driver_replaces_a_stale_failed_record(tmp_path: Path) -> None:
+    """Without a shared results folder the driver writes what a Ray task returns: a failed record of an
+    earlier sweep at the same path is replaced by the new result; a finished one is never replaced by
+    a failure; an identical file is left alone."""
+    from test_report import make_record
+
+    from benchmark.sweep import store_returned_record
+
+    path = tmp_path / "runs" / "cell.json"
+    failed = make_record("cuda", "none", 20.0, status="failed")
+    finished = make_record("cuda", "none", 20.0)
+    assert store_returned_record(path, failed)
+    assert store_returned_record(path, finished)  # the stale failure from before is replaced
+    assert json.loads(path.read_text())["status"] == "finished"
+    assert not store_returned_record(path, finished)  # same record: nothing to write
+    assert not store_returned_record(path, failed)  # a result is never replaced by a failure
+    assert json.loads(path.read_text())["status"] == "finished"
+    path.write_text("{corrupt")
+    assert store_returned_record(path, failed) and json.loads(path.read_text())["status"] == "failed"
+
+
+def _die_in_worker(spec) -> None:
+    """Stands in for run_cell in a spawned worker: the process dies as if killed (out of memory)."""
+    os._exit(3)
+
+
+def _poison_ready(spec) -> dict:
+    return {"artifact": "unused.npz", "cached": True, "generation_seconds": 0.0}
+
+
+def test_dead_worker_leaves_a_failed_record(bench_env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process that dies mid-cell breaks the process pool: the cell is counted as failed and,
+    since the worker could not write it, the driver writes its failed record."""
+    import benchmark.sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "generate_poison", _poison_ready)
+    monkeypatch.setattr(sweep_mod, "run_cell", _die_in_worker)
+    sweep = _sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0], clean_row=False)
+    summary = run_sweep(sweep, jobs=2)
+    assert (summary.done, summary.failed) == (0, 1)
+    (rec,) = _records(bench_env["results"]).values()
+    assert rec["status"] == "failed" and validate_record(rec) is None
+    assert "BrokenProcessPool" in rec["error"] and rec["config"]["poison"]["name"] == "cuda"
+
+
+def test_clean_row_in_a_config_file(bench_env: dict, tmp_path: Path) -> None:
+    from benchmark.sweep import sweep_from_options
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('poisons = ["cuda"]\nclean_row = false\npreset = "smoke"\n')
+    assert load_config(config)["clean_row"] is False
+    sweep, _ = sweep_from_options({"config": str(config)}, explicit=set())
+    assert sweep.clean_row is False
+    sweep, _ = sweep_from_options({"config": str(config), "clean_row": True}, explicit={"clean_row"})
+    assert sweep.clean_row is True  # the flag wins over the file
+    config.write_text('poisons = ["cuda"]\nclean_row = "no"\n')
+    with pytest.raises(BenchError, match="'clean_row' must be true or false"):
+        load_config(config)
+
+
+def test_jobs_with_ray_is_noted_not_silently_ignored(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    code, _out, err = run_cli(["sweep", "--poisons", "cuda", *TINY, "--executor", "ray", "--jobs", "2",
+                               "--dry-run"], capsys)
+    assert code == 0, err
+    assert "note: --jobs 2 is ignored with --executor ray" in err and len(err.strip().splitlines()) == 1
+    _code, _out, err = run_cli(["sweep", "--poisons", "cuda", *TINY, "--executor", "ray", "--dry-run"], capsys)
+    assert "--jobs" not in err
