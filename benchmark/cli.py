@@ -55,13 +55,64 @@ def cli() -> None:
 
 # ------------------------------------------------------------------------------------------- list
 
+def _first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line, without reST markup (for tables)."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return text.replace("``", "")
+
+
+def _bounds(f: Any) -> str:
+    m = f.metadata
+    parts = [f"{sym} {format_value(f.name, m[key])}" for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+             if m.get(key) is not None]
+    if m.get("odd"):
+        parts.append("odd")
+    if m.get("choices"):
+        parts.append(" | ".join(str(c) for c in m["choices"]))
+    return ", ".join(parts)
+
+
+def _detail_table(section: str, name: str) -> Table:
+    """Every parameter of one poison or defense: type, default, valid range, meaning, preset values."""
+    import dataclasses
+
+    from benchmark.registry import DEFENSES, POISONS
+
+    reg = POISONS if section == "poisons" else DEFENSES
+    cls = reg.get(name)
+    canonical = reg.canonical(name)
+    aliases = reg.aliases_of(canonical)
+    presets = {k: v for k, v in getattr(cls, "preset_params", {}).items()
+               if any(getattr(cls.Params(), n) != x for n, x in v.items())}  # presets that change something
+    table = Table(title=f"{section[:-1]} {canonical}" + (f" (aliases: {', '.join(aliases)})" if aliases else "")
+                  + f": {cls.describe()}", title_justify="left")
+    for col in ("parameter", "type", "default", "valid", "meaning", *(f"{p} preset" for p in presets)):
+        table.add_column(col, style="bold cyan" if col == "parameter" else None, no_wrap=col == "parameter")
+    for f in dataclasses.fields(cls.Params):
+        row = [f.name, type(f.default).__name__, format_value(f.name, f.default), _bounds(f), f.metadata.get("help", "")]
+        row += [format_value(f.name, v[f.name]) if f.name in v and v[f.name] != f.default else "" for v in presets.values()]
+        table.add_row(*row)
+    if not dataclasses.fields(cls.Params):
+        table.add_row("(none)", "", "", "", "")
+    return table
+
+
 @cli.command("list")
 @click.argument("what", required=False, type=click.Choice(["poisons", "defenses", "models", "datasets", "presets"]))
-def list_cmd(what: str | None) -> None:
-    """List poisons, defenses, models, datasets and presets with their parameters."""
+@click.argument("name", required=False)
+def list_cmd(what: str | None, name: str | None) -> None:
+    """List poisons, defenses, models, datasets and presets with their parameters.
+
+    With a NAME (`bench list poisons cuda`, `bench list defenses at`): every parameter of that poison
+    or defense with its type, default, valid range, meaning and the values each generation preset uses."""
     from benchmark.protocol import PRESET_HELP
     from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
 
+    if name is not None:
+        if what not in ("poisons", "defenses"):
+            raise BenchError(f"'bench list {what} NAME' is not available; NAME works with: poisons, defenses")
+        console.print(_detail_table(what, name))
+        return
     sections = [what] if what else ["poisons", "defenses", "models", "datasets", "presets"]
     for section in sections:
         table = Table(title=section, title_justify="left", show_lines=False)
@@ -70,8 +121,8 @@ def list_cmd(what: str | None) -> None:
         if section in ("poisons", "defenses"):
             table.add_column("parameters (default)")
             reg = POISONS if section == "poisons" else DEFENSES
-            for name in reg.names():
-                cls = reg.get(name)
+            for entry in reg.names():
+                cls = reg.get(entry)
                 defaults = {n: d for n, _t, d, _h in describe_params(cls.Params)}
                 params = ", ".join(f"{n}={format_value(n, d)}" for n, d in defaults.items()) or "-"
                 for preset, values in getattr(cls, "preset_params", {}).items():
@@ -79,21 +130,24 @@ def list_cmd(what: str | None) -> None:
                     if changed:  # generation presets follow --preset and replace these defaults
                         params += f"\n{preset} preset: " + ", ".join(
                             f"{n}={format_value(n, v)}" for n, v in changed.items())
-                aliases = reg.aliases_of(name)
-                label = name + (f" ({', '.join(aliases)})" if aliases else "")
+                aliases = reg.aliases_of(entry)
+                label = entry + (f" ({', '.join(aliases)})" if aliases else "")
                 table.add_row(label, cls.describe(), params)
         elif section in ("models", "datasets"):
             reg = MODELS if section == "models" else DATASETS
-            for name in reg.names():
-                obj = reg.get(name)
-                doc = (obj.__doc__ or "").strip().splitlines()
-                label = name + "<name>" if name.endswith(":") and section == "models" else name
-                label = "imagefolder:PATH" if name == "imagefolder:" else label
-                table.add_row(label, doc[0] if doc else "")
+            for entry in reg.names():
+                label = entry + "<name>" if entry.endswith(":") and section == "models" else entry
+                label = "imagefolder:PATH" if entry == "imagefolder:" else label
+                aliases = reg.aliases_of(entry)
+                label += f" ({', '.join(aliases)})" if aliases else ""
+                table.add_row(label, _first_paragraph(reg.get(entry).__doc__))
         else:
-            for name, text in PRESET_HELP.items():
-                table.add_row(name, text)
+            for entry, text in PRESET_HELP.items():
+                table.add_row(entry, text)
         console.print(table)
+    if what in ("poisons", "defenses", None):
+        console.print("Details of one entry (meaning and range of every parameter): bench list poisons cuda, "
+                      "bench list defenses at")
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -258,7 +312,8 @@ def pretrain_cmd(**kw: Any) -> None:
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "latex"]), default="md", show_default=True,
               help="md, html (one self-contained page) or latex (booktabs)")
 @click.option("--samples/--no-samples", default=True, show_default=True,
-              help="sample grids per poison (need the dataset; cheap poisons are re-created if not cached)")
+              help="sample grids per poison (need the dataset and the poison cache; cheap poisons are re-created; "
+                   "an existing grid is kept only if its .png.json sidecar names the same poison)")
 @click.option("--data-root", envvar="BENCH_DATA_ROOT", help="datasets for the sample grids; env BENCH_DATA_ROOT")
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", help="cached poisons and decoded datasets; env BENCH_CACHE_DIR")
 def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples: bool, data_root: str | None,
@@ -294,7 +349,7 @@ def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples
 @click.option("--clean-row/--no-clean-row", default=None, help="also run every defense on clean data (--poison none)  [default: on]")
 @click.option("--clean-only-baseline/--no-clean-only-baseline", default=None, help="with ratios below 1, also train on the unpoisoned part only  [default: on]")
 @click.option("--executor", type=click.Choice(["local", "ray"]), help="local worker processes or a Ray cluster  [default: local]")
-@click.option("--jobs", type=int, help="local executor: parallel worker processes (cores are split between them)  [default: 1]")
+@click.option("--jobs", type=int, help="local executor: parallel worker processes (cores are split between them; ignored with --executor ray)  [default: 1]")
 @click.option("--address", help="Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (default: start a local instance)")
 @click.option("--dry-run", is_flag=True, help="print the grid and an estimated cost, run nothing")
 @click.option("--force", is_flag=True, help="run cells again even if their finished records exist")

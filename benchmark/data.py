@@ -372,7 +372,7 @@ HOLDOUT_SEED = 0
 
 @register_dataset("imagefolder:")
 def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
-    """``imagefolder:PATH``: PATH/train and PATH/test with one sub-folder per class (sorted names =
+    """Your own images: PATH/train and PATH/test with one sub-folder per class (sorted names =
     labels), or PATH with class folders directly, split 80/20 per class by a fixed seed."""
     path = Path(spec.split(":", 1)[1]).expanduser()
     if not path.is_dir():

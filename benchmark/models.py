@@ -205,7 +205,7 @@ def _timm() -> Any:
 
 @register_model("timm:")
 def timm_model(num_classes: int, in_channels: int = 3, *, name: str = "") -> nn.Module:
-    """timm:<name> - any timm architecture, randomly initialised (no hub download)."""
+    """Any timm architecture by its timm name, randomly initialised (no hub download)."""
     check_model(f"timm:{name}")
     return _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
 

@@ -153,6 +153,10 @@ def existing_record(prep: PreparedRun) -> dict[str, Any] | None:
 
 
 def _seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and pick deterministic cuDNN kernels (no autotuning), so a GPU run repeats too; on
+    the CPU every kernel used here is deterministic already."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed * 7919 + 1)
 

@@ -43,6 +43,25 @@ def test_cli_list_shows_params(capsys: pytest.CaptureFixture, monkeypatch: pytes
     assert "cpu preset: surrogate='small-cnn'" in flat
 
 
+def test_cli_list_one_entry_shows_meaning_range_and_presets(capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmark import cli
+
+    monkeypatch.setattr(cli.console, "width", 250)
+    code, out, _ = run_cli(["list", "poisons", "cuda"], capsys)
+    assert code == 0
+    row = next(line for line in out.splitlines() if "│ pb " in line)
+    assert "0.3" in row and ">= 0, <= 10" in row and "blur parameter" in row
+    code, out, _ = run_cli(["list", "defenses", "adaptive"], capsys)  # aliases resolve
+    assert code == 0 and "defense dat" in out and "class | batch | eval" in out
+    code, out, _ = run_cli(["list", "poisons", "rem"], capsys)
+    header = next(line for line in out.splitlines() if "parameter" in line)
+    assert "cpu preset" in header and "paper preset" not in header  # the paper preset changes nothing
+    assert "600" in next(line for line in out.splitlines() if "│ surrogate_steps " in line)
+    code, _, err = run_cli(["list", "models", "resnet18"], capsys)
+    assert code == 2 and "NAME works with: poisons, defenses" in err
+
+
 def test_format_value_writes_linf_budgets_as_k_over_255() -> None:
     from benchmark.params import format_value
 
