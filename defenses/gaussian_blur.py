@@ -4,7 +4,10 @@ Not the CUDA paper's "smoothing" (that is randomized smoothing, ``defenses/smoot
 follow REM-code's 3x3 Gaussian low-pass filter (cv2 sigma for kernel 3 = 0.8), applied once to the
 uint8 training images before crop/flip (test set untouched). Deviation from ISS/APBench's "gaussian"
 (GaussianBlur(3, sigma 0.1)): at sigma 0.1 a 3x3 kernel is numerically the identity, so that default
-would train on unchanged images; pass ``sigma=0.1`` to reproduce it.
+would train on unchanged images; pass ``sigma=0.1`` to reproduce it. Unverified detail: if REM-code
+calls ``cv2.GaussianBlur(img, (3, 3), 0)``, OpenCV uses its fixed 3-tap table [1/4, 1/2, 1/4] for
+sigma <= 0, which is the sampled Gaussian of sigma 0.849 (``sigma=0.849`` reproduces it; 0.8 gives
+[0.239, 0.522, 0.239], at most a grey level or two apart at edges).
 Separable filtering with reflect padding and rounding back to uint8, as torchvision's tensor path
 (a different float summation order: ~1 value in 10^5 differs by 1 at a .5 rounding tie).
 """
