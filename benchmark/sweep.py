@@ -873,7 +873,9 @@ def sweep_from_options(values: Mapping[str, Any], explicit: Iterable[str]) -> tu
         device=get("device") or "auto", download=bool(values.get("download")), force=bool(values.get("force")),
     )
     executor = {"executor": get("executor") or "local", "jobs": int(get("jobs") if get("jobs") is not None else 1),
-                "jobs_given": get("jobs") is not None, "address": get("address")}
+                # a pool size asked for: on the command line, or other than 1 in the file
+                "jobs_given": "jobs" in explicit or (get("jobs") is not None and int(get("jobs")) != 1),
+                "address": get("address")}
     return sweep, executor
 
 

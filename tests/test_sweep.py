@@ -358,3 +358,7 @@ def test_jobs_with_ray_is_noted_not_silently_ignored(bench_env: dict, capsys: py
     assert "note: --jobs 2 is ignored with --executor ray" in err and len(err.strip().splitlines()) == 1
     _code, _out, err = run_cli(["sweep", "--poisons", "cuda", *TINY, "--executor", "ray", "--dry-run"], capsys)
     assert "--jobs" not in err
+    # the example file's `jobs = 1` is no request for a pool: no note when a flag switches it to ray
+    _code, _out, err = run_cli(["sweep", "--config", str(REPO / "sweeps" / "cpu-cifar10.toml"), "--poisons", "cuda",
+                                "--defenses", "none", "--seeds", "0", "--executor", "ray", "--dry-run"], capsys)
+    assert "--jobs" not in err
