@@ -3,9 +3,11 @@
 Records (benchmark/records.py) are grouped by (dataset + source, model, preset, protocol); presets and
 protocol variants are never mixed in one table. Per group: the poison x defense matrix of final clean
 test accuracy (mean +- std over runs), the peak-accuracy matrix (oracle upper bound), poisons ranked by
-their worst case over defenses (the highest accuracy any defense recovers; lower = stronger poison),
-defenses ranked by their worst case over poisons (their lowest accuracy), extra defense metrics, poison
-budgets and generation cost, and partial poisoning. The same document renders to Markdown, one
+how many defenses were run on them, then their worst case over those (the highest accuracy any defense
+recovers; lower = stronger poison), defenses ranked likewise over the comparable poisons (their lowest
+accuracy; plain training is an unranked reference row), extra defense metrics, poison budgets and
+generation cost, and partial poisoning; one sample grid per poison, with a JSON sidecar naming the poison
+it shows. The same document renders to Markdown, one
 self-contained HTML page, or LaTeX (booktabs). Output is deterministic: stable ordering, the only date
 in it is the newest record's ``created`` date, and PNGs carry no timestamp metadata.
 
@@ -817,10 +819,10 @@ def build_document(groups: list[Group], results_label: str, n_records: int, newe
                 doc.append(Heading(3, "Peak clean test accuracy (oracle upper bound)"))
                 doc.append(_matrix_table(pm, "Best epoch chosen on the test set: an oracle upper bound (early "
                                              "stopping with test labels), not a comparable result. " + legend))
-            doc.append(Heading(3, "Poisons ranked by worst case over defenses"))
+            doc.append(Heading(3, "Poisons ranked by defenses run, then worst case over them"))
             pt, dt = _rank_table(g, m, legend)
             doc.append(pt)
-            doc.append(Heading(3, "Defenses ranked by worst case over poisons"))
+            doc.append(Heading(3, "Defenses ranked by poisons run, then worst case over them"))
             doc.append(dt)
             if (extra := _defense_metrics_table(g, legend)) is not None:
                 doc.append(Heading(3, "Defense metrics"))
