@@ -210,7 +210,7 @@ def run_cmd(**kw: Any) -> None:
 def poison_cmd(**kw: Any) -> None:
     """Generate (or reuse from cache) a poisoned training set and export it as npz + JSON sidecar."""
     from benchmark import paths
-    from benchmark.data import load_dataset, stratified_subset
+    from benchmark.data import load_dataset, poison_dataset_id, stratified_subset
     from benchmark.poisoning import artifact_paths, build_poison, export_artifact, get_poisoned
     from benchmark.protocol import resolve_protocol
     from benchmark.runner import default_preset, resolve_device
@@ -229,8 +229,7 @@ def poison_cmd(**kw: Any) -> None:
     train = data.train
     if proto.train_subset:
         train = train.subset(stratified_subset(train.y, proto.train_subset, proto.subset_seed))
-    dataset_id = {"name": data.name, "source": data.source, "train_size": len(train),
-                  "train_subset": proto.train_subset, "subset_seed": proto.subset_seed}
+    dataset_id = poison_dataset_id(data, train, proto.train_subset, proto.subset_seed)
     from benchmark.ui import poison_progress
 
     with poison_progress(console, spec.name) as progress:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ class Dataset:
     source: str
     train: ImageSet
     test: ImageSet
+    digest: str = ""  # content hash of the decoded training images and labels (see poison_dataset_id)
 
     @property
     def num_classes(self) -> int:
@@ -95,14 +97,28 @@ def _file_token(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _train_digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """SHA-256 (first 16 hex digits, as uint8 bytes) of the decoded training images and labels."""
+    h = hashlib.sha256(np.ascontiguousarray(arrays["x_train"]).data)
+    h.update(np.ascontiguousarray(arrays["y_train"].astype(np.int64)).data)
+    return np.frombuffer(h.hexdigest()[:16].encode(), dtype=np.uint8).copy()
+
+
 def _cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Decoded arrays from the cache, or ``build()`` them and cache them with the training set's digest."""
     path = cache / "datasets" / f"{tag}-{_file_token(sources)}.npz"
     if path.exists():
         try:
-            return read_npz(path, required=("x_train", "y_train", "x_test", "y_test"))
+            arrays = read_npz(path, required=("x_train", "y_train", "x_test", "y_test"))
         except BenchError:
             path.unlink(missing_ok=True)  # a corrupt decode cache is rebuilt, not fatal
+        else:
+            if "digest" not in arrays:  # a cache written before digests existed: add it once
+                arrays["digest"] = _train_digest(arrays)
+                write_npz(path, arrays)
+            return arrays
     arrays = build()
+    arrays["digest"] = _train_digest(arrays)
     write_npz(path, arrays)
     return arrays
 
@@ -121,7 +137,16 @@ def _to_dataset(name: str, source: str, arrays: dict[str, np.ndarray], classes: 
         return ImageSet(torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}"])),
                         torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)), list(classes))
 
-    return Dataset(name, source, mk("train"), mk("test"))
+    digest = bytes(arrays["digest"].astype(np.uint8)).decode() if "digest" in arrays else ""
+    return Dataset(name, source, mk("train"), mk("test"), digest)
+
+
+def poison_dataset_id(data: Dataset, train: ImageSet, train_subset: int, subset_seed: int) -> dict[str, Any]:
+    """What a cached poison artifact was made from: dataset, source, content digest and subset. The
+    digest makes an edited image folder (or replaced dataset files) miss the cache instead of reusing
+    a poison of the old images."""
+    return {"name": data.name, "source": data.source, "digest": data.digest, "train_size": len(train),
+            "train_subset": train_subset, "subset_seed": subset_seed}
 
 
 # ---------------------------------------------------------------------------------------- decoding

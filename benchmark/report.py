@@ -1310,7 +1310,7 @@ class SampleSource:
     def images(self, rec: dict[str, Any], label: str) -> tuple[Any, Any, list[str]] | None:
         import torch
 
-        from benchmark.data import stratified_subset
+        from benchmark.data import poison_dataset_id, stratified_subset
 
         cfg = rec["config"]
         proto = cfg.get("protocol") or {}
@@ -1325,8 +1325,7 @@ class SampleSource:
         train = data.train
         if proto.get("train_subset"):
             train = train.subset(stratified_subset(train.y, int(proto["train_subset"]), int(proto.get("subset_seed", 0))))
-        dataset_id = {"name": data.name, "source": data.source, "train_size": len(train),
-                      "train_subset": proto.get("train_subset"), "subset_seed": proto.get("subset_seed")}
+        dataset_id = poison_dataset_id(data, train, int(proto.get("train_subset") or 0), int(proto.get("subset_seed") or 0))
         poison = cfg["poison"]
         npz = self._artifact(dataset_id, poison)
         if npz is not None:

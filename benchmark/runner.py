@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmark import paths
-from benchmark.data import Dataset, ImageSet, load_dataset, stratified_subset
+from benchmark.data import Dataset, ImageSet, load_dataset, poison_dataset_id, stratified_subset
 from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.models import check_model
@@ -94,8 +94,7 @@ class PreparedRun:
 
     @property
     def dataset_id(self) -> dict[str, Any]:
-        return {"name": self.data.name, "source": self.data.source, "train_size": len(self.train),
-                "train_subset": self.protocol.train_subset, "subset_seed": self.protocol.subset_seed}
+        return poison_dataset_id(self.data, self.train, self.protocol.train_subset, self.protocol.subset_seed)
 
 
 def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:

@@ -85,3 +85,24 @@ def test_stratified_subset_is_fixed_and_balanced() -> None:
     assert torch.equal(a, b) and len(a) == 200
     assert torch.bincount(y[a]).tolist() == [20] * 10
     assert not torch.equal(a, stratified_subset(y, 200, seed=1))
+
+
+def test_edited_image_folder_gets_a_new_digest_and_poison_cache_id(tmp_path: Path, cache_dir: Path) -> None:
+    """A poison artifact is cached by the content of the training set, not only its name and size."""
+    import os
+
+    from benchmark.data import poison_dataset_id
+    from benchmark.poisoning import artifact_paths, build_poison
+
+    _write_folder(tmp_path / "d" / "train", {"a": 3, "b": 3})
+    _write_folder(tmp_path / "d" / "test", {"a": 1, "b": 1})
+    spec, name = build_poison("cuda"), f"imagefolder:{tmp_path / 'd'}"
+    first = load_dataset(name, tmp_path, cache_dir)
+    assert len(first.digest) == 16 and load_dataset(name, tmp_path, cache_dir).digest == first.digest
+    path1 = artifact_paths(cache_dir, poison_dataset_id(first, first.train, 0, 0), spec)[0]
+    edited = tmp_path / "d" / "train" / "a" / "0.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(edited)
+    os.utime(edited, (1, 1))  # a different mtime, as an edit would give
+    second = load_dataset(name, tmp_path, cache_dir)
+    assert second.digest != first.digest and len(second.train) == len(first.train)
+    assert artifact_paths(cache_dir, poison_dataset_id(second, second.train, 0, 0), spec)[0] != path1
