@@ -3,6 +3,8 @@
 Both poisons use the same surrogate, batch, budget and hyperparameters (a generation preset's, the
 official ones by default), so the ratio isolates what SEM changes: the inner PGD maximisation of the
 noise crafting becomes one random draw. Inputs are random images: the cost does not depend on them.
+The surrogate is whatever ``model`` names (``bench perf`` defaults to small-cnn, cheap on a CPU), not
+the preset's: the paper preset's surrogate is resnet18, and the table says which one was timed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class StepCost:
     seconds_per_step: float  # median over the timed steps
     passes_per_step: int  # forward+backward passes of batch size (noise crafting + surrogate AT step)
     steps: int
+    model: str = ""  # the surrogate architecture that was timed
 
 
 def _sync(device: torch.device) -> None:
@@ -59,7 +62,7 @@ def measure_rem_sem(model: str = "small-cnn", batch_size: int = 32, steps: int =
     costs = []
     for poison, _net, _opt, times in runs:
         craft, update = poison.passes_per_step()
-        costs.append(StepCost(poison.name, statistics.median(times), craft + update, steps))
+        costs.append(StepCost(poison.name, statistics.median(times), craft + update, steps, model))
     return costs
 
 
@@ -76,4 +79,11 @@ def perf_table(costs: list[StepCost], title: str) -> Table:
         ratio = by["rem"].seconds_per_step / by["sem"].seconds_per_step
         passes = by["rem"].passes_per_step / by["sem"].passes_per_step
         table.add_row("REM / SEM", f"{ratio:.2f}x", f"{passes:.2f}x", "", style="bold")
+    timed = sorted({c.model for c in costs if c.model})
+    if timed:
+        note = f"surrogate timed: {', '.join(timed)}"
+        if timed != ["resnet18"]:
+            note += " (the paper preset's surrogate is resnet18: use --model resnet18 to time that)"
+        table.caption = note
+        table.caption_justify = "left"
     return table

@@ -272,6 +272,8 @@ def test_bench_perf_command(capsys: pytest.CaptureFixture) -> None:
                               "--device", "cpu"], capsys)
     assert code == 0, err
     assert "rem" in out and "sem" in out and "REM / SEM" in out
+    flat = " ".join(out.split())
+    assert "surrogate timed: small-cnn" in flat and "paper preset's surrogate is resnet18" in flat
     code, _, err = run_cli(["perf", "--model", "nope"], capsys)
     assert code == 2 and "unknown model" in err
 
