@@ -15,19 +15,37 @@ Shared machinery (also used by :mod:`attacks.rem`, :mod:`attacks.sem`, :mod:`att
 * long generations checkpoint (surrogate, optimizer, noise, step, counters) under ``ctx.workdir``.
 
 Deviations from the official code (documented): noise is *rounded* to integer levels (the official
-dataset truncates the float sum when casting to uint8; ``official_clamp_bug=true`` reproduces the
-official quantisation exactly: negative noise zeroed, positive noise truncated); sample-wise EM's
-surrogate reads shuffled epochs (official: fixed order; see ``_theta_steps``); the stop check evaluates
-the surrogate on clamp(x + δ, 0, 1); the number of outer iterations is capped by ``max_iters``
-(official: no cap); the class-wise subset loop keeps one batch when the subset is smaller than
-``batch_size``.
+dataset truncates the float sum when casting to uint8); sample-wise EM's surrogate reads shuffled
+epochs (official: fixed order; see ``_theta_steps``); the stop check evaluates the surrogate on
+clamp(x + δ, 0, 1); the number of outer iterations is capped by ``max_iters`` (official: no cap); the
+class-wise subset loop keeps one batch when the subset is smaller than ``batch_size``; class-wise EM's
+surrogate θ-steps read every batch of an epoch including the last partial one (official loader:
+``drop_last=True``; changing it would change the committed cpu-preset noise); partial poisoning uses an
+exact subset of round(ratio·N) images seeded by the key (official: ``np.random.choice`` of
+int(ratio·N) images with the fixed seed 0).
+
+``official_clamp_bug=true`` reproduces the official dataset arithmetic (spec §2.3) exactly: the float32
+noise is ``mul(255).clamp(0, 255)`` (negative noise zeroed), added to the float32 image, clipped to
+[0, 255] and cast to uint8 (truncation). Since 2026-11-25 this path is computed in that float32
+arithmetic (:func:`official_clamp_bug_levels`); before, it used floor(255·δ), which differs when
+255·δ lies just below an integer (the float32 sum rounds up to it). No committed record used the flag,
+so the revision was not bumped.
+
+Partial poisoning of these surrogate poisons (``shares_full_noise``): the noise does not depend on the
+ratio, so :mod:`benchmark.poisoning` generates the full-ratio noise once and derives each ratio's set
+from it (:meth:`NoisePoison.derive`: the same seeded subset, identical bytes to a direct generation).
+
+Generation cost: the checkpoint carries the elapsed seconds and the session count, so a resumed
+generation reports the seconds of all sessions up to the state it resumed from plus its own
+(work lost after the last checkpoint of an interrupted session is not counted).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,15 +87,21 @@ def derived_seed(key: int, *tags: Any) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def derived_generator(key: int, *tags: Any) -> torch.Generator:
-    """A CPU generator for one random stream: draw there, then move to the device."""
-    return torch.Generator().manual_seed(derived_seed(key, *tags))
+def derived_generator(key: int, *tags: Any, device: torch.device | None = None) -> torch.Generator:
+    """A generator for one random stream. On a CUDA ``device`` it lives there (no host draws and copies
+    in the hot loop; its stream differs from the CPU one); otherwise it is the CPU generator whose
+    stream the committed CPU results were made with."""
+    seed = derived_seed(key, *tags)
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def uniform(shape: torch.Size | tuple[int, ...], radius: float, gen: torch.Generator,
             device: torch.device) -> torch.Tensor:
-    """U(-radius, radius) noise drawn from ``gen``."""
-    return ((torch.rand(shape, generator=gen) * 2 - 1) * radius).to(device)
+    """U(-radius, radius) noise drawn from ``gen`` on the generator's device, then moved to ``device``
+    (a no-op when they agree); on CPU the same numbers as ever."""
+    return ((torch.rand(shape, generator=gen, device=gen.device) * 2 - 1) * radius).to(device)
 
 
 class Centered(nn.Module):
@@ -126,16 +150,35 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """Eval-mode error of ``model`` on float images ``x`` (in [0,1]) with labels ``y``."""
+def noisy_error_rate(model: nn.Module, x_u8: torch.Tensor, noise_of: Callable[[slice], torch.Tensor],
+                     y: torch.Tensor, batch_size: int) -> float:
+    """Eval-mode error of ``model`` on clamp(x/255 + noise, 0, 1), built batch by batch (a float copy
+    of a whole training set would be ~600 MB for 50k CIFAR images). ``noise_of(slice)`` gives the
+    float noise of those images."""
     was_training = model.training
     model.eval()
     wrong = 0
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size])
-        wrong += int((logits.argmax(1) != y[start:start + batch_size]).sum())
+        sl = slice(start, start + batch_size)
+        logits = model((x_u8[sl].float().div_(255) + noise_of(sl)).clamp_(0, 1))
+        wrong += int((logits.argmax(1) != y[sl]).sum())
     model.train(was_training)
     return wrong / max(1, len(y))
+
+
+def official_clamp_bug_levels(x_u8: torch.Tensor, noise_of: Callable[[slice], torch.Tensor],
+                              chunk: int = 4096) -> torch.Tensor:
+    """What the official EM dataset code stores (spec §2.3), as int16 levels relative to ``x_u8``:
+    float32 ``noise.mul(255).clamp(0, 255)`` added to the float32 image, clipped to [0, 255], cast to
+    uint8 (truncation). The float32 sum can round 255·δ just below an integer up to it, so this is not
+    floor(255·δ). ``noise_of(slice)`` gives those images' float noise (chunked to bound memory)."""
+    out = torch.empty(x_u8.shape, dtype=torch.int16, device=x_u8.device)
+    for start in range(0, len(x_u8), chunk):
+        sl = slice(start, start + chunk)
+        n255 = noise_of(sl).to(torch.float32).mul(255).clamp_(0, 255)
+        stored = (x_u8[sl].to(torch.float32) + n255).clamp_(0, 255).to(torch.uint8)
+        out[sl] = stored.to(torch.int16) - x_u8[sl].to(torch.int16)
+    return out
 
 
 def check_surrogate(owner: str, name: str) -> None:
@@ -147,26 +190,45 @@ def check_surrogate(owner: str, name: str) -> None:
 
 
 class Checkpoint:
-    """Atomic, pickle-free generation checkpoints: ``workdir/state.pt`` (None workdir = disabled)."""
+    """Atomic, pickle-free generation checkpoints: ``workdir/state.pt`` (None workdir = disabled).
+
+    Each checkpoint also carries the generation seconds spent up to it and the session count, so a
+    resumed generation can report its whole cost (:meth:`session_info`)."""
 
     def __init__(self, workdir: Any, every: int) -> None:
         self.path = Path(workdir) / "state.pt" if workdir is not None else None
         self.every = every
+        self.started = time.perf_counter()
+        self.seconds_before = 0.0  # seconds of earlier sessions, up to the state resumed from
+        self.sessions = 1
 
-    def load(self) -> dict[str, Any] | None:
+    def load(self, noise_shape: tuple[int, ...] | torch.Size) -> dict[str, Any] | None:
+        """The saved state if there is a readable one whose noise has ``noise_shape``, else None."""
         if self.path is None or not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception:  # a checkpoint we cannot read is ignored: generation restarts
             return None
+        if tuple(state["noise"].shape) != tuple(noise_shape):
+            return None
+        self.seconds_before = float(state.get("elapsed_seconds", 0.0))
+        self.sessions = int(state.get("sessions", 1)) + 1
+        return state
 
     def due(self, step: int) -> bool:
         return self.path is not None and self.every > 0 and step % self.every == 0
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path is not None:
+            state = dict(state, elapsed_seconds=self.seconds_before + time.perf_counter() - self.started,
+                         sessions=self.sessions)
             atomic_write(self.path, lambda p: torch.save(state, p))
+
+    def session_info(self) -> dict[str, Any]:
+        """For the manifest (popped from ``info`` by :mod:`benchmark.poisoning`): sessions so far and
+        the generation seconds of the earlier ones."""
+        return {"sessions": self.sessions, "seconds_before": round(self.seconds_before, 4)}
 
 
 def report(ctx: PoisonContext, step: int, total: int, err: float) -> None:
@@ -179,6 +241,9 @@ class NoisePoison(Poison):
 
     #: name of the params field holding the L-inf radius (in [0,1] units)
     radius_field: ClassVar[str] = "eps"
+    #: the noise does not depend on the ratio (only :meth:`finish` uses it), so a partial poison can be
+    #: derived from the full-ratio artifact (:meth:`derive`) instead of re-running a surrogate
+    shares_full_noise: ClassVar[bool] = False
 
     def budget_255(self) -> int:
         """The L-inf budget in grey levels that every stored poisoned image meets exactly."""
@@ -194,6 +259,17 @@ class NoisePoison(Poison):
             budget = self.budget_255()
             x[sel] = add_levels(x[sel], levels[sel].to(x.device).clamp(-budget, budget))
         return PoisonedSet(x, train.y.clone(), indices, info=info)
+
+    @staticmethod
+    def derive(full: PoisonedSet, train: ImageSet, ratio: float, key: int) -> PoisonedSet:
+        """The ``ratio`` poison from the full-ratio one: its images on the same seeded subset that
+        :meth:`finish` poisons, the clean images elsewhere (byte-identical to a direct generation)."""
+        indices = exact_subset(len(train), ratio, key)
+        x = train.x.clone()
+        if indices.numel():
+            sel = indices.to(x.device)
+            x[sel] = full.x.to(x.device)[sel]
+        return PoisonedSet(x, train.y.clone(), indices, info=dict(full.info))
 
 
 # ================================================================================ EM: sample-wise
@@ -235,6 +311,7 @@ class _EMBase(NoisePoison):
     """Shared surrogate loop of the two EM variants: θ-steps on a shuffled wrapping stream."""
 
     revision = 2  # 2: official_clamp_bug=true truncates positive noise, as the official dataset code
+    shares_full_noise = True
 
     def _setup(self, train: ImageSet, ctx: PoisonContext) -> tuple[nn.Module, torch.optim.SGD]:
         p = self.params
@@ -243,19 +320,19 @@ class _EMBase(NoisePoison):
         return model, sgd(model, p.lr, p.momentum, p.weight_decay)
 
     def _theta_steps(self, model: nn.Module, opt: torch.optim.SGD, x_u8: torch.Tensor, y: torch.Tensor,
-                     noise_of: Any, outer: int, key: int) -> int:
+                     noise_of: Any, outer: int, key: int) -> tuple[int, int]:
         """``train_step`` SGD steps on x + δ (no clamp, as officially), continuing where the previous
         outer iteration stopped in a stream of shuffled epochs. Deviation for sample-wise EM: the
         official loader reads the training set in its fixed file order, which for the original
         CIFAR-10 files is class-mixed; data sets stored sorted by class (the offline JPEG copy, any
         image folder) would give one-class batches and a surrogate that never learns. (Class-wise EM's
         official loader shuffles.) Each epoch's order derives from the key, so a resumed run sees the
-        same batches. Returns the number of fwd+bwd passes."""
+        same batches. Returns (fwd+bwd passes, images in them): an epoch's last batch may be partial."""
         p = self.params
         n = len(y)
         batches = math.ceil(n / p.batch_size)
         model.train()
-        passes = 0
+        passes = images = 0
         perms: dict[int, torch.Tensor] = {}
         for j in range(p.train_step):
             epoch, b = divmod(outer * p.train_step + j, batches)
@@ -272,7 +349,8 @@ class _EMBase(NoisePoison):
                 nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             opt.step()
             passes += 1
-        return passes
+            images += idx.numel()
+        return passes, images
 
     def _descend(self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``num_steps`` of PGD descent from ``delta``: δ <- clip(x' - α sign ∇CE - x, ±ε)."""
@@ -286,13 +364,27 @@ class _EMBase(NoisePoison):
             x_adv = (x + delta).clamp(0, 1)
         return delta
 
-    def _final_levels(self, noise: torch.Tensor) -> torch.Tensor:
+    def _image_levels(self, x_u8: torch.Tensor, noise_of: Callable[[slice], torch.Tensor],
+                      noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image integer levels to add. Default: round(255 δ) within the budget (``noise`` is per
+        image, or per class when ``y`` is given). ``official_clamp_bug``: the official dataset's float32
+        arithmetic on each image (:func:`official_clamp_bug_levels`)."""
         if self.params.official_clamp_bug:
-            # the official `noise.mul(255).clamp_(0, 255)` zeroes negative noise; the dataset then adds
-            # it to the integer image and casts to uint8, which truncates: x + floor(max(0, 255 δ))
-            budget = self.budget_255()
-            return torch.floor(noise * 255).clamp_(0, budget).to(torch.int16)
-        return to_levels(noise, self.budget_255())
+            return official_clamp_bug_levels(x_u8, noise_of)
+        levels = to_levels(noise, self.budget_255())
+        return levels if y is None else levels[y]
+
+    @staticmethod
+    def _resume(ckpt: Checkpoint, model: nn.Module, opt: torch.optim.SGD, noise: torch.Tensor,
+                counts: dict[str, int]) -> tuple[torch.Tensor, int, float, dict[str, int]]:
+        """Restore (model, optimizer) in place and return (noise, outer, err, counts) from a checkpoint,
+        or the fresh state when there is none."""
+        state = ckpt.load(noise.shape)
+        if state is None:
+            return noise, 0, math.inf, counts
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return state["noise"].to(noise.device), int(state["step"]), float(state["err"]), dict(state["counts"])
 
 
 @register_poison("em", aliases=("em-samplewise",))
@@ -315,18 +407,12 @@ class ErrorMinimizing(_EMBase):
         else:
             noise = torch.zeros(x_u8.shape, device=dev)
         ckpt = Checkpoint(ctx.workdir, p.checkpoint_every)
-        outer, err, counts = 0, math.inf, {"fb": 0, "img_fb": 0, "theta": 0}
-        state = ckpt.load()
-        if state is not None and tuple(state["noise"].shape) == tuple(noise.shape):
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            noise = state["noise"].to(dev)
-            outer, err, counts = int(state["step"]), float(state["err"]), dict(state["counts"])
+        noise, outer, err, counts = self._resume(ckpt, model, opt, noise, {"fb": 0, "img_fb": 0, "theta": 0})
         while outer < p.max_iters and err >= p.stop_error:
-            steps = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[idx], outer, ctx.key)
+            steps, images = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[idx], outer, ctx.key)
             counts["theta"] += steps
             counts["fb"] += steps
-            counts["img_fb"] += steps * min(n, p.batch_size)
+            counts["img_fb"] += images
             with frozen(model):
                 for start in range(0, n, p.batch_size):
                     sl = slice(start, start + p.batch_size)
@@ -334,7 +420,7 @@ class ErrorMinimizing(_EMBase):
                     noise[sl] = self._descend(model, xb, noise[sl], y[sl])
                     counts["fb"] += p.num_steps
                     counts["img_fb"] += p.num_steps * xb.shape[0]
-            err = error_rate(model, (x_u8.float().div_(255) + noise).clamp_(0, 1), y, p.batch_size)
+            err = noisy_error_rate(model, x_u8, lambda sl: noise[sl], y, p.batch_size)
             outer += 1
             if ckpt.due(outer):
                 ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "noise": noise.cpu(),
@@ -343,8 +429,8 @@ class ErrorMinimizing(_EMBase):
         info = {"mode": "samplewise", "outer_iterations": outer, "surrogate_steps": counts["theta"],
                 "surrogate_forward_backward": counts["fb"], "surrogate_image_forward_backward": counts["img_fb"],
                 "final_train_error": round(err, 6), "stopped_early": err < p.stop_error,
-                "official_clamp_bug": p.official_clamp_bug}
-        return self.finish(train, ctx, self._final_levels(noise), info)
+                "official_clamp_bug": p.official_clamp_bug, "session": ckpt.session_info()}
+        return self.finish(train, ctx, self._image_levels(x_u8, lambda sl: noise[sl], noise), info)
 
 
 # ================================================================================= EM: class-wise
@@ -364,6 +450,15 @@ _EMC_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(surrogate="small-cnn", batch_size=128, num_steps=1, step_size=2 / 255, train_step=2,
                   max_iters=3),
 }
+
+
+def classwise_mean_update_(noise: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+    """Official class-wise update, in place on the (K, C, H, W) ``noise``: each class present in the
+    batch gets the mean of its samples' updated δ, clipped to ±eps; absent classes keep theirs."""
+    sums = torch.zeros_like(noise).index_add_(0, y, delta)
+    counts = torch.bincount(y, minlength=noise.shape[0])
+    present = counts > 0
+    noise[present] = (sums[present] / counts[present].view(-1, 1, 1, 1)).clamp(-eps, eps)
 
 
 @register_poison("em-classwise", aliases=("em-universal",))
@@ -389,41 +484,31 @@ class ErrorMinimizingClasswise(_EMBase):
         if p.random_start:
             noise = uniform(noise.shape, p.eps, derived_generator(ctx.key, self.name, "start"), dev)
         ckpt = Checkpoint(ctx.workdir, p.checkpoint_every)
-        outer, err, counts = 0, math.inf, {"fb": 0, "img_fb": 0, "theta": 0}
-        state = ckpt.load()
-        if state is not None and tuple(state["noise"].shape) == tuple(noise.shape):
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            noise = state["noise"].to(dev)
-            outer, err, counts = int(state["step"]), float(state["err"]), dict(state["counts"])
+        noise, outer, err, counts = self._resume(ckpt, model, opt, noise, {"fb": 0, "img_fb": 0, "theta": 0})
         m = len(ys)
         batches = max(1, m // p.batch_size)  # drop_last, but keep one batch for a small subset
         while outer < p.max_iters and err >= p.stop_error:
-            steps = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[y[idx]], outer, ctx.key)
+            steps, images = self._theta_steps(model, opt, x_u8, y, lambda idx: noise[y[idx]], outer, ctx.key)
             counts["theta"] += steps
             counts["fb"] += steps
-            counts["img_fb"] += steps * min(n, p.batch_size)
+            counts["img_fb"] += images
             perm = torch.randperm(m, generator=derived_generator(ctx.key, self.name, "perm", outer)).to(dev)
             with frozen(model):
                 for b in range(batches):
                     idx = perm[b * p.batch_size:(b + 1) * p.batch_size]
                     xb, yb = xs_u8[idx].float().div_(255), ys[idx]
                     delta = self._descend(model, xb, noise[yb], yb)
-                    sums = torch.zeros_like(noise).index_add_(0, yb, delta)
-                    counts_c = torch.bincount(yb, minlength=num_classes)
-                    present = counts_c > 0
-                    noise[present] = (sums[present] / counts_c[present].view(-1, 1, 1, 1)).clamp(-p.eps, p.eps)
+                    classwise_mean_update_(noise, delta, yb, p.eps)
                     counts["fb"] += p.num_steps
                     counts["img_fb"] += p.num_steps * len(idx)
-            err = error_rate(model, (xs_u8.float().div_(255) + noise[ys]).clamp_(0, 1), ys, p.batch_size)
+            err = noisy_error_rate(model, xs_u8, lambda sl: noise[ys[sl]], ys, p.batch_size)
             outer += 1
             if ckpt.due(outer):
                 ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "noise": noise.cpu(),
                            "step": outer, "err": err, "counts": counts})
             report(ctx, outer, p.max_iters, err)
-        class_levels = self._final_levels(noise)
         info = {"mode": "classwise", "outer_iterations": outer, "surrogate_steps": counts["theta"],
                 "surrogate_forward_backward": counts["fb"], "surrogate_image_forward_backward": counts["img_fb"],
                 "final_train_error": round(err, 6), "stopped_early": err < p.stop_error,
-                "subset_size": m, "official_clamp_bug": p.official_clamp_bug}
-        return self.finish(train, ctx, class_levels[y], info)
+                "subset_size": m, "official_clamp_bug": p.official_clamp_bug, "session": ckpt.session_info()}
+        return self.finish(train, ctx, self._image_levels(x_u8, lambda sl: noise[y[sl]], noise, y), info)

@@ -17,9 +17,17 @@ then one train-mode SGD step on the adversarial batch, as the official code does
 attack in train mode, which let the 10 attack forwards of every step drive the BatchNorm statistics
 that the eval-mode noise crafting uses.)
 
+Random streams: every step draws from a generator seeded by derived_seed(key, name, "step", step),
+so a resumed generation is exact. On a CUDA device that generator lives on the GPU (no host draws
+and copies in the hot loop), so GPU and CPU generations use different random streams and give
+different (equally valid) noise; the CPU stream is the one the committed CPU results were made with.
+
 Deviations (documented): the EOT samples are processed as one batch (same maths, faster); the final
 pass covers every sample (the official loader drops the last partial batch, whose samples keep their
-in-training noise).
+in-training noise); partial poisoning poisons an exact subset of round(ratio·N) images seeded by the
+key (official REM: fixed index files ``data/indices/cifar10/idx-{20,40,60,80}.pkl``). The noise does
+not depend on the ratio, so a partial poison is derived from the full-ratio artifact (see
+:class:`attacks.em.NoisePoison`).
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ from attacks.em import (
     check_surrogate,
     derived_generator,
     derived_seed,
-    error_rate,
     frozen,
+    noisy_error_rate,
     report,
     sgd,
     uniform,
@@ -54,15 +62,16 @@ from benchmark.registry import register_poison
 
 def random_flip_crop(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Per-sample random horizontal flip + random crop (zero padding ``pad``), batched and
-    differentiable with respect to the pixel values (a gather)."""
+    differentiable with respect to the pixel values (a gather). Draws on ``gen``'s device."""
     n, c, h, w = x.shape
+    where = gen.device
     if pad <= 0:
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=gen, device=where) < 0.5).to(x.device)
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(2 * pad + 1, (n,), generator=gen).to(x.device)
-    ox = torch.randint(2 * pad + 1, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    oy = torch.randint(2 * pad + 1, (n,), generator=gen, device=where).to(x.device)
+    ox = torch.randint(2 * pad + 1, (n,), generator=gen, device=where).to(x.device)
+    flip = (torch.rand(n, generator=gen, device=where) < 0.5).to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = ox[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(-1), cols)[:, None, None, :]
@@ -135,6 +144,7 @@ class RobustErrorMinimizing(NoisePoison):
     preset_params = _REM_PRESETS
     radius_field = "rho_u"
     revision = 2  # 2: the surrogate's AT attack runs in eval mode, as the official code (see module doc)
+    shares_full_noise = True
 
     # ------------------------------------------------------------------ the overridable pieces
 
@@ -151,20 +161,30 @@ class RobustErrorMinimizing(NoisePoison):
 
     # ------------------------------------------------------------------------ the algorithm
 
+    def eot_gradient(self, model: nn.Module, x_rep: torch.Tensor, y_rep: torch.Tensor, delta: torch.Tensor,
+                     gen: torch.Generator) -> torch.Tensor:
+        """∇δ of CE(f(T(clamp(x + δ)) + δa)) over the EOT copies ``x_rep`` (``eot_samples`` copies of
+        the batch), with δa = inner_perturbation(T(x + δ)) - T(x + δ) held constant (Danskin): the
+        gradient flows through the augmentation T only."""
+        k = len(x_rep) // len(delta)
+        delta = delta.detach().requires_grad_(True)
+        x_def = random_flip_crop((x_rep + delta.repeat(k, 1, 1, 1)).clamp(0, 1), gen, self.params.crop_pad)
+        x_adv = self.inner_perturbation(model, x_def.detach(), y_rep, gen)
+        loss = F.cross_entropy(model(x_def + (x_adv - x_def).detach()), y_rep)
+        (grad,) = torch.autograd.grad(loss, delta)
+        return grad
+
     def craft_noise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """δu for one batch (float, [0,1] units) against the EOT expectation of the inner max.
-        Call with the model frozen (eval mode)."""
+        """δu for one batch (float, [0,1] units): signed-gradient *descent* on the EOT expectation of the
+        inner max, from a fresh U(-ρu, ρu) start. Call with the model frozen (eval mode)."""
         p = self.params
         k = p.eot_samples
-        delta = uniform(x.shape, p.rho_u, gen, x.device).requires_grad_(True)
+        delta = uniform(x.shape, p.rho_u, gen, x.device)
         x_rep, y_rep = x.repeat(k, 1, 1, 1), y.repeat(k)
         for _ in range(p.u_steps):
-            x_def = random_flip_crop((x_rep + delta.repeat(k, 1, 1, 1)).clamp(0, 1), gen, p.crop_pad)
-            x_adv = self.inner_perturbation(model, x_def.detach(), y_rep, gen)
-            loss = F.cross_entropy(model(x_def + (x_adv - x_def).detach()), y_rep)  # Danskin: δa constant
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = (delta.detach() - p.u_step_size * grad.sign()).clamp(-p.rho_u, p.rho_u).requires_grad_(True)
-        return delta.detach()
+            grad = self.eot_gradient(model, x_rep, y_rep, delta, gen)
+            delta = (delta - p.u_step_size * grad.sign()).clamp(-p.rho_u, p.rho_u)
+        return delta
 
     def surrogate_update(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                          levels: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[float, float]:
@@ -209,12 +229,17 @@ class RobustErrorMinimizing(NoisePoison):
 
     def _batch(self, step: int, n: int, key: int, device: torch.device) -> torch.Tensor:
         """Indices of training step ``step``: shuffled epochs (drop_last), each epoch's order derived
-        from the key, so the stream is a function of the step (resumable without RNG state)."""
+        from the key, so the stream is a function of the step (resumable without RNG state). The
+        epoch's permutation is drawn once (on CPU) and kept on the device."""
         bs = min(self.params.batch_size, n)
         per_epoch = n // bs
         epoch, pos = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=derived_generator(key, self.name, "epoch", epoch))
-        return perm[pos * bs:(pos + 1) * bs].to(device)
+        cache_key = (key, n, epoch, str(device))
+        cached = getattr(self, "_perm", None)
+        if cached is None or cached[0] != cache_key:
+            perm = torch.randperm(n, generator=derived_generator(key, self.name, "epoch", epoch)).to(device)
+            self._perm = cached = (cache_key, perm)
+        return cached[1][pos * bs:(pos + 1) * bs]
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         p: REMParams = self.params
@@ -230,15 +255,15 @@ class RobustErrorMinimizing(NoisePoison):
         total = p.surrogate_steps + final_batches
         ckpt = Checkpoint(ctx.workdir, p.checkpoint_every)
         step, last_acc = 0, 0.0
-        state = ckpt.load()
-        if state is not None and tuple(state["noise"].shape) == tuple(levels.shape):
+        state = ckpt.load(levels.shape)
+        if state is not None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             levels = state["noise"].to(dev)
             step, last_acc = int(state["step"]), float(state["acc"])
         craft, update = self.passes_per_step()
         while step < total:
-            gen = derived_generator(ctx.key, self.name, "step", step)
+            gen = derived_generator(ctx.key, self.name, "step", step, device=dev)
             if step < p.surrogate_steps:
                 for group in opt.param_groups:
                     group["lr"] = p.lr * p.lr_decay ** (step // p.lr_decay_every)
@@ -254,8 +279,7 @@ class RobustErrorMinimizing(NoisePoison):
                 ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "noise": levels.cpu(),
                            "step": step, "acc": last_acc})
             report(ctx, step, total, 1.0 - last_acc)
-        poisoned_float = (x_u8.float().div_(255) + levels.float() / 255).clamp_(0, 1)
-        err = error_rate(model, poisoned_float, y, 2 * p.batch_size)
+        err = noisy_error_rate(model, x_u8, lambda sl: levels[sl].float() / 255, y, 2 * p.batch_size)
         batch_passes = p.surrogate_steps * (craft + update) + final_batches * craft
         info = {"surrogate_steps": p.surrogate_steps,
                 "surrogate_forward_backward": batch_passes,
@@ -263,5 +287,6 @@ class RobustErrorMinimizing(NoisePoison):
                 + n * craft,
                 "forward_backward_per_step": craft + update,
                 "final_train_error": round(err, 6),
-                "final_adv_train_acc": round(last_acc, 4)}
+                "final_adv_train_acc": round(last_acc, 4),
+                "session": ckpt.session_info()}
         return self.finish(train, ctx, levels, info)

@@ -5,7 +5,9 @@ PGD-ascent δa, each EOT sample gets one uniform random perturbation δa ~ U(-ρ
 [0, 1]) — no gradient steps. The surrogate is still adversarially trained with PGD (radius ρa,
 ``pgd_steps`` steps): the robust surrogate gives the robustness, the random defender makes the noise
 "stable" and the generation ~9x cheaper per step (REM 10x5x(10+1)+11 = 561 passes, SEM 10x5x1+11 = 61).
-The final regeneration pass also uses the random defender.
+The final regeneration pass also uses the random defender. Random streams, partial poisoning and
+their deviations are REM's (see :mod:`attacks.rem`): on a CUDA device the draws happen on the GPU, so
+GPU and CPU noise differ; the partial subset is an exact key-seeded one (official: fixed index files).
 """
 
 from __future__ import annotations

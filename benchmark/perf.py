@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from rich.table import Table
 
+from attacks.em import derived_generator
 from attacks.rem import RobustErrorMinimizing
 from attacks.sem import StableErrorMinimizing
 from benchmark.params import build_params
@@ -49,14 +50,15 @@ def measure_rem_sem(model: str = "small-cnn", batch_size: int = 32, steps: int =
         values = dict(cls.preset_params.get(preset, {}), surrogate=model, batch_size=batch_size)
         poison = cls(build_params(cls.Params, values, owner=f"poison {cls.name}"))
         net, opt = poison.build(num_classes, image_shape[0], key=0, device=device)
-        # warm-up (kernel selection, allocator) with the cheap SEM step, for both
-        StableErrorMinimizing(poison.params).generation_step(net, opt, x, y, torch.Generator().manual_seed(1))
+        # warm-up (kernel selection, allocator) with the cheap SEM step, for both; the step generators
+        # live on the device, as in a real generation
+        StableErrorMinimizing(poison.params).generation_step(net, opt, x, y, derived_generator(0, "perf", 1, device=device))
         runs.append((poison, net, opt, []))
     for s in range(steps):
         for poison, net, opt, times in runs:
             _sync(device)
             t0 = time.perf_counter()
-            poison.generation_step(net, opt, x, y, torch.Generator().manual_seed(100 + s))
+            poison.generation_step(net, opt, x, y, derived_generator(0, "perf", 100 + s, device=device))
             _sync(device)
             times.append(time.perf_counter() - t0)
     costs = []

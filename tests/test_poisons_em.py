@@ -217,9 +217,12 @@ def test_rem_param_validation() -> None:
 
 @pytest.mark.parametrize("name,params,stop_at", [
     ("em", {"max_iters": 3, "stop_error": 0.0, "checkpoint_every": 1}, 2),
+    ("em-classwise", {"max_iters": 3, "stop_error": 0.0, "checkpoint_every": 1, "subset_portion": 1.0,
+                      "batch_size": 16}, 2),
     ("rem", {"surrogate_steps": 3, "checkpoint_every": 2, "batch_size": 16}, 3),
 ])
 def test_interrupted_generation_resumes_to_same_noise(tmp_path: Path, name: str, params: dict, stop_at: int) -> None:
+    """Class-wise EM has its own loop (subset batches, class averages): it must resume exactly too."""
     train = _images(32)
     _, full = _generate(name, train, params, workdir=tmp_path / "full")
 
@@ -235,7 +238,9 @@ def test_interrupted_generation_resumes_to_same_noise(tmp_path: Path, name: str,
     _, resumed = _generate(name, train, params, workdir=work, progress=lambda s, t, i: seen.append(s))
     assert seen[0] > 1  # continued from the checkpoint, not from scratch
     assert torch.equal(resumed.x, full.x)
-    assert resumed.info == full.info
+    session = resumed.info.pop("session")
+    assert session["sessions"] == 2 and session["seconds_before"] > 0 and full.info.pop("session")["sessions"] == 1
+    assert resumed.info == full.info  # counters (fwd+bwd passes) restored from the checkpoint
 
 
 def test_same_key_same_poison_other_key_differs() -> None:
