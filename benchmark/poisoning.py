@@ -1,12 +1,19 @@
 """Poisons as artifacts: generated once per (dataset, subset, poison, params, key, ratio), cached as
-npz (no pickle) with a JSON manifest, validated when loaded, exported by ``bench poison``."""
+npz (no pickle) with a JSON manifest, validated when loaded, exported by ``bench poison``.
+
+Poisons whose noise does not depend on the ratio (``shares_full_noise``: EM, EM class-wise, REM, SEM,
+which train a surrogate) are generated once, as the full-ratio artifact; a ratio below 1 is derived
+from it by the poison's own seeded subset (:meth:`attacks.em.NoisePoison.derive`, byte-identical to a
+direct generation) and cached beside it with its own manifest, so a sweep over ratios runs the surrogate
+once. CUDA's per-image Bernoulli subset comes from the key's RNG stream (spec §1.2) and stays
+ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +85,27 @@ def artifact_id(dataset_id: dict[str, Any], spec: PoisonSpec) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 
-def artifact_paths(cache: Path, dataset_id: dict[str, Any], spec: PoisonSpec) -> tuple[Path, Path]:
+def derives_from_full(spec: PoisonSpec) -> bool:
+    """Whether ``spec``'s poisoned set is derived from the full-ratio artifact: its noise ignores the
+    ratio and 0 < ratio < 1 (ratio 0 is the clean set, made directly)."""
+    return bool(getattr(type(spec.poison), "shares_full_noise", False)) and 0.0 < spec.ratio < 1.0
+
+
+def storage_spec(spec: PoisonSpec) -> PoisonSpec:
+    """The spec whose artifact is generated for ``spec``: the ratio-1.0 one when derived from it."""
+    return replace(spec, ratio=1.0) if derives_from_full(spec) else spec
+
+
+def _paths(cache: Path, dataset_id: dict[str, Any], spec: PoisonSpec) -> tuple[Path, Path]:
     stem = f"{dataset_id['name'].replace(':', '_').replace('/', '_')}-{spec.name}-{artifact_id(dataset_id, spec)}"
     base = Path(cache) / "poisons"
     return base / f"{stem}.npz", base / f"{stem}.json"
+
+
+def artifact_paths(cache: Path, dataset_id: dict[str, Any], spec: PoisonSpec) -> tuple[Path, Path]:
+    """The artifact generated for ``spec`` (what sweeps generate once and ship to workers): for a ratio
+    derived from the full-ratio noise, the full-ratio artifact."""
+    return _paths(cache, dataset_id, storage_spec(spec))
 
 
 def save_artifact(npz: Path, manifest_path: Path, poisoned: PoisonedSet, manifest: dict[str, Any]) -> None:
@@ -96,29 +120,37 @@ def save_artifact(npz: Path, manifest_path: Path, poisoned: PoisonedSet, manifes
 
 
 def load_artifact(npz: Path, clean: ImageSet, budget_255: int | None = None) -> PoisonedSet:
-    """Load and validate a poisoned training set against its clean counterpart."""
+    """Load and validate a poisoned training set against its clean counterpart: shape, labels, indices,
+    the L-inf budget, and clean images wherever the file says it did not poison."""
+    regen = "delete it (and its .json) to regenerate it on the next run"
     arrays = read_npz(npz, required=("x_train", "y_train", "poisoned_indices"))
     x, y, idx = arrays["x_train"], arrays["y_train"], arrays["poisoned_indices"]
     n, c, h, w = clean.x.shape
     if x.dtype != np.uint8 or x.shape != (n, h, w, c):
         raise BenchError(f"corrupt poison file {npz}: x_train is {x.dtype} {x.shape}, expected uint8 {(n, h, w, c)}; "
-                         "delete it to regenerate")
+                         f"{regen}")
     if y.shape != (n,) or not np.array_equal(y, clean.y.cpu().numpy()):
-        raise BenchError(f"corrupt poison file {npz}: y_train does not match the clean labels; delete it to regenerate")
+        raise BenchError(f"corrupt poison file {npz}: y_train does not match the clean labels; {regen}")
     if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
-        raise BenchError(f"corrupt poison file {npz}: poisoned_indices out of range; delete it to regenerate")
+        raise BenchError(f"corrupt poison file {npz}: poisoned_indices out of range; {regen}")
     px = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    clean_x = clean.x.cpu()
     if budget_255 is not None:
-        diff = (px.to(torch.int16) - clean.x.cpu().to(torch.int16)).abs().amax()
+        diff = (px.to(torch.int16) - clean_x.to(torch.int16)).abs().amax() if n else torch.tensor(0)
         if int(diff) > budget_255:
-            raise BenchError(f"poison file {npz} exceeds its L-inf budget: {int(diff)}/255 > {budget_255}/255")
+            raise BenchError(f"poison file {npz} exceeds its L-inf budget: {int(diff)}/255 > {budget_255}/255; {regen}")
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[torch.from_numpy(idx.astype(np.int64))] = False
+    if untouched.any() and not torch.equal(px[untouched], clean_x[untouched]):
+        changed = int((px[untouched] != clean_x[untouched]).flatten(1).any(1).sum())
+        raise BenchError(f"poison file {npz} changed {changed} image(s) outside its poisoned_indices; {regen}")
     return PoisonedSet(px, torch.from_numpy(y.astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
 
 
-def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
-                 preset: str = "cpu", progress: Any = None) -> tuple[PoisonedSet, dict[str, Any]]:
-    """Return the poisoned training set and its manifest, generating and caching it if needed."""
-    npz, manifest_path = artifact_paths(cache, dataset_id, spec)
+def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path,
+                      device: torch.device, preset: str, progress: Any) -> tuple[PoisonedSet, dict[str, Any]]:
+    """The cached artifact of exactly ``spec`` (validated), or a fresh generation written to the cache."""
+    npz, manifest_path = _paths(cache, dataset_id, spec)
     budget = getattr(spec.poison, "budget_255", lambda: None)()
     if npz.exists() and manifest_path.exists():
         manifest = read_json(manifest_path)
@@ -133,7 +165,9 @@ def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    poisoned = PoisonedSet(poisoned.x.cpu(), poisoned.y.cpu(), poisoned.poisoned_indices.cpu(), poisoned.info)
+    info = dict(poisoned.info)
+    session = info.pop("session", None)  # checkpointing poisons: sessions and seconds before this one
+    poisoned = PoisonedSet(poisoned.x.cpu(), poisoned.y.cpu(), poisoned.poisoned_indices.cpu(), info)
     if poisoned.x.shape != train.x.shape or poisoned.x.dtype != torch.uint8:
         raise RuntimeError(f"poison {spec.name} returned {poisoned.x.dtype} {tuple(poisoned.x.shape)}, "
                            f"expected uint8 {tuple(train.x.shape)}")
@@ -145,25 +179,67 @@ def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, 
         "artifact_version": ARTIFACT_VERSION,
         "dataset": dataset_id,
         "poison": spec.record(),
-        "generation_seconds": round(seconds, 4),
+        "generation_seconds": round(seconds + float((session or {}).get("seconds_before", 0.0)), 4),
         "generation_device": str(device),
-        "budget": budget_metrics(train.x.cpu(), poisoned.x, poisoned.poisoned_indices),
-        "info": poisoned.info,
     }
+    if session is not None:
+        manifest["generation_sessions"] = int(session.get("sessions", 1))
+        manifest["resumed"] = manifest["generation_sessions"] > 1
+    manifest["budget"] = budget_metrics(train.x.cpu(), poisoned.x, poisoned.poisoned_indices)
+    manifest["info"] = info
     save_artifact(npz, manifest_path, poisoned, manifest)
     if work.exists():
         shutil.rmtree(work, ignore_errors=True)
     return poisoned, dict(manifest, cached=False, artifact=str(npz))
 
 
+def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
+                 preset: str = "cpu", progress: Any = None) -> tuple[PoisonedSet, dict[str, Any]]:
+    """Return the poisoned training set and its manifest, generating and caching it if needed.
+
+    A ratio derived from the full-ratio noise (:func:`derives_from_full`) is cached under its own id
+    (``derived_artifact`` in the returned manifest); ``artifact`` names the full-ratio artifact it
+    comes from, which is what sweeps ship between workers."""
+    if not derives_from_full(spec):
+        return _load_or_generate(train, dataset_id, spec, cache, device, preset, progress)
+    own_npz, own_json = _paths(cache, dataset_id, spec)
+    full_npz, _ = _paths(cache, dataset_id, storage_spec(spec))
+    if own_npz.exists() and own_json.exists():
+        poisoned = load_artifact(own_npz, train, spec.poison.budget_255())
+        artifact = full_npz if full_npz.exists() else own_npz
+        return poisoned, dict(read_json(own_json), cached=True, artifact=str(artifact), derived_artifact=str(own_npz))
+    full, full_manifest = _load_or_generate(train, dataset_id, storage_spec(spec), cache, device, preset, progress)
+    clean = ImageSet(train.x.cpu(), train.y.cpu(), train.classes)
+    poisoned = spec.poison.derive(full, clean, spec.ratio, spec.key)
+    manifest = {
+        "artifact_version": ARTIFACT_VERSION,
+        "dataset": dataset_id,
+        "poison": spec.record(),
+        "generation_seconds": full_manifest["generation_seconds"],
+        "generation_device": full_manifest["generation_device"],
+        **{k: full_manifest[k] for k in ("generation_sessions", "resumed") if k in full_manifest},
+        "budget": budget_metrics(clean.x, poisoned.x, poisoned.poisoned_indices),
+        "info": full_manifest.get("info", {}),
+        "derived_from": {"artifact": full_npz.name, "ratio": 1.0,
+                         "note": "the noise does not depend on the ratio: this set is the full-ratio artifact's "
+                                 "images on this ratio's seeded subset and the clean images elsewhere; "
+                                 "generation_seconds is the cost of that shared noise"},
+    }
+    save_artifact(own_npz, own_json, poisoned, manifest)
+    return poisoned, dict(manifest, cached=bool(full_manifest.get("cached")), artifact=str(full_npz),
+                          derived_artifact=str(own_npz))
+
+
 def export_artifact(npz: Path, manifest: dict[str, Any], out: Path) -> Path:
-    """Copy a cached artifact to ``out`` (npz) with its sidecar ``out.json``."""
+    """Copy a cached artifact to ``out`` (npz) with its sidecar ``out.json``. A ratio derived from the
+    full-ratio noise exports its own set (``manifest['derived_artifact']``), not the full one."""
     out = Path(out)
     if out.suffix != ".npz":
         raise BenchError(f"--out must end in .npz, got '{out}'")
     from benchmark.io import atomic_write
 
-    atomic_write(out, lambda p: shutil.copyfile(npz, p))
-    sidecar = {k: v for k, v in manifest.items() if k not in ("artifact", "cached")}
+    source = Path(manifest.get("derived_artifact") or npz)
+    atomic_write(out, lambda p: shutil.copyfile(source, p))
+    sidecar = {k: v for k, v in manifest.items() if k not in ("artifact", "cached", "derived_artifact")}
     write_json(out.with_suffix(".json"), sidecar)
     return out.with_suffix(".json")

@@ -1,10 +1,12 @@
 """Surrogate poisons, second batch: REM/SEM noise really descends the surrogate's loss (and the Danskin
 gradient is the gradient it claims to be), class-wise EM averages per class, the official clamp-bug
-arithmetic, unchanged CPU random streams."""
+arithmetic, unchanged CPU random streams, generation cost across resumed sessions, partial ratios
+derived from the full-ratio noise, and tampered artifacts rejected at load."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import run_cli
 
-from attacks.base import PoisonContext
+from attacks.base import PoisonContext, exact_subset
 from attacks.em import (
     add_levels,
     build_surrogate,
@@ -24,9 +27,18 @@ from attacks.em import (
 )
 from attacks.rem import random_flip_crop
 from benchmark.data import ImageSet
-from benchmark.poisoning import build_poison
+from benchmark.errors import BenchError
+from benchmark.io import read_json, read_npz
+from benchmark.poisoning import (
+    artifact_paths,
+    build_poison,
+    export_artifact,
+    get_poisoned,
+    save_artifact,
+)
 
 CPU = torch.device("cpu")
+DATASET_ID = {"name": "tiny", "source": "generated", "train_size": 40, "train_subset": 0, "subset_seed": 0}
 
 
 def _images(n: int = 48, classes: int = 4, size: int = 16, low: int = 0, high: int = 256, seed: int = 0) -> ImageSet:
@@ -241,3 +253,139 @@ def test_cuda_step_generators_draw_on_the_device() -> None:
     spec = build_poison("sem", {}, key=3, ratio=1.0, preset="smoke")
     out = spec.poison.generate(train.to(dev), PoisonContext(key=3, device=dev, preset="smoke", num_classes=4))
     assert out.x.device.type == "cuda" and int((out.x.int() - train.x.to(dev).int()).abs().max()) <= 8
+
+
+# ------------------------------------------------------------------ resumed generation seconds
+
+def test_resumed_generation_reports_the_seconds_of_all_sessions(tmp_path: Path) -> None:
+    train = _images(32)
+    spec = build_poison("em", {"max_iters": 3, "stop_error": 0.0, "checkpoint_every": 1}, key=2, preset="smoke")
+    pause = 2.0
+
+    def first_session(step: int, total: int, info: dict) -> None:
+        if step == 1:
+            time.sleep(pause)  # counted: checkpoint 2 is written after it
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        get_poisoned(train, DATASET_ID, spec, tmp_path, CPU, "smoke", progress=first_session)
+    t0 = time.perf_counter()
+    _, manifest = get_poisoned(train, DATASET_ID, spec, tmp_path, CPU, "smoke")
+    second_wall = time.perf_counter() - t0
+    assert manifest["resumed"] is True and manifest["generation_sessions"] == 2
+    assert manifest["generation_seconds"] >= pause
+    assert manifest["generation_seconds"] > second_wall + pause / 2  # not just the last session
+    assert "session" not in manifest["info"] and manifest["info"]["outer_iterations"] == 3
+    stored = read_json(Path(manifest["artifact"]).with_suffix(".json"))
+    assert stored["resumed"] is True and stored["generation_seconds"] == manifest["generation_seconds"]
+
+    _, fresh = get_poisoned(train, DATASET_ID, spec, tmp_path / "other", CPU, "smoke")
+    assert fresh["resumed"] is False and fresh["generation_sessions"] == 1
+    assert fresh["info"]["surrogate_forward_backward"] == manifest["info"]["surrogate_forward_backward"]
+
+
+# -------------------------------------------------------------- ratios derived from the full noise
+
+def test_partial_ratio_is_derived_from_the_full_ratio_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ratio 0.5 after ratio 1.0 does not run the surrogate again; it is the ratio-1.0 images on the
+    key's subset and the clean images elsewhere, byte-identical to a direct ratio-0.5 generation."""
+    train = _images(40)
+    full_spec = build_poison("em", {}, key=7, ratio=1.0, preset="smoke")
+    half_spec = build_poison("em", {}, key=7, ratio=0.5, preset="smoke")
+    cls = type(full_spec.poison)
+    original = cls.generate
+    calls: list[float] = []
+
+    def counting_generate(self, data: ImageSet, ctx: PoisonContext):  # a spy: the real generation runs
+        calls.append(ctx.ratio)
+        return original(self, data, ctx)
+
+    monkeypatch.setattr(cls, "generate", counting_generate)
+    full, full_manifest = get_poisoned(train, DATASET_ID, full_spec, tmp_path, CPU, "smoke")
+    half, half_manifest = get_poisoned(train, DATASET_ID, half_spec, tmp_path, CPU, "smoke")
+    assert calls == [1.0]
+    subset = exact_subset(40, 0.5, 7)
+    rest = torch.ones(40, dtype=torch.bool)
+    rest[subset] = False
+    assert half.poisoned_indices.tolist() == subset.tolist()
+    assert torch.equal(half.x[subset], full.x[subset]) and torch.equal(half.x[rest], train.x[rest])
+    monkeypatch.setattr(cls, "generate", original)
+    _, direct = _generate("em", train, key=7, ratio=0.5)
+    assert torch.equal(direct.x, half.x)
+
+    assert half_manifest["poison"] == half_spec.record() and half_manifest["poison"]["ratio"] == 0.5
+    assert half_manifest["budget"]["num_poisoned"] == 20 and full_manifest["budget"]["num_poisoned"] == 40
+    assert half_manifest["generation_seconds"] == full_manifest["generation_seconds"]
+    assert half_manifest["cached"] is True and "derived_from" in half_manifest
+    assert half_manifest["artifact"] == full_manifest["artifact"]  # what a sweep generates once and ships
+    assert artifact_paths(tmp_path, DATASET_ID, half_spec) == artifact_paths(tmp_path, DATASET_ID, full_spec)
+
+    again, again_manifest = get_poisoned(train, DATASET_ID, half_spec, tmp_path, CPU, "smoke")
+    assert torch.equal(again.x, half.x) and again_manifest["budget"] == half_manifest["budget"]
+    out = export_artifact(Path(half_manifest["artifact"]), half_manifest, tmp_path / "half.npz")
+    exported = read_npz(tmp_path / "half.npz")
+    assert exported["poisoned_indices"].tolist() == subset.tolist() and "derived_artifact" not in read_json(out)
+
+    # CUDA keeps its ratio-dependent generation (per-image Bernoulli from the key's stream)
+    cuda_half, cuda_full = build_poison("cuda", ratio=0.5), build_poison("cuda", ratio=1.0)
+    assert artifact_paths(tmp_path, DATASET_ID, cuda_half) != artifact_paths(tmp_path, DATASET_ID, cuda_full)
+
+
+def test_sweep_over_ratios_plans_one_surrogate_generation(bench_env: dict) -> None:
+    from benchmark.sweep import SweepSpec, plan_sweep
+
+    plan = plan_sweep(SweepSpec(poisons=["em", "cuda"], defenses=["none"], seeds=[0], ratios=[0.2, 0.5, 1.0],
+                                preset="smoke", overrides={"epochs": 1, "train_subset": 128, "test_subset": 100},
+                                data_root=str(bench_env["data_root"]), cache_dir=str(bench_env["cache"]),
+                                results=str(bench_env["results"])))
+    em = [c for c in plan.cells if c.spec.poison == "em"]
+    cuda = [c for c in plan.cells if c.spec.poison == "cuda"]
+    assert {c.spec.ratio for c in em} == {0.2, 0.5, 1.0} and len({c.artifact for c in em}) == 1
+    assert len({c.artifact for c in cuda}) == 3  # CUDA's subset is a per-image Bernoulli of each ratio
+    jobs = plan.poison_jobs()
+    assert sum(1 for cells in jobs.values() if cells[0].spec.poison == "em") == 1
+
+
+# -------------------------------------------------------------------------- tampered artifacts
+
+def test_tampered_artifacts_are_rejected_at_load(tmp_path: Path) -> None:
+    train = _images(40, low=30, high=226)
+    spec = build_poison("random-noise", {}, key=1, ratio=0.5)
+    poisoned, manifest = get_poisoned(train, DATASET_ID, spec, tmp_path, CPU)
+    npz, manifest_path = Path(manifest["artifact"]), Path(manifest["artifact"]).with_suffix(".json")
+    clean_idx = next(i for i in range(40) if i not in set(poisoned.poisoned_indices.tolist()))
+    poisoned_idx = int(poisoned.poisoned_indices[0])
+
+    outside = poisoned.x.clone()
+    outside[clean_idx, 0, 0, 0] ^= 1  # one grey level on an image the file says is clean
+    save_artifact(npz, manifest_path, type(poisoned)(outside, poisoned.y, poisoned.poisoned_indices), manifest)
+    with pytest.raises(BenchError, match=r"outside its poisoned_indices.*regenerate") as exc:
+        get_poisoned(train, DATASET_ID, spec, tmp_path, CPU)
+    assert str(npz) in str(exc.value) and "\n" not in str(exc.value)
+
+    over = poisoned.x.clone()
+    over[poisoned_idx] = (train.x[poisoned_idx].int() + 9).clamp(0, 255).to(torch.uint8)
+    save_artifact(npz, manifest_path, type(poisoned)(over, poisoned.y, poisoned.poisoned_indices), manifest)
+    with pytest.raises(BenchError, match=r"exceeds its L-inf budget: 9/255 > 8/255.*regenerate") as exc:
+        get_poisoned(train, DATASET_ID, spec, tmp_path, CPU)
+    assert str(npz) in str(exc.value)
+
+
+def test_bench_poison_exports_a_derived_ratio_and_rejects_a_tampered_cache(bench_env: dict, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    args = ["poison", "--poison", "em", "--preset", "smoke", "--train-subset", "256", "--ratio", "0.5",
+            "--key", "5", "--device", "cpu", "--out", str(tmp_path / "em.npz")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    exported = read_npz(tmp_path / "em.npz")
+    assert len(exported["poisoned_indices"]) == 128 and len(exported["x_train"]) == 256
+    assert read_json(tmp_path / "em.json")["derived_from"]["ratio"] == 1.0
+    derived = next(p for p in (bench_env["cache"] / "poisons").glob("*.npz")
+                   if len(read_npz(p)["poisoned_indices"]) == 128)
+    arrays = read_npz(derived)
+    clean_idx = sorted(set(range(256)) - set(arrays["poisoned_indices"].tolist()))[0]
+    arrays["x_train"][clean_idx, 0, 0, 0] ^= 1
+    np.savez(derived, **arrays)
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and str(derived) in err and "outside its poisoned_indices" in err and "regenerate" in err
