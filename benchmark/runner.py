@@ -242,6 +242,8 @@ def _record(prep: PreparedRun, manifest: dict[str, Any], status: str, metrics: d
         "num_poisoned": (manifest.get("budget") or {}).get("num_poisoned"),
         "info": manifest.get("info", {}),
     }
+    # generation bookkeeping when present: a resumed generation, a ratio derived from the full-ratio noise
+    poison.update({k: manifest[k] for k in ("resumed", "generation_sessions", "derived_from") if k in manifest})
     rec = {
         "schema_version": SCHEMA_VERSION,
         "run_id": prep.run_id,

@@ -103,9 +103,11 @@ def test_key_appears_in_no_output(bench_env: dict, tmp_path: Path, capsys: pytes
                 assert key.encode() not in path.read_bytes(), f"key leaked into {path}"
                 scanned += 1
     assert scanned >= 5
-    rec = json.loads(next(p for p in bench_env["results"].glob("*cuda*.json")).read_text())
-    assert rec["config"]["poison"]["key_fingerprint"] != json.loads(
-        next(p for p in bench_env["results"].glob("*none*.json")).read_text())["config"]["poison"].get("key_fingerprint")
+    recs = {r["config"]["poison"]["name"]: r for r in
+            (json.loads(p.read_text()) for p in bench_env["results"].glob("*.json"))}
+    assert set(recs) == {"cuda", "none"}  # the run and its clean baseline
+    assert len(recs["cuda"]["config"]["poison"]["key_fingerprint"]) == 16
+    assert recs["none"]["config"]["poison"]["key_fingerprint"] is None  # clean data has no key
 
 
 def test_bench_poison_exports_npz_and_sidecar(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
