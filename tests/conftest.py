@@ -85,3 +85,25 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
         code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def shifted_images(n: int = 48, classes: int = 4, size: int = 16, low: int = 0, high: int = 256, seed: int = 0) -> ImageSet:
+    """Tiny random images whose class is carried by a colour shift (learnable in a few steps)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randint(low, high, (n, 3, size, size), generator=gen)
+    shift = (torch.linspace(-20, 20, classes)[y]).view(n, 1, 1, 1)
+    x = (x + shift).clamp(low, high - 1).to(torch.uint8)
+    return ImageSet(x, y.long(), [f"c{i}" for i in range(classes)])
+
+
+def generate_poison(name: str, train: ImageSet, params: dict | None = None, key: int = 3, ratio: float = 1.0,
+                    workdir: Path | None = None, progress=None):
+    """Run poison ``name`` with its smoke recipe on ``train``; returns (poison, PoisonedSet)."""
+    from attacks.base import PoisonContext
+    from benchmark.poisoning import build_poison
+
+    spec = build_poison(name, params or {}, key=key, ratio=ratio, preset="smoke")
+    ctx = PoisonContext(key=key, ratio=ratio, preset="smoke", workdir=workdir, progress=progress,
+                        num_classes=train.num_classes)
+    return spec.poison, spec.poison.generate(train, ctx)

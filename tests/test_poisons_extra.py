@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import generate_poison as _generate
 from conftest import run_cli
+from conftest import shifted_images as _images
 
 from attacks.base import PoisonContext, exact_subset
 from attacks.em import (
@@ -39,24 +41,6 @@ from benchmark.poisoning import (
 
 CPU = torch.device("cpu")
 DATASET_ID = {"name": "tiny", "source": "generated", "train_size": 40, "train_subset": 0, "subset_seed": 0}
-
-
-def _images(n: int = 48, classes: int = 4, size: int = 16, low: int = 0, high: int = 256, seed: int = 0) -> ImageSet:
-    """Random images whose class is carried by a colour shift (learnable in a few steps)."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = torch.randint(low, high, (n, 3, size, size), generator=gen)
-    shift = (torch.linspace(-20, 20, classes)[y]).view(n, 1, 1, 1)
-    x = (x + shift).clamp(low, high - 1).to(torch.uint8)
-    return ImageSet(x, y.long(), [f"c{i}" for i in range(classes)])
-
-
-def _generate(name: str, train: ImageSet, params: dict | None = None, key: int = 3, ratio: float = 1.0,
-              workdir: Path | None = None, progress=None):
-    spec = build_poison(name, params or {}, key=key, ratio=ratio, preset="smoke")
-    ctx = PoisonContext(key=key, ratio=ratio, preset="smoke", workdir=workdir, progress=progress,
-                        num_classes=train.num_classes)
-    return spec.poison, spec.poison.generate(train, ctx)
 
 
 def _fitted_surrogate(poison, train: ImageSet, steps: int = 40) -> nn.Module:
