@@ -5,7 +5,10 @@ convolved with it (the same filter on every channel), divided by its own global 
 uint8 by truncation. The filters are key-compatible with the official code: NumPy's legacy RNG,
 seeded with the key, draws for each class a (3,1,k,k) block of Uniform[0, pb) values, then a row and a
 column index for the entry set to 1.0; partial poisoning draws one uniform per image from the same
-stream, in dataset order.
+stream, in dataset order. That order is the order of the training set handed in: the offline
+CIFAR-10 JPEG copy is stored sorted by class (and the cpu preset trains on a subset), so there the
+partially poisoned subset is not the one the official script picks on the original files, although
+the filters are; full poisoning (ratio 1) does not depend on the order.
 """
 
 from __future__ import annotations
