@@ -138,20 +138,41 @@ def write_record(path: Path, rec: dict[str, Any]) -> None:
     write_json(path, rec)
 
 
+RERUN_NOTE = "ignoring unreadable record {path} ({problem}); its run is done again and rewrites it"
+
+
+def read_record(path: Path, warn=None, template: str = RERUN_NOTE) -> dict[str, Any] | None:
+    """The valid record at ``path``, or None when there is none. A file that cannot be read or is not a
+    valid record (a crash while copying results, a bad merge, another schema) counts as missing, with
+    one warning naming it (``template`` with ``path``, ``kind`` and ``problem``), so one bad file never
+    stops a run, a sweep or the leaderboard."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        rec, kind, problem = None, "unreadable JSON", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    else:
+        kind, problem = "invalid record", validate_record(rec)
+        if problem is None:
+            return rec
+    if warn is not None:
+        warn(template.format(path=path, kind=kind, problem=problem))
+    return None
+
+
+def finished_record(path: Path, warn=None, template: str = RERUN_NOTE) -> dict[str, Any] | None:
+    """The finished record at ``path`` (see :func:`read_record`), else None."""
+    rec = read_record(path, warn, template)
+    return rec if rec is not None and rec.get("status") == "finished" else None
+
+
 def load_records(results: Path, warn=None) -> list[tuple[Path, dict[str, Any]]]:
     """All valid records under ``results`` (recursively); each bad file is skipped with one warning."""
     out = []
     for path in sorted(Path(results).rglob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            if warn:
-                warn(f"skipping {path}: unreadable JSON ({str(exc).splitlines()[0]})")
-            continue
-        problem = validate_record(rec)
-        if problem:
-            if warn:
-                warn(f"skipping {path}: {problem}")
-            continue
-        out.append((path, rec))
+        rec = read_record(path, warn, "skipping {path}: {kind} ({problem})")
+        if rec is not None:
+            out.append((path, rec))
     return out

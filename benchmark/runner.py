@@ -27,6 +27,7 @@ from benchmark.records import (
     SCHEMA_VERSION,
     environment,
     find_record,
+    finished_record,
     now_iso,
     record_filename,
     run_id,
@@ -141,14 +142,10 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     return PreparedRun(spec, device, proto, poison, defense, data, train, test, config, rid, path, cache)
 
 
-def existing_record(prep: PreparedRun) -> dict[str, Any] | None:
-    """The finished record of this exact config, if there is one."""
-    if not prep.record_path.exists():
-        return None
-    from benchmark.io import read_json
-
-    rec = read_json(prep.record_path)
-    return rec if rec.get("status") == "finished" else None
+def existing_record(prep: PreparedRun, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The finished record of this exact config, if there is one (an unreadable file counts as none:
+    the run is done again and rewrites it, after a warning)."""
+    return finished_record(prep.record_path, warn)
 
 
 def _seed_everything(seed: int) -> torch.Generator:

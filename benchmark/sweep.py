@@ -251,40 +251,13 @@ def _label(spec: RunSpec, config: dict[str, Any]) -> str:
     return f"{poison} × {defense} · {config['model']} · seed {spec.seed}"
 
 
-def read_record(path: Path, warn: Warn | None = None) -> dict[str, Any] | None:
-    """The valid record at ``path``, or None when there is none. An unreadable or invalid file (a crash
-    while copying results, a bad merge) counts as missing, with one warning naming it: its cell then
-    runs again and the record is rewritten atomically, so one corrupt file never stops a sweep (not
-    even a dry run), which ``runner.existing_record`` would by raising."""
-    from benchmark.records import validate_record
-
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        rec = json.loads(path.read_text())
-        problem = validate_record(rec)
-    except (OSError, ValueError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if problem is None:
-        return rec
-    if warn is not None:
-        warn(f"ignoring unreadable record {path} ({problem}); its cell runs again and rewrites it")
-    return None
-
-
-def finished_record(path: Path, warn: Warn | None = None) -> dict[str, Any] | None:
-    """The finished record at ``path`` (see :func:`read_record`), else None."""
-    rec = read_record(path, warn)
-    return rec if rec is not None and rec.get("status") == "finished" else None
-
-
 def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = _warn_stderr) -> Plan:
     """Expand and validate the whole grid (bad names or params raise BenchError before any work).
 
     ``device``: the device the cells will run on (a Ray cluster's, which the driver may lack).
     ``warn``: told about each unreadable record (the cell is then planned to run again)."""
     from benchmark.poisoning import artifact_paths
+    from benchmark.records import finished_record
 
     if not sweep.poisons:
         raise BenchError("a sweep needs --poisons (the clean 'none' row is added by itself)")
@@ -306,7 +279,9 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
         npz, _ = artifact_paths(prep.cache, prep.dataset_id, prep.poison)
         cells[prep.run_id] = Cell(
             spec=spec, run_id=prep.run_id, record_path=prep.record_path, artifact=str(npz),
-            finished=not sweep.force and finished_record(prep.record_path, warn) is not None,
+            finished=not sweep.force and finished_record(
+                prep.record_path, warn, "ignoring unreadable record {path} ({problem}); its cell runs again and "
+                "rewrites it") is not None,
             label=_label(spec, cfg),
             cost_key=(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg["train_size"],
                       cfg["protocol"]["epochs"]),
@@ -351,6 +326,8 @@ def run_cell(spec: RunSpec) -> dict[str, Any]:
     """Train one cell unless its finished record exists; errors become a failed record, not a raise."""
     t0 = time.perf_counter()
     prep = _prepare(spec)
+    from benchmark.records import finished_record
+
     # planning already warned about an unreadable record; here it just counts as missing
     if not spec.force and (rec := finished_record(prep.record_path)) is not None:
         return {"run_id": prep.run_id, "status": "skipped", "test_acc": rec["metrics"].get("test_acc"),
@@ -584,7 +561,7 @@ def store_returned_record(path: Path, rec: dict[str, Any]) -> bool:
     results folder. Written unless the file there already holds it, or holds a finished record and the
     returned one is not (a result is never replaced by a failure); a failed record of an earlier
     sweep at the same path is replaced. Returns whether it wrote."""
-    from benchmark.records import write_record
+    from benchmark.records import read_record, write_record
 
     existing = read_record(path)
     if existing is not None and json.dumps(existing, sort_keys=True) == json.dumps(rec, sort_keys=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -34,8 +34,12 @@ def _describe(prep: PreparedRun) -> str:
             f"poison {pdesc} · defense {prep.config['defense']['name']} · seed {prep.spec.seed} · {prep.device}")
 
 
+def _warn(console: Console) -> Callable[[str], None]:
+    return lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+
+
 def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
-    existing = existing_record(prep)
+    existing = existing_record(prep, _warn(console))
     if existing and not prep.spec.force:
         console.print(f"[dim]{label}: finished record exists ({prep.record_path}); --force to run again[/]")
         return dict(existing, _path=str(prep.record_path))
@@ -82,7 +86,7 @@ def run_with_display(spec: RunSpec, baseline: bool, console: Console) -> tuple[d
         base_prep = prepare_run(base_spec)
     base_rec = None
     if base_prep is not None:
-        base_rec = existing_record(base_prep)
+        base_rec = existing_record(base_prep)  # _run_one warns if it is unreadable
         if base_rec is not None:
             base_rec = dict(base_rec, _path=str(base_prep.record_path))
         elif baseline:

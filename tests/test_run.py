@@ -166,3 +166,15 @@ def test_json_safe_records_missing_classes_as_null() -> None:
     assert overall == pytest.approx(200 / 3) and per_class[:2] == [50.0, 100.0]
     assert json_safe({"per_class": per_class, "x": (float("inf"), 1.5)}) == {"per_class": [50.0, 100.0, None],
                                                                              "x": [None, 1.5]}
+
+
+def test_unreadable_record_is_run_again_with_a_warning(bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    args = ["run", "--poison", "cuda", "--preset", "smoke", "--epochs", "1", "--no-baseline"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (path,) = bench_env["results"].glob("*.json")
+    path.write_text('{"schema_version": 1, "run_id": ')  # truncated by a crash while copying results
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "ignoring unreadable record" in " ".join(out.split()) and "finished record exists" not in out
+    assert validate_record(json.loads(path.read_text())) is None
