@@ -250,6 +250,7 @@ def _record(prep: PreparedRun, manifest: dict[str, Any], status: str, metrics: d
         "environment": environment(str(prep.device)),
         "poison": poison,
         "defense_source": prep.defense.describe_source(),
+        "defense_info": prep.defense.info(),
         "metrics": metrics or {},
         "timings": timings or {},
         "error": error,

@@ -89,6 +89,7 @@ def attack_step_size(p: ATParams, steps: int) -> float:
 class AdversarialTraining(Defense):
     """PGD adversarial training (L-inf or L2), robust accuracy under PGD-20 reported."""
 
+    family = "adversarial-training"
     Params = ATParams
     metrics_help = {"robust_acc": "accuracy (%) under PGD-20 in the training threat model (norm, eps) on "
                                   "`eval_samples` test images"}

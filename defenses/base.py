@@ -28,6 +28,28 @@ from benchmark.errors import BenchError
 from benchmark.params import NoParams, build_params, params_dict
 from benchmark.registry import DEFENSES
 
+#: What the defender has beyond the poisoned training set. Tables rank each tier separately, and a
+#: poison's worst case is taken over ``poisoned-only`` defenses alone.
+TIERS: dict[str, str] = {
+    "poisoned-only": "the defender has only the poisoned training set",
+    "extra-clean-data": "the defender also has clean in-distribution data disjoint from the poisoned set",
+    "overlapping-data": "the defender has clean data overlapping the clean versions of the poisoned images "
+                        "(an optimistic upper bound, not a defense)",
+}
+TIER_ORDER = tuple(TIERS)
+
+#: Defense families, in the order the report groups its rows.
+FAMILIES: dict[str, str] = {
+    "baseline": "plain training",
+    "augmentation": "data augmentation",
+    "filtering": "input filtering / squeezing",
+    "adversarial-training": "adversarial training",
+    "adaptive": "adaptive attacks on a specific poison",
+    "certified": "certified (randomized smoothing)",
+    "transfer": "transfer from a pretrained backbone",
+    "other": "other",
+}
+
 OWNED_HOOKS = ("loss", "build_model", "predict")
 HOOK_ROLES = {"loss": "the training step (loss)", "build_model": "the model (build_model)",
               "predict": "prediction (predict)"}
@@ -75,6 +97,12 @@ class Defense:
     Params: ClassVar[type] = NoParams
     #: what each key this defense writes to ``metrics.defense`` means (shown under the leaderboard's table)
     metrics_help: ClassVar[dict[str, str]] = {}
+    #: row group in the report (a key of ``FAMILIES``)
+    family: ClassVar[str] = "other"
+    #: caveats the report prints under its protocol notes whenever this defense is in a table
+    notes: ClassVar[tuple[str, ...]] = ()
+    #: what ``test_acc`` (the headline) measures, when it is not plain argmax accuracy on clean test images
+    headline: ClassVar[str] = ""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -106,6 +134,14 @@ class Defense:
     def describe_source(self) -> dict[str, Any]:
         """Extra facts for the record (e.g. which backbone a fine-tune started from)."""
         return {}
+
+    def tier(self) -> str:
+        """Threat-model tier of this configured defense (a key of ``TIERS``)."""
+        return "poisoned-only"
+
+    def variant(self) -> str | None:
+        """Short variant name for tables (``official`` for DAT with the official BN leak); None = default."""
+        return None
 
     @classmethod
     def describe(cls) -> str:
@@ -174,6 +210,26 @@ class DefenseStack(Defense):
         for c in self.components:
             out.update(c.describe_source())
         return out
+
+    def tier(self) -> str:
+        """The composition is as permissive as its most permissive component."""
+        tiers = [c.tier() for c in self.components] or ["poisoned-only"]
+        return max(tiers, key=TIER_ORDER.index)
+
+    def families(self) -> list[str]:
+        return [c.family for c in self.components] or ["baseline"]
+
+    def variant(self) -> str | None:
+        parts = [f"{c.name} ({c.variant()})" for c in self.components if c.variant()]
+        return ", ".join(parts) or None
+
+    def info(self) -> dict[str, Any]:
+        """``defense_info`` of a run record: threat-model tier, family, variant, what the headline is.
+        Kept out of ``config`` so that run ids (a hash of the config) do not depend on it."""
+        heads = [c.headline for c in self.components if c.headline]
+        return {"tier": self.tier(), "tier_meaning": TIERS[self.tier()], "family": self.families()[-1],
+                "families": self.families(), "variant": self.variant(),
+                "headline": heads[0] if heads else "clean test accuracy (argmax of the trained model)"}
 
     def record(self) -> dict[str, Any]:
         """``config.defense`` of a run record."""

@@ -30,6 +30,7 @@ def posterize_uint8(x: torch.Tensor, bits: int) -> torch.Tensor:
 class BitDepth(Defense):
     """Bit-depth reduction of training images (ISS BDR, posterize to 2 bits)."""
 
+    family = "filtering"
     Params = BitDepthParams
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:

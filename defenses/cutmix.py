@@ -38,6 +38,7 @@ def cutmix_box(lam: float, h: int, w: int, cy: int, cx: int) -> tuple[int, int, 
 class CutMix(Defense):
     """CutMix: with prob. p, paste one random box from a shuffled batch; labels mixed by box area."""
 
+    family = "augmentation"
     Params = CutMixParams
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ def cutout_mask(cy: torch.Tensor, cx: torch.Tensor, h: int, w: int, length: int)
 class Cutout(Defense):
     """Cutout: zero a 16x16 patch at a random centre of every training image (clipped at borders)."""
 
+    family = "augmentation"
     Params = CutoutParams
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,7 +118,15 @@ def class_ce(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_class_
 class DeconvolutionAT(Defense):
     """Deconvolution-based adversarial training: class-wise error-maximising filters (CUDA's adaptive attack)."""
 
+    family = "adaptive"
     Params = DATParams
+    notes = ("`dat` saves and restores BatchNorm's running statistics around its ~10 x classes attack "
+             "forwards per batch; `dat (official)` lets them overwrite the statistics, as the official "
+             "`final_muladv.py` and the CUDA paper's runs do. On a small CNN the official variant stays near "
+             "chance even on clean data, so only `dat` is read as DAT's verdict.",)
+
+    def variant(self) -> str | None:
+        return "official" if self.params.official_bn_update else None
 
     def adversarial_filters(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                             ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,6 +93,7 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 class Finetune(Defense):
     """Fine-tune a pretrained backbone (all layers, or a fresh linear head on a frozen backbone)."""
 
+    family = "transfer"
     Params = FinetuneParams
 
     def __init__(self, params: Any = None) -> None:

@@ -63,6 +63,7 @@ def blur_uint8(x: torch.Tensor, kernel: int, sigma: float, device: torch.device 
 class GaussianBlur(Defense):
     """Gaussian blur (3x3, sigma 0.8 as REM's low-pass filter) of every training image, before training."""
 
+    family = "filtering"
     Params = GaussianBlurParams
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:

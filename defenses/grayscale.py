@@ -25,6 +25,7 @@ def luma_uint8(x: torch.Tensor) -> torch.Tensor:
 class Grayscale(Defense):
     """Grayscale training images (ISS): ITU-R 601 luma replicated to 3 channels."""
 
+    family = "filtering"
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         if train.x.shape[1] != 3:
             return train

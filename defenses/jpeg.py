@@ -85,6 +85,7 @@ def cache_path(cache_dir: Path, x: torch.Tensor, tag: str) -> Path:
 class JPEG(Defense):
     """JPEG-compress the training images (ISS JPEG-10), once per data set and cached on disk."""
 
+    family = "filtering"
     Params = JPEGParams
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:

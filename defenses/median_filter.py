@@ -69,6 +69,7 @@ def median_uint8(x: torch.Tensor, kernel: int, device: torch.device | None = Non
 class MedianFilter(Defense):
     """Median filter (3x3, as cv2.medianBlur) of every training image, once before training."""
 
+    family = "filtering"
     Params = MedianFilterParams
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:

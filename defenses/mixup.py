@@ -62,6 +62,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, weights: list[float],
 class Mixup(Defense):
     """mixup: one Beta(alpha, alpha) weight per batch, mixed images and mixed (soft) labels."""
 
+    family = "augmentation"
     Params = MixupParams
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

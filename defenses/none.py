@@ -9,3 +9,5 @@ from defenses.base import Defense
 @register_defense("none", aliases=("erm",))
 class NoDefense(Defense):
     """Standard training (ERM) with the preset's crop + flip augmentation."""
+
+    family = "baseline"

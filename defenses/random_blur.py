@@ -53,6 +53,7 @@ def blur(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 class RandomBlur(Defense):
     """Random CUDA-like blurring of every training batch (CUDA paper's adaptive augmentation)."""
 
+    family = "adaptive"
     Params = RandomBlurParams
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,6 +84,7 @@ def smoothed_predict(counts: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
 class RandomizedSmoothing(Defense):
     """Randomized smoothing: Gaussian-noise training (sigma 0.5); reports base and smoothed accuracy."""
 
+    family = "certified"
     Params = SmoothingParams
     metrics_help = {
         "smoothed_test_acc": "smoothed classifier's accuracy (%) on `smoothed_n` test images, abstentions counted wrong",
