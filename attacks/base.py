@@ -88,6 +88,10 @@ class Poison:
     #: and key. Above 1 it is part of ``config.poison`` (so of the run id) and of the cached artifact's id,
     #: so records and artifacts of the old algorithm are never reused or averaged with the new ones.
     revision: ClassVar[int] = 1
+    #: how the perturbation is bounded: "linf", "l2", "l0", "unbounded" (e.g. CUDA's convolutions), "none"
+    budget_type: ClassVar[str] = "linf"
+    #: caveats the report prints whenever this poison is in a table
+    notes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any) -> None:
         self.params = params

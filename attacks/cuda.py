@@ -83,6 +83,9 @@ def apply_filters(x: torch.Tensor, labels: torch.Tensor, filters: torch.Tensor, 
 class CUDA(Poison):
     """Class-wise random convolutions keyed by a private seed (CUDA, CVPR'23)."""
 
+    budget_type = "unbounded"
+    notes = ("CUDA is not Lp-bounded: its class-wise convolutions move pixels by up to ~231/255 in L-inf "
+             "(EM/REM/SEM: 8/255), so budgets are not comparable across these poisons.",)
     Params = CUDAParams
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:

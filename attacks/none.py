@@ -13,6 +13,7 @@ from benchmark.registry import register_poison
 class NoPoison(Poison):
     """Clean data (no poison): the baseline every poisoned run is compared with."""
 
+    budget_type = "none"
     uses_key = False
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
