@@ -102,3 +102,68 @@ def test_bad_params_rejected(bad: dict) -> None:
 
     with pytest.raises(BenchError):
         build_params(CUDAParams, bad, owner="poison cuda")
+
+
+# ------------------------------------------------------------------------------------ fast path
+
+def _stepwise_reference(x: torch.Tensor, labels: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """The plain float32 formula, one rounding per step: p = u8/255 on a zero-padded batch; y = sum of
+    p[shift]*w[tap] over the taps in row-major order, starting from 0; y / max(y) * 255 truncated."""
+    k = filters.shape[-1]
+    pad = k // 2
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x.float().div(255.0), (pad, pad, pad, pad))
+    per_image = filters.float()[labels]
+    y = torch.zeros(x.shape)
+    for i in range(k):
+        for j in range(k):
+            y.addcmul_(padded[:, :, i:i + h, j:j + w], per_image[:, i, j].view(-1, 1, 1, 1))
+    peak = y.flatten(1).amax(1).view(-1, 1, 1, 1)
+    y = torch.where(peak > 0, y / peak.clamp_min(1e-12), y)
+    return (y * 255.0).clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("shape,k,classes", [((70, 3, 32, 32), 3, 10), ((37, 1, 28, 28), 3, 4),
+                                             ((9, 3, 11, 7), 5, 3), ((5, 3, 24, 24), 9, 2)])
+def test_fast_apply_filters_is_bit_identical_to_the_stepwise_formula(shape: tuple, k: int, classes: int) -> None:
+    """The chunked flat-buffer kernel keeps every byte of the plain formula (the committed CUDA
+    artifacts were made with it): several chunk sizes, partial last chunks, grey images, k 3/5/9."""
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    x[1] = 0  # an all-black image stays black
+    x[2, :, 1:-1, 1:-1] = 0  # and one whose only bright pixels are on the border
+    labels = torch.randint(0, classes, (shape[0],), generator=gen)
+    filters = torch.from_numpy(cuda_filters(k, classes, k, 0.3)[0])
+    ref = _stepwise_reference(x, labels, filters)
+    for chunk in (None, 4, 32, shape[0]):
+        assert torch.equal(apply_filters(x, labels, filters, chunk=chunk), ref), f"chunk {chunk}"
+    assert int(ref[1].max()) == 0
+    # only a subset: the rest is copied unchanged, the subset equals the full result
+    idx = torch.tensor([0, 3, 4, shape[0] - 1])
+    sub = apply_filters(x, labels, filters, index=idx, chunk=3)
+    keep = torch.ones(shape[0], dtype=torch.bool)
+    keep[idx] = False
+    assert torch.equal(sub[idx], ref[idx]) and torch.equal(sub[keep], x[keep])
+
+
+def test_vectorised_partial_draws_replay_the_official_one_at_a_time_stream() -> None:
+    """The official script seeds NumPy's global RNG, draws each class's filter (uniform block, row, column),
+    then calls np.random.random() once per image in dataset order; one random_sample(n) call must give
+    the same decisions, bit for bit, and the same filters."""
+    key, n, ratio, k, pb = 11, 500, 0.37, 3, 0.3
+    state = np.random.get_state()
+    try:
+        np.random.seed(key)
+        official = []
+        for _ in range(10):
+            w = np.random.uniform(low=0, high=pb, size=(3, 1, k, k))
+            w[0, 0, np.random.randint(k), np.random.randint(k)] = 1.0
+            official.append(w[0, 0])
+        draws = [np.random.random() for _ in range(n)]
+    finally:
+        np.random.set_state(state)
+    filters, rng = cuda_filters(key, 10, k, pb)
+    assert np.array_equal(filters, np.stack(official))
+    assert np.array_equal(rng.random_sample(n), np.array(draws))  # same doubles, not just close
+    out = CUDA(CUDAParams()).generate(_images(n), PoisonContext(key=key, ratio=ratio, num_classes=10))
+    assert out.poisoned_indices.tolist() == [i for i, d in enumerate(draws) if d < ratio]
