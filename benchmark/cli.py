@@ -315,9 +315,11 @@ def pretrain_cmd(**kw: Any) -> None:
                    "an existing grid is kept only if its .png.json sidecar names the same poison)")
 @click.option("--data-root", envvar="BENCH_DATA_ROOT", help="datasets for the sample grids; env BENCH_DATA_ROOT")
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", help="cached poisons and decoded datasets; env BENCH_CACHE_DIR")
+@click.option("--json", "json_out", default=None,
+              help="the tables as data (default: results/leaderboard.json in the folder of --out)")
 def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples: bool, data_root: str | None,
-                    cache_dir: str | None) -> None:
-    """Regenerate the leaderboard (tables + plots) from the run records alone."""
+                    cache_dir: str | None, json_out: str | None) -> None:
+    """Regenerate the leaderboard (tables, plots, leaderboard.json) from the run records alone."""
     from benchmark import paths
     from benchmark.report import write_leaderboard
 
@@ -325,9 +327,54 @@ def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples
         print(f"bench leaderboard: warning: {msg}", file=sys.stderr)
 
     summary = write_leaderboard(results, out, plots, fmt, paths.data_root(data_root), paths.cache_dir(cache_dir),
-                                samples, warn)
-    click.echo(f"wrote {summary.out} ({summary.records} records, {summary.groups} table groups) "
+                                samples, warn, json_out)
+    click.echo(f"wrote {summary.out} and {summary.json} ({summary.records} records, {summary.groups} table groups) "
                f"and {len(summary.plots)} plots in {plots}")
+
+
+@cli.command("results")
+@click.option("--results", default="results/runs", envvar="BENCH_RESULTS", show_default=True, help="folder of run records; env BENCH_RESULTS")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json"]), default="csv", show_default=True,
+              help="csv, parquet (needs pyarrow) or json (a list of row objects)")
+@click.option("--out", default=None, help="output file (default: csv/json to stdout; parquet needs --out)")
+def results_cmd(results: str, fmt: str, out: str | None) -> None:
+    """The records as one tidy table, one row per finished run (what the leaderboard aggregates)."""
+    from benchmark.report import write_results
+
+    def warn(msg: str) -> None:
+        print(f"bench results: warning: {msg}", file=sys.stderr)
+
+    text, rows = write_results(results, fmt, out, warn)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        print(f"wrote {out} ({rows} runs)", file=sys.stderr)
+
+
+@cli.command("claims")
+@click.option("--results", default="results/runs", envvar="BENCH_RESULTS", show_default=True, help="folder of run records; env BENCH_RESULTS")
+@click.option("--claims", "claims_file", default=None, help="claims file (default: the curated benchmark/report/claims.toml)")
+def claims_cmd(results: str, claims_file: str | None) -> None:
+    """Check the papers' claims on the records; exit code 1 if a claim that was run fails."""
+    from benchmark.report import claims_report
+    from benchmark.report.claims import pair_text
+
+    def warn(msg: str) -> None:
+        print(f"bench claims: warning: {msg}", file=sys.stderr)
+
+    groups, code = claims_report(results, warn, claims_file)
+    for g in groups:
+        tol = g["noise"]["tolerance"]
+        table = Table(title=f"{g['title']} (noise tolerance {tol:.2f} points)", show_lines=True, title_justify="left")
+        for col in ("claim", "test", "our cells (seeds)", "verdict"):
+            table.add_column(col, overflow="fold")
+        for c in g["claims"]:
+            cells = "\n".join(pair_text(p) for p in c["pairs"])
+            table.add_row(f"{c['claim']}\n[dim]{c['source']}[/dim]", c["test"], cells, c["verdict"])
+        console.print(table)
+    counts = {v: sum(c["verdict"] == v for g in groups for c in g["claims"]) for v in ("holds", "fails", "within noise", "not run")}
+    console.print(", ".join(f"{n} {v}" for v, n in counts.items()))
+    sys.exit(code)
 
 
 # ------------------------------------------------------------------------------------------ sweep

@@ -1,0 +1,120 @@
+"""Stage 4 of the report: the tidy frame -> the leaderboard as data (``leaderboard.json``).
+
+Everything the pages show is in this one JSON-ready dict (RobustBench-style: one entry per cell, with
+its statistics, convergence, seeds and records), so the Markdown, HTML and LaTeX pages are thin
+renderings of it. Floats are rounded and keys sorted when written, so the same records give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from benchmark.report import aggregate as agg
+from benchmark.report import claims as claims_mod
+from benchmark.report import costs, notes, references
+from benchmark.report.collect import (
+    CLEAN,
+    STANDARD_TIER,
+    dataset_sources,
+    poison_class_info,
+    protocol_of,
+)
+
+SCHEMA = "unlearnable-bench/leaderboard/2"
+
+
+def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
+    first = g.iloc[0]
+    source = dataset_sources().get(str(first["dataset_source"]), {})
+    return {"slug": str(first["group"]), "title": str(first["group_title"]), "dataset": str(first["dataset"]),
+            "dataset_source": str(first["dataset_source"]), "source_note": source.get("note") or None,
+            "model": str(first["model"]), "preset": str(first["preset"]), "epochs": first["epochs"],
+            "protocol": protocol, "protocol_variant": str(first["protocol_variant"]), "runs": len(g),
+            "seeds": sorted({int(s) for s in g["seed"]})}
+
+
+def build_group(g: pd.DataFrame, protocol: dict[str, Any],
+                claim_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Everything one protocol group's section shows, as data."""
+    meta = group_meta(g, protocol)
+    c = agg.cells(g)
+    noise = agg.noise(c)
+    out: dict[str, Any] = {**meta, "noise": noise}
+    if c.empty:
+        out.update({"poisons": [], "defenses": [], "entries": [], "rankings": {}, "highlights": {}})
+    else:
+        tiers = agg.defense_tiers(c)
+        fam = c.reset_index().groupby("defense_label")[["family", "defense", "variant"]].first()
+        out["poisons"] = [{"label": p, "name": str(c.xs(p, level=0)["poison"].iloc[0]),
+                           "budget_type": poison_class_info(str(c.xs(p, level=0)["poison"].iloc[0]))["budget_type"]}
+                          for p in agg.ordered_poisons(c)]
+        out["defenses"] = [{"label": d, "name": str(fam.at[d, "defense"]), "family": str(fam.at[d, "family"]),
+                            "tier": tiers[d], "variant": str(fam.at[d, "variant"]) or None} for d in agg.ordered_defenses(c)]
+        out["entries"] = [{"poison": p, "defense": d, "tier": tiers[d], **agg.cell_dict(row)}
+                          for (p, d), row in c.iterrows()]
+        present = [t for t in agg.tier_order() if t in tiers.values()]
+        rankings = {t: agg.defense_ranking(c, t, noise["tolerance"]) for t in present}
+        out["rankings"] = rankings
+        if STANDARD_TIER in rankings:
+            out["poison_ranking"] = agg.poison_ranking(c, noise["tolerance"], rankings[STANDARD_TIER])
+            out["highlights"] = agg.highlights(c, rankings[STANDARD_TIER])
+        out["peak_notes"] = agg.peak_notes(c)
+        out["caveats"] = notes.caveats(g, c, tiers, noise)
+        out["table_provenance"] = {t: notes.provenance_line(g[g["full"] & g["defense_label"].isin(
+            [d for d, tt in tiers.items() if tt == t])]) for t in present}
+    out["defense_costs"] = costs.defense_costs(g, [d["label"] for d in out["defenses"]])
+    out["poison_costs"] = costs.poison_costs(g, meta["preset"])
+    out["partial"] = costs.partial(g, c)
+    partial_runs = g[~g["full"]]
+    out["table_provenance"] = {**out.get("table_provenance", {}), "all": notes.provenance_line(g),
+                               "partial": notes.provenance_line(partial_runs) if not partial_runs.empty else ""}
+    out["claims"] = claims_mod.evaluate(claim_rows, g, agg.run_flags(g), noise["tolerance"]) if claim_rows else []
+    out["provenance"] = notes.provenance(g)
+    out.setdefault("caveats", [])
+    return out, c
+
+
+def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], results_label: str,
+               claims_file: Any = None, references_file: Any = None) -> dict[str, Any]:
+    """The whole leaderboard as data."""
+    protocols = {str(p): protocol_of(rec["config"]) for p, rec in runs}
+    claims_version, claim_rows = claims_mod.load_claims(claims_file)
+    refs_version, ref_rows = references.load_references(references_file)
+    groups, joined = [], []
+    for _slug, g in frame.groupby("group", sort=False):
+        data, c = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows)
+        groups.append(data)
+        joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))
+    newest = max((str(d) for d in frame["created"] if d), default="")[:10] or "unknown"
+    return {
+        "schema": SCHEMA, "results": results_label, "records": len(frame), "newest": newest,
+        "rules": agg.rules(), "clean_label": CLEAN, "tiers": _tiers(),
+        "references_version": refs_version, "claims_version": claims_version,
+        "references": references.join(ref_rows, joined), "groups": groups,
+    }
+
+
+def _tiers() -> dict[str, str]:
+    from defenses.base import TIERS
+
+    return dict(TIERS)
+
+
+def to_json(data: dict[str, Any]) -> str:
+    """Stable text: sorted keys, two-space indent, no NaN."""
+    return json.dumps(_clean(data), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return agg.rnd(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return _clean(value.item())
+    return value

@@ -1,0 +1,95 @@
+"""Stage 3b of the report: what each defense and poison costs, what each poison's budget is, and the
+partial-poisoning curves, from the tidy frame of one protocol group (pandas groupby)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from benchmark.report.aggregate import rnd, stat
+from benchmark.report.collect import CLEAN, NO_DEFENSE, poison_class_info, poison_params_text
+
+
+def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
+    """Per defense: mean training wall time of its full-ratio runs and its ratio to plain training's,
+    evaluation time, optimiser steps (records that carry them), and where the runs ran."""
+    full = g[g["full"]]
+    plain = full[full["defense_label"] == NO_DEFENSE]["training_s"].dropna()
+    plain_mean = float(plain.mean()) if not plain.empty else None
+    out = []
+    for d in order:
+        runs = full[full["defense_label"] == d]
+        train = runs["training_s"].dropna()
+        if train.empty:
+            continue
+        steps = runs["steps"].dropna()
+        out.append({
+            "defense": d, "runs": len(runs), "training_s": rnd(train.mean()), "evaluation_s": rnd(runs["evaluation_s"].dropna().mean()),
+            "relative": rnd(train.mean() / plain_mean) if plain_mean else None,
+            "steps": rnd(steps.mean()) if not steps.empty else None,
+            "devices": sorted(set(runs["device"]) - {""}),
+            "threads": sorted({int(t) for t in runs["threads"].dropna()}),
+        })
+    return out
+
+
+def poison_costs(g: pd.DataFrame, preset: str) -> list[dict[str, Any]]:
+    """Per poison: budget type (declared by the class) and measured budget, generation cost, device and
+    surrogate, averaged over distinct artifacts (poison keys); full-ratio runs preferred."""
+    out = []
+    poisoned = g[g["poison"] != "none"]
+    for label, recs in poisoned.groupby("poison_label", sort=True):
+        full = recs[recs["full"]]
+        use = full if not full.empty else recs
+        arts = use.drop_duplicates(["key_fingerprint", "ratio"]).sort_values(["key_fingerprint", "ratio"])
+        first = recs.iloc[0]
+        budget = {k: stat(arts[k]) for k in ("linf_255", "l2_mean", "psnr", "ssim", "num_poisoned")}
+        out.append({
+            "poison": label, "name": first["poison"],
+            "params": poison_params_text({"name": first["poison"], "params": _json(first["poison_params"])}, preset),
+            "budget_type": poison_class_info(str(first["poison"]))["budget_type"],
+            "budget": {k: v for k, v in budget.items() if v is not None},
+            "generation_s": stat(arts["generation_s"]), "devices": sorted(set(arts["generation_device"]) - {""}),
+            "surrogate": ", ".join(sorted(set(arts["surrogate"]) - {""})) or None, "keys": len(arts),
+        })
+    return out
+
+
+def _json(text: str) -> dict[str, Any]:
+    import json
+
+    return json.loads(text)
+
+
+def partial(g: pd.DataFrame, c: pd.DataFrame) -> dict[str, Any]:
+    """Accuracy against poison ratio: mixed (poisoned + clean rest) and clean-only (the rest alone),
+    with the clean run under the same defense at 0 and the full poison at 1 (mixed only)."""
+    part = g[~g["full"]]
+    if part.empty:
+        return {"ratios": [], "rows": []}
+    part = part.assign(setting=part["clean_only"].map({True: "clean-only", False: "mixed"}))
+    ratios = sorted(set(part["ratio"].astype(float)) | {0.0, 1.0})
+    rows = []
+    keys = part[["poison_label", "defense_label"]].drop_duplicates()
+    keys = sorted(map(tuple, keys.to_numpy()), key=lambda pd_: (pd_[0], pd_[1] != NO_DEFENSE, pd_[1]))
+    for poison, defense in keys:
+        for setting in ("mixed", "clean-only"):
+            sub = part[(part["poison_label"] == poison) & (part["defense_label"] == defense) & (part["setting"] == setting)]
+            if sub.empty:
+                continue
+            cells: dict[str, Any] = {}
+            for ratio, runs in sub.groupby("ratio", sort=True):
+                cells[f"{ratio:g}"] = {**stat(runs["test_acc"]), "steps": rnd(runs["steps"].dropna().mean())
+                                       if runs["steps"].notna().any() else None, "records": sorted(runs["record"])}
+            if (CLEAN, defense) in c.index:
+                cells["0"] = _cell(c.loc[(CLEAN, defense)])
+            if setting == "mixed" and (poison, defense) in c.index:
+                cells["1"] = _cell(c.loc[(poison, defense)])
+            rows.append({"poison": poison, "defense": defense, "setting": setting, "cells": cells})
+    return {"ratios": ratios, "rows": rows}
+
+
+def _cell(row: pd.Series) -> dict[str, Any]:
+    return {"mean": rnd(row["mean"]), "std": rnd(row["std"]), "n": int(row["n"]), "steps": None,
+            "records": list(row["records"])}

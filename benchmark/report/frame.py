@@ -1,0 +1,167 @@
+"""Stage 2 of the report: run records -> one tidy pandas DataFrame, one row per run.
+
+Every table of the leaderboard is a groupby / pivot of this frame, and ``bench results`` /
+``benchmark.records.load_frame`` hand it to users as it is, so a notebook gets the records in one line.
+Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
+model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
+ratio, clean_only, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
+test_acc, peak_test_acc, peak_epoch, train_acc, final_rise, diverged, steps, training_s, evaluation_s,
+wall_s, device, cpu, threads, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
+psnr, ssim, num_poisoned, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric metric a defense reports.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.records import canonical_json
+from benchmark.records import run_id as config_hash
+from benchmark.report.collect import (
+    CLEAN,
+    PRESET_ORDER,
+    Warn,
+    collect_runs,
+    dataset_title,
+    defense_defaults,
+    defense_info,
+    flat,
+    make_labels,
+    num,
+    part_id,
+    poison_class_info,
+    protocol_of,
+    slug,
+)
+
+#: epochs before the last one that ``final_rise`` compares it with
+RISE_WINDOW = 3
+
+
+def final_rise(per_epoch: Any) -> float | None:
+    """Final test accuracy minus the highest of the ``RISE_WINDOW`` epochs before it (points): large
+    when the run was still climbing, or jumped, when it stopped."""
+    accs = [v for e in per_epoch or [] if isinstance(e, dict) and (v := num(e.get("test_acc"))) is not None]
+    if len(accs) <= RISE_WINDOW:
+        return None
+    return round(accs[-1] - max(accs[-1 - RISE_WINDOW:-1]), 4)
+
+
+def _groups(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[str, str, str]]:
+    """run path -> (group slug, group title, protocol variant text). Records are grouped by dataset and
+    source, model, preset and resolved protocol; protocol variants of one preset get their own group."""
+    buckets: dict[tuple, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    protos: dict[str, dict[str, Any]] = {}
+    for path, rec in runs:
+        cfg = rec["config"]
+        key = (str(cfg["dataset"]), str(cfg.get("dataset_source") or ""), str(cfg["model"]), str(cfg["preset"]))
+        proto = protocol_of(cfg)
+        sig = canonical_json(proto)
+        protos[sig] = proto
+        buckets[key][sig].append(path)
+    out = {}
+    ordered = sorted(buckets, key=lambda k: (k[0], k[1], k[2], PRESET_ORDER.get(k[3], 9), k[3]))
+    for rank, key in enumerate(ordered):
+        sigs = sorted(buckets[key])
+        keys = sorted({k for s in sigs for k in protos[s]})
+        differ = [k for k in keys if len({repr(protos[s].get(k)) for s in sigs}) > 1]
+        for sig in sigs:
+            variant = ", ".join(f"{k}={protos[sig].get(k)}" for k in differ)
+            base = "-".join(key)
+            gslug = slug(f"{base}-{config_hash(protos[sig])[:6]}" if variant else base)
+            title = f"{dataset_title(key[0], key[1])} · {key[2]} · preset {key[3]}" + (f" · {variant}" if variant else "")
+            for path in buckets[key][sig]:
+                out[str(path)] = (f"{rank:02d}:{gslug}", title, variant)
+    return out
+
+
+def build_frame(runs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
+    """The tidy frame of ``runs`` (as returned by :func:`collect_runs`), sorted by group then record."""
+    groups = _groups(runs)
+    rows = []
+    infos: dict[str, dict[str, Any]] = {}
+    for path, rec in runs:
+        infos[str(path)] = defense_info(rec)
+        rows.append(_row(path, rec, infos[str(path)], groups[str(path)]))
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    # labels are unique within a group: a column says e.g. `at (eps=4/255, norm=linf)`, `dat (official)`
+    by_path = {str(p): r for p, r in runs}
+    frame["poison_label"] = ""
+    frame["defense_label"] = ""
+    for _key, idx in frame.groupby("group_key").groups.items():
+        recs = {i: by_path[frame.at[i, "record"]] for i in idx}
+        pids = {i: part_id(r["config"]["poison"]) for i, r in recs.items()}
+        dids = {i: part_id(r["config"]["defense"]) for i, r in recs.items()}
+        variants = {dids[i]: infos[frame.at[i, "record"]]["variant"] for i in idx}
+        plabels = make_labels(pids.values(), {"none": CLEAN})
+        dlabels = make_labels(dids.values(), {}, defense_defaults, variants)
+        frame.loc[idx, "poison_label"] = [plabels[pids[i]] for i in idx]
+        frame.loc[idx, "defense_label"] = [dlabels[dids[i]] for i in idx]
+    frame["group"] = frame["group_key"].str.split(":", n=1).str[1]
+    return frame.sort_values(["group_key", "record"], kind="stable").drop(columns="group_key").reset_index(drop=True)
+
+
+def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str, str, str]) -> dict[str, Any]:
+    cfg = rec["config"]
+    poison, defense = cfg["poison"], cfg["defense"]
+    metrics = rec.get("metrics") or {}
+    timings = rec.get("timings") or {}
+    env = rec.get("environment") or {}
+    gen = rec.get("poison") or {}
+    budget = gen.get("budget") or {}
+    ratio = float(poison.get("ratio", 1.0))
+    clean_only = bool(poison.get("clean_only"))
+    training = rec.get("training") if isinstance(rec.get("training"), dict) else {}
+    row = {
+        "record": str(path), "run_id": rec["run_id"], "created": str(rec.get("created") or ""),
+        "commit": str(env.get("git_commit") or ""), "group_key": group[0], "group_title": group[1],
+        "dataset": str(cfg["dataset"]), "dataset_source": str(cfg.get("dataset_source") or ""),
+        "model": str(cfg["model"]), "preset": str(cfg["preset"]),
+        "epochs": (cfg.get("protocol") or {}).get("epochs"), "protocol_variant": group[2],
+        "seed": int(cfg["seed"]), "poison": str(poison["name"]),
+        "poison_params": canonical_json(poison.get("params") or {}), "poison_revision": int(poison.get("revision") or 1),
+        "ratio": ratio, "clean_only": clean_only, "key_fingerprint": str(poison.get("key_fingerprint") or ""), "full": poison["name"] == "none" or (ratio >= 1.0 and not clean_only),
+        "defense": str(defense["name"]), "defense_params": canonical_json(defense.get("params") or {}),
+        "tier": info["tier"], "family": info["family"], "variant": info["variant"] or "", "headline": info["headline"],
+        "test_acc": num(metrics.get("test_acc")), "peak_test_acc": num(metrics.get("peak_test_acc")),
+        "peak_epoch": num(metrics.get("peak_epoch")), "train_acc": num(metrics.get("train_acc")),
+        "final_rise": final_rise(metrics.get("per_epoch")), "diverged": bool(metrics.get("diverged")),
+        "steps": num(training.get("steps")) if training else None,
+        "training_s": num(timings.get("training")), "evaluation_s": num(timings.get("evaluation")),
+        "wall_s": num(timings.get("wall")), "device": str(env.get("device_name") or env.get("device") or ""),
+        "cpu": str(env.get("cpu") or ""),
+        "threads": num(env.get("torch_threads")),
+        "generation_s": num(gen.get("generation_seconds")), "generation_device": str(gen.get("generation_device") or ""),
+        "surrogate": str((poison.get("params") or {}).get("surrogate") or ""),
+        "budget_type": poison_class_info(str(poison["name"]))["budget_type"],
+        **{k: num(budget.get(k)) for k in ("linf_255", "l2_mean", "psnr", "ssim", "num_poisoned")},
+    }
+    row["per_epoch_eval"] = canonical_json(metrics["per_epoch_eval"]) if metrics.get("per_epoch_eval") else ""
+    row["backbone"] = _backbone_text(rec.get("defense_source"))
+    for key, value in flat(metrics.get("defense") or {}).items():
+        if num(value) is not None:
+            row[f"defense.{key}"] = num(value)
+    return row
+
+
+def _backbone_text(source: Any) -> str:
+    """What clean data a pretrained backbone saw (``defense_source.*.pretrained_on``), in a few words."""
+    for part in (source or {}).values() if isinstance(source, dict) else ():
+        seen = part.get("pretrained_on") if isinstance(part, dict) else None
+        if isinstance(seen, dict):
+            return (f"{seen.get('model', '?')} pretrained on {seen.get('train_images', '?')} clean "
+                    f"{seen.get('dataset', '?')} images (split {seen.get('split', '?')}, {seen.get('epochs', '?')} epochs, "
+                    f"clean test acc {seen.get('clean_test_acc', '?')} %)")
+        if seen:
+            return str(seen)
+    return ""
+
+
+def load_frame(path: Path | str = "results/runs", warn: Warn | None = None) -> pd.DataFrame:
+    """The tidy frame of every finished record under ``path`` (bad files: one warning each)."""
+    return build_frame(collect_runs(Path(path), warn or (lambda msg: None)))

@@ -1,0 +1,68 @@
+"""Paper vs ours: published numbers (``references.toml``, curated and versioned) joined with our cells.
+
+Each pair is *comparable* only when our cell has the paper's dataset from a source comparable to
+papers (``sources.toml``), its model, its number of epochs and its protocol preset; every other pair is
+marked *different protocol*, with what differs, and is never given a difference to the paper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.report.aggregate import rnd
+from benchmark.report.collect import dataset_sources
+from benchmark.report.select import load_toml, mask
+
+REFERENCES_FILE = Path(__file__).with_name("references.toml")
+REQUIRED = ("paper", "table", "dataset", "model", "epochs", "protocol", "poison", "defense", "value", "note")
+
+
+def load_references(path: Path | None = None) -> tuple[int, list[dict[str, Any]]]:
+    return load_toml(path or REFERENCES_FILE, "reference", REQUIRED)
+
+
+def differences(ref: dict[str, Any], group: dict[str, Any]) -> list[str]:
+    """What separates our group's protocol from the paper's, in a few words each (empty = comparable)."""
+    out = []
+    if group["dataset"] != ref["dataset"]:
+        out.append(f"dataset {group['dataset']} vs {ref['dataset']}")
+    if not dataset_sources().get(group["dataset_source"], {}).get("comparable_to_papers", False):
+        out.append(f"source {group['dataset_source'] or 'unknown'}")
+    if group["model"] != ref["model"]:
+        out.append(f"{group['model']} vs {ref['model']}")
+    if group["epochs"] != ref["epochs"]:
+        out.append(f"{group['epochs']} vs {ref['epochs']} epochs")
+    if group["preset"] != ref["protocol"]:
+        out.append(f"preset {group['preset']} vs {ref['protocol']}")
+    return out
+
+
+def join(refs: list[dict[str, Any]], groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> list[dict[str, Any]]:
+    """One row per reference, with every cell of ours it names (any group, any variant of the defense
+    unless the reference names one), each marked comparable or with its protocol differences."""
+    out = []
+    for ref in refs:
+        poison = {"name": ref["poison"], "params": ref.get("poison_params")}
+        defense = {"name": ref["defense"], "params": ref.get("defense_params")}
+        if "variant" in ref:
+            defense["variant"] = ref["variant"]
+        ours = []
+        for meta, c in groups:
+            if c.empty:
+                continue
+            hit = c[mask(c, poison, defense, any_variant=True)]
+            for (plabel, dlabel), row in hit.iterrows():
+                diff = differences(ref, meta)
+                ours.append({"group": meta["slug"], "group_title": meta["title"], "poison": plabel, "defense": dlabel,
+                             "mean": rnd(row["mean"]), "std": rnd(row["std"]), "n": int(row["n"]),
+                             "seeds": list(row["seeds"]), "converged": bool(row["converged"]),
+                             "records": list(row["records"]), "comparable": not diff, "differences": diff,
+                             "delta": rnd(row["mean"] - ref["value"]) if not diff else None})
+        entry = {k: ref[k] for k in REQUIRED}
+        entry.update({k: ref[k] for k in ("url", "poison_params", "defense_params", "variant") if k in ref})
+        entry["ours"] = ours
+        out.append(entry)
+    return out

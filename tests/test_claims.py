@@ -1,0 +1,210 @@
+"""Claims checked on our cells (holds / fails / within noise / not run, and never on a cell that did not
+converge), `bench claims` exit codes, and the paper-vs-ours join (comparable vs different protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from report_records import make_record, write_all
+
+from benchmark.report import aggregate as agg
+from benchmark.report import build_data, build_frame, collect_runs, load_frame
+from benchmark.report.claims import evaluate, load_claims
+from benchmark.report.references import load_references
+
+CLAIMS = """
+version = 3
+
+[[claim]]
+id = "holds"
+claim = "CUDA stays unlearnable under mixup"
+source = "test"
+poison = "cuda"
+defenses = ["mixup"]
+test = "acc <= baseline - 30"
+
+[[claim]]
+id = "fails"
+claim = "mixup neutralises EM"
+source = "test"
+poison = "em"
+defenses = ["mixup"]
+test = "acc >= clean - 5"
+
+[[claim]]
+id = "noise"
+claim = "mixup neutralises REM"
+source = "test"
+poison = "rem"
+defenses = ["mixup"]
+test = "acc >= clean - 5"
+
+[[claim]]
+id = "absent"
+claim = "cutout neutralises SEM"
+source = "test"
+poison = "sem"
+defenses = ["cutout"]
+test = "acc >= clean - 5"
+
+[[claim]]
+id = "unconverged"
+claim = "DAT does not break CUDA"
+source = "test"
+poison = "cuda"
+defenses = ["dat"]
+test = "acc <= baseline - 30"
+
+[[claim]]
+id = "other"
+claim = "SEM is stronger than REM without defense"
+source = "test"
+poison = "sem"
+defenses = ["none"]
+test = "acc < other"
+other = { poison = "rem" }
+
+[[claim]]
+id = "partial"
+claim = "a half-poisoned set is as learnable as its clean half"
+source = "test"
+poison = "cuda"
+ratios = [0.5]
+defenses = ["none"]
+test = "acc >= other - 5"
+other = { poison = { name = "cuda", clean_only = true } }
+"""
+
+
+def claim_records() -> list[dict]:
+    """Noise from clean/none (80, 82): sigma = sqrt(2), tolerance 2.83."""
+    return [make_record("none", "none", 80.0, seed=0), make_record("none", "none", 82.0, seed=1),
+            make_record("none", "mixup", 78.0), make_record("cuda", "none", 20.0), make_record("cuda", "mixup", 22.0),
+            make_record("em", "mixup", 30.0), make_record("rem", "mixup", 72.0), make_record("rem", "none", 40.0),
+            make_record("sem", "none", 10.0), make_record("cuda", "dat", 35.0, train_acc=40.0),
+            make_record("cuda", "none", 68.0, ratio=0.5), make_record("cuda", "none", 70.0, ratio=0.5, clean_only=True)]
+
+
+@pytest.fixture
+def claims_file(tmp_path: Path) -> Path:
+    path = tmp_path / "claims.toml"
+    path.write_text(CLAIMS)
+    return path
+
+
+def test_claim_verdicts(tmp_path: Path, claims_file: Path) -> None:
+    frame = load_frame(write_all(tmp_path / "runs", claim_records()))
+    version, rows = load_claims(claims_file)
+    tol = agg.noise(agg.cells(frame))["tolerance"]
+    assert version == 3 and tol == pytest.approx(2 * 2 ** 0.5, abs=1e-3)
+    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), tol)}
+    assert {k: c["verdict"] for k, c in got.items()} == {
+        "holds": "holds", "fails": "fails", "noise": "within noise", "absent": "not run", "unconverged": "not run",
+        "other": "holds", "partial": "holds"}
+    (pair,) = got["holds"]["pairs"]
+    assert (pair["cell"]["mean"], pair["reference"]["mean"], pair["threshold"], pair["margin"]) == (22.0, 81.0, 51.0, -29.0)
+    assert pair["reference"]["seeds"] == [0, 1] and pair["cell"]["seeds"] == [0]
+    assert got["noise"]["pairs"][0]["margin"] == -1.0  # 72 vs 78 - 5: closer than the tolerance
+    assert got["unconverged"]["pairs"][0]["verdict"] == "not converged" and "not converged" in got["unconverged"]["note"]
+    assert got["absent"]["pairs"][0]["cell"] is None
+    assert got["partial"]["pairs"][0]["reference"]["clean_only"] and got["partial"]["pairs"][0]["margin"] == 3.0
+
+
+def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pytest.CaptureFixture) -> None:
+    results = write_all(tmp_path / "runs", claim_records())
+    code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(claims_file)], capsys)
+    assert code == 1, err  # a claim that was run fails
+    assert "3 holds, 1 fails, 1 within noise, 2 not run" in out and "noise tolerance 2.83 points" in out
+    only_holds = tmp_path / "holds.toml"
+    only_holds.write_text(CLAIMS.split("[[claim]]\nid = \"fails\"")[0])
+    code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(only_holds)], capsys)
+    assert code == 0, err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CLAIMS.replace('test = "acc <= baseline - 30"', 'test = "acc is low"', 1))
+    code, _, err = run_cli(["claims", "--results", str(results), "--claims", str(bad)], capsys)
+    assert code == 2 and "'acc is low' is not" in err and len(err.strip().splitlines()) == 1
+
+
+REFERENCES = """
+version = 1
+
+[[reference]]
+paper = "P"
+table = "T1"
+dataset = "cifar10"
+model = "resnet18"
+epochs = 100
+protocol = "paper"
+poison = "cuda"
+poison_params = { pb = 0.3 }
+defense = "at"
+defense_params = { norm = "linf", eps = "4/255" }
+value = 44.40
+note = "AT"
+
+[[reference]]
+paper = "Q"
+table = "T2"
+dataset = "cifar10"
+model = "resnet18"
+epochs = 60
+protocol = "ISS code"
+poison = "cuda"
+defense = "at"
+defense_params = { norm = "linf", eps = "4/255" }
+value = 40.0
+note = "other protocol"
+
+[[reference]]
+paper = "R"
+table = "T3"
+dataset = "cifar10"
+model = "resnet18"
+epochs = 100
+protocol = "paper"
+poison = "cuda"
+defense = "at"
+defense_params = { norm = "linf", eps = "8/255" }
+value = 32.85
+note = "not run here"
+"""
+
+
+def test_references_join_comparable_and_different_protocol(tmp_path: Path) -> None:
+    at4 = {"norm": "linf", "eps": 4 / 255}
+    recs = [make_record("cuda", "at", 47.0, preset="paper", source="torchvision", defense_params=at4),
+            make_record("cuda", "at", 41.0, preset="cpu", defense_params=at4),
+            make_record("cuda", "at", 30.0, preset="cpu", defense_params={"norm": "linf", "eps": 2 / 255})]
+    ref_file = tmp_path / "refs.toml"
+    ref_file.write_text(REFERENCES)
+    assert load_references(ref_file)[0] == 1
+    runs = collect_runs(write_all(tmp_path / "runs", recs), lambda m: None)
+    data = build_data(build_frame(runs), runs, "runs", references_file=ref_file)
+    first, second, third = data["references"]
+    by_preset = {o["group"].rsplit("-", 1)[-1]: o for o in first["ours"]}
+    assert set(by_preset) == {"paper", "cpu"}  # eps 2/255 is not this setting
+    assert by_preset["paper"]["comparable"] and by_preset["paper"]["delta"] == pytest.approx(2.6)
+    assert not by_preset["cpu"]["comparable"] and by_preset["cpu"]["delta"] is None
+    assert by_preset["cpu"]["differences"] == ["source cifar10-jpeg", "small-cnn vs resnet18", "15 vs 100 epochs",
+                                               "preset cpu vs paper"]
+    # a paper protocol that is not one of our presets is never comparable, even for the paper preset's cell
+    paper_cell = next(o for o in second["ours"] if o["group"].endswith("paper"))
+    assert not paper_cell["comparable"] and paper_cell["differences"] == ["100 vs 60 epochs", "preset paper vs ISS code"]
+    assert third["ours"] == []
+
+
+def test_curated_files_parse_and_cite_their_sources() -> None:
+    """The shipped references hold the CUDA paper's ResNet-18 cells the leaderboard compares with."""
+    _v, refs = load_references()
+    values = {(r["poison"], r["defense"], r.get("defense_params", {}).get("mode"), r["value"]) for r in refs}
+    for want in (("none", "none", None, 94.66), ("cuda", "none", None, 18.48), ("cuda", "at", None, 44.40),
+                 ("cuda", "at", None, 51.19), ("cuda", "dat", None, 38.48), ("cuda", "mixup", None, 25.53),
+                 ("cuda", "cutmix", None, 26.93), ("cuda", "smoothing", None, 43.85),
+                 ("cuda", "finetune", "full", 42.42), ("cuda", "finetune", "linear", 48.22),
+                 ("rem", "grayscale", None, 92.84), ("em", "jpeg", None, 81.50)):
+        assert want in values, want
+    assert all(r["paper"] and r["table"] for r in refs)
+    _v, claims = load_claims()
+    assert len(claims) >= 10 and len({c["id"] for c in claims}) == len(claims)
