@@ -6,6 +6,7 @@ from defenses import (  # noqa: F401  (imports register the defenses)
     cutmix,
     cutout,
     dat,
+    dp_instahide,
     finetune,
     gaussian_blur,
     grayscale,
@@ -13,6 +14,10 @@ from defenses import (  # noqa: F401  (imports register the defenses)
     median_filter,
     mixup,
     none,
+    ortho_proj,
+    poison_aware_at,
     random_blur,
+    rsk_ff,
     smoothing,
+    ueraser,
 )

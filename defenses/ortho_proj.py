@@ -1,0 +1,162 @@
+"""Orthogonal projection (Sandoval-Segura, Singla, Geiping, Goldblum, Goldstein, "What can we learn from
+unlearnable datasets?", NeurIPS 2023, Algorithm 1). Official code:
+github.com/psandovalsegura/learn-from-unlearnable @605dea2 — ``orthogonal_projection_step_1.py`` (the
+linear model), ``utils_projection.py`` (``project_data`` with ``use_q_matrix=True``) and
+``orthogonal_projection_step_2.py`` (projection, then training).
+
+Class-wise perturbations are linearly separable, so a linear model fitted on the poisoned images
+learns them. Step 1 fits a bias-free linear classifier W (K x d, d = C*H*W) on the flattened poisoned
+training images in [0, 1] (no normalisation, no augmentation): plain SGD, lr 0.1, no momentum, no
+weight decay, batch 1024, 20 epochs, lr x0.1 at 50 % and 75 % of the epochs, PyTorch's default
+``nn.Linear`` init. Step 2 normalises the K rows of W, orthonormalises them (QR) and removes from
+every training image its component in their span: x <- x - Q Q^T x. Test images are not projected
+(the official test loader only normalises; its ``--project-test`` flag is parsed but never used).
+Batched on the training device (fit and projection are matrix products over chunks).
+
+Deviations (documented):
+
+* Storage: the trainer keeps images as uint8, the official code keeps the projected floats
+  (unclamped, then normalised). With ``center=true`` (default) every image's component in the
+  removed subspace is replaced by that of the mean training image, x <- x - Q Q^T (x - m): a constant
+  image added to every training image, carrying no class information (the fitted linear model's
+  logits are the same for all images), that keeps pixels near [0, 1] so rounding to uint8 clips few of
+  them (``clipped_fraction`` is recorded). ``center=false`` is the official x - Q Q^T x, clamped to
+  [0, 1] and rounded, which clips much more.
+* The fit reads shuffled batches (seeded); the official loader does not shuffle, which on a
+  class-sorted set (our offline CIFAR-10 copy is sorted) would fit one class per batch.
+* The official step 2 trains its own recipe (ResNet-18, 50 epochs, strong augmentation, CutMix);
+  here the benchmark's protocol trains the projected set; compose ``ortho-proj+cutmix`` for CutMix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.data import ImageSet
+from benchmark.params import param
+from benchmark.registry import register_defense
+from defenses.base import Defense, TrainContext
+
+CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class OrthoProjParams:
+    epochs: int = param(20, "epochs of the linear-model fit (official 20)", ge=1)
+    lr: float = param(0.1, "SGD learning rate of the fit (official 0.1, no momentum, x0.1 at 50 % and 75 %)", gt=0.0)
+    batch_size: int = param(1024, "batch size of the fit (official 1024)", ge=1)
+    center: bool = param(True, "replace the removed component by the mean image's, so uint8 storage clips "
+                         "few pixels (false: the official x - QQ^T x, clamped to [0,1])")
+
+
+def flat01(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float (N, C*H*W) in [0, 1] on ``device``."""
+    return x.to(device).flatten(1).float().div_(255)
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, p: OrthoProjParams, ctx: TrainContext) -> tuple[torch.Tensor, float]:
+    """The official step 1: bias-free linear model on flattened [0,1] images, plain SGD with the
+    MultiStep schedule. Returns (W (K, d), training accuracy of its last epoch, as the official
+    script reports it)."""
+    device = ctx.device
+    n, d = x.shape[0], x[0].numel()
+    bound = 1.0 / math.sqrt(d)  # nn.Linear's default init: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(d), 1/sqrt(d))
+    weight = ((torch.rand((num_classes, d), generator=ctx.generator) * 2 - 1) * bound).to(device).requires_grad_(True)
+    opt = torch.optim.SGD([weight], lr=p.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(p.epochs * 0.5), int(p.epochs * 0.75)])
+    labels = y.to(device)
+    accuracy = 0.0
+    for _ in range(p.epochs):
+        order = torch.randperm(n, generator=ctx.generator).to(device)
+        correct = torch.zeros((), device=device)
+        for start in range(0, n, p.batch_size):
+            idx = order[start:start + p.batch_size]
+            logits = flat01(x[idx.to(x.device)], device) @ weight.T
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            correct += (logits.detach().argmax(1) == labels[idx]).sum()
+        sched.step()
+        accuracy = 100.0 * float(correct) / n
+    return weight.detach(), accuracy
+
+
+def orthonormal_basis(weight: torch.Tensor) -> torch.Tensor:
+    """Q (d, K): QR of the row-normalised weights (``utils_projection.get_q_matrix``)."""
+    rows = weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    q, _ = torch.linalg.qr(rows.T.double())
+    return q.float()
+
+
+def project(x: torch.Tensor, q: torch.Tensor, mean: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, int]:
+    """x - Q Q^T (x - mean) for uint8 images, chunked on ``device``; rounded and clamped back to
+    uint8. Returns (projected uint8 images on x's device, number of clipped pixel values)."""
+    out = torch.empty_like(x)
+    clipped = 0
+    for start in range(0, x.shape[0], CHUNK):
+        flat = flat01(x[start:start + CHUNK], device)
+        centred = flat - mean if mean is not None else flat
+        proj = (flat - (centred @ q) @ q.T) * 255
+        clipped += int(((proj < -0.5) | (proj > 255.5)).sum())
+        out[start:start + CHUNK] = proj.round().clamp(0, 255).to(torch.uint8).view_as(x[start:start + CHUNK]).to(x.device)
+    return out, clipped
+
+
+def linear_accuracy(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, device: torch.device) -> float:
+    """Accuracy (%) of the bias-free linear model ``weight`` on uint8 images."""
+    correct = 0
+    for start in range(0, x.shape[0], CHUNK):
+        logits = flat01(x[start:start + CHUNK], device) @ weight.T
+        correct += int((logits.argmax(1) == y[start:start + CHUNK].to(device)).sum())
+    return 100.0 * correct / max(1, x.shape[0])
+
+
+@register_defense("ortho-proj", aliases=("orthogonal-projection",))
+class OrthogonalProjection(Defense):
+    """Orthogonal projection (Sandoval-Segura et al., NeurIPS 2023): remove a linear model's class directions."""
+
+    family = "filtering"
+    Params = OrthoProjParams
+    metrics_help = {
+        "linear_train_acc": "training accuracy (%) of the fitted linear model on the poisoned set (its last "
+                            "epoch): how linearly separable the poison is",
+        "linear_acc_projected": "accuracy (%) of that linear model on the projected (uint8) training set; "
+                                "chance when the projection removed its directions",
+        "clipped_fraction": "share of projected pixel values outside [0, 255] before clamping to uint8",
+        "fit_seconds": "seconds for the linear fit plus the projection",
+    }
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.stats: dict[str, Any] = {}
+
+    def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
+        p: OrthoProjParams = self.params
+        t0 = time.perf_counter()
+        weight, train_acc = fit_linear(train.x, train.y, ctx.num_classes, p, ctx)
+        q = orthonormal_basis(weight).to(ctx.device)
+        mean = None
+        if p.center:
+            total = torch.zeros(train.x[0].numel(), device=ctx.device)
+            for start in range(0, len(train), CHUNK):
+                total += flat01(train.x[start:start + CHUNK], ctx.device).sum(0)
+            mean = total / len(train)
+        projected, clipped = project(train.x, q, mean, ctx.device)
+        self.stats = {
+            "linear_train_acc": round(train_acc, 2),
+            "linear_acc_projected": round(linear_accuracy(projected, train.y, weight, ctx.device), 2),
+            "clipped_fraction": round(clipped / projected.numel(), 6),
+            "fit_seconds": round(time.perf_counter() - t0, 3),
+        }
+        return ImageSet(projected, train.y, list(train.classes))
+
+    def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
+        return dict(self.stats)
