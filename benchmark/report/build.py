@@ -67,6 +67,8 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any],
             [d for d, tt in tiers.items() if tt == t])]) for t in present}
     out["defense_costs"] = costs.defense_costs(g, [d["label"] for d in out["defenses"]])
     out["poison_costs"] = costs.poison_costs(g, meta["preset"])
+    out["defense_metrics"] = costs.defense_metrics(g, [d["label"] for d in out["defenses"]],
+                                                   [p["label"] for p in out["poisons"]])
     out["partial"] = costs.partial(g, c)
     partial_runs = g[~g["full"]]
     out["table_provenance"] = {**out.get("table_provenance", {}), "all": notes.provenance_line(g),

@@ -218,6 +218,19 @@ def defense_class_notes(name: str) -> tuple[str, ...]:
         return ()
 
 
+def metrics_help(keys: list[str]) -> dict[str, str]:
+    """Meaning of each ``metrics.defense`` key, from the registered defenses that declare it."""
+    try:
+        from benchmark.registry import DEFENSES
+
+        known: dict[str, str] = {}
+        for name in DEFENSES.names():
+            known.update(getattr(DEFENSES.get(name), "metrics_help", {}))
+    except (BenchError, ImportError):
+        return {}
+    return {k: known[k] for k in keys if k in known}
+
+
 @cache
 def dataset_sources() -> dict[str, dict[str, Any]]:
     """Curated facts about dataset sources (``sources.toml``): title, note, comparable to papers."""

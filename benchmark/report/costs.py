@@ -1,5 +1,5 @@
-"""Stage 3b of the report: what each defense and poison costs, what each poison's budget is, and the
-partial-poisoning curves, from the tidy frame of one protocol group (pandas groupby)."""
+"""Stage 3b of the report: what each defense and poison costs, what each poison's budget is, the extra
+metrics defenses report, and the partial-poisoning curves, from the tidy frame of one protocol group (pandas groupby)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from typing import Any
 import pandas as pd
 
 from benchmark.report.aggregate import rnd, stat
-from benchmark.report.collect import CLEAN, NO_DEFENSE, poison_class_info, poison_params_text
+from benchmark.report.collect import (
+    CLEAN,
+    NO_DEFENSE,
+    metrics_help,
+    poison_class_info,
+    poison_params_text,
+)
 
 
 def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
@@ -93,3 +99,22 @@ def partial(g: pd.DataFrame, c: pd.DataFrame) -> dict[str, Any]:
 def _cell(row: pd.Series) -> dict[str, Any]:
     return {"mean": rnd(row["mean"]), "std": rnd(row["std"]), "n": int(row["n"]), "steps": None,
             "records": list(row["records"])}
+
+
+def defense_metrics(g: pd.DataFrame, order: list[str], poisons: list[str]) -> dict[str, Any]:
+    """Extra numbers the defenses report (``metrics.defense``: robust accuracy, certified accuracy, ...)
+    per (defense, poison) cell. A key with the same value in every run is a setting, not a result: it
+    goes to ``constants`` instead of a column."""
+    full = g[g["full"]]
+    keys = sorted(c for c in full.columns if c.startswith("defense.") and full[c].notna().any())
+    varying = [k for k in keys if full[k].dropna().nunique() > 1]
+    constants = {k.split(".", 1)[1]: rnd(full[k].dropna().iloc[0]) for k in keys if k not in varying}
+    rows = []
+    for d in order:
+        for p in poisons:
+            runs = full[(full["defense_label"] == d) & (full["poison_label"] == p)]
+            values = {k.split(".", 1)[1]: s for k in varying if (s := stat(runs[k])) is not None}
+            if values:
+                rows.append({"defense": d, "poison": p, "values": values})
+    names = [k.split(".", 1)[1] for k in varying]
+    return {"keys": names, "constants": constants, "rows": rows, "help": metrics_help(names + list(constants))}

@@ -223,7 +223,7 @@ def claims_table(g: dict[str, Any]) -> Table:
               "tolerance) one way or the other, and is within noise otherwise; cells that did not converge, or whose "
               "reference did not, are never a verdict. A claim fails if one of its cells fails, is within noise if one "
               "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
-              "each number. " + protocol_legend(g))
+              "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
     return Table(["claim", "source", "test", "our cells", "verdict"], rows, legend, align="lllpl")
 
 
@@ -258,6 +258,21 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
                      "defaults under this preset's generation recipe. " + g["table_provenance"].get("all", ""),
                      align="llrrrrrlp"))
     return out
+
+
+def defense_metrics_table(g: dict[str, Any]) -> Table | None:
+    m = g["defense_metrics"]
+    if not m["rows"]:
+        return None
+    digits = 1
+    rows: list[list[Cell | str] | Section] = [[r["defense"], r["poison"], *(fmt(r["values"].get(k), digits) for k in m["keys"])]
+                                              for r in m["rows"]]
+    meaning = " ".join(f"`{k}`: {h}." for k, h in m["help"].items())
+    constants = ", ".join(f"`{k}` = {v:g}" for k, v in sorted(m["constants"].items()))
+    return Table(["defense", "poison", *(f"`{k}`" for k in m["keys"])], rows,
+                 "Numbers the defenses report besides the headline (record metrics.defense), final model. " + meaning
+                 + (f" Settings (the same in every run, so not columns): {constants}." if constants else "") + " "
+                 + g["table_provenance"].get("all", ""), align="ll" + "r" * len(m["keys"]))
 
 
 def partial_table(g: dict[str, Any]) -> Table | None:

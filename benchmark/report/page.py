@@ -58,6 +58,8 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
     for tier in (t for t in tiers if t != std):
         out += [Heading(3, f"Defenses ranked by worst case (tier {tier}, ranked separately)"),
                 doc.defense_ranking(g, tier, rules)]
+    if (metrics := doc.defense_metrics_table(g)) is not None:
+        out += [Heading(3, "Defense metrics"), metrics]
     if g["claims"]:
         out += [Heading(3, "Claims of the papers, checked on these cells"), doc.claims_table(g)]
     out += [Heading(3, "Cost and budgets"), *doc.cost_tables(g)]
