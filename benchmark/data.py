@@ -465,5 +465,14 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.cat(chosen)).values
 
 
+def victim_indices(train: ImageSet, proto: Any) -> torch.Tensor:
+    """Indices, into a training split, of the images a protocol's victims train on (its fixed
+    stratified ``train_subset``, or all): the one place runs, ``bench poison``, pretraining (which must
+    stay disjoint from them) and the report select the victim subset."""
+    if proto.train_subset:
+        return stratified_subset(train.y, proto.train_subset, proto.subset_seed)
+    return torch.arange(len(train))
+
+
 def dataset_names() -> list[str]:
     return DATASETS.names()

@@ -28,7 +28,7 @@ from benchmark.io import atomic_write
 from benchmark.models import build_model, check_model
 from benchmark.protocol import protocol_dict, resolve_protocol
 from benchmark.registry import MODELS
-from benchmark.runner import _seed_everything, resolve_device
+from benchmark.runner import resolve_device, seed_everything
 from benchmark.train import train_model
 from defenses.base import TrainContext, build_defense
 
@@ -81,7 +81,7 @@ def pretrain(dataset: str, model: str, out: str, preset: str | None = None, spli
     if proto.test_subset:
         test = test.subset(stratified_subset(test.y, proto.test_subset, proto.subset_seed))
     c, h, w = data.shape
-    gen = _seed_everything(seed)
+    gen = seed_everything(seed)
     net = build_model(model, data.num_classes, c).to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)

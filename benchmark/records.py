@@ -85,8 +85,21 @@ def environment(device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": device,
         "device_name": dev_name,
+        "cpu": _cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name: BLAS kernels (and so the last digits of a CPU run) differ between CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def now_iso() -> str:

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from benchmark import paths
-from benchmark.data import Dataset, ImageSet, load_dataset, poison_dataset_id, stratified_subset
+from benchmark.data import (
+    Dataset,
+    ImageSet,
+    load_dataset,
+    poison_dataset_id,
+    stratified_subset,
+    victim_indices,
+)
 from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.models import check_model
@@ -33,7 +40,7 @@ from benchmark.records import (
     run_id,
     write_record,
 )
-from benchmark.train import train_model
+from benchmark.train import batch_bounds, train_model
 from defenses.base import DefenseStack, TrainContext, build_defense
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -76,6 +83,7 @@ class RunSpec:
     download: bool = False
     device: str = "auto"
     force: bool = False
+    match_steps: bool = True  # clean-only baseline: as many optimizer steps as the full run (else epochs)
 
 
 @dataclass
@@ -92,6 +100,7 @@ class PreparedRun:
     run_id: str
     record_path: Path
     cache: Path
+    train_indices: torch.Tensor  # indices, into the dataset's training split, of the victim's images
 
     @property
     def dataset_id(self) -> dict[str, Any]:
@@ -116,13 +125,14 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     cache = paths.cache_dir(spec.cache_dir)
     if data is None:
         data = load_dataset(spec.dataset, paths.data_root(spec.data_root), cache, spec.download)
-    train, test = data.train, data.test
-    if proto.train_subset:
-        train = train.subset(stratified_subset(train.y, proto.train_subset, proto.subset_seed))
+    train_indices = victim_indices(data.train, proto)
+    train, test = data.train.subset(train_indices) if proto.train_subset else data.train, data.test
     if proto.test_subset:
         test = test.subset(stratified_subset(test.y, proto.test_subset, proto.subset_seed))
     poison_rec = poison.record()
     poison_rec["clean_only"] = spec.clean_only
+    if spec.clean_only:  # the clean-only baseline takes as many optimizer steps as the full run
+        poison_rec["match_steps"] = spec.match_steps
     config = {
         "dataset": data.name,
         "dataset_source": data.source,
@@ -139,7 +149,22 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     results = paths.results_dir(spec.results)
     existing = find_record(results, rid)
     path = existing or results / record_filename(config, rid)
-    return PreparedRun(spec, device, proto, poison, defense, data, train, test, config, rid, path, cache)
+    prep = PreparedRun(spec, device, proto, poison, defense, data, train, test, config, rid, path, cache,
+                       train_indices)
+    defense.check_run(make_context(prep))
+    return prep
+
+
+def make_context(prep: PreparedRun, generator: torch.Generator | None = None,
+                 emit: Callable[[str], None] | None = None) -> TrainContext:
+    """The context defense hooks see for this run."""
+    c, h, w = prep.data.shape
+    ctx = TrainContext(device=prep.device, num_classes=prep.data.num_classes, in_channels=c, image_size=(h, w),
+                       protocol=prep.protocol, seed=prep.spec.seed, generator=generator, cache_dir=prep.cache,
+                       dataset=prep.data, train_indices=prep.train_indices, data_root=prep.spec.data_root)
+    if emit is not None:
+        ctx.emit = emit
+    return ctx
 
 
 def existing_record(prep: PreparedRun, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
@@ -148,7 +173,7 @@ def existing_record(prep: PreparedRun, warn: Callable[[str], None] | None = None
     return finished_record(prep.record_path, warn)
 
 
-def _seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> torch.Generator:
     """Seed torch and pick deterministic cuDNN kernels (no autotuning), so a GPU run repeats too; on
     the CPU every kernel used here is deterministic already."""
     torch.backends.cudnn.deterministic = True
@@ -173,26 +198,34 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         keep[poisoned.poisoned_indices] = False
         train = train.subset(torch.nonzero(keep).flatten())
     num_classes = prep.data.num_classes
-    c, h, w = prep.data.shape
-    gen = _seed_everything(prep.spec.seed)
-    ctx = TrainContext(device=prep.device, num_classes=num_classes, in_channels=c, image_size=(h, w),
-                       protocol=prep.protocol, seed=prep.spec.seed, generator=gen, cache_dir=prep.cache,
-                       extras={"dataset": prep.data, "data_root": prep.spec.data_root})
+    c = prep.data.shape[0]
+    gen = seed_everything(prep.spec.seed)
+    ctx = make_context(prep, gen, emit=lambda text: emit("note", {"text": text}))
     ckpt = prep.cache / "checkpoints" / f"{prep.run_id}.pt"
     try:
+        proto = prep.defense.adjust_protocol(prep.protocol)
+        total_steps = None
+        if prep.spec.clean_only and prep.spec.match_steps:
+            total_steps = proto.epochs * len(batch_bounds(len(prep.train), proto.batch_size))
         train_dev = prep.defense.prepare(train, ctx).to(prep.device)
-        model = prep.defense.build_model(prep.protocol.model, num_classes, c, ctx).to(prep.device)
+        model = prep.defense.build_model(proto.model, num_classes, c, ctx).to(prep.device)
         if prep.device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
         test_dev = prep.test.to(prep.device)
-        emit("train_start", {"epochs": prep.protocol.epochs, "resume": ckpt.exists()})
-        result = train_model(model, train_dev, test_dev, prep.protocol, prep.defense, ctx, ckpt,
-                             on_epoch=lambda e: emit("epoch", e))
+        epochs = math.ceil(total_steps / len(batch_bounds(len(train_dev), proto.batch_size))) if total_steps \
+            else proto.epochs
+        emit("train_start", {"epochs": epochs, "resume": ckpt.exists()})
+        result = train_model(model, train_dev, test_dev, proto, prep.defense, ctx, ckpt,
+                             on_epoch=lambda e: emit("epoch", e), total_steps=total_steps)
         t_eval = time.perf_counter()
+        if prep.defense.cheap_epoch_predictor:  # the per-epoch curve was an approximation: measure again
+            result.test_acc, result.per_class_test_acc = evaluate(
+                model, test_dev, num_classes, prep.defense.predictor(ctx, final=True), proto.eval_batch_size)
         # a stratified probe: datasets are stored sorted by class, so the first 10k are a few classes
         probe = train_dev if len(train_dev) <= 10000 else train_dev.subset(
             stratified_subset(train_dev.y.cpu(), 10000, 0).to(train_dev.y.device))
-        train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predict, prep.protocol.eval_batch_size)
+        train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predictor(ctx, final=False),
+                                proto.eval_batch_size)
         extra = prep.defense.evaluate(model, test_dev, ctx)
         eval_extra = time.perf_counter() - t_eval
         per_epoch = result.per_epoch
@@ -209,6 +242,12 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
             "resumed_from_epoch": result.resumed_from_epoch,
             "diverged": diverged,
         }
+        epoch_eval = prep.defense.epoch_eval_info()
+        if epoch_eval:
+            metrics["per_epoch_eval"] = epoch_eval
+        training = {"steps": result.steps, "epochs": result.epochs_run, "images": len(train_dev),
+                    "batch_size": proto.batch_size, "lr": proto.lr, "schedule": proto.schedule,
+                    "step_matched": total_steps is not None}
         timings = {
             "poison_generation": manifest.get("generation_seconds"),
             "poison_cached": bool(manifest.get("cached")),
@@ -216,12 +255,12 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
             "evaluation": round(result.eval_seconds + eval_extra, 3),
             "wall": round(time.perf_counter() - t_start, 3),
         }
-        rec = _record(prep, manifest, status="finished", metrics=metrics, timings=timings)
+        rec = build_record(prep, manifest, status="finished", metrics=metrics, timings=timings, training=training)
         write_record(prep.record_path, rec)
     except (KeyboardInterrupt, BenchError):
         raise
     except Exception as exc:
-        rec = _record(prep, manifest, status="failed", error=f"{type(exc).__name__}: {exc}",
+        rec = build_record(prep, manifest, status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback_text=traceback.format_exc(limit=8))
         write_record(prep.record_path, rec)
         raise
@@ -230,8 +269,10 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
     return rec
 
 
-def _record(prep: PreparedRun, manifest: dict[str, Any], status: str, metrics: dict | None = None,
-            timings: dict | None = None, error: str | None = None, traceback_text: str | None = None) -> dict[str, Any]:
+def build_record(prep: PreparedRun, manifest: dict[str, Any], status: str, metrics: dict | None = None,
+                 timings: dict | None = None, error: str | None = None, traceback_text: str | None = None,
+                 training: dict | None = None) -> dict[str, Any]:
+    """The run record (also what sweeps write for a failed worker and what report tests build)."""
     poison = {
         "budget": manifest.get("budget"),
         "generation_seconds": manifest.get("generation_seconds"),
@@ -252,6 +293,7 @@ def _record(prep: PreparedRun, manifest: dict[str, Any], status: str, metrics: d
         "defense_source": prep.defense.describe_source(),
         "defense_info": prep.defense.info(),
         "metrics": metrics or {},
+        "training": training or {},
         "timings": timings or {},
         "error": error,
     }

@@ -306,7 +306,7 @@ def _failed_record(prep: PreparedRun, exc: BaseException) -> dict[str, Any]:
     """The failed record of this cell: the one ``execute`` just wrote, else a new one."""
     from benchmark.io import read_json
     from benchmark.records import write_record
-    from benchmark.runner import _record
+    from benchmark.runner import build_record
 
     error = f"{type(exc).__name__}: {exc}"
     if prep.record_path.exists():
@@ -316,8 +316,8 @@ def _failed_record(prep: PreparedRun, exc: BaseException) -> dict[str, Any]:
                 return rec
         except BenchError:
             pass
-    rec = _record(prep, {}, status="failed", error=error,
-                  traceback_text="".join(traceback.format_exception(exc, limit=8)))
+    rec = build_record(prep, {}, status="failed", error=error,
+                       traceback_text="".join(traceback.format_exception(exc, limit=8)))
     write_record(prep.record_path, rec)
     return rec
 

@@ -8,6 +8,10 @@ Hooks (see spec/design.md):
 * ``build_model(arch, num_classes, in_channels, ctx) -> nn.Module``   owns the model; at most one.
 * ``train_mode(model, ctx)``          after ``model.train()`` each epoch (e.g. freeze BN); chains.
 * ``predict(model, x) -> logits``     owns test-time prediction (randomized smoothing); at most one.
+  ``predictor(ctx, final)`` returns the prediction function of one evaluation pass (a stochastic
+  predictor seeds its own stream there; ``final=False`` for the cheaper per-epoch curve).
+* ``adjust_protocol(proto) -> Protocol``  the defense's own optimisation (fine-tuning's lr); chains.
+* ``check_run(run) -> None``          validation against the run's data before any work (leakage).
 * ``evaluate(model, test, ctx) -> dict``   extra metrics after training (robust accuracy); merged.
 
 Defenses compose with ``+`` (``at+mixup``): chained hooks run left to right; two components that
@@ -16,6 +20,7 @@ both own the same hook are a one-line error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -69,7 +74,13 @@ class TrainContext:
     epoch: int = 0
     step: int = 0
     cache_dir: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: the dataset the run loaded (benchmark.data.Dataset) and the indices, into its training split, of
+    #: the images the victim trains on: what a defense needs to check or find data disjoint from them
+    dataset: Any = None
+    train_indices: torch.Tensor | None = None
+    data_root: str | None = None
+    #: status messages for the user (e.g. "pretraining the default backbone"): emit(text)
+    emit: Callable[[str], None] = field(default=lambda text: None)
 
     def rand(self, *shape: int) -> torch.Tensor:
         """Uniform [0,1) numbers from the run's generator, on the training device."""
@@ -128,6 +139,26 @@ class Defense:
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
+    #: True when the per-epoch predictor is a cheaper approximation of the final one, so the final test
+    #: accuracy is measured again with ``predictor(ctx, final=True)`` after training
+    cheap_epoch_predictor: ClassVar[bool] = False
+
+    def predictor(self, ctx: TrainContext, final: bool = True) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+        """The prediction function of one evaluation pass over a test set."""
+        return self.predict
+
+    def epoch_eval_info(self) -> dict[str, Any] | None:
+        """How the per-epoch curve differs from the final evaluation (recorded), if it does."""
+        return None
+
+    def adjust_protocol(self, proto: Any) -> Any:
+        """The optimisation this defense trains with (default: the preset's)."""
+        return proto
+
+    def check_run(self, ctx: TrainContext) -> None:
+        """Reject a run this defense cannot measure honestly (BenchError), before any work starts."""
+        return None
+
     def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
         return {}
 
@@ -150,7 +181,8 @@ class Defense:
 
     @classmethod
     def owns(cls, hook: str) -> bool:
-        return getattr(cls, hook) is not getattr(Defense, hook)
+        aliases = {"predict": ("predict", "predictor")}.get(hook, (hook,))
+        return any(getattr(cls, h) is not getattr(Defense, h) for h in aliases)
 
 
 class DefenseStack(Defense):
@@ -198,6 +230,25 @@ class DefenseStack(Defense):
 
     def predict(self, model, x):
         return self.owner["predict"].predict(model, x) if "predict" in self.owner else model(x)
+
+    @property
+    def cheap_epoch_predictor(self) -> bool:  # type: ignore[override]
+        return "predict" in self.owner and self.owner["predict"].cheap_epoch_predictor
+
+    def predictor(self, ctx, final=True):
+        return self.owner["predict"].predictor(ctx, final) if "predict" in self.owner else self.predict
+
+    def epoch_eval_info(self):
+        return self.owner["predict"].epoch_eval_info() if "predict" in self.owner else None
+
+    def adjust_protocol(self, proto):
+        for c in self.components:
+            proto = c.adjust_protocol(proto)
+        return proto
+
+    def check_run(self, ctx):
+        for c in self.components:
+            c.check_run(ctx)
 
     def evaluate(self, model, test, ctx):
         out: dict[str, Any] = {}

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
+from benchmark.evaluate import predictions
 from benchmark.records import validate_record
 from benchmark.runner import RunSpec, execute, prepare_run
 from defenses.base import TrainContext, build_defense, soft_cross_entropy
 from defenses.cutmix import cutmix_box
 from defenses.mixup import sample_dirichlet
-from defenses.smoothing import abstain_pvalues
+from defenses.smoothing import certify, vote_scores
 
 
 def make_ctx(seed: int = 0, num_classes: int = 10) -> TrainContext:
@@ -172,36 +173,77 @@ class BrightnessModel(nn.Module):
         return torch.stack([-m, m], dim=1) * 100 + self.dummy
 
 
-def test_smoothed_classifier_counts_abstentions_as_wrong() -> None:
-    levels = torch.tensor([0.8] * 10 + [0.2] * 10 + [0.5] * 10)
-    x = (levels * 255).round().to(torch.uint8).view(30, 1, 1, 1).expand(30, 3, 16, 16).contiguous()
-    x[20:, :, :, ::2] = 127  # mean exactly 0.5 (127 and 128 alternate): the vote is a coin flip
-    x[20:, :, :, 1::2] = 128
-    y = torch.tensor([1] * 10 + [0] * 10 + [0] * 10)
-    test = ImageSet(x, y, ["dark", "bright"])
+class FirstPixelModel(nn.Module):
+    """Class 1 if the first pixel is above 0.5: on a 0.75 pixel with sigma-0.5 noise a single noisy copy
+    is right with probability Phi(0.5) = 69 %, a majority vote of 100 copies almost surely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x[:, 0, 0, 0] - 0.5
+        return torch.stack([-m, m], dim=1) * 100 + self.dummy
+
+
+def _levels(values: list[float], size: int = 16) -> torch.Tensor:
+    v = torch.tensor(values)
+    return (v * 255).round().to(torch.uint8).view(-1, 1, 1, 1).expand(len(values), 3, size, size).contiguous()
+
+
+def test_smoothing_headline_is_the_majority_vote() -> None:
+    """The vote beats its own base model on noisy inputs, the defining property of g; seeded and repeatable."""
+    test = ImageSet(_levels([0.75] * 40 + [0.25] * 40), torch.tensor([1] * 40 + [0] * 40), ["lo", "hi"])
     ctx = make_ctx(0, num_classes=2)
-    out = build_defense("smoothing", {"n_samples": "64", "eval_subset": "0"}).evaluate(BrightnessModel(), test, ctx)
-    assert out["smoothed_n"] == 30 and out["smoothed_n_samples"] == 64
-    assert out["smoothed_abstain_rate"] == pytest.approx(100 / 3, abs=0.01)
-    assert out["smoothed_test_acc"] == pytest.approx(200 / 3, abs=0.01)  # the 0.5-images count as wrong
-    assert out["smoothed_vote_acc"] > out["smoothed_test_acc"]  # some coin-flip votes hit label 0
-    again = build_defense("smoothing", {"n_samples": "64", "eval_subset": "0"}).evaluate(BrightnessModel(), test, ctx)
-    assert again == out
-    never = build_defense("smoothing", {"n_samples": "64", "eval_subset": "0", "alpha": "1"}).evaluate(
-        BrightnessModel(), test, ctx)
-    assert never["smoothed_abstain_rate"] == 0 and never["smoothed_test_acc"] == out["smoothed_vote_acc"]
-    sub = build_defense("smoothing", {"n_samples": "4", "eval_subset": "6"}).evaluate(BrightnessModel(), test, ctx)
-    assert sub["smoothed_n"] == 6 and 0 <= sub["smoothed_test_acc"] <= 100
+    rs = build_defense("smoothing")
+    vote = rs.predictor(ctx, final=True)
+    pred = predictions(FirstPixelModel(), test, vote, batch_size=1000, device=torch.device("cpu"))
+    assert torch.equal(pred, test.y)  # a 69 %-per-copy base classifier, voted over 100 copies: all right
+    extra = rs.evaluate(FirstPixelModel(), test, ctx)
+    assert 64 < extra["base_noisy_acc"] < 74  # Phi(0.5) = 69.1 %: the base model alone on noisy copies
+    assert extra["base_clean_acc"] == 100.0
+    cheap = rs.predictor(ctx, final=False)
+    assert cheap.n_samples == 8 and vote.n_samples == 100
+    again = predictions(FirstPixelModel(), test, build_defense("smoothing").predictor(ctx, final=True), 1000,
+                        torch.device("cpu"))
+    assert torch.equal(again, pred)
+    one = build_defense("smoothing", {"n_samples": "1"}).predictor(ctx, final=True)
+    single = predictions(FirstPixelModel(), test, one, 1000, torch.device("cpu"))
+    assert 0.5 < float((single == test.y).float().mean()) < 0.9  # one copy is only the base model
 
 
-def test_binomial_abstain_test_matches_scipy() -> None:
-    from scipy.stats import binomtest
+def test_vote_ties_go_to_the_highest_class_as_cohens_predict() -> None:
+    import numpy as np
 
-    top = torch.tensor([10, 30, 16, 27, 5])
-    second = torch.tensor([10, 2, 16, 5, 0])
-    got = abstain_pvalues(top, second)
-    want = [binomtest(int(a), int(a + b), 0.5).pvalue for a, b in zip(top, second, strict=True)]
-    assert torch.allclose(got, torch.tensor(want, dtype=got.dtype), rtol=1e-9)
+    counts = torch.tensor([[3, 3, 0], [0, 2, 2], [5, 1, 1], [1, 1, 1]])
+    got = vote_scores(counts).argmax(1)
+    want = [int(row.argsort(kind="stable")[::-1][0]) for row in counts.numpy()]  # Smooth.predict's choice
+    assert got.tolist() == want == [1, 2, 0, 2]
+    assert np.all(np.asarray(want) >= 0)
+
+
+def test_certify_matches_cohen_radius_and_abstains() -> None:
+    from scipy.stats import beta, norm
+
+    counts0 = torch.tensor([[0, 100], [40, 60], [100, 0]])
+    counts = torch.tensor([[0, 1000], [470, 530], [700, 300]])
+    pred, radius = certify(counts0, counts, sigma=0.5, alpha=0.001)
+    assert pred.tolist() == [1, 1, 0]
+    p0 = beta.ppf(0.001, 1000, 1)  # all 1000 votes for the class: pA_lower = alpha ** (1/n)
+    assert radius[0].item() == pytest.approx(0.5 * norm.ppf(p0), rel=1e-6)
+    assert radius[1].item() == -1.0  # 530/1000: the lower bound is below 1/2, abstain
+    assert radius[2].item() == pytest.approx(0.5 * norm.ppf(beta.ppf(0.001, 700, 301)), rel=1e-6)
+
+
+def test_certified_accuracy_on_a_known_model() -> None:
+    test = ImageSet(_levels([0.9] * 10 + [0.1] * 10 + [0.75] * 10), torch.tensor([1] * 10 + [0] * 10 + [1] * 10),
+                    ["lo", "hi"])
+    out = build_defense("smoothing", {"certify_subset": "0"}).evaluate(FirstPixelModel(), test, make_ctx(0, num_classes=2))
+    assert out["certify_images"] == 30
+    # 0.9/0.1 pixels: pA = Phi(0.8) = 0.79 -> radius ~0.33 ; 0.75: Phi(0.5) = 0.69 -> radius ~0.19
+    assert out["certified_acc@0"] == 100.0 and out["certify_abstain_rate"] == 0.0
+    assert out["certified_acc@0.25"] == pytest.approx(200 / 3, abs=0.01)
+    assert out["certified_acc@0.5"] == 0.0
 
 
 # ------------------------------------------------------------------------------------ composition
@@ -235,7 +277,7 @@ def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_c
 
 @pytest.mark.parametrize("defense, params", [
     ("mixup", {}), ("cutmix", {}), ("cutout", {}),
-    ("smoothing", {"n_samples": "4", "eval_subset": "40"}),
+    ("smoothing", {"n_samples": "4", "epoch_samples": "2", "certify_subset": "20", "certify_n": "50"}),
 ])
 def test_smoke_run_end_to_end(run_env: dict, defense: str, params: dict) -> None:
     spec = RunSpec(preset="smoke", poison="cuda", defense=defense, defense_params=params,
@@ -247,5 +289,6 @@ def test_smoke_run_end_to_end(run_env: dict, defense: str, params: dict) -> None
     assert isinstance(rec["metrics"]["test_acc"], float) and 0 <= rec["metrics"]["test_acc"] <= 100
     if defense == "smoothing":
         extra = rec["metrics"]["defense"]
-        assert extra["smoothed_n"] == 40 and 0 <= extra["smoothed_test_acc"] <= extra["smoothed_vote_acc"] <= 100
+        assert extra["certify_images"] == 20 and 0 <= extra["certified_acc@0.5"] <= extra["certified_acc@0"] <= 100
+        assert rec["metrics"]["per_epoch_eval"]["n_samples"] == 2
         assert rec["config"]["defense"]["params"]["sigma"] == 0.5
