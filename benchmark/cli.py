@@ -211,9 +211,9 @@ def poison_cmd(**kw: Any) -> None:
     """Generate (or reuse from cache) a poisoned training set and export it as npz + JSON sidecar."""
     from benchmark import paths
     from benchmark.data import load_dataset, poison_dataset_id, stratified_subset
+    from benchmark.device import default_preset, resolve_device
     from benchmark.poisoning import artifact_paths, build_poison, export_artifact, get_poisoned
     from benchmark.protocol import resolve_protocol
-    from benchmark.runner import default_preset, resolve_device
 
     device = resolve_device(kw["device"])
     preset = kw["preset"] or default_preset(device)
@@ -255,9 +255,9 @@ def poison_cmd(**kw: Any) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 def perf_cmd(model: str, batch_size: int | None, steps: int, preset: str, device: str) -> None:
     """Time one REM generation step against one SEM step (same model, batch, budget)."""
+    from benchmark.device import resolve_device
     from benchmark.perf import measure_rem_sem, perf_table
     from benchmark.registry import MODELS
-    from benchmark.runner import resolve_device
 
     dev = resolve_device(device)
     MODELS.canonical(model)

@@ -58,11 +58,15 @@ class PoisonSpec:
 
     def record(self) -> dict[str, Any]:
         """``config.poison`` of a run record: the key appears only as its fingerprint; ``revision``
-        only when above 1 (records of first revisions keep their run ids)."""
+        only when above 1 (records of first revisions keep their run ids); ``identity`` only when the
+        poison has one (:meth:`attacks.base.Poison.cache_identity`)."""
         rec = {"name": self.name, "params": self.params, "ratio": self.ratio,
                "key_fingerprint": key_fingerprint(self.key) if type(self.poison).uses_key else None}
         if self.revision > 1:
             rec["revision"] = self.revision
+        identity = self.poison.cache_identity()
+        if identity:
+            rec["identity"] = identity
         return rec
 
 
@@ -82,6 +86,9 @@ def artifact_id(dataset_id: dict[str, Any], spec: PoisonSpec) -> str:
                "key_fingerprint": key_fingerprint(spec.key), "ratio": spec.ratio}
     if spec.revision > 1:
         payload["revision"] = spec.revision
+    identity = spec.poison.cache_identity()
+    if identity:
+        payload["identity"] = identity
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 

@@ -25,6 +25,7 @@ from benchmark.data import (
     stratified_subset,
     victim_indices,
 )
+from benchmark.device import default_preset, resolve_device, seed_everything
 from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.models import check_model
@@ -44,22 +45,6 @@ from benchmark.train import batch_bounds, train_model
 from defenses.base import DefenseStack, TrainContext, build_defense
 
 Event = Callable[[str, dict[str, Any]], None]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise BenchError(f"unknown device '{name}'; valid: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu")
-    return dev
-
-
-def default_preset(device: torch.device) -> str:
-    return "paper" if device.type == "cuda" else "cpu"
 
 
 @dataclass
@@ -171,15 +156,6 @@ def existing_record(prep: PreparedRun, warn: Callable[[str], None] | None = None
     """The finished record of this exact config, if there is one (an unreadable file counts as none:
     the run is done again and rewrites it, after a warning)."""
     return finished_record(prep.record_path, warn)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and pick deterministic cuDNN kernels (no autotuning), so a GPU run repeats too; on
-    the CPU every kernel used here is deterministic already."""
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed * 7919 + 1)
 
 
 def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:

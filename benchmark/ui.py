@@ -62,15 +62,18 @@ def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
         elif kind == "poison_done" and prep.poison.name != "none":
             how = "cached" if data.get("cached") else f"generated in {data['generation_seconds']:.2f} s"
             console.print(f"  poison {prep.poison.name}: {how}")
+        elif kind == "note":
+            console.print(f"  {data['text']}")
         elif kind == "train_start":
-            state["train"] = progress.add_task("train", total=epochs, info="")
+            state["epochs"] = data.get("epochs", epochs)
+            state["train"] = progress.add_task("train", total=state["epochs"], info="")
             if data.get("resume"):
                 console.print("  resuming from checkpoint")
         elif kind == "epoch":
             info = f"loss {data['train_loss']:.3f} train {data['train_acc']:.1f}% test {data['test_acc']:.2f}%"
             progress.update(state["train"], completed=data["epoch"], info=info)
             if not live:
-                console.print(f"  epoch {data['epoch']:>3}/{epochs} {info} ({data['seconds']:.1f} s)")
+                console.print(f"  epoch {data['epoch']:>3}/{state['epochs']} {info} ({data['seconds']:.1f} s)")
 
     with progress:
         rec = execute(prep, on_event)

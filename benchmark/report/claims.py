@@ -56,6 +56,8 @@ def lookup(g: pd.DataFrame, flags: pd.Series, poison: dict[str, Any], defense: d
     hit = mask(g, poison, defense, any_variant=False)
     hit &= g["ratio"].map(lambda r: same(float(r), ratio)) & (g["clean_only"] == clean_only)
     runs = g[hit]
+    if clean_only and runs["match_steps"].any():  # the step-matched baseline when there is one
+        runs = runs[runs["match_steps"]]
     if runs.empty:
         return None
     acc = runs["test_acc"].astype(float)

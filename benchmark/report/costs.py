@@ -74,13 +74,17 @@ def partial(g: pd.DataFrame, c: pd.DataFrame) -> dict[str, Any]:
     part = g[~g["full"]]
     if part.empty:
         return {"ratios": [], "rows": []}
-    part = part.assign(setting=part["clean_only"].map({True: "clean-only", False: "mixed"}))
+    # a clean-only baseline trained for as many optimiser steps as the full run is another row than one
+    # trained for as many epochs (fewer steps): never averaged together
+    setting = ["mixed" if not co else "clean-only, steps matched" if ms else "clean-only"
+               for co, ms in zip(part["clean_only"], part["match_steps"], strict=True)]
+    part = part.assign(setting=setting)
     ratios = sorted(set(part["ratio"].astype(float)) | {0.0, 1.0})
     rows = []
     keys = part[["poison_label", "defense_label"]].drop_duplicates()
     keys = sorted(map(tuple, keys.to_numpy()), key=lambda pd_: (pd_[0], pd_[1] != NO_DEFENSE, pd_[1]))
     for poison, defense in keys:
-        for setting in ("mixed", "clean-only"):
+        for setting in ("mixed", "clean-only", "clean-only, steps matched"):
             sub = part[(part["poison_label"] == poison) & (part["defense_label"] == defense) & (part["setting"] == setting)]
             if sub.empty:
                 continue

@@ -288,7 +288,8 @@ def partial_table(g: dict[str, Any]) -> Table | None:
                        for c in cells)])
     header = ["poison", "defense", "training set"] + [f"{x * 100:g}%" + (" (clean)" if x == 0 else "") for x in part["ratios"]]
     return Table(header, rows, "Columns: fraction of the training set poisoned. mixed = poisoned images plus the clean "
-                 "rest; clean-only = the clean rest alone (the baseline a partial poison is compared with). 0% = the "
+                 "rest; clean-only = the clean rest alone (the baseline a partial poison is compared with), for as many epochs "
+                 "or, where it says steps matched, for as many optimiser steps as the full run. 0% = the "
                  "clean run, 100% = the full poison, under the same defense; optimiser steps shown where records carry "
                  "them. " + g["table_provenance"].get("partial", ""), align="lll" + "r" * len(part["ratios"]))
 

@@ -4,7 +4,7 @@ Every table of the leaderboard is a groupby / pivot of this frame, and ``bench r
 ``benchmark.records.load_frame`` hand it to users as it is, so a notebook gets the records in one line.
 Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
 model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
-ratio, clean_only, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
+ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
 test_acc, peak_test_acc, peak_epoch, train_acc, final_rise, diverged, steps, training_s, evaluation_s,
 wall_s, device, cpu, threads, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
 psnr, ssim, num_poisoned, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric metric a defense reports.
@@ -125,7 +125,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "epochs": (cfg.get("protocol") or {}).get("epochs"), "protocol_variant": group[2],
         "seed": int(cfg["seed"]), "poison": str(poison["name"]),
         "poison_params": canonical_json(poison.get("params") or {}), "poison_revision": int(poison.get("revision") or 1),
-        "ratio": ratio, "clean_only": clean_only, "key_fingerprint": str(poison.get("key_fingerprint") or ""), "full": poison["name"] == "none" or (ratio >= 1.0 and not clean_only),
+        "ratio": ratio, "clean_only": clean_only, "match_steps": bool(poison.get("match_steps")), "key_fingerprint": str(poison.get("key_fingerprint") or ""), "full": poison["name"] == "none" or (ratio >= 1.0 and not clean_only),
         "defense": str(defense["name"]), "defense_params": canonical_json(defense.get("params") or {}),
         "tier": info["tier"], "family": info["family"], "variant": info["variant"] or "", "headline": info["headline"],
         "test_acc": num(metrics.get("test_acc")), "peak_test_acc": num(metrics.get("peak_test_acc")),
