@@ -99,6 +99,13 @@ class Poison:
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         raise NotImplementedError
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What identifies this poison's output beyond its params and key (e.g. the sha256 of an
+        imported file, which can change under the same path): part of the cached artifact's id and of
+        ``config.poison`` (so of the run id). Empty, and then left out of both, for poisons that their
+        params and key define."""
+        return {}
+
     @classmethod
     def describe(cls) -> str:
         doc = (cls.__doc__ or "").strip().splitlines()

@@ -1,0 +1,172 @@
+"""`import`: a poisoned set made elsewhere round-trips bit-exactly and every malformed file is refused."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_images, run_cli
+
+from attacks.base import PoisonContext
+from benchmark.data import ImageSet
+from benchmark.errors import BenchError
+from benchmark.io import read_npz, write_npz
+from benchmark.poisoning import artifact_id, build_poison, get_poisoned
+from benchmark.runner import RunSpec, prepare_run
+
+
+def poisoned_copy(clean: ImageSet, every: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A made-up poison: every ``every``-th image gets a +/-3 pattern; returns (images, changed indices)."""
+    x = clean.x.clone()
+    idx = torch.arange(0, len(clean), every)
+    pattern = (torch.arange(x[0].numel()).view_as(x[0]) % 3 - 1) * 3
+    x[idx] = (x[idx].to(torch.int16) + pattern).clamp(0, 255).to(torch.uint8)
+    return x, idx
+
+
+def export_npz(path: Path, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> Path:
+    write_npz(path, {"x_train": x.permute(0, 2, 3, 1).contiguous().numpy(), "y_train": y.numpy().astype(np.int64),
+                     "poisoned_indices": idx.numpy().astype(np.int64)})
+    return path
+
+
+def run_import(path: Path, clean: ImageSet, ratio: float = 1.0, **params):
+    spec = build_poison("import", {"path": str(path), **params}, ratio=ratio)
+    return spec, spec.poison.generate(clean, PoisonContext(ratio=ratio, num_classes=clean.num_classes))
+
+
+def refused(path: Path, clean: ImageSet | None = None) -> str:
+    """The one-line error for ``path`` (at build time, or when checked against ``clean``)."""
+    with pytest.raises(BenchError) as info:
+        run_import(path, clean if clean is not None else make_images(n=24, num_classes=4, size=8))
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and msg.startswith("poison import: ")
+    return msg
+
+
+def test_import_roundtrips_a_bench_poison_export_bit_exactly(bench_env: dict, capsys, tmp_path: Path) -> None:
+    out = tmp_path / "ops.npz"
+    code, _, err = run_cli(["poison", "--poison", "ops", "--preset", "smoke", "--train-subset", "512",
+                            "--out", str(out)], capsys)
+    assert code == 0, err
+    exported = read_npz(out)
+    spec = RunSpec(poison="import", poison_params={"path": str(out), "name": "ops-export"}, preset="smoke",
+                   data_root=str(bench_env["data_root"]), cache_dir=str(bench_env["cache"]),
+                   results=str(bench_env["results"]))
+    prep = prepare_run(spec)
+    poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device)
+    assert np.array_equal(poisoned.x.permute(0, 2, 3, 1).numpy(), exported["x_train"])
+    assert np.array_equal(poisoned.poisoned_indices.numpy(), exported["poisoned_indices"])
+    assert manifest["info"]["l0_max"] == 1 and manifest["info"]["source_name"] == "ops-export"
+    assert manifest["budget"]["num_poisoned"] == 512
+    sha = prep.config["poison"]["identity"]["sha256"]
+    assert sha == manifest["info"]["sha256"] and len(sha) == 64
+    # the same path with other bytes is another poison: new run id, new artifact, no stale cache hit
+    arrays = dict(exported)
+    arrays["x_train"] = arrays["x_train"].copy()
+    arrays["x_train"][0, 0, 0, 0] ^= 1
+    write_npz(out, arrays)
+    prep2 = prepare_run(spec)
+    assert prep2.run_id != prep.run_id
+    assert artifact_id(prep2.dataset_id, prep2.poison) != artifact_id(prep.dataset_id, prep.poison)
+    again, manifest2 = get_poisoned(prep2.train, prep2.dataset_id, prep2.poison, prep2.cache, prep2.device)
+    assert manifest2["cached"] is False and int(again.x[0, 0, 0, 0]) == int(arrays["x_train"][0, 0, 0, 0])
+    # and bench run takes it end to end, recording the declared source and the file's sha256
+    code, _, err = run_cli(["run", "--poison", "import", "--poison-param", f"path={out}", "--poison-param",
+                            "name=ops-export", "--preset", "smoke", "--no-baseline"], capsys)
+    assert code == 0, err
+    rec = json.loads(next(bench_env["results"].glob("*-import-*.json")).read_text())
+    assert rec["config"]["poison"]["params"]["name"] == "ops-export"
+    assert rec["config"]["poison"]["identity"]["sha256"] == prep2.config["poison"]["identity"]["sha256"]
+    assert rec["poison"]["info"]["sha256"] == rec["config"]["poison"]["identity"]["sha256"]
+
+
+def test_import_png_folder_and_tensor_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    clean = make_images(n=24, num_classes=4, size=8)
+    x, idx = poisoned_copy(clean, every=3)
+    root = tmp_path / "pngs"
+    for i in range(len(clean)):
+        folder = root / "train" / (clean.classes[int(clean.y[i])] if i % 2 else str(int(clean.y[i])))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    spec, out = run_import(root, clean)
+    assert torch.equal(out.x, x) and torch.equal(out.poisoned_indices, idx)
+    assert out.info["format"] == "png" and out.info["source_name"] == "pngs"
+    # .pt: float NCHW in [0, 1] (rounded back to the same grey levels), uint8 NHWC with labels
+    torch.save(x.float() / 255, tmp_path / "float.pt")
+    _, out = run_import(tmp_path / "float.pt", clean)
+    assert torch.equal(out.x, x)
+    torch.save({"x_train": x.permute(0, 2, 3, 1).contiguous(), "y_train": clean.y}, tmp_path / "dict.pt")
+    _, out = run_import(tmp_path / "dict.pt", clean, name="my-poison")
+    assert torch.equal(out.x, x) and out.info["source_name"] == "my-poison"
+    assert out.info["l0_max"] == 64 and out.info["images_changed"] == len(idx)
+    # ratio < 1: the file's images on the seeded subset only
+    _, half = run_import(tmp_path / "dict.pt", clean, ratio=0.5)
+    assert set(half.poisoned_indices.tolist()) <= set(idx.tolist())
+    rest = torch.ones(len(clean), dtype=torch.bool)
+    rest[half.poisoned_indices] = False
+    assert torch.equal(half.x[rest], clean.x[rest])
+
+
+def test_import_refuses_malformed_files(tmp_path: Path) -> None:
+    clean = make_images(n=24, num_classes=4, size=8)
+    x, idx = poisoned_copy(clean)
+    assert "does not exist" in refused(tmp_path / "missing.npz")
+    assert "needs --poison-param path" in str(pytest.raises(BenchError, build_poison, "import", {}).value)
+    # wrong shape: one image short, then the wrong image size
+    assert "shape" in refused(export_npz(tmp_path / "short.npz", x[:-1], clean.y[:-1], idx[:-1]), clean)
+    small = make_images(n=24, num_classes=4, size=6)
+    assert "shape" in refused(export_npz(tmp_path / "size.npz", small.x, clean.y, idx), clean)
+    # dtype: float images in an npz, integer tensors in a .pt
+    write_npz(tmp_path / "float.npz", {"x_train": x.permute(0, 2, 3, 1).numpy().astype(np.float32),
+                                       "y_train": clean.y.numpy(), "poisoned_indices": idx.numpy()})
+    assert "float32" in refused(tmp_path / "float.npz", clean)
+    torch.save(x.to(torch.int64), tmp_path / "int.pt")
+    assert "torch.int64" in refused(tmp_path / "int.pt", clean)
+    # value range: float images must be in [0, 1]
+    torch.save(x.float(), tmp_path / "range.pt")
+    assert "[0, 1]" in refused(tmp_path / "range.pt", clean)
+    # label order: a shuffled set with its labels
+    perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(0))
+    msg = refused(export_npz(tmp_path / "order.npz", x[perm], clean.y[perm], idx), clean)
+    assert "labels differ" in msg and "dataset's order" in msg
+    # images changed outside the declared poisoned_indices
+    assert "outside its poisoned_indices" in refused(export_npz(tmp_path / "idx.npz", x, clean.y, idx[:-1]), clean)
+    # a PNG folder with a missing image or an unknown class
+    root = tmp_path / "pngs"
+    (root / "train" / "c0").mkdir(parents=True)
+    from PIL import Image
+    Image.fromarray(x[0].permute(1, 2, 0).numpy()).save(root / "train" / "c0" / "0.png")
+    assert "first missing index 1" in refused(root, clean)
+    (root / "train" / "zebra").mkdir()
+    Image.fromarray(x[1].permute(1, 2, 0).numpy()).save(root / "train" / "zebra" / "1.png")
+    assert "not a class" in refused(root, clean)
+
+
+class Payload:
+    """Unpickling this would create a marker file: proof that the loader never runs pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_import_never_unpickles_a_pt_file(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        torch.save({"x": torch.zeros(24, 3, 8, 8, dtype=torch.uint8), "extra": Payload(marker)}, fh)
+    assert "not a plain tensor file" in refused(tmp_path / "evil.pt")
+    assert not marker.exists()
+    with open(tmp_path / "plain.pkl.pt", "wb") as fh:  # a bare pickle, not even a torch file
+        pickle.dump(Payload(marker), fh)
+    assert "not a plain tensor file" in refused(tmp_path / "plain.pkl.pt")
+    assert not marker.exists()
