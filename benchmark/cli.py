@@ -173,6 +173,8 @@ PROTOCOL_FLAGS = ("epochs", "batch_size", "lr", "model", "train_subset", "test_s
 @click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="any other protocol field")
 @click.option("--seed", type=int, default=0, show_default=True, help="run seed (model init, data order, augmentation)")
 @click.option("--clean-only", is_flag=True, help="partial poisoning baseline: train only on the unpoisoned part")
+@click.option("--match-epochs", is_flag=True, help="with --clean-only: train the preset's epochs on the smaller set "
+              "(default: as many optimizer steps as the full run, so the baseline is not under-trained)")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="also run the matching clean (--poison none) run if missing")
 @click.option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
 @click.option("--force", is_flag=True, help="run again even if a finished record exists")
@@ -190,7 +192,10 @@ def run_cmd(**kw: Any) -> None:
         defense_params=parse_kv(kw["defense_params"], "--defense-param"), preset=kw["preset"],
         overrides=overrides, seed=kw["seed"], data_root=kw["data_root"], cache_dir=kw["cache_dir"],
         results=kw["results"], download=kw["download"], device=kw["device"], force=kw["force"],
+        match_steps=not kw["match_epochs"],
     )
+    if kw["match_epochs"] and not kw["clean_only"]:
+        raise BenchError("--match-epochs goes with --clean-only (it sets how long the clean-only baseline trains)")
     main_rec, base_rec = run_with_display(spec, baseline=kw["baseline"], console=console)
     console.print(summary_table(main_rec, base_rec))
     console.print(f"record: {main_rec.get('_path', main_rec['run_id'])}")
@@ -246,15 +251,19 @@ def poison_cmd(**kw: Any) -> None:
 
 # ------------------------------------------------------------------------------------------- perf
 
-@cli.command("perf")
+@cli.group("perf", invoke_without_command=True)
 @click.option("--model", default="small-cnn", show_default=True, help="surrogate architecture (bench list models)")
 @click.option("--batch-size", type=int, default=None, help="generation batch (default: 128 on a GPU, 32 on CPU)")
 @click.option("--steps", type=int, default=2, show_default=True, help="timed steps per poison (after one warm-up step)")
 @click.option("--preset", type=click.Choice(["paper", "cpu", "smoke"]), default="paper", show_default=True,
               help="generation hyperparameters (PGD steps, EOT samples, ...) to time")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-def perf_cmd(model: str, batch_size: int | None, steps: int, preset: str, device: str) -> None:
-    """Time one REM generation step against one SEM step (same model, batch, budget)."""
+@click.pass_context
+def perf_cmd(ctx: click.Context, model: str, batch_size: int | None, steps: int, preset: str, device: str) -> None:
+    """Time one REM generation step against one SEM step (same model, batch, budget); 'bench perf train'
+    times the trainer."""
+    if ctx.invoked_subcommand is not None:
+        return
     from benchmark.device import resolve_device
     from benchmark.perf import measure_rem_sem, perf_table
     from benchmark.registry import MODELS
@@ -266,6 +275,31 @@ def perf_cmd(model: str, batch_size: int | None, steps: int, preset: str, device
         raise BenchError(f"--batch-size must be >= 2 and --steps >= 1, got {batch} and {steps}")
     costs = measure_rem_sem(model, batch, steps, dev, preset)
     console.print(perf_table(costs, f"generation step cost: {model}, batch {batch}, preset {preset}, {dev}"))
+
+
+@perf_cmd.command("train")
+@click.option("--model", default=None, help="architecture (default: the preset's, small-cnn on CPU, resnet18 on a GPU)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--batch-size", type=int, default=None, help="batch (default: the preset's, 256 on CPU, 512 on a GPU)")
+@click.option("--steps", type=int, default=5, show_default=True, help="timed steps per pipeline")
+@click.option("--warmup", type=int, default=2, show_default=True, help="untimed warm-up steps per pipeline")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPU cores))")
+def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps: int, warmup: int,
+                   workers: int | None) -> None:
+    """Trainer img/s against bare forward/backward and a DataLoader + PIL pipeline (same model, batch, SGD)."""
+    from benchmark.device import default_preset, resolve_device
+    from benchmark.models import check_model
+    from benchmark.perf import measure_train, train_perf_table
+    from benchmark.protocol import PRESETS
+
+    dev = resolve_device(device)
+    preset = default_preset(dev)
+    model = model or PRESETS[preset]["model"]
+    check_model(model)
+    if (batch_size is not None and batch_size < 2) or steps < 1 or warmup < 0 or (workers is not None and workers < 0):
+        raise BenchError(f"--batch-size must be >= 2, --steps >= 1, --warmup and --workers >= 0; got "
+                         f"{batch_size}, {steps}, {warmup}, {workers}")
+    console.print(train_perf_table(measure_train(model, dev, batch_size, steps, warmup, workers, preset)))
 
 
 # --------------------------------------------------------------------------------------- pretrain

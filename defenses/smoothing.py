@@ -40,7 +40,7 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 class SmoothingParams:
     sigma: float = param(0.5, "std of the Gaussian noise in [0,1] pixel space (training and voting)", gt=0.0)
     n_samples: int = param(100, "noisy copies per test image for the headline majority vote", ge=1)
-    epoch_samples: int = param(8, "noisy copies per test image for the cheaper per-epoch vote", ge=1)
+    epoch_samples: int = param(4, "noisy copies per test image for the cheaper per-epoch vote", ge=1)
     certify_n0: int = param(100, "CERTIFY: selection samples per image", ge=1)
     certify_n: int = param(1000, "CERTIFY: estimation samples per image (Cohen: 100000)", ge=1)
     alpha: float = param(0.001, "CERTIFY: failure probability of the Clopper-Pearson bound", gt=0.0, lt=1.0)

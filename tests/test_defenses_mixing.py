@@ -203,7 +203,7 @@ def test_smoothing_headline_is_the_majority_vote() -> None:
     assert 64 < extra["base_noisy_acc"] < 74  # Phi(0.5) = 69.1 %: the base model alone on noisy copies
     assert extra["base_clean_acc"] == 100.0
     cheap = rs.predictor(ctx, final=False)
-    assert cheap.n_samples == 8 and vote.n_samples == 100
+    assert cheap.n_samples == 4 and vote.n_samples == 100
     again = predictions(FirstPixelModel(), test, build_defense("smoothing").predictor(ctx, final=True), 1000,
                         torch.device("cpu"))
     assert torch.equal(again, pred)

@@ -178,3 +178,31 @@ def test_unreadable_record_is_run_again_with_a_warning(bench_env: dict, capsys: 
     assert code == 0, err
     assert "ignoring unreadable record" in " ".join(out.split()) and "finished record exists" not in out
     assert validate_record(json.loads(path.read_text())) is None
+
+
+def test_batches_merge_a_tiny_last_batch_only() -> None:
+    from benchmark.train import batch_bounds
+
+    assert batch_bounds(20000, 256)[-1] == (19968, 20000)  # the cpu preset's 32-image last batch is kept
+    assert len(batch_bounds(20000, 256)) == 79
+    bounds = batch_bounds(7942, 256)  # 7942 = 31 x 256 + 6: the 6 images join the batch before them
+    assert len(bounds) == 31 and bounds[-1] == (7680, 7942)
+    assert batch_bounds(449, 64)[-1] == (384, 449)
+    sizes = [b - a for a, b in batch_bounds(1000, 64)]
+    assert sum(sizes) == 1000 and min(sizes) >= 2
+
+
+def test_clean_only_baseline_takes_as_many_steps_as_the_full_run(bench_env: dict) -> None:
+    over = {"epochs": 2, "train_subset": 256, "test_subset": 100, "batch_size": 32}
+    full = execute(prepare_run(_spec(bench_env, ratio=0.5, overrides=over)))
+    matched = execute(prepare_run(_spec(bench_env, ratio=0.5, clean_only=True, overrides=over)))
+    by_epochs = execute(prepare_run(_spec(bench_env, ratio=0.5, clean_only=True, match_steps=False, overrides=over)))
+    assert full["training"]["steps"] == 16 and full["training"]["images"] == 256
+    from benchmark.train import batch_bounds
+
+    n = 256 - full["poison"]["num_poisoned"]  # CUDA's partial subset is a per-image Bernoulli draw
+    per_epoch = len(batch_bounds(n, 32))
+    assert matched["training"]["images"] == n and matched["training"]["step_matched"]
+    assert matched["training"]["steps"] == 16 and len(matched["metrics"]["per_epoch"]) == -(-16 // per_epoch)
+    assert by_epochs["training"]["steps"] == 2 * per_epoch < 16 and not by_epochs["training"]["step_matched"]
+    assert matched["run_id"] != by_epochs["run_id"] and matched["config"]["poison"]["match_steps"]
