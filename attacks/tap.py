@@ -1,0 +1,347 @@
+"""TAP: targeted adversarial poisoning (Fowl, Goldblum, Chiang, Geiping, Czaja, Goldstein, "Adversarial
+Examples Make Strong Poisons", NeurIPS 2021; official code github.com/lhfowl/adversarial_poisons,
+``village/shop/forgemaster_base.py``, ``forgemaster_targeted.py`` / ``forgemaster_untargeted.py``,
+``village/materials/diff_data_augmentation.py``, ``village/options.py``, ``anneal.py``).
+
+A surrogate is trained on the clean training set (the attacker owns it), then fixed in eval mode.
+Every image's δ (‖δ‖∞ ≤ ε = 8/255, x + δ in [0, 1]) starts from ε·N(0, 1) clipped to the ε-box and takes
+``steps`` signed-gradient steps of size ``tau``·ε (official ``--attackiter 250 --tau 0.05``) that lower
+the cross-entropy toward the target class (y + 1) mod K through a differentiable random augmentation
+of the poison batch (official ``RandomTransform``: a bilinear shift of up to size/8 pixels, 4 on
+CIFAR, zero padding, and a horizontal flip, drawn per image and step); ``targeted=false`` raises the
+cross-entropy of the true class instead (the untargeted recipe). ``restarts`` repeats the whole
+crafting from fresh starts and keeps the restart whose final-step loss, averaged over the poison
+batches, is lowest (official ``--restarts 8``). The stored image rounds x + δ to grey levels half up,
+as the official PNG export, which keeps the L-inf budget exactly.
+
+Surrogate: the benchmark's own trainer (:func:`benchmark.train.train_model`, the one ``bench
+pretrain`` uses) on the clean images handed in, cached as safetensors in ``bench pretrain``'s format
+under ``<cache>/surrogates`` (keyed by the images, the recipe and the key), so targeted and
+untargeted TAP share it; ``backbone=PATH`` uses a ``bench pretrain`` file instead (``--split train``:
+the attacker's clean data). Official recipe (``conservative``): ResNet-18, 40 epochs, batch 128, SGD
+0.1 Nesterov momentum 0.9, weight decay 5e-4, learning rate ×0.1 at epochs 14, 25 and 35, with
+augmentation.
+
+Presets: ``paper`` is the official recipe above; ``cpu`` is a reduced recipe documented as such
+(small-cnn surrogate, 10 one-cycle epochs, 10 PGD steps of 2/255, 1 restart: minutes on 2 cores);
+``smoke`` is seconds, for tests. Generation is costed and resumable like EM: the surrogate's training
+checkpoints every epoch and the crafting every ``checkpoint_every`` poison batches (the random
+numbers of a batch derive from the key, the restart and the batch index, so a resumed generation is
+exact), and the manifest's ``generation_seconds`` adds up the sessions (it includes the surrogate's
+training unless the surrogate came from the cache; ``info.surrogate`` says which and how long).
+
+Deviations from the official code: the surrogate's schedule ``step`` decays ×0.1 every
+round(epochs/2.667) epochs (14, 28 for 40; official 14, 25, 35) and trains with the benchmark's crop
+(pad 4) + flip augmentation (official: the same bilinear shift as the poison's); inputs are [0, 1]
+images without mean/std normalisation (the benchmark's convention), so the augmentation pads with
+black rather than the mean colour; each poison batch runs all its steps before the next batch starts
+(official: one step per batch per pass over the data; the same computation, since the surrogate is
+fixed and in eval mode); random numbers come from key-derived generators; partial poisoning uses an
+exact key-seeded subset (official ``--budget``: a random subset), derived from the full-ratio noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attacks.base import PoisonContext, PoisonedSet, key_fingerprint
+from attacks.em import (
+    Checkpoint,
+    NoisePoison,
+    build_surrogate,
+    check_surrogate,
+    derived_generator,
+    derived_seed,
+    frozen,
+)
+from benchmark.data import ImageSet, stratified_subset
+from benchmark.errors import BenchError
+from benchmark.io import atomic_write
+from benchmark.params import param
+from benchmark.registry import MODELS, register_poison
+
+BACKBONE_FORMAT = "unlearnable-bench backbone v1"  # what `bench pretrain` writes
+
+
+@dataclass(frozen=True)
+class TAPParams:
+    eps: float = param(8 / 255, "L-inf budget (0.0314 = 8/255)", ge=0.0, le=1.0)
+    targeted: bool = param(True, "push toward class (y+1) mod K; false = untargeted error-maximising")
+    steps: int = param(250, "PGD steps per image (official --attackiter)", ge=1)
+    tau: float = param(0.05, "PGD step size as a fraction of eps (official --tau)", gt=0.0, le=1.0)
+    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (official --restarts)",
+                          ge=1, le=64)
+    batch_size: int = param(512, "poison batch size (official --pbatch)", ge=1)
+    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
+                                "(official --paugment)")
+    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
+    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
+    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
+    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
+    surrogate_schedule: str = param("step", "step: x0.1 every epochs/2.667 (official MultiStep); onecycle: the cpu "
+                                            "victim schedule", choices=("step", "onecycle"))
+    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
+                              "instead of training one")
+    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
+
+    def validate(self, owner: str) -> None:
+        check_surrogate(owner, self.surrogate)
+        if self.backbone:
+            path = Path(self.backbone).expanduser()
+            if path.suffix != ".safetensors" or not path.is_file():
+                raise BenchError(f"{owner}: backbone '{self.backbone}' must be an existing .safetensors file "
+                                 f"written by `bench pretrain`")
+
+
+_TAP_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(surrogate="resnet18", surrogate_epochs=40, surrogate_batch_size=128, surrogate_lr=0.1,
+                  surrogate_schedule="step", steps=250, tau=0.05, restarts=8, batch_size=512),
+    "cpu": dict(surrogate="small-cnn", surrogate_epochs=10, surrogate_batch_size=256, surrogate_lr=0.2,
+                surrogate_schedule="onecycle", steps=10, tau=0.25, restarts=1, batch_size=256),
+    "smoke": dict(surrogate="small-cnn", surrogate_epochs=2, surrogate_batch_size=64, surrogate_lr=0.05,
+                  surrogate_schedule="onecycle", steps=3, tau=0.4, restarts=1, batch_size=128),
+}
+
+
+def random_shift_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The official differentiable augmentation: per image a bilinear shift of up to size/8 pixels
+    (``shift`` = size/4 grid steps of 2/(size-1), align_corners, zero padding) and, with probability
+    1/2, a horizontal flip; four uniforms per image, as ``RandomTransform``."""
+    n, _, h, w = x.shape
+    r = torch.rand(n, 4, generator=gen, device=gen.device).to(device=x.device, dtype=x.dtype)
+    dx = (r[:, 0] - 0.5) * 2 * ((w // 4) / max(1, w - 1))
+    dy = (r[:, 1] - 0.5) * 2 * ((h // 4) / max(1, h - 1))
+    gx = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx.view(n, 1, 1)
+    gx = torch.where((r[:, 2] > 0.5).view(n, 1, 1), -gx, gx)
+    gy = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy.view(n, 1, 1)
+    grid = torch.stack([gx.expand(n, h, w), gy.expand(n, h, w)], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def images_digest(train: ImageSet) -> str:
+    h = hashlib.sha256()
+    h.update(train.x.cpu().contiguous().numpy().tobytes())
+    h.update(train.y.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_backbone(path: Path, num_classes: int, in_channels: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A surrogate from a ``bench pretrain`` safetensors file (or our own cached one), checked."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("bench", "{}"))
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except Exception as exc:
+        raise BenchError(f"poison tap: cannot read backbone {path}: {type(exc).__name__}: {exc}") from None
+    if meta.get("format") != BACKBONE_FORMAT:
+        raise BenchError(f"poison tap: backbone {path} was not written by `bench pretrain` (no '{BACKBONE_FORMAT}' metadata)")
+    if meta.get("num_classes") != num_classes or meta.get("in_channels") != in_channels:
+        raise BenchError(f"poison tap: backbone {path} is for {meta.get('num_classes')} classes / "
+                         f"{meta.get('in_channels')} channels; this data set has {num_classes} / {in_channels}")
+    model = build_surrogate(MODELS.canonical(meta["model"]), num_classes, in_channels, 0, device)
+    model.load_state_dict(state)
+    return model, meta
+
+
+@register_poison("tap", aliases=("adversarial-poisoning",))
+class TAP(NoisePoison):
+    """PGD toward class (y+1) mod K on a clean surrogate; targeted=false: error-maximising (TAP, NeurIPS'21)."""
+
+    Params = TAPParams
+    preset_params = _TAP_PRESETS
+    shares_full_noise = True
+
+    # ---------------------------------------------------------------------------------- surrogate
+
+    def surrogate_protocol(self) -> Any:
+        from benchmark.protocol import resolve_protocol
+
+        p: TAPParams = self.params
+        over: dict[str, Any] = dict(model=p.surrogate, epochs=p.surrogate_epochs, batch_size=p.surrogate_batch_size,
+                                    lr=p.surrogate_lr, momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=0.0,
+                                    augment=True, train_subset=0, test_subset=0, schedule=p.surrogate_schedule)
+        if p.surrogate_schedule == "step":
+            over.update(lr_step=max(1, round(p.surrogate_epochs / 2.667)), lr_gamma=0.1, warmup=0.0)
+        return resolve_protocol("paper" if p.surrogate_schedule == "step" else "cpu", over)
+
+    def surrogate_id(self, train: ImageSet, key: int) -> str:
+        from benchmark.protocol import protocol_dict
+
+        payload = {"images": images_digest(train), "protocol": protocol_dict(self.surrogate_protocol()),
+                   "num_classes": train.num_classes, "key_fingerprint": key_fingerprint(key)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def surrogate_cache(ctx: PoisonContext) -> Path | None:
+        """``<cache>/surrogates`` when the generation runs under the benchmark's poison cache
+        (``<cache>/poison-work/<artifact>``), else None (no cross-generation caching)."""
+        if ctx.workdir is None or Path(ctx.workdir).parent.name != "poison-work":
+            return None
+        return Path(ctx.workdir).parent.parent / "surrogates"
+
+    def get_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+        """The fixed surrogate and facts about it for the manifest."""
+        p: TAPParams = self.params
+        c = int(train.x.shape[1])
+        if p.backbone:
+            model, meta = read_backbone(Path(p.backbone).expanduser(), num_classes, c, ctx.device)
+            return model, {"source": "backbone", "path": p.backbone, "model": meta.get("model"),
+                           "split": meta.get("split"), "train_images": meta.get("train_images"), "cached": True}
+        sid = self.surrogate_id(train, ctx.key)
+        cache = self.surrogate_cache(ctx)
+        work = Path(ctx.workdir) if ctx.workdir is not None else None
+        stored = [d / f"tap-{sid}.safetensors" for d in (cache, work) if d is not None]
+        for path in stored:
+            if path.is_file():
+                model, meta = read_backbone(path, num_classes, c, ctx.device)
+                return model, {"source": "trained", "id": sid, "cached": True, "model": meta["model"],
+                               "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
+                               "train_seconds": meta.get("train_seconds")}
+        model, meta = self.train_surrogate(train, ctx, num_classes, sid, work)
+        if stored:
+            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+            from safetensors.torch import save_file
+
+            stored[0].parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(stored[0], lambda q: save_file(state, str(q), metadata={"bench": json.dumps(meta)}))
+        return model, {"source": "trained", "id": sid, "cached": False, "model": meta["model"],
+                       "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
+                       "train_seconds": meta["train_seconds"]}
+
+    def train_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int, sid: str,
+                        work: Path | None) -> tuple[nn.Module, dict[str, Any]]:
+        """A clean surrogate from the benchmark's trainer, evaluated each epoch on a 1000-image
+        stratified probe of its own training images (the attacker has no other labelled data)."""
+        from benchmark.protocol import protocol_dict
+        from benchmark.train import train_model
+        from defenses.base import TrainContext, build_defense
+
+        proto = self.surrogate_protocol()
+        n, c, h, w = train.x.shape
+        seed = derived_seed(ctx.key, self.name, "surrogate") % (2**31)
+        model = build_surrogate(proto.model, num_classes, c, seed, ctx.device)
+        probe = train.subset(stratified_subset(train.y.cpu(), min(1000, n), seed).to(train.y.device))
+        tctx = TrainContext(device=ctx.device, num_classes=num_classes, in_channels=c, image_size=(h, w),
+                            protocol=proto, seed=seed, generator=torch.Generator().manual_seed(seed))
+        checkpoint = work / f"tap-{sid}-training.pt" if work is not None else None
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            result = train_model(model, train, probe, proto, build_defense("none"), tctx, checkpoint)
+        model.eval()
+        meta = {"format": BACKBONE_FORMAT, "model": MODELS.canonical(proto.model), "num_classes": num_classes,
+                "in_channels": c, "dataset": "the poisoned set's clean images", "split": "train",
+                "train_images": n, "epochs": proto.epochs, "seed": seed, "clean_test_acc": round(result.test_acc, 3),
+                "probe": "stratified 1000-image probe of the training images", "protocol": protocol_dict(proto),
+                "train_seconds": round(result.train_seconds + result.eval_seconds, 3)}
+        return model, meta
+
+    # ----------------------------------------------------------------------------------- crafting
+
+    def craft_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor,
+                    gen: torch.Generator) -> tuple[torch.Tensor, float]:
+        """``steps`` of signed-gradient PGD on one poison batch; returns δ and the loss of the last
+        step (evaluated before its update, as the official score)."""
+        p: TAPParams = self.params
+        eps, step = p.eps, p.tau * p.eps
+        delta = (torch.randn(x.shape, generator=gen, device=gen.device).to(x.device) * eps).clamp_(-eps, eps)
+        loss_value = 0.0
+        for _ in range(p.steps):
+            delta.requires_grad_(True)
+            inputs = x + delta
+            if p.augment:
+                inputs = random_shift_flip(inputs, gen)
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, target) if p.targeted else -F.cross_entropy(logits, y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            loss_value = float(loss.detach())
+            with torch.no_grad():
+                delta = (delta - step * grad.sign()).clamp_(-eps, eps)
+                delta = torch.maximum(torch.minimum(delta, 1.0 - x), -x)
+        return delta.detach(), loss_value
+
+    @torch.no_grad()
+    def success(self, model: nn.Module, x_u8: torch.Tensor, levels: torch.Tensor, y: torch.Tensor,
+                target: torch.Tensor, batch: int) -> dict[str, float]:
+        """The surrogate's accuracy and target-class rate on the clean images, its error and
+        target-class rate on the stored poisons (target: (y+1) mod K, also for untargeted TAP)."""
+        clean_ok = clean_target = poison_err = poison_target = 0
+        for s in range(0, len(y), batch):
+            sl = slice(s, s + batch)
+            xc = x_u8[sl].float().div_(255)
+            xp = (x_u8[sl].to(torch.int16) + levels[sl].to(x_u8.device, torch.int16)).clamp_(0, 255).float().div_(255)
+            pred = model(xc).argmax(1)
+            clean_ok += int((pred == y[sl]).sum())
+            clean_target += int((pred == target[sl]).sum())
+            pred = model(xp).argmax(1)
+            poison_err += int((pred != y[sl]).sum())
+            poison_target += int((pred == target[sl]).sum())
+        n = max(1, len(y))
+        return {"surrogate_clean_acc": round(clean_ok / n, 4), "surrogate_clean_target_rate": round(clean_target / n, 4),
+                "surrogate_poison_error": round(poison_err / n, 4),
+                "surrogate_poison_target_rate": round(poison_target / n, 4)}
+
+    def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
+        p: TAPParams = self.params
+        if ctx.ratio <= 0:
+            return self.finish(train, ctx, torch.zeros(0), {})
+        t0 = time.perf_counter()
+        dev = ctx.device
+        n = len(train)
+        num_classes = max(ctx.num_classes, int(train.y.max()) + 1)
+        train_dev = train.to(dev)
+        ckpt = Checkpoint(ctx.workdir, p.checkpoint_every)
+        model, surrogate_info = self.get_surrogate(train_dev, ctx, num_classes)
+        surrogate_seconds = time.perf_counter() - t0
+        x_u8, y = train_dev.x, train_dev.y
+        target = (y + 1) % num_classes
+        budget = self.budget_255()
+        batches = math.ceil(n / p.batch_size)
+        levels = torch.zeros(x_u8.shape, dtype=torch.int8)
+        best = torch.zeros(0, dtype=torch.int8)
+        restart, done, loss_sum, best_score, scores = 0, 0, 0.0, math.inf, []
+        state = ckpt.load(levels.shape)
+        if state is not None:
+            levels, best = state["noise"], state["best"]
+            restart, done, loss_sum = int(state["restart"]), int(state["done"]), float(state["loss_sum"])
+            best_score, scores = float(state["best_score"]), list(state["scores"])
+        total = p.restarts * batches
+        with frozen(model):
+            while restart < p.restarts:
+                while done < batches:
+                    sl = slice(done * p.batch_size, (done + 1) * p.batch_size)
+                    gen = derived_generator(ctx.key, self.name, "batch", restart, done, device=dev)
+                    delta, last_loss = self.craft_batch(model, x_u8[sl].float().div(255), y[sl], target[sl], gen)
+                    levels[sl] = torch.floor(delta * 255 + 0.5).clamp_(-budget, budget).to(torch.int8).cpu()
+                    loss_sum += last_loss
+                    done += 1
+                    step = restart * batches + done
+                    if ctx.progress is not None:
+                        ctx.progress(step, total, {"restart": restart + 1, "loss": round(last_loss, 4)})
+                    if ckpt.due(step) and step < total:
+                        ckpt.save({"noise": levels, "best": best, "restart": restart, "done": done,
+                                   "loss_sum": loss_sum, "best_score": best_score, "scores": scores})
+                score = loss_sum / batches  # official: the mean over poison batches of the final-step loss
+                scores.append(round(score, 6))
+                if score < best_score:
+                    best_score, best = score, (levels.clone() if restart + 1 < p.restarts else levels)
+                restart, done, loss_sum = restart + 1, 0, 0.0
+            stats = self.success(model, x_u8, best, y, target, p.batch_size)
+        info = {"targeted": p.targeted, "restart_losses": scores, "chosen_restart": scores.index(min(scores)),
+                "surrogate": dict(surrogate_info, seconds_this_session=round(surrogate_seconds, 3)),
+                "surrogate_forward_backward": p.restarts * batches * p.steps,
+                "surrogate_image_forward_backward": p.restarts * n * p.steps, **stats,
+                "session": ckpt.session_info()}
+        return self.finish(train, ctx, best.to(torch.int16), info)
+
