@@ -69,7 +69,7 @@ def test_tie_ranks_share_a_rank_within_tolerance() -> None:
     assert agg.tie_ranks([40.0, 39.0], 0.0) == [1, 2]
 
 
-def ranking_set() -> list[dict]:
+def ranking_set(backbone: Path) -> list[dict]:
     """Three comparable poisons; noise from clean/none (80, 84): sigma = 2.83, tolerance 5.66."""
     acc = {("none", "none"): [80.0, 84.0], ("cuda", "none"): [20.0], ("em", "none"): [15.0], ("rem", "none"): [30.0],
            ("none", "mixup"): [78.0], ("cuda", "mixup"): [40.0], ("em", "mixup"): [45.0], ("rem", "mixup"): [50.0],
@@ -81,14 +81,14 @@ def ranking_set() -> list[dict]:
     recs.append(make_record("none", "dat", 13.0, defense_params={"official_bn_update": True}))  # fails on clean
     recs.append(make_record("cuda", "dat", 17.0, defense_params={"official_bn_update": True}))
     # extra clean data: a linear probe that beats every standard defense must not become a worst case
-    recs += [make_record(p, "finetune", v, defense_params={"backbone": "b.safetensors", "mode": "linear"},
+    recs += [make_record(p, "finetune", v, defense_params={"backbone": str(backbone), "mode": "linear"},
                          defense_source=HOLDOUT, defense_info=False)
              for p, v in (("none", 81.0), ("cuda", 70.0), ("em", 75.0), ("rem", 77.0))]
     return recs
 
 
 def test_rankings_ties_statuses_and_tiers(tmp_path: Path) -> None:
-    frame = group_frame(write_all(tmp_path / "runs", ranking_set()))
+    frame = group_frame(write_all(tmp_path / "runs", ranking_set(tmp_path / "backbone.safetensors")))
     c = agg.cells(frame)
     tol = agg.noise(c)["tolerance"]
     assert tol == pytest.approx(2 * math.sqrt(8), abs=1e-3)
@@ -156,7 +156,8 @@ def test_page_json_and_byte_identical_regeneration(results: Path, tmp_path: Path
     assert "| none | 81.0 ± 1.4 | 22.0 ± 2.8 | 15.0 | 10.0 |" in text
     assert "| mixup | 78.0 | 50.0 | 30.0 | – |" in text
     assert "cuda 30.5 (epoch 3, final 22.0)" in text  # peak more than 3 points above final: a note, not a matrix
-    assert "| cuda | none | mixed | 81.0 ± 1.4 | 60.0 | 22.0 ± 2.8 |" in text
+    assert "| cuda | none | mixed | 81.0 ± 1.4 | 60.0 (72 steps) | 22.0 ± 2.8 |" in text
+    assert "| cuda | none | clean-only, steps matched | 81.0 ± 1.4 | 70.0 (72 steps) | – |" in text
     assert "Protocol: preset `smoke`" in text and "Records: " in text and "### Provenance" in text
     assert "### Protocol and caveats" in text and "JPEG re-encoding" in text
     assert "## Paper vs ours" in text and "different: source cifar10-jpeg" in text
@@ -238,11 +239,12 @@ def test_labels_variants_and_revisions(tmp_path: Path) -> None:
     k/255; records of two poison revisions are separate rows, never averaged as seeds."""
     recs = [make_record("none", "dat", 42.0), make_record("none", "dat", 13.0, defense_params={"official_bn_update": True}),
             make_record("none", "at", 60.0, defense_params={"eps": 4 / 255}),
-            make_record("rem", "none", 40.0, params={"rho_u": 8 / 255})]
-    new = make_record("rem", "none", 20.0, params={"rho_u": 8 / 255})
-    new["config"]["poison"]["revision"] = 2
-    new["run_id"] = run_id(new["config"])
-    recs.append(new)
+            make_record("rem", "none", 20.0, params={"rho_u": 8 / 255})]
+    assert recs[-1]["config"]["poison"]["revision"] == 2  # REM's current algorithm
+    old = make_record("rem", "none", 40.0, params={"rho_u": 8 / 255})
+    del old["config"]["poison"]["revision"]  # a record of revision 1 (no revision field)
+    old["run_id"] = run_id(old["config"])
+    recs.append(old)
     recs[1].pop("defense_info")  # older records: the variant is derived from the config
     frame = build_frame(collect_runs(write_all(tmp_path / "runs", recs), lambda m: None))
     assert set(frame["defense_label"]) == {"dat", "dat (official)", "at (eps=4/255)", "none"}

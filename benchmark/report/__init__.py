@@ -69,7 +69,7 @@ def write_leaderboard(results: Path | str = "results/runs", out: Path | str | No
         if samples else None
     plots: dict[str, dict[str, Any]] = {}
     for g in data["groups"]:
-        plots[g["slug"]] = make_plots(g, records, Path(plots_dir), data["tiers"], data["rules"]["standard_tier"])
+        plots[g["slug"]] = make_plots(g, records, Path(plots_dir), data["rules"]["standard_tier"])
         if source is not None:
             grids = sample_grids(frame[frame["group"] == g["slug"]], records, g["title"],
                                  Path(plots_dir) / g["slug"], source)

@@ -136,7 +136,7 @@ def peak_para(g: dict[str, Any], rules: dict[str, Any]) -> Para | None:
                 f"{rules['peak_note_points']:g} points above the final one: {items}.")
 
 
-def _status_note(e: dict[str, Any], what: str) -> str:
+def _status_note(e: dict[str, Any]) -> str:
     parts = []
     if e["status"] not in ("ranked", "reference"):
         parts.append(f"**{e['status']}**")
@@ -154,7 +154,7 @@ def defense_ranking(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Tabl
         rank = "ref" if e["status"] == "reference" else str(e["rank"]) if "rank" in e else "–"
         rows.append([rank, e["defense"], fmt(e["clean"]), f"{e['cost']:+.1f}" if e["cost"] is not None else "–",
                      fmt(e["worst"]), e["worst_poison"] or "–", f"{e['mean']:.1f}" if e["mean"] is not None else "–",
-                     f"{e['covered']}/{e['total']}", _status_note(e, "poison")])
+                     f"{e['covered']}/{e['total']}", _status_note(e)])
     noise = g["noise"]
     tie = (f"Ranks within noise share a rank: a worst case less than {noise['tolerance']:.2f} points "
            f"({noise['tie_sigmas']:g} σ, σ = {noise['sigma']:.2f}, the pooled seed-to-seed std of this table) below the "
@@ -176,7 +176,7 @@ def poison_ranking(g: dict[str, Any], rules: dict[str, Any]) -> Table:
     for e in r["entries"]:
         rows.append([str(e["rank"]) if "rank" in e else "–", e["poison"], fmt(e["worst"]), e["best_defense"] or "–",
                      fmt(e["undefended"]), f"{e['drop']:.1f}" if e["drop"] is not None else "–",
-                     f"{e['covered']}/{e['total']}", _status_note(e, "defense")])
+                     f"{e['covered']}/{e['total']}", _status_note(e)])
     legend = ("Worst case of a poison = the highest accuracy any standard-tier defense recovers on a converged cell "
               f"(defenses that fail or do not converge on clean data excluded; D = {len(r['defenses'])}: "
               f"{', '.join(r['defenses'])}); lower = stronger poison. Drop = plain training's clean accuracy minus the "

@@ -66,7 +66,7 @@ def _entries(g: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(e["poison"], e["defense"]): e for e in g["entries"]}
 
 
-def plot_summary(g: dict[str, Any], standard: str, path: Path) -> Path | None:
+def plot_summary(g: dict[str, Any], path: Path) -> Path | None:
     """Dumbbell per poison: no defense (red) -> best converged standard-tier defense (green, labelled),
     that defense on clean data (hollow green), plain training on clean data (dashed line)."""
     ranking = {e["poison"]: e for e in (g.get("poison_ranking") or {}).get("entries", [])}
@@ -109,7 +109,7 @@ def plot_summary(g: dict[str, Any], standard: str, path: Path) -> Path | None:
     return save(fig, path)
 
 
-def plot_heatmap(g: dict[str, Any], tier_names: dict[str, str], standard: str, path: Path) -> Path:
+def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
     """Defenses (rows, tiers after the standard one) x poisons; † and hatching = did not converge."""
     plt, sns = pyplot()
     import numpy as np
@@ -240,14 +240,14 @@ def plot_ratio(g: dict[str, Any], path: Path) -> Path | None:
 
 
 def make_plots(g: dict[str, Any], records: dict[str, dict[str, Any]], plots_dir: Path,
-               tier_names: dict[str, str], standard: str) -> dict[str, Path]:
+               standard: str) -> dict[str, Path]:
     """This group's figures; {kind: path}."""
     stem = Path(plots_dir) / g["slug"]
     out: dict[str, Path] = {}
     if g["entries"]:
-        if (p := plot_summary(g, standard, Path(f"{stem}-summary.png"))) is not None:
+        if (p := plot_summary(g, Path(f"{stem}-summary.png"))) is not None:
             out["summary"] = p
-        out["heatmap"] = plot_heatmap(g, tier_names, standard, Path(f"{stem}-heatmap.png"))
+        out["heatmap"] = plot_heatmap(g, standard, Path(f"{stem}-heatmap.png"))
         if (p := plot_curves(g, records, Path(f"{stem}-curves.png"))) is not None:
             out["curves"] = p
     if (p := plot_ratio(g, Path(f"{stem}-ratio.png"))) is not None:
