@@ -66,11 +66,11 @@ from attacks.em import (
 )
 from benchmark.data import ImageSet, stratified_subset
 from benchmark.errors import BenchError
-from benchmark.io import atomic_write
 from benchmark.params import param
+from benchmark.pretrain import FORMAT, read_backbone, save_backbone
 from benchmark.registry import MODELS, register_poison
 
-BACKBONE_FORMAT = "unlearnable-bench backbone v1"  # what `bench pretrain` writes
+FORMAT_FAMILY = FORMAT.rsplit(" v", 1)[0]  # "unlearnable-bench backbone": every version holds the weights
 
 
 @dataclass(frozen=True)
@@ -135,18 +135,11 @@ def images_digest(train: ImageSet) -> str:
     return h.hexdigest()
 
 
-def read_backbone(path: Path, num_classes: int, in_channels: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+def load_surrogate(path: Path, num_classes: int, in_channels: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A surrogate from a ``bench pretrain`` safetensors file (or our own cached one), checked."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("bench", "{}"))
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except Exception as exc:
-        raise BenchError(f"poison tap: cannot read backbone {path}: {type(exc).__name__}: {exc}") from None
-    if meta.get("format") != BACKBONE_FORMAT:
-        raise BenchError(f"poison tap: backbone {path} was not written by `bench pretrain` (no '{BACKBONE_FORMAT}' metadata)")
+    state, meta, _indices = read_backbone(path)
+    if not str(meta.get("format", "")).startswith(FORMAT_FAMILY):
+        raise BenchError(f"poison tap: backbone {path} was not written by `bench pretrain` (no '{FORMAT}' metadata)")
     if meta.get("num_classes") != num_classes or meta.get("in_channels") != in_channels:
         raise BenchError(f"poison tap: backbone {path} is for {meta.get('num_classes')} classes / "
                          f"{meta.get('in_channels')} channels; this data set has {num_classes} / {in_channels}")
@@ -196,7 +189,7 @@ class TAP(NoisePoison):
         p: TAPParams = self.params
         c = int(train.x.shape[1])
         if p.backbone:
-            model, meta = read_backbone(Path(p.backbone).expanduser(), num_classes, c, ctx.device)
+            model, meta = load_surrogate(Path(p.backbone).expanduser(), num_classes, c, ctx.device)
             return model, {"source": "backbone", "path": p.backbone, "model": meta.get("model"),
                            "split": meta.get("split"), "train_images": meta.get("train_images"), "cached": True}
         sid = self.surrogate_id(train, ctx.key)
@@ -205,17 +198,14 @@ class TAP(NoisePoison):
         stored = [d / f"tap-{sid}.safetensors" for d in (cache, work) if d is not None]
         for path in stored:
             if path.is_file():
-                model, meta = read_backbone(path, num_classes, c, ctx.device)
+                model, meta = load_surrogate(path, num_classes, c, ctx.device)
                 return model, {"source": "trained", "id": sid, "cached": True, "model": meta["model"],
                                "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
                                "train_seconds": meta.get("train_seconds")}
         model, meta = self.train_surrogate(train, ctx, num_classes, sid, work)
         if stored:
-            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-            from safetensors.torch import save_file
-
             stored[0].parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(stored[0], lambda q: save_file(state, str(q), metadata={"bench": json.dumps(meta)}))
+            save_backbone(stored[0], {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
         return model, {"source": "trained", "id": sid, "cached": False, "model": meta["model"],
                        "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
                        "train_seconds": meta["train_seconds"]}
@@ -240,7 +230,7 @@ class TAP(NoisePoison):
             torch.manual_seed(seed)
             result = train_model(model, train, probe, proto, build_defense("none"), tctx, checkpoint)
         model.eval()
-        meta = {"format": BACKBONE_FORMAT, "model": MODELS.canonical(proto.model), "num_classes": num_classes,
+        meta = {"format": FORMAT, "model": MODELS.canonical(proto.model), "num_classes": num_classes,
                 "in_channels": c, "dataset": "the poisoned set's clean images", "split": "train",
                 "train_images": n, "epochs": proto.epochs, "seed": seed, "clean_test_acc": round(result.test_acc, 3),
                 "probe": "stratified 1000-image probe of the training images", "protocol": protocol_dict(proto),
