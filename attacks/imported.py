@@ -237,6 +237,7 @@ class Imported(Poison):
 
     Params = ImportParams
     budget_type = "unbounded"
+    preview_cheap = False  # only the file (or its cached artifact) can show it
     notes = ("Imported poisons are whatever the file holds: their budget is measured, not declared.",)
 
     def __init__(self, params: Any) -> None:

@@ -99,6 +99,7 @@ class OnePixelShortcut(Poison):
 
     Params = OPSParams
     budget_type = "l0"
+    preview_cheap = False  # the pixel depends on all of a class's images: a preview must use the real artifact
     notes = ("OPS is L0-bounded (one pixel per image, set to 0 or 255 per channel): its L-inf and L2 columns "
              "are large by design and not comparable with the L-inf or L2 poisons.",)
 
