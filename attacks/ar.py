@@ -19,7 +19,7 @@ for CIFAR-100 (``params-classes-100-mr-3.pt``), which is the ``min_response=-1``
 
 Batching: the raster recurrence only reads positions up and to the left, so all positions on one
 anti-diagonal are independent; the sweep runs over the 2(H+crop)-5 anti-diagonals as strided slices,
-vectorised over every (image, channel) of a chunk (a few seconds for 50k CIFAR images on one core).
+vectorised over every (image, channel) of a chunk of images.
 The sampler screens candidates on the top-left block of their first trial before drawing and sweeping
 the rest (an exact necessary condition, see :func:`find_coefficients`) and checks the filter
 responses of all survivors at once.
