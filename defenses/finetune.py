@@ -213,7 +213,9 @@ class Finetune(Defense):
         ctx.emit(f"finetune: pretraining the default {arch} backbone on {len(indices)} held-out clean "
                  f"{ctx.dataset.name} images ({proto.epochs} epochs, once; cached at {path})")
         state, meta = train_backbone(ctx.dataset, indices, arch, proto, 0, ctx.device, "holdout",
-                                     len(ctx.train_indices))
+                                     len(ctx.train_indices),
+                                     on_epoch=lambda e: ctx.emit(f"  backbone epoch {e['epoch']}/{proto.epochs}: "
+                                                                 f"clean test {e['test_acc']:.2f}%"))
         save_backbone(path, state, meta)
         return path
 
