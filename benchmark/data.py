@@ -426,6 +426,9 @@ def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Data
                 train += [items[i] for i in order[n_test:]]
         if not train or not classes:
             raise BenchError(f"image folder '{path}' has no class sub-folders with images")
+        if len(classes) < 2:
+            raise BenchError(f"image folder '{path}' has one class ({classes[0]}); a classification "
+                             "benchmark needs at least two class sub-folders")
         mode = _folder_mode(train[0][2], train[0][1])
         x_tr, y_tr = _split_items(train, classes, mode)
         x_te, y_te = _split_items(test, classes, mode) if test else (x_tr[:0], y_tr[:0])
@@ -434,6 +437,9 @@ def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Data
 
     arrays = _cached(cache, "imagefolder", sources, build)
     classes = [str(c) for c in arrays["classes"]]
+    if len(classes) < 2:
+        raise BenchError(f"image folder '{path}' has one class ({classes[0]}); a classification benchmark "
+                         "needs at least two class sub-folders")
     return _to_dataset(f"imagefolder:{path}", "imagefolder", arrays, classes)
 
 

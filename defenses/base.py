@@ -292,9 +292,11 @@ class DefenseStack(Defense):
 def build_defense(spec: str, params: dict[str, Any] | None = None) -> DefenseStack:
     """Build ``spec`` (``name`` or ``a+b``) with params; keys may be ``name.param`` to target one
     component of a composition, or plain ``param`` when exactly one component declares it."""
-    names = [s.strip() for s in spec.split("+") if s.strip()]
-    if not names:
+    names = [s.strip() for s in spec.split("+")]
+    if not any(names):
         raise BenchError("empty defense name; see 'bench list defenses'")
+    if not all(names):
+        raise BenchError(f"defense '{spec}' has an empty component; write names joined by '+', e.g. 'at+mixup'")
     classes = [DEFENSES.get(n) for n in names]
     canon = [DEFENSES.canonical(n) for n in names]
     if len(set(canon)) != len(canon):

@@ -34,6 +34,9 @@ BAD_RUNS = [
     (["--protocol-param", "train_subset=many"], "parameter 'train_subset' must be a int"),
     (["--protocol-param", "epochs=0"], "'epochs'=0 is out of range"),
     (["--protocol-param", "epoch=3"], "unknown protocol option 'epoch'"),
+    (["--defense", "at+"], "has an empty component"),
+    (["--defense", "+mixup"], "has an empty component"),
+    (["--poison", "cuda", "--match-epochs"], "--match-epochs goes with --clean-only"),
 ]
 
 
@@ -82,3 +85,24 @@ def test_real_process_exit_code_and_single_line(bench_env: dict) -> None:
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "unknown poison 'nope'" in proc.stderr and "valid:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_results_that_is_a_file_is_refused_before_training(bench_env: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    a_file = tmp_path / "records.json"
+    a_file.write_text("{}")
+    for target in (a_file, a_file / "runs"):
+        code, _, err = run_cli(["run", "--preset", "smoke", "--poison", "cuda", "--results", str(target)], capsys)
+        assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert not [p for p in bench_env["cache"].iterdir() if p.name != "datasets"]  # nothing trained or cached
+
+
+def test_single_class_image_folder_is_refused(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(tmp_path / "one" / "cat" / f"{i}.png")
+    code, _, err = run_cli(["run", "--preset", "smoke", "--dataset", f"imagefolder:{tmp_path / 'one'}"], capsys)
+    assert code == 2 and "needs at least two class sub-folders" in err and len(err.strip().splitlines()) == 1
