@@ -125,6 +125,9 @@ class OrthogonalProjection(Defense):
 
     family = "filtering"
     Params = OrthoProjParams
+    notes = ("`ortho-proj` stores the projected images as uint8, so each image's component in the removed "
+             "subspace is set to the mean image's (a constant offset) instead of zero as in the official float "
+             "pipeline; test images are not projected, as in the official code.",)
     metrics_help = {
         "linear_train_acc": "training accuracy (%) of the fitted linear model on the poisoned set (its last "
                             "epoch): how linearly separable the poison is",

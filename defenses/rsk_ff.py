@@ -90,6 +90,8 @@ class RSKFF(Defense):
 
     family = "adaptive"
     Params = RSKFFParams
+    notes = ("`rsk-ff` sharpens and low-passes each batch after the protocol's crop/flip (the official code "
+             "does so before the crop) and leaves test images untouched, as the official code does.",)
 
     def variant(self) -> str | None:
         p: RSKFFParams = self.params

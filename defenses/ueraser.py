@@ -103,6 +103,9 @@ class UEraser(Defense):
 
     family = "augmentation"
     Params = UEraserParams
+    notes = ("`ueraser` trains on the max-loss of K = 5 kornia views during the first quarter of the epochs (the "
+             "official 50 of 200), then on one view; `ueraser (max)` uses K views in every epoch, `ueraser (lite)` "
+             "never.",)
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
