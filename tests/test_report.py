@@ -370,3 +370,16 @@ def test_sample_diff_row_says_the_factor_it_draws() -> None:
     assert peak == pytest.approx(8 / 255) and amp == pytest.approx(0.5 * 255 / 8)
     assert shown[0, 0, 0, 0] == pytest.approx(1.0) and shown[0, 2, 0, 0] == pytest.approx(0.5)
     assert diff_label(amp) == "diff ×15.9"
+
+
+def test_labels_hide_params_only_older_records_carry() -> None:
+    """A smoothing record from before its params changed (eval_subset, n_samples=32) and one at today's
+    defaults get short, distinct labels, not a dump of every parameter either one has."""
+    from benchmark.report.collect import defense_defaults, make_labels
+
+    now = defense_defaults("smoothing")
+    old = {"sigma": 0.5, "n_samples": 32, "alpha": 0.001, "eval_subset": 1000}
+    ids = [("smoothing", json.dumps(now, sort_keys=True)), ("smoothing", json.dumps(old, sort_keys=True))]
+    labels = make_labels(ids, {}, defense_defaults)
+    assert sorted(labels.values()) == [f"smoothing (n_samples={now['n_samples']})", "smoothing (n_samples=32)"]
+    assert make_labels(ids[:1], {}, defense_defaults) == {ids[0]: "smoothing"}

@@ -273,21 +273,30 @@ def make_labels(ids: Iterable[tuple[str, str]], special: dict[str, str],
     for name, pids in by_name.items():
         flats = [flat(json.loads(p[1])) for p in pids]
         keys = sorted({k for f in flats for k in f})
-        shown = {k for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
         default = defaults(name) if defaults else None
-        if default is not None:
-            shown |= {k for f in flats for k in f if k in default and f[k] != default[k]}
-        shown -= _variant_keys(name, flats, default, [variants.get(p) for p in pids])
-        for pid, f in zip(pids, flats, strict=True):
-            variant = variants.get(pid)
-            base = special.get(name, name)
-            if variant:
-                base = variant if variant.startswith(f"{name} (") else f"{name} ({variant})"
-            text = ", ".join(f"{k}={fmt_param(k, f[k])}" for k in keys if k in shown and k in f)
-            if text:
-                base = f"{base[:-1]}, {text})" if base.endswith(")") else f"{base} ({text})"
-            labels[pid] = base
+        hidden = _variant_keys(name, flats, default, [variants.get(p) for p in pids])
+        # with known defaults: params off their default, and params set differently in two ids (a param
+        # that only older records carry is not shown); the full difference only if labels would collide
+        differ = {k for k in keys if len({repr(f.get(k)) for f in flats if k in f}) > 1}
+        off = {k for f in flats for k in f if default is not None and k in default and f[k] != default[k]}
+        everything = {k for k in keys if len({repr(f.get(k)) for f in flats}) > 1} | off
+        for shown in ((differ | off) - hidden, everything - hidden):
+            named = {pid: _label(name, special, variants.get(pid), f, keys, shown) for pid, f in zip(pids, flats, strict=True)}
+            if len(set(named.values())) == len(pids):
+                break
+        labels.update(named)
     return labels
+
+
+def _label(name: str, special: dict[str, str], variant: str | None, values: dict[str, Any], keys: list[str],
+           shown: set[str]) -> str:
+    base = special.get(name, name)
+    if variant:
+        base = variant if variant.startswith(f"{name} (") else f"{name} ({variant})"
+    text = ", ".join(f"{k}={fmt_param(k, values[k])}" for k in keys if k in shown and k in values)
+    if text:
+        base = f"{base[:-1]}, {text})" if base.endswith(")") else f"{base} ({text})"
+    return base
 
 
 def _variant_keys(name: str, flats: list[dict[str, Any]], default: dict[str, Any] | None,
