@@ -208,3 +208,15 @@ def test_curated_files_parse_and_cite_their_sources() -> None:
     assert all(r["paper"] and r["table"] for r in refs)
     _v, claims = load_claims()
     assert len(claims) >= 10 and len({c["id"] for c in claims}) == len(claims)
+
+
+def test_a_claim_never_averages_two_configurations(tmp_path: Path, claims_file: Path) -> None:
+    """Records of mixup at alpha 1 (today's default) and at alpha 0.2 both match the selector 'mixup':
+    the claim reads the default one, not their mean."""
+    recs = claim_records() + [make_record("cuda", "mixup", 70.0, defense_params={"alpha": 0.2}),
+                              make_record("none", "mixup", 79.0, defense_params={"alpha": 0.2})]
+    frame = load_frame(write_all(tmp_path / "runs", recs))
+    _v, rows = load_claims(claims_file)
+    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), 1.0)}
+    cell = got["holds"]["pairs"][0]["cell"]
+    assert (cell["defense"], cell["mean"], cell["n"]) == ("mixup (alpha=1)", 22.0, 1)

@@ -10,6 +10,7 @@ cell fails, else within noise if one is, else holds if one holds, else not run.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -20,6 +21,7 @@ import pandas as pd
 
 from benchmark.errors import BenchError
 from benchmark.report.aggregate import rnd
+from benchmark.report.collect import defense_defaults, flat
 from benchmark.report.select import load_toml, mask, same
 
 CLAIMS_FILE = Path(__file__).with_name("claims.toml")
@@ -60,12 +62,29 @@ def lookup(g: pd.DataFrame, flags: pd.Series, poison: dict[str, Any], defense: d
         runs = runs[runs["match_steps"]]
     if runs.empty:
         return None
+    if runs[["poison_label", "defense_label"]].drop_duplicates().shape[0] > 1:
+        runs = _one_config(runs)
     acc = runs["test_acc"].astype(float)
     return {"poison": str(runs["poison_label"].iloc[0]), "defense": str(runs["defense_label"].iloc[0]),
             "ratio": ratio, "clean_only": clean_only, "mean": rnd(acc.mean()),
             "std": rnd(acc.std(ddof=1) if len(acc) > 1 else 0.0), "n": len(acc),
             "seeds": sorted(int(s) for s in runs["seed"]), "converged": bool((flags[runs.index] == "").all()),
             "records": sorted(runs["record"])}
+
+
+def _one_config(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of one cell when a selector names several (e.g. records made before a defense's defaults
+    changed): the cell at today's defaults for the params the selector leaves open, else the one with
+    most runs; never an average over different configurations."""
+    def at_defaults(row: pd.Series) -> bool:
+        want = defense_defaults(str(row["defense"]))
+        have = flat(json.loads(row["defense_params"]))
+        return want is not None and all(have.get(k) == v for k, v in want.items())
+
+    cells = runs.groupby(["poison_label", "defense_label"], sort=True)
+    best = min(cells.groups, key=lambda key: (not at_defaults(runs.loc[cells.groups[key][0]]),
+                                              -len(cells.groups[key]), key))
+    return runs.loc[cells.groups[best]]
 
 
 def _reference(g: pd.DataFrame, flags: pd.Series, claim: dict[str, Any], kind: str, poison: dict[str, Any],
