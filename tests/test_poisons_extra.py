@@ -208,14 +208,20 @@ def test_default_em_quantisation_unchanged_by_the_flag_fix() -> None:
 # ------------------------------------------------------------------------------ CPU streams fixed
 
 # sha256 (first 16 hex) of the poisoned images of smoke generations on _images(32), key 3, computed
-# with the CPU random streams before the device-generator change: committed CPU results stay valid
-CPU_REFERENCE = {"rem": "36e9a363885fd7e3", "sem": "36c5067e0e21cfd0"}
+# with the CPU random streams before the device-generator change: committed CPU results stay valid.
+# Per CPU kernel set: float results differ in the last bits between AVX2 and AVX-512 kernels, and REM's
+# many surrogate steps carry that into a different rounding of a few pixels.
+CPU_REFERENCE = {"AVX2": {"rem": "36e9a363885fd7e3", "sem": "36c5067e0e21cfd0"},
+                 "AVX512": {"rem": "43da5845fe6a1798", "sem": "36c5067e0e21cfd0"}}
 
 
 @pytest.mark.parametrize("name", ["rem", "sem"])
 def test_cpu_noise_unchanged_by_device_generators(name: str) -> None:
+    kernels = torch.backends.cpu.get_cpu_capability()
+    if kernels not in CPU_REFERENCE:
+        pytest.skip(f"no pinned reference for CPU kernel set {kernels}")
     _, out = _generate(name, _images(32))
-    assert hashlib.sha256(out.x.numpy().tobytes()).hexdigest()[:16] == CPU_REFERENCE[name]
+    assert hashlib.sha256(out.x.numpy().tobytes()).hexdigest()[:16] == CPU_REFERENCE[kernels][name]
 
 
 def test_cpu_draws_are_the_previous_stream() -> None:
