@@ -1,4 +1,6 @@
-"""Generation-cost measurements: one REM step vs one SEM step, side by side in one run.
+"""Cost measurements, side by side in one process: one REM generation step vs one SEM step
+(``bench perf``), and the trainer's throughput against bare forward/backward and a DataLoader + PIL
+pipeline (``bench perf train``).
 
 Both poisons use the same surrogate, batch, budget and hyperparameters (a generation preset's, the
 official ones by default), so the ratio isolates what SEM changes: the inner PGD maximisation of the
@@ -9,17 +11,31 @@ the preset's: the paper preset's surrogate is resnet18, and the table says which
 
 from __future__ import annotations
 
+import copy
+import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
 from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
 
 from attacks.em import derived_generator
 from attacks.rem import RobustErrorMinimizing
 from attacks.sem import StableErrorMinimizing
+from benchmark.data import ImageSet
+from benchmark.device import default_preset
+from benchmark.models import build_model
 from benchmark.params import build_params
+from benchmark.protocol import Protocol, resolve_protocol
+from benchmark.train import train_model
+from defenses.base import TrainContext, build_defense, soft_cross_entropy
 
 
 @dataclass
@@ -88,4 +104,204 @@ def perf_table(costs: list[StepCost], title: str) -> Table:
             note += " (the paper preset's surrogate is resnet18: use --model resnet18 to time that)"
         table.caption = note
         table.caption_justify = "left"
+    return table
+
+
+# ------------------------------------------------------------------------------ training throughput
+
+@dataclass
+class PipelineRate:
+    name: str
+    images_per_second: float
+    seconds_per_step: float
+    trainer_format: bool = False  # the model/input memory format the trainer itself uses
+
+
+@dataclass
+class TrainPerf:
+    model: str
+    device: str
+    preset: str
+    batch_size: int
+    steps: int
+    warmup: int
+    threads: int
+    workers: int
+    forward_flops: float  # per image, torch.utils.flop_counter (convolutions and matmuls)
+    train_flops: float  # per image, one training step: forward + backward
+    rows: list[PipelineRate]
+
+
+def _timed(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` calls after ``warmup`` untimed ones (synchronised on a GPU)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _optimizer(model: nn.Module, proto: Protocol) -> torch.optim.Optimizer:
+    """The trainer's optimizer (benchmark.train.train_model builds the same)."""
+    return torch.optim.SGD(model.parameters(), lr=proto.lr, momentum=proto.momentum,
+                           nesterov=proto.nesterov and proto.momentum > 0, weight_decay=proto.weight_decay)
+
+
+def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer, proto: Protocol, x: torch.Tensor,
+              y: torch.Tensor) -> None:
+    loss = soft_cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if proto.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), proto.grad_clip)
+    opt.step()
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per item: an HWC uint8 array -> PIL image -> transform."""
+
+    def __init__(self, images: ImageSet, transform: Callable) -> None:
+        self.arrays = images.x.cpu().permute(0, 2, 3, 1).numpy()
+        self.labels = images.y.cpu().tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        arr = self.arrays[i]
+        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        return self.transform(img), self.labels[i]
+
+
+def measure_train(model: str = "small-cnn", device: torch.device | str = "cpu", batch_size: int | None = None,
+                  steps: int = 5, warmup: int = 2, workers: int | None = None, preset: str | None = None,
+                  threads: int | None = None, num_classes: int = 10,
+                  image_shape: tuple[int, int, int] = (3, 32, 32)) -> TrainPerf:
+    """Images per second of (a) the benchmark's trainer (``train_model`` with defense ``none``, uint8
+    store on the device, batched crop/flip), (b) bare forward/backward/SGD steps on one random batch,
+    in three memory formats, and (c) a torchvision DataLoader + PIL pipeline (RandomCrop(pad 4),
+    RandomHorizontalFlip, ToTensor; the official CUDA script's) feeding the same model. Same model,
+    batch, protocol optimizer and device for all; random images (the cost does not depend on them).
+    ``threads``: intra-op CPU threads while measuring (restored afterwards)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure_train(model, torch.device(device), batch_size, steps, warmup, workers, preset,
+                              num_classes, image_shape)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure_train(model: str, device: torch.device, batch_size: int | None, steps: int, warmup: int,
+                   workers: int | None, preset: str | None, num_classes: int,
+                   image_shape: tuple[int, int, int]) -> TrainPerf:
+    preset = preset or default_preset(device)
+    proto = resolve_protocol(preset, {"model": model, "epochs": 1, **({"batch_size": batch_size} if batch_size else {})})
+    bs = proto.batch_size
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    c, h, w = image_shape
+    gen = torch.Generator().manual_seed(0)
+    images = ImageSet(torch.randint(0, 256, (bs * (warmup + steps), c, h, w), generator=gen, dtype=torch.uint8),
+                      torch.randint(0, num_classes, (bs * (warmup + steps),), generator=gen),
+                      [str(i) for i in range(num_classes)])
+    torch.manual_seed(0)
+    base = build_model(model, num_classes, c).to(device)
+    trainer_cl = device.type == "cpu"  # benchmark.runner trains channels_last on the CPU
+
+    def fresh(channels_last: bool) -> nn.Module:
+        m = copy.deepcopy(base)
+        return m.to(memory_format=torch.channels_last) if channels_last else m
+
+    rows: list[PipelineRate] = []
+
+    def add(name: str, seconds: float, trainer_format: bool = False) -> None:
+        rows.append(PipelineRate(name, bs / seconds, seconds, trainer_format))
+
+    # (a) the trainer itself: one warm-up epoch, then one timed epoch of `steps` batches
+    net = fresh(trainer_cl)
+    defense = build_defense("none")
+    ctx = TrainContext(device=device, num_classes=num_classes, in_channels=c, image_size=(h, w), protocol=proto,
+                       seed=0, generator=torch.Generator().manual_seed(0))
+    store = images.to(device)
+    no_test = store.subset(torch.arange(0, device=store.y.device))
+    if warmup:
+        train_model(net, store.subset(torch.arange(bs * warmup, device=store.y.device)), no_test, proto, defense, ctx)
+    timed = store.subset(torch.arange(bs * warmup, bs * (warmup + steps), device=store.y.device))
+    _sync(device)
+    t0 = time.perf_counter()
+    train_model(net, timed, no_test, proto, defense, ctx)
+    _sync(device)
+    add("trainer (train_model, defense none)", (time.perf_counter() - t0) / steps, True)
+
+    # (b) bare steps on one random batch, in each memory format
+    x = torch.rand((bs, c, h, w), generator=gen).to(device)
+    y = F.one_hot(torch.randint(0, num_classes, (bs,), generator=gen), num_classes).float().to(device)
+    for label, model_cl, input_cl in (("NCHW model + input", False, False),
+                                      ("channels_last model", True, False),
+                                      ("channels_last model + input", True, True)):
+        net = fresh(model_cl)
+        opt = _optimizer(net, proto)
+        xb = x.contiguous(memory_format=torch.channels_last) if input_cl else x
+        seconds = _timed(lambda net=net, opt=opt, xb=xb: _sgd_step(net, opt, proto, xb, y), steps, warmup, device)
+        add(f"bare: {label}", seconds, model_cl == trainer_cl and not input_cl)
+
+    # (c) DataLoader + PIL transforms, batches moved to the device, the trainer's model format
+    transform = T.Compose([T.RandomCrop((h, w), padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
+    loader = torch.utils.data.DataLoader(_PILImages(images, transform), batch_size=bs, shuffle=True, drop_last=True,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(0))
+    net = fresh(trainer_cl)
+    opt = _optimizer(net, proto)
+    batches = {"it": iter(loader)}
+
+    def loader_step() -> None:
+        xb, yb = next(batches["it"])
+        xb = xb.to(device, non_blocking=True)
+        yb = F.one_hot(yb.to(device, non_blocking=True), num_classes).float()
+        _sgd_step(net, opt, proto, xb, yb)
+
+    add(f"DataLoader + PIL, {workers} workers", _timed(loader_step, steps, warmup, device))
+    batches.clear()  # the workers exit with their iterator
+
+    # FLOPs per image: one forward, and one training step (forward + backward)
+    net = fresh(trainer_cl)
+    with FlopCounterMode(display=False) as fwd, torch.no_grad():
+        net(x)
+    with FlopCounterMode(display=False) as full:
+        soft_cross_entropy(net(x), y).backward()
+    return TrainPerf(model, str(device), preset, bs, steps, warmup, torch.get_num_threads(), workers,
+                     fwd.get_total_flops() / bs, full.get_total_flops() / bs, rows)
+
+
+def train_perf_table(perf: TrainPerf) -> Table:
+    title = (f"training throughput: {perf.model}, batch {perf.batch_size}, preset {perf.preset} optimizer, "
+             f"{perf.device}, {perf.threads} threads")
+    table = Table(title=title, title_justify="left")
+    table.add_column("pipeline", style="bold cyan")
+    table.add_column("img/s", justify="right")
+    table.add_column("ms / step", justify="right")
+    table.add_column("GFLOP/s", justify="right")
+    for r in perf.rows:
+        name = r.name + (" *" if r.trainer_format and not r.name.startswith("trainer") else "")
+        table.add_row(name, f"{r.images_per_second:.0f}", f"{1000 * r.seconds_per_step:.1f}",
+                      f"{perf.train_flops * r.images_per_second / 1e9:.1f}")
+    trainer = perf.rows[0]
+    bare = next(r for r in perf.rows[1:] if r.trainer_format)
+    loader = perf.rows[-1]
+    by = {r.name: r for r in perf.rows}
+    nchw = by["bare: NCHW model + input"]
+    cl = by["bare: channels_last model + input"]
+    for label, a, b in (("trainer / bare *", trainer, bare), ("trainer / DataLoader + PIL", trainer, loader),
+                        ("channels_last / NCHW (bare)", cl, nchw)):
+        table.add_row(label, f"{a.images_per_second / b.images_per_second:.2f}x", "", "", style="bold")
+    table.caption = (f"bare: forward/backward/SGD on one random batch; * the trainer's memory format (model "
+                     f"channels_last on the CPU, as benchmark.runner; input NCHW). FLOPs per image (torch.utils.flop_counter, convolutions and "
+                     f"matmuls): forward {perf.forward_flops / 1e6:.1f} M, training step {perf.train_flops / 1e6:.1f} M. "
+                     f"{perf.steps} steps timed after {perf.warmup} warm-up steps; random images.")
+    table.caption_justify = "left"
     return table

@@ -102,11 +102,28 @@ def restore_bn_state(saved: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> 
             getattr(m, k).copy_(v)
 
 
-def class_ce(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_class_forward: bool) -> torch.Tensor:
+ClassGroups = tuple[torch.Tensor, list[int]]
+
+
+def class_groups(labels: torch.Tensor) -> ClassGroups:
+    """The batch order that sorts images by class, keeping batch order within a class, and the size of
+    each class present (ascending class). Computed once per batch: one host sync, not one per step."""
+    order = torch.sort(labels, stable=True).indices
+    counts = torch.unique(labels, return_counts=True)[1]
+    return order, counts.tolist()
+
+
+def class_ce(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_class_forward: bool,
+             groups: ClassGroups | None = None) -> torch.Tensor:
     """Sum over the classes present of the class's mean CE (the official per-class objective);
-    ``per_class_forward`` runs the model once per class, as the official loop does."""
+    ``per_class_forward`` runs the model once per class (ascending class, each class's images in batch
+    order), as the official loop does. The classes are slices of one class-sorted gather, so the
+    backward pass writes each image's gradient once instead of adding one zero-padded full-batch
+    gradient per class (the same numbers)."""
     if per_class_forward:
-        return sum(F.cross_entropy(model(x[labels == c]), labels[labels == c]) for c in labels.unique().tolist())
+        order, counts = groups if groups is not None else class_groups(labels)
+        pieces = zip(x[order].split(counts), labels[order].split(counts), strict=True)
+        return sum(F.cross_entropy(model(xc), yc) for xc, yc in pieces)
     per = F.cross_entropy(model(x), labels, reduction="none")
     classes, inverse = labels.unique(return_inverse=True)
     sums = torch.zeros(len(classes), device=per.device, dtype=per.dtype).index_add_(0, inverse, per)
@@ -141,11 +158,13 @@ class DeconvolutionAT(Defense):
         if p.bn_mode == "eval":
             model.eval()
         saved = None if p.official_bn_update else bn_state(model)
+        per_class = p.bn_mode == "class"
+        groups = class_groups(labels) if per_class and p.steps else None
         try:
             for _ in range(p.steps):
                 weight = weight.clamp(-p.bound, p.bound).requires_grad_(True)
                 bias = bias.clamp(-p.bound, p.bound).requires_grad_(True)
-                loss = class_ce(model, deconvolve(x, labels, weight, bias), labels, p.bn_mode == "class")
+                loss = class_ce(model, deconvolve(x, labels, weight, bias), labels, per_class, groups)
                 gw, gb = torch.autograd.grad(loss, (weight, bias))
                 weight = (weight + p.lr * gw).detach()
                 bias = (bias + p.lr * gb).detach()

@@ -146,6 +146,34 @@ def test_dat_batchnorm_mode_during_the_ascent(bn_mode: str, forwards: list[int],
     assert model.training and all(q.requires_grad for q in model.parameters())
 
 
+@pytest.mark.parametrize("official", [False, True])
+def test_dat_ascent_numbers_are_those_of_the_plain_per_class_loop(official: bool) -> None:
+    """The class-sorted gather in class_ce keeps DAT's numbers bit for bit: default params (s=7, 10 steps,
+    per-class BN) against the plain loop that masks each class out of the batch in every step, as the
+    official code does; with the official BN update the running statistics match too."""
+    import copy
+
+    model, x, y = trained_model()
+    model.train()
+    y = y[torch.randperm(64, generator=torch.Generator().manual_seed(4))]  # classes interleaved, uneven runs
+    y[:5] = 1
+    ref_model = copy.deepcopy(model)
+    for q in ref_model.parameters():
+        q.requires_grad_(False)
+    dat = build_defense("dat", {"official_bn_update": str(official)}).components[0]
+    weight, bias = dat.adversarial_filters(model, x, y, make_ctx())
+    w, b = init_filters(4, 7, make_ctx().generator, x.device)
+    for _ in range(10):
+        w, b = w.clamp(-5, 5).requires_grad_(True), b.clamp(-5, 5).requires_grad_(True)
+        xd = deconvolve(x, y, w, b)
+        loss = sum(F.cross_entropy(ref_model(xd[y == c]), y[y == c]) for c in y.unique().tolist())
+        gw, gb = torch.autograd.grad(loss, (w, b))
+        w, b = (w + 0.1 * gw).detach(), (b + 0.1 * gb).detach()
+    assert torch.equal(weight, w) and torch.equal(bias, b)
+    if official:
+        assert all(torch.equal(u, v) for u, v in zip(model.buffers(), ref_model.buffers(), strict=True))
+
+
 def test_dat_ascent_keeps_a_frozen_backbone_frozen() -> None:
     """finetune(mode=linear)+dat: BN layers the defense put in eval mode stay in eval mode during and after
     the ascent, and their statistics do not move (even with the official update)."""
