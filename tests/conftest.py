@@ -59,6 +59,19 @@ def bench_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path, 
     return {"data_root": data_root, "cache": cache_dir, "results": results}
 
 
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_cache: Path) -> dict[str, Path]:
+    """Data root, cache (sharing the decode cache) and results folder for the end-to-end runs of one
+    test module."""
+    base = tmp_path_factory.mktemp("runs")
+    cache = base / "cache"
+    cache.mkdir()
+    shared = dataset_cache / "datasets"
+    shared.mkdir(parents=True, exist_ok=True)
+    (cache / "datasets").symlink_to(shared, target_is_directory=True)
+    return {"data_root": data_root, "cache": cache, "results": base / "results"}
+
+
 def make_images(n: int = 64, num_classes: int = 4, size: int = 16, channels: int = 3, seed: int = 0) -> ImageSet:
     """Tiny, learnable images: each class has its own mean colour plus noise."""
     gen = torch.Generator().manual_seed(seed)

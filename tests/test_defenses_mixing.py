@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -263,17 +262,6 @@ def test_mixup_plus_cutmix_chain_and_train_a_step() -> None:
 
 
 # ------------------------------------------------------------------------------- end to end (smoke)
-
-@pytest.fixture(scope="module")
-def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_cache: Path) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("mixing-runs")
-    cache = base / "cache"
-    cache.mkdir()
-    shared = dataset_cache / "datasets"
-    shared.mkdir(parents=True, exist_ok=True)
-    (cache / "datasets").symlink_to(shared, target_is_directory=True)
-    return {"data_root": data_root, "cache": cache, "results": base / "results"}
-
 
 @pytest.mark.parametrize("defense, params", [
     ("mixup", {}), ("cutmix", {}), ("cutout", {}),

@@ -20,17 +20,6 @@ from defenses.rsk_ff import RSKFF, dct_matrix
 OVERRIDES = {"epochs": 1, "train_subset": 128, "test_subset": 100}
 
 
-@pytest.fixture(scope="module")
-def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_cache: Path) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("new-defense-runs")
-    cache = base / "cache"
-    cache.mkdir()
-    shared = dataset_cache / "datasets"
-    shared.mkdir(parents=True, exist_ok=True)
-    (cache / "datasets").symlink_to(shared, target_is_directory=True)
-    return {"data_root": data_root, "cache": cache, "results": base / "results"}
-
-
 def run(env: dict[str, Path], defense: str, params: dict[str, str] | None = None,
         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = RunSpec(preset="smoke", poison="cuda", defense=defense, defense_params=params or {},

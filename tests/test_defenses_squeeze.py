@@ -139,17 +139,6 @@ def test_jpeg_plus_cutmix_composes(images: ImageSet) -> None:
     assert torch.allclose(ym.sum(1), torch.ones(len(ym))) and not torch.equal(xm, x)
 
 
-@pytest.fixture(scope="module")
-def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_cache: Path) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("squeeze-runs")
-    cache = base / "cache"
-    cache.mkdir()
-    shared = dataset_cache / "datasets"
-    shared.mkdir(parents=True, exist_ok=True)
-    (cache / "datasets").symlink_to(shared, target_is_directory=True)
-    return {"data_root": data_root, "cache": cache, "results": base / "results"}
-
-
 @pytest.mark.parametrize("defense", ["jpeg", "grayscale", "bit-depth", "gaussian-blur", "median-filter", "jpeg+cutmix"])
 def test_smoke_run_end_to_end(run_env: dict, defense: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
