@@ -283,10 +283,11 @@ def perf_cmd(ctx: click.Context, model: str, batch_size: int | None, steps: int,
 @click.option("--batch-size", type=int, default=None, help="batch (default: the preset's, 256 on CPU, 512 on a GPU)")
 @click.option("--steps", type=int, default=5, show_default=True, help="timed steps per pipeline")
 @click.option("--warmup", type=int, default=2, show_default=True, help="untimed warm-up steps per pipeline")
+@click.option("--rounds", type=int, default=3, show_default=True, help="timed rounds; each pipeline reports its best")
 @click.option("--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPU cores))")
 @click.option("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's, one per core)")
 def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps: int, warmup: int,
-                   workers: int | None, threads: int | None) -> None:
+                   rounds: int, workers: int | None, threads: int | None) -> None:
     """Trainer img/s against bare forward/backward and a DataLoader + PIL pipeline (same model, batch, SGD)."""
     from benchmark.device import default_preset, resolve_device
     from benchmark.models import check_model
@@ -297,11 +298,12 @@ def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps
     preset = default_preset(dev)
     model = model or PRESETS[preset]["model"]
     check_model(model)
-    if ((batch_size is not None and batch_size < 2) or steps < 1 or warmup < 0 or (workers or 0) < 0
+    if ((batch_size is not None and batch_size < 2) or min(steps, rounds) < 1 or warmup < 0 or (workers or 0) < 0
             or (threads is not None and threads < 1)):
-        raise BenchError(f"--batch-size must be >= 2, --steps and --threads >= 1, --warmup and --workers >= 0; "
-                         f"got {batch_size}, {steps}, {threads}, {warmup}, {workers}")
-    console.print(train_perf_table(measure_train(model, dev, batch_size, steps, warmup, workers, preset, threads)))
+        raise BenchError(f"--batch-size must be >= 2, --steps, --rounds and --threads >= 1, --warmup and --workers "
+                         f">= 0; got {batch_size}, {steps}, {rounds}, {threads}, {warmup}, {workers}")
+    console.print(train_perf_table(measure_train(model, dev, batch_size, steps, warmup, workers, preset, threads,
+                                                 rounds)))
 
 
 # --------------------------------------------------------------------------------------- pretrain

@@ -12,11 +12,13 @@ the preset's: the paper preset's surrogate is resnet18, and the table says which
 from __future__ import annotations
 
 import copy
+import math
 import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -125,6 +127,7 @@ class TrainPerf:
     batch_size: int
     steps: int
     warmup: int
+    rounds: int
     threads: int
     workers: int
     forward_flops: float  # per image, torch.utils.flop_counter (convolutions and matmuls)
@@ -132,16 +135,28 @@ class TrainPerf:
     rows: list[PipelineRate]
 
 
-def _timed(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step over ``steps`` calls after ``warmup`` untimed ones (synchronised on a GPU)."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
+@dataclass
+class _Pipeline:
+    name: str
+    warm: Callable[[], object]  # untimed warm-up (kernel selection, allocator, worker start)
+    run: Callable[[], object]  # one timed round of ``steps`` training steps
+    trainer_format: bool = False
+
+
+def _best_rounds(pipelines: list[_Pipeline], steps: int, rounds: int, device: torch.device) -> list[float]:
+    """Seconds per step of each pipeline: the best of ``rounds`` rounds, the pipelines taking turns
+    within a round, so a burst of load from other processes does not land on one pipeline alone."""
+    for p in pipelines:
+        p.warm()
+    best = [math.inf] * len(pipelines)
+    for _ in range(rounds):
+        for i, p in enumerate(pipelines):
+            _sync(device)
+            t0 = time.perf_counter()
+            p.run()
+            _sync(device)
+            best[i] = min(best[i], (time.perf_counter() - t0) / steps)
+    return best
 
 
 def _optimizer(model: nn.Module, proto: Protocol) -> torch.optim.Optimizer:
@@ -179,36 +194,37 @@ class _PILImages(torch.utils.data.Dataset):
 
 def measure_train(model: str = "small-cnn", device: torch.device | str = "cpu", batch_size: int | None = None,
                   steps: int = 5, warmup: int = 2, workers: int | None = None, preset: str | None = None,
-                  threads: int | None = None, num_classes: int = 10,
+                  threads: int | None = None, rounds: int = 3, num_classes: int = 10,
                   image_shape: tuple[int, int, int] = (3, 32, 32)) -> TrainPerf:
     """Images per second of (a) the benchmark's trainer (``train_model`` with defense ``none``, uint8
     store on the device, batched crop/flip), (b) bare forward/backward/SGD steps on one random batch,
     in three memory formats, and (c) a torchvision DataLoader + PIL pipeline (RandomCrop(pad 4),
     RandomHorizontalFlip, ToTensor; the official CUDA script's) feeding the same model. Same model,
     batch, protocol optimizer and device for all; random images (the cost does not depend on them).
+    Each pipeline: ``warmup`` untimed steps, then the best of ``rounds`` rounds of ``steps`` steps.
     ``threads``: intra-op CPU threads while measuring (restored afterwards)."""
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure_train(model, torch.device(device), batch_size, steps, warmup, workers, preset,
+        return _measure_train(model, torch.device(device), batch_size, steps, warmup, workers, preset, rounds,
                               num_classes, image_shape)
     finally:
         torch.set_num_threads(before)
 
 
 def _measure_train(model: str, device: torch.device, batch_size: int | None, steps: int, warmup: int,
-                   workers: int | None, preset: str | None, num_classes: int,
+                   workers: int | None, preset: str | None, rounds: int, num_classes: int,
                    image_shape: tuple[int, int, int]) -> TrainPerf:
     preset = preset or default_preset(device)
     proto = resolve_protocol(preset, {"model": model, "epochs": 1, **({"batch_size": batch_size} if batch_size else {})})
     bs = proto.batch_size
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     c, h, w = image_shape
+    n = bs * (warmup + steps * rounds)
     gen = torch.Generator().manual_seed(0)
-    images = ImageSet(torch.randint(0, 256, (bs * (warmup + steps), c, h, w), generator=gen, dtype=torch.uint8),
-                      torch.randint(0, num_classes, (bs * (warmup + steps),), generator=gen),
-                      [str(i) for i in range(num_classes)])
+    images = ImageSet(torch.randint(0, 256, (n, c, h, w), generator=gen, dtype=torch.uint8),
+                      torch.randint(0, num_classes, (n,), generator=gen), [str(i) for i in range(num_classes)])
     torch.manual_seed(0)
     base = build_model(model, num_classes, c).to(device)
     trainer_cl = device.type == "cpu"  # benchmark.runner trains channels_last on the CPU
@@ -217,26 +233,25 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
         m = copy.deepcopy(base)
         return m.to(memory_format=torch.channels_last) if channels_last else m
 
-    rows: list[PipelineRate] = []
+    def repeat(step: Callable[[], None], k: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(k):
+                step()
+        return run
 
-    def add(name: str, seconds: float, trainer_format: bool = False) -> None:
-        rows.append(PipelineRate(name, bs / seconds, seconds, trainer_format))
-
-    # (a) the trainer itself: one warm-up epoch, then one timed epoch of `steps` batches
+    # (a) the trainer itself: a warm-up epoch, then an epoch of `steps` batches per round
     net = fresh(trainer_cl)
     defense = build_defense("none")
     ctx = TrainContext(device=device, num_classes=num_classes, in_channels=c, image_size=(h, w), protocol=proto,
                        seed=0, generator=torch.Generator().manual_seed(0))
     store = images.to(device)
-    no_test = store.subset(torch.arange(0, device=store.y.device))
-    if warmup:
-        train_model(net, store.subset(torch.arange(bs * warmup, device=store.y.device)), no_test, proto, defense, ctx)
-    timed = store.subset(torch.arange(bs * warmup, bs * (warmup + steps), device=store.y.device))
-    _sync(device)
-    t0 = time.perf_counter()
-    train_model(net, timed, no_test, proto, defense, ctx)
-    _sync(device)
-    add("trainer (train_model, defense none)", (time.perf_counter() - t0) / steps, True)
+    at = store.y.device
+    no_test = store.subset(torch.arange(0, device=at))
+    warm_set = store.subset(torch.arange(bs * warmup, device=at))
+    timed_set = store.subset(torch.arange(bs * warmup, bs * (warmup + steps), device=at))
+    pipelines = [_Pipeline("trainer (train_model, defense none)",
+                           lambda: train_model(net, warm_set, no_test, proto, defense, ctx) if warmup else None,
+                           lambda: train_model(net, timed_set, no_test, proto, defense, ctx), True)]
 
     # (b) bare steps on one random batch, in each memory format
     x = torch.rand((bs, c, h, w), generator=gen).to(device)
@@ -244,29 +259,33 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
     for label, model_cl, input_cl in (("NCHW model + input", False, False),
                                       ("channels_last model", True, False),
                                       ("channels_last model + input", True, True)):
-        net = fresh(model_cl)
-        opt = _optimizer(net, proto)
+        bare = fresh(model_cl)
+        opt = _optimizer(bare, proto)
         xb = x.contiguous(memory_format=torch.channels_last) if input_cl else x
-        seconds = _timed(lambda net=net, opt=opt, xb=xb: _sgd_step(net, opt, proto, xb, y), steps, warmup, device)
-        add(f"bare: {label}", seconds, model_cl == trainer_cl and not input_cl)
+        step = partial(_sgd_step, bare, opt, proto, xb, y)
+        pipelines.append(_Pipeline(f"bare: {label}", repeat(step, warmup), repeat(step, steps),
+                                   model_cl == trainer_cl and not input_cl))
 
     # (c) DataLoader + PIL transforms, batches moved to the device, the trainer's model format
     transform = T.Compose([T.RandomCrop((h, w), padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
     loader = torch.utils.data.DataLoader(_PILImages(images, transform), batch_size=bs, shuffle=True, drop_last=True,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(0))
-    net = fresh(trainer_cl)
-    opt = _optimizer(net, proto)
+    fed = fresh(trainer_cl)
+    fed_opt = _optimizer(fed, proto)
     batches = {"it": iter(loader)}
 
     def loader_step() -> None:
         xb, yb = next(batches["it"])
         xb = xb.to(device, non_blocking=True)
         yb = F.one_hot(yb.to(device, non_blocking=True), num_classes).float()
-        _sgd_step(net, opt, proto, xb, yb)
+        _sgd_step(fed, fed_opt, proto, xb, yb)
 
-    add(f"DataLoader + PIL, {workers} workers", _timed(loader_step, steps, warmup, device))
+    pipelines.append(_Pipeline(f"DataLoader + PIL, {workers} workers", repeat(loader_step, warmup),
+                               repeat(loader_step, steps)))
+    seconds = _best_rounds(pipelines, steps, rounds, device)
     batches.clear()  # the workers exit with their iterator
+    rows = [PipelineRate(p.name, bs / t, t, p.trainer_format) for p, t in zip(pipelines, seconds, strict=True)]
 
     # FLOPs per image: one forward, and one training step (forward + backward)
     net = fresh(trainer_cl)
@@ -274,7 +293,7 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
         net(x)
     with FlopCounterMode(display=False) as full:
         soft_cross_entropy(net(x), y).backward()
-    return TrainPerf(model, str(device), preset, bs, steps, warmup, torch.get_num_threads(), workers,
+    return TrainPerf(model, str(device), preset, bs, steps, warmup, rounds, torch.get_num_threads(), workers,
                      fwd.get_total_flops() / bs, full.get_total_flops() / bs, rows)
 
 
@@ -302,6 +321,6 @@ def train_perf_table(perf: TrainPerf) -> Table:
     table.caption = (f"bare: forward/backward/SGD on one random batch; * the trainer's memory format (model "
                      f"channels_last on the CPU, as benchmark.runner; input NCHW). FLOPs per image (torch.utils.flop_counter, convolutions and "
                      f"matmuls): forward {perf.forward_flops / 1e6:.1f} M, training step {perf.train_flops / 1e6:.1f} M. "
-                     f"{perf.steps} steps timed after {perf.warmup} warm-up steps; random images.")
+                     f"Best of {perf.rounds} rounds of {perf.steps} steps, after {perf.warmup} warm-up steps; random images.")
     table.caption_justify = "left"
     return table
