@@ -116,6 +116,7 @@ class PipelineRate:
     name: str
     images_per_second: float
     seconds_per_step: float
+    cpu_seconds_per_step: float  # this process's CPU time (DataLoader workers not included)
     trainer_format: bool = False  # the model/input memory format the trainer itself uses
 
 
@@ -143,20 +144,25 @@ class _Pipeline:
     trainer_format: bool = False
 
 
-def _best_rounds(pipelines: list[_Pipeline], steps: int, rounds: int, device: torch.device) -> list[float]:
-    """Seconds per step of each pipeline: the best of ``rounds`` rounds, the pipelines taking turns
-    within a round, so a burst of load from other processes does not land on one pipeline alone."""
+def _best_rounds(pipelines: list[_Pipeline], steps: int, rounds: int,
+                 device: torch.device) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per step of each pipeline, each the best of ``rounds`` rounds, the pipelines
+    taking turns within a round, so a burst of load from other processes does not land on one
+    pipeline alone. CPU time is this process's (all its threads; not DataLoader workers): on a shared
+    machine it is what a step costs, while wall time there includes waiting for a core."""
     for p in pipelines:
         p.warm()
-    best = [math.inf] * len(pipelines)
+    wall = [math.inf] * len(pipelines)
+    cpu = [math.inf] * len(pipelines)
     for _ in range(rounds):
         for i, p in enumerate(pipelines):
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             p.run()
             _sync(device)
-            best[i] = min(best[i], (time.perf_counter() - t0) / steps)
-    return best
+            wall[i] = min(wall[i], (time.perf_counter() - t0) / steps)
+            cpu[i] = min(cpu[i], (time.process_time() - c0) / steps)
+    return list(zip(wall, cpu, strict=True))
 
 
 def _optimizer(model: nn.Module, proto: Protocol) -> torch.optim.Optimizer:
@@ -249,7 +255,7 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
     no_test = store.subset(torch.arange(0, device=at))
     warm_set = store.subset(torch.arange(bs * warmup, device=at))
     timed_set = store.subset(torch.arange(bs * warmup, bs * (warmup + steps), device=at))
-    pipelines = [_Pipeline("trainer (train_model, defense none)",
+    pipelines = [_Pipeline("trainer (defense none)",
                            lambda: train_model(net, warm_set, no_test, proto, defense, ctx) if warmup else None,
                            lambda: train_model(net, timed_set, no_test, proto, defense, ctx), True)]
 
@@ -258,12 +264,12 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
     y = F.one_hot(torch.randint(0, num_classes, (bs,), generator=gen), num_classes).float().to(device)
     for label, model_cl, input_cl in (("NCHW model + input", False, False),
                                       ("channels_last model", True, False),
-                                      ("channels_last model + input", True, True)):
+                                      ("channels_last + input", True, True)):
         bare = fresh(model_cl)
         opt = _optimizer(bare, proto)
         xb = x.contiguous(memory_format=torch.channels_last) if input_cl else x
         step = partial(_sgd_step, bare, opt, proto, xb, y)
-        pipelines.append(_Pipeline(f"bare: {label}", repeat(step, warmup), repeat(step, steps),
+        pipelines.append(_Pipeline(f"bare, {label}", repeat(step, warmup), repeat(step, steps),
                                    model_cl == trainer_cl and not input_cl))
 
     # (c) DataLoader + PIL transforms, batches moved to the device, the trainer's model format
@@ -285,7 +291,7 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
                                repeat(loader_step, steps)))
     seconds = _best_rounds(pipelines, steps, rounds, device)
     batches.clear()  # the workers exit with their iterator
-    rows = [PipelineRate(p.name, bs / t, t, p.trainer_format) for p, t in zip(pipelines, seconds, strict=True)]
+    rows = [PipelineRate(p.name, bs / t, t, c, p.trainer_format) for p, (t, c) in zip(pipelines, seconds, strict=True)]
 
     # FLOPs per image: one forward, and one training step (forward + backward)
     net = fresh(trainer_cl)
@@ -301,24 +307,27 @@ def train_perf_table(perf: TrainPerf) -> Table:
     title = (f"training throughput: {perf.model}, batch {perf.batch_size}, preset {perf.preset} optimizer, "
              f"{perf.device}, {perf.threads} threads")
     table = Table(title=title, title_justify="left")
-    table.add_column("pipeline", style="bold cyan")
+    table.add_column("pipeline", style="bold cyan", no_wrap=True)
     table.add_column("img/s", justify="right")
     table.add_column("ms / step", justify="right")
+    table.add_column("CPU ms / step", justify="right")
     table.add_column("GFLOP/s", justify="right")
     for r in perf.rows:
         name = r.name + (" *" if r.trainer_format and not r.name.startswith("trainer") else "")
         table.add_row(name, f"{r.images_per_second:.0f}", f"{1000 * r.seconds_per_step:.1f}",
-                      f"{perf.train_flops * r.images_per_second / 1e9:.1f}")
+                      f"{1000 * r.cpu_seconds_per_step:.1f}", f"{perf.train_flops * r.images_per_second / 1e9:.1f}")
     trainer = perf.rows[0]
     bare = next(r for r in perf.rows[1:] if r.trainer_format)
     loader = perf.rows[-1]
     by = {r.name: r for r in perf.rows}
-    nchw = by["bare: NCHW model + input"]
-    cl = by["bare: channels_last model + input"]
+    nchw = by["bare, NCHW model + input"]
+    cl = by["bare, channels_last + input"]
     for label, a, b in (("trainer / bare *", trainer, bare), ("trainer / DataLoader + PIL", trainer, loader),
                         ("channels_last / NCHW (bare)", cl, nchw)):
-        table.add_row(label, f"{a.images_per_second / b.images_per_second:.2f}x", "", "", style="bold")
-    table.caption = (f"bare: forward/backward/SGD on one random batch; * the trainer's memory format (model "
+        table.add_row(label, f"{a.images_per_second / b.images_per_second:.2f}x", "", "", "", style="bold")
+    table.caption = (f"img/s, ratios and GFLOP/s from wall time; CPU ms: this process's CPU time, all its threads, "
+                     f"without DataLoader workers (on a busy machine, compare those). "
+                     f"bare: forward/backward/SGD on one random batch; * the trainer's memory format (model "
                      f"channels_last on the CPU, as benchmark.runner; input NCHW). FLOPs per image (torch.utils.flop_counter, convolutions and "
                      f"matmuls): forward {perf.forward_flops / 1e6:.1f} M, training step {perf.train_flops / 1e6:.1f} M. "
                      f"Best of {perf.rounds} rounds of {perf.steps} steps, after {perf.warmup} warm-up steps; random images.")

@@ -15,8 +15,8 @@ def test_bench_perf_train_prints_every_pipeline(capsys: pytest.CaptureFixture) -
                               "--warmup", "1", "--rounds", "2", "--workers", "0", "--threads", "1"], capsys)
     assert code == 0, err
     flat = " ".join(out.split())
-    for row in ("trainer (train_model, defense none)", "bare: NCHW model + input", "bare: channels_last model *",
-                "bare: channels_last model + input", "DataLoader + PIL, 0 workers", "trainer / bare *",
+    for row in ("trainer (defense none)", "bare, NCHW model + input", "bare, channels_last model *",
+                "bare, channels_last + input", "DataLoader + PIL, 0 workers", "trainer / bare *",
                 "trainer / DataLoader + PIL", "channels_last / NCHW (bare)", "small-cnn, batch 4",
                 "1 threads", "forward 17.3 M", "Best of 2 rounds of 2 steps"):
         assert row in flat, row
