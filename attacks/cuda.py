@@ -1,4 +1,4 @@
-"""CUDA: Convolution-based Unlearnable DAtaset (Sadasivan et al., CVPR 2023), spec poisons.md §1.
+"""CUDA: Convolution-based Unlearnable DAtaset (Sadasivan et al., CVPR 2023), official code vinusankars/Convolution-based-Unlearnability (cifar10_train.py).
 
 Every class gets a random k x k filter drawn from the private key; each image of the class is
 convolved with it (the same filter on every channel), divided by its own global max and stored as

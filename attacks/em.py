@@ -1,4 +1,4 @@
-"""EM: Error-Minimizing noise (Huang et al., ICLR 2021), spec poisons.md §2, plus the machinery that
+"""EM: Error-Minimizing noise (Huang et al., ICLR 2021), official code HanxunH/Unlearnable-Examples (perturbation.py), plus the machinery that
 the other additive-noise poisons (REM, SEM, random noise) share.
 
 Sample-wise EM (``em``) alternates ``train_step`` SGD steps of a surrogate on the noisy data with
@@ -24,7 +24,7 @@ surrogate θ-steps read every batch of an epoch including the last partial one (
 exact subset of round(ratio·N) images seeded by the key (official: ``np.random.choice`` of
 int(ratio·N) images with the fixed seed 0).
 
-``official_clamp_bug=true`` reproduces the official dataset arithmetic (spec §2.3) exactly: the float32
+``official_clamp_bug=true`` reproduces the official dataset arithmetic exactly: the float32
 noise is ``mul(255).clamp(0, 255)`` (negative noise zeroed), added to the float32 image, clipped to
 [0, 255] and cast to uint8 (truncation). Since 2026-11-25 this path is computed in that float32
 arithmetic (:func:`official_clamp_bug_levels`); before, it used floor(255·δ), which differs when
@@ -168,7 +168,7 @@ def noisy_error_rate(model: nn.Module, x_u8: torch.Tensor, noise_of: Callable[[s
 
 def official_clamp_bug_levels(x_u8: torch.Tensor, noise_of: Callable[[slice], torch.Tensor],
                               chunk: int = 4096) -> torch.Tensor:
-    """What the official EM dataset code stores (spec §2.3), as int16 levels relative to ``x_u8``:
+    """What the official EM dataset code stores, as int16 levels relative to ``x_u8``:
     float32 ``noise.mul(255).clamp(0, 255)`` added to the float32 image, clipped to [0, 255], cast to
     uint8 (truncation). The float32 sum can round 255·δ just below an integer up to it, so this is not
     floor(255·δ). ``noise_of(slice)`` gives those images' float noise (chunked to bound memory)."""

@@ -1,4 +1,4 @@
-"""Random noise: uniform U(-eps, eps) noise, sample-wise or class-wise (spec poisons.md §2.4, §5.1).
+"""Random noise: uniform U(-eps, eps) noise, sample-wise or class-wise (the control of Huang et al., ICLR 2021; HanxunH/Unlearnable-Examples).
 
 The sanity control of the error-minimizing family: same budget, no optimisation, so it should
 leave clean accuracy essentially unchanged. The noise is drawn from a generator seeded by the key,

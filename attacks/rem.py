@@ -1,4 +1,4 @@
-"""REM: Robust Error-Minimizing noise (Fu et al., ICLR 2022), spec poisons.md §3.
+"""REM: Robust Error-Minimizing noise (Fu et al., ICLR 2022), official code fshp971/robust-unlearnable-examples.
 
 min-min-max with EOT over flip + crop: every generation step crafts the batch's noise δu (fresh
 U(-ρu, ρu) start, ``u_steps`` signed-gradient *descent* steps) against the expected loss, over

@@ -1,4 +1,4 @@
-"""SEM: Stable Error-Minimizing noise (Liu et al., AAAI 2024), spec poisons.md §4.
+"""SEM: Stable Error-Minimizing noise (Liu et al., AAAI 2024), official code liuyixin-louis/Stable-Unlearnable-Example.
 
 Exactly REM (:mod:`attacks.rem`) except the defender used while crafting the noise: instead of a
 PGD-ascent δa, each EOT sample gets one uniform random perturbation δa ~ U(-ρa, ρa) (then clipped to

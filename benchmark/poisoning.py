@@ -5,7 +5,7 @@ Poisons whose noise does not depend on the ratio (``shares_full_noise``: EM, EM 
 which train a surrogate) are generated once, as the full-ratio artifact; a ratio below 1 is derived
 from it by the poison's own seeded subset (:meth:`attacks.em.NoisePoison.derive`, byte-identical to a
 direct generation) and cached beside it with its own manifest, so a sweep over ratios runs the surrogate
-once. CUDA's per-image Bernoulli subset comes from the key's RNG stream (spec §1.2) and stays
+once. CUDA's per-image Bernoulli subset comes from the key's RNG stream and stays
 ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions."""
 
 from __future__ import annotations

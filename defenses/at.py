@@ -1,4 +1,4 @@
-"""PGD adversarial training (Madry et al. 2018), spec defenses.md §7, CUDA-code settings.
+"""PGD adversarial training (Madry et al. 2018), settings of vinusankars/Convolution-based-Unlearnability.
 
 Per batch: ``steps`` of projected gradient ascent on CE inside the ``eps``-ball (L-inf: signed
 steps; L2: per-example normalised steps), random start, images kept in [0, 1], model in eval mode

@@ -1,6 +1,6 @@
 """The defense interface: a defense implements only the hooks it needs.
 
-Hooks (see spec/design.md):
+Hooks:
 
 * ``prepare(train, ctx) -> ImageSet``  data level, once before training (JPEG, grayscale, ...); chains.
 * ``batch(x, y, ctx) -> (x, y)``       after crop/flip, float images in [0,1] and soft labels; chains.

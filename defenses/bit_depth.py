@@ -1,4 +1,4 @@
-"""Bit-depth reduction (ISS "BDR"), spec defenses.md §11: keep the top ``bits`` bits of every pixel.
+"""Bit-depth reduction (ISS "BDR"), official code liuzrcc/ImageShortcutSqueezing: keep the top ``bits`` bits of every pixel.
 
 torchvision ``RandomPosterize(bits, p=1)`` (APBench: bits = 2): x & ~(2**(8-bits) - 1) on uint8,
 applied once to the training images before crop/flip; test set untouched.

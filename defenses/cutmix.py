@@ -1,4 +1,4 @@
-"""CutMix (Yun et al. 2019), spec defenses.md §3: paste a box from another image of the batch.
+"""CutMix (Yun et al. 2019), official code clovaai/CutMix-PyTorch: paste a box from another image of the batch.
 
 As in the reference code (CutMix-PyTorch ``train.py``/``rand_bbox``): with probability p per batch,
 lam ~ Beta(beta, beta), one permutation and one box for the whole batch; the box has sides

@@ -1,4 +1,4 @@
-"""Cutout (DeVries & Taylor 2017), spec defenses.md §4: zero one square patch per image.
+"""Cutout (DeVries & Taylor 2017), official code uoguelph-mlrg/Cutout: zero one square patch per image.
 
 As ISS-code / APB-code ``Cutout(16)``: a uniformly random centre per image, the patch
 [c - L//2, c + L//2) clipped at the borders, zero fill, applied after crop/flip on [0,1] images.

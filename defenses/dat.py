@@ -1,5 +1,5 @@
 """DAT: deconvolution-based adversarial training, the adaptive attack CUDA's authors built to break
-CUDA (CUDA paper §5.2; spec defenses.md §8, poisons.md §1.5). ``bench run --defense adaptive``.
+CUDA (CUDA paper §5.2; official code vinusankars/Convolution-based-Unlearnability, final_muladv.py). ``bench run --defense adaptive``.
 
 Per training batch: fresh class-wise ``size``×``size`` transposed-convolution filters (1 in / 1 out
 channel, with bias, PyTorch's default init, shared across the colour channels) are optimised by

@@ -56,7 +56,7 @@ from benchmark.protocol import Protocol
 from benchmark.registry import MODELS, register_defense
 from defenses.base import Defense, TrainContext
 
-#: RobustBench CIFAR-10 entries whose architecture is a plain CIFAR ResNet-18 (spec defenses.md §10)
+#: RobustBench CIFAR-10 entries whose architecture is a plain CIFAR ResNet-18 (RobustBench model zoo, robustbench/model_zoo/cifar10.py)
 ROBUSTBENCH_RESNET18 = ("Sehwag2021Proxy_R18", "Addepalli2022Efficient_RN18", "Addepalli2021Towards_RN18")
 DOWNLOAD_HINT = "https://github.com/RobustBench/robustbench (robustbench.utils.load_model downloads it on a machine with internet)"
 

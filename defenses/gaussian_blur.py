@@ -1,4 +1,4 @@
-"""Gaussian blur of every training image: a data-level low-pass baseline (spec defenses.md §6 table).
+"""Gaussian blur of every training image: a data-level low-pass baseline (REM code fshp971/robust-unlearnable-examples, utils/generic.py get_filter).
 
 Not the CUDA paper's "smoothing" (that is randomized smoothing, ``defenses/smoothing.py``). Defaults
 follow REM-code's 3x3 Gaussian low-pass filter (cv2 sigma for kernel 3 = 0.8), applied once to the

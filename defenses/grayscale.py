@@ -1,4 +1,4 @@
-"""Grayscale squeezing (ISS, Liu et al. 2023), spec defenses.md §11.
+"""Grayscale squeezing (ISS, Liu et al. 2023), official code liuzrcc/ImageShortcutSqueezing.
 
 PIL's ``convert("L")`` luma (ITU-R 601: 0.299R + 0.587G + 0.114B, PIL's fixed-point rounding),
 replicated to 3 channels as torchvision ``Grayscale(3)``; training images only, once before

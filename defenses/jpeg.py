@@ -1,4 +1,4 @@
-"""JPEG compression squeezing (ISS, Liu et al. 2023), spec defenses.md §11: JPEG-10 training images.
+"""JPEG compression squeezing (ISS, Liu et al. 2023), official code liuzrcc/ImageShortcutSqueezing: JPEG-10 training images.
 
 ISS-code re-encodes each training image through PIL JPEG (quality 10) every time it is loaded; the
 codec is deterministic, so encoding once before training is equivalent (§19.11). We use

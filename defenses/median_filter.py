@@ -1,4 +1,4 @@
-"""Median filter of every training image: a data-level smoothing baseline (spec defenses.md §6 table).
+"""Median filter of every training image: a data-level smoothing baseline (REM code fshp971/robust-unlearnable-examples, utils/generic.py get_filter).
 
 As ISS-code / REM-code ``cv2.medianBlur(img, 3)``: per-channel median over a k x k window with
 replicated borders, applied once to the uint8 training images before crop/flip (test set untouched).

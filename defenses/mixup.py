@@ -1,4 +1,4 @@
-"""mixup (Zhang et al. 2018), spec defenses.md §2: train on convex combinations of image pairs.
+"""mixup (Zhang et al. 2018), official code facebookresearch/mixup-cifar10: train on convex combinations of image pairs.
 
 One weight per batch (the reference code and forest), after the preset's crop/flip. The trainer
 hands this hook soft one-hot labels and uses soft cross-entropy, so mixing the labels with the same

@@ -1,10 +1,10 @@
-"""Random-blur augmentation: the CUDA paper's second adaptive defense (§5.2; spec poisons.md §1.5,
+"""Random-blur augmentation: the CUDA paper's second adaptive defense (§5.2; vinusankars/Convolution-based-Unlearnability,
 defenses.md §6 table): every training batch is convolved with fresh random CUDA-style filters of blur
 parameter p'b (the paper reports p'b = 0.1 and 0.3 against CUDA pb = 0.3).
 
 Filters are drawn like CUDA's (entries ~ U[0, p'b), one random entry set to 1, the same filter on
 every channel, each image divided by its own max afterwards), from the run's seeded generator.
-The paper text does not say how filters are assigned (spec defenses.md §6 table); ``per=image``
+The paper text does not say how filters are assigned ; ``per=image``
 (default) draws one filter per image, ``per=batch`` one for the whole batch, ``per=class`` one per
 class for the batch (CUDA's class-wise structure, re-drawn every batch). The draw mirrors
 ``attacks.cuda.cuda_filters`` but from the run's torch generator, vectorised (that function replays

@@ -11,7 +11,7 @@ from attacks.cuda import CUDA, CUDAParams, apply_filters, cuda_filters
 from benchmark.data import ImageSet
 from benchmark.params import build_params
 
-# spec/poisons.md §1.1: seed 0, pb 0.3, k 3 — rows of each class filter and the "1" position
+# official filters of vinusankars/Convolution-based-Unlearnability: seed 0, pb 0.3, k 3 — rows of each class filter and the "1" position
 TEST_VECTOR = {
     0: ((0, 2), [[0.1646, 0.2146, 1.0], [0.1635, 0.1271, 0.1938], [0.1313, 0.2675, 0.2891]]),
     1: ((0, 0), [[1.0, 0.0794, 0.2323], [0.1368, 0.1705, 0.0056], [0.1853, 0.1836, 0.1851]]),

@@ -1,5 +1,5 @@
 """Training-step defenses: PGD adversarial training, DAT (the adaptive deconvolution attack on CUDA)
-and random-blur (spec defenses.md §7-8, poisons.md §1.5): mechanics, composition, smoke runs."""
+and random-blur: mechanics, composition, smoke runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch-level defenses: mixup, CutMix, cutout, randomized smoothing (spec defenses.md §2-4, §6)."""
+"""Batch-level defenses: mixup, CutMix, cutout, randomized smoothing."""
 
 from __future__ import annotations
 

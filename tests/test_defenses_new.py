@@ -1,4 +1,4 @@
-"""UEraser, orthogonal projection, DP-InstaHide, poison-aware AT, RSK+FF (spec defenses.md §5, §12-14, §17):
+"""UEraser, orthogonal projection, DP-InstaHide, poison-aware AT, RSK+FF:
 the behaviour that defines each one, on tiny data."""
 
 from __future__ import annotations

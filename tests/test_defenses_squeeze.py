@@ -1,5 +1,5 @@
 """Data-level defenses: ISS squeezing (JPEG, grayscale, bit depth) and blur / median filters
-(spec defenses.md §6, §11): outputs against PIL / torchvision / scipy references, caching, composition."""
+outputs against PIL / torchvision / scipy references, caching, composition."""
 
 from __future__ import annotations
 

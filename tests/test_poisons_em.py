@@ -121,7 +121,7 @@ def test_sem_is_rem_with_random_inner_step() -> None:
     assert StableErrorMinimizing.craft_noise is RobustErrorMinimizing.craft_noise
     rem = build_poison("rem", {}).poison
     sem = build_poison("sem", {}).poison
-    # spec §4.3: official CIFAR settings cost 10x5x(10+1)+11 = 561 vs 10x5x1+11 = 61 passes per step
+    # SEM paper (Liu et al., AAAI 2024) official CIFAR settings cost 10x5x(10+1)+11 = 561 vs 10x5x1+11 = 61 passes per step
     assert sum(rem.passes_per_step()) == 561 and sum(sem.passes_per_step()) == 61
 
     torch.manual_seed(0)
