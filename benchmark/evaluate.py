@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -10,6 +11,21 @@ import torch.nn as nn
 from benchmark.data import ImageSet
 
 Predict = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+#: On a CPU a forward pass over an evaluation batch of 1000 32x32 images allocates activations above
+#: glibc's mmap threshold (32 MB), so every batch maps and faults in fresh pages (cpu preset: 1.2 M
+#: page faults, 2.2 s of system time per 10k test images). Slices of at most this many images stay
+#: on the heap.
+CPU_SLICE = 256
+
+
+def forward_in_slices(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, for a model in eval mode on a CPU in near-equal slices of at most ``CPU_SLICE``
+    images: the same logits bit for bit (eval-mode layers treat images independently; pinned by a
+    test), 1.4x faster there. A model in training mode (batch statistics) gets one call."""
+    if model.training or x.device.type != "cpu" or x.shape[0] <= CPU_SLICE:
+        return model(x)
+    return torch.cat([model(part) for part in x.tensor_split(math.ceil(x.shape[0] / CPU_SLICE))])
 
 
 @torch.no_grad()
@@ -22,7 +38,7 @@ def predictions(model: nn.Module, images: ImageSet, predict: Predict | None = No
     out = []
     for start in range(0, len(images), batch_size):
         x = images.x[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
-        logits = predict(model, x) if predict else model(x)
+        logits = predict(model, x) if predict else forward_in_slices(model, x)
         out.append(logits.argmax(dim=1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -86,6 +86,8 @@ class PreparedRun:
     record_path: Path
     cache: Path
     train_indices: torch.Tensor  # indices, into the dataset's training split, of the victim's images
+    #: positions, in ``train``, of the clean validation images a model-selecting defense holds out
+    val_positions: torch.Tensor | None = None
 
     @property
     def dataset_id(self) -> dict[str, Any]:
@@ -137,6 +139,9 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     prep = PreparedRun(spec, device, proto, poison, defense, data, train, test, config, rid, path, cache,
                        train_indices)
     defense.check_run(make_context(prep))
+    val = defense.validation()
+    if val is not None:
+        prep.val_positions = stratified_subset(train.y, val.size, val.seed)
     return prep
 
 
@@ -169,9 +174,14 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
                                                                               {"step": step, "total": total, **info}))
     emit("poison_done", manifest)
     train = poisoned.as_imageset(prep.train.classes)
+    keep = torch.ones(len(train), dtype=torch.bool)
     if prep.spec.clean_only:
-        keep = torch.ones(len(train), dtype=torch.bool)
         keep[poisoned.poisoned_indices] = False
+    val_set = None
+    if prep.val_positions is not None:  # held out before poisoning: the defender keeps the clean images
+        keep[prep.val_positions] = False
+        val_set = prep.train.subset(prep.val_positions).to(prep.device)
+    if not keep.all():
         train = train.subset(torch.nonzero(keep).flatten())
     num_classes = prep.data.num_classes
     c = prep.data.shape[0]
@@ -191,8 +201,10 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         epochs = math.ceil(total_steps / len(batch_bounds(len(train_dev), proto.batch_size))) if total_steps \
             else proto.epochs
         emit("train_start", {"epochs": epochs, "resume": ckpt.exists()})
+        validation = prep.defense.validation()
         result = train_model(model, train_dev, test_dev, proto, prep.defense, ctx, ckpt,
-                             on_epoch=lambda e: emit("epoch", e), total_steps=total_steps)
+                             on_epoch=lambda e: emit("epoch", e), total_steps=total_steps, val=val_set,
+                             patience=validation.patience if validation else 0)
         t_eval = time.perf_counter()
         if prep.defense.cheap_epoch_predictor:  # the per-epoch curve was an approximation: measure again
             result.test_acc, result.per_class_test_acc = evaluate(
@@ -224,6 +236,10 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         training = {"steps": result.steps, "epochs": result.epochs_run, "images": len(train_dev),
                     "batch_size": proto.batch_size, "lr": proto.lr, "schedule": proto.schedule,
                     "step_matched": total_steps is not None}
+        if val_set is not None:
+            metrics.update({"selected_epoch": result.selected_epoch, "selected_val_acc": round(result.selected_val_acc, 3),
+                            "stopped_early": result.stopped_early})
+            training["validation_images"] = len(val_set)
         timings = {
             "poison_generation": manifest.get("generation_seconds"),
             "poison_cached": bool(manifest.get("cached")),

@@ -26,18 +26,16 @@ from defenses.base import DefenseStack, TrainContext
 
 
 def random_crop_flip(x: torch.Tensor, ctx: TrainContext, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding ``pad`` plus horizontal flip, for the whole batch at once."""
+    """Random crop with zero padding ``pad`` plus horizontal flip, for the whole batch at once (uint8 or
+    float images). A flipped crop is a crop of the mirrored padded batch, so one gather from a window
+    view of both does crop and flip."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     oy = ctx.randint(2 * pad + 1, (n,))
     ox = ctx.randint(2 * pad + 1, (n,))
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     flip = ctx.rand(n) < 0.5
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
+    windows = torch.stack((padded, padded.flip(-1))).unfold(3, h, 1).unfold(4, w, 1)  # (2, n, c, 2p+1, 2p+1, h, w)
+    return windows[flip.long(), torch.arange(n, device=x.device), :, oy, torch.where(flip, 2 * pad - ox, ox)]
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -79,6 +77,10 @@ class TrainResult:
     resumed_from_epoch: int = 0
     steps: int = 0
     epochs_run: int = 0
+    #: with a validation split: the epoch whose model was kept (best validation accuracy) and that accuracy
+    selected_epoch: int | None = None
+    selected_val_acc: float | None = None
+    stopped_early: bool = False
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -105,11 +107,17 @@ def train_model(
     checkpoint: Path | None = None,
     on_epoch: EpochCallback | None = None,
     total_steps: int | None = None,
+    val: ImageSet | None = None,
+    patience: int = 0,
 ) -> TrainResult:
     """Train ``model`` on ``train`` (uint8, on ctx.device) and evaluate on ``test`` every epoch.
 
     ``total_steps``: train for exactly this many optimizer steps (the learning-rate schedule spans
-    them) instead of ``proto.epochs`` epochs; the last epoch may stop part-way."""
+    them) instead of ``proto.epochs`` epochs; the last epoch may stop part-way.
+    ``val``: a clean validation split, evaluated every epoch; the model of the epoch with the best
+    validation accuracy (the earliest on ties) is restored at the end, and its test accuracy is the
+    result. The test set never takes part in the choice. ``patience`` > 0 stops training after that
+    many epochs without a better validation accuracy."""
     device = ctx.device
     gen = ctx.generator
     assert gen is not None
@@ -123,6 +131,7 @@ def train_model(
     result = TrainResult(model=model)
     start_epoch = 0
     step = 0  # optimizer steps taken: an epoch whose last batch is a single image takes one step fewer
+    best: dict[str, Any] | None = None  # with ``val``: the best epoch so far and its model state
     if checkpoint is not None and checkpoint.exists():
         state = _load_checkpoint(checkpoint)
         if state is not None:
@@ -138,6 +147,9 @@ def train_model(
             result.train_seconds = float(state["train_seconds"])
             result.eval_seconds = float(state["eval_seconds"])
             result.resumed_from_epoch = start_epoch
+            best = state.get("best")
+            if state.get("stopped_early"):
+                start_epoch, result.stopped_early = epochs, True
 
     labels_onehot = F.one_hot(train.y.to(device), ctx.num_classes).float()
     if proto.label_smoothing:
@@ -159,10 +171,11 @@ def train_model(
             lr = lr_at(proto, step, steps_per_epoch, total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = train.x[idx].float().div_(255)
-            y = labels_onehot[idx]
+            x = train.x[idx]
             if proto.augment:
-                x = random_crop_flip(x, ctx)
+                x = random_crop_flip(x, ctx)  # on the uint8 images: the same pixels, a quarter of the bytes
+            x = x.float().div_(255)
+            y = labels_onehot[idx]
             x, y = defense.batch(x, y, ctx)
             loss, logits = defense.loss(model, x, y, ctx)
             opt.zero_grad(set_to_none=True)
@@ -190,18 +203,33 @@ def train_model(
             "lr": round(lr, 6),
             "seconds": round(train_time + eval_time, 3),
         }
+        if val is not None:
+            val_acc, _ = evaluate(model, val, ctx.num_classes, defense.predictor(ctx, final=False),
+                                  proto.eval_batch_size)
+            entry["val_acc"] = round(val_acc, 3)
+            if best is None or val_acc > best["val_acc"]:
+                best = {"val_acc": val_acc, "epoch": epoch + 1, "test_acc": test_acc, "per_class": per_class,
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            result.stopped_early = patience > 0 and epoch + 1 - best["epoch"] >= patience and epoch + 1 < epochs
         result.per_epoch.append(entry)
         result.test_acc, result.per_class_test_acc = test_acc, per_class
         if checkpoint is not None:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step, "per_epoch": result.per_epoch,
-                     "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
+                     "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
+                     "best": best, "stopped_early": result.stopped_early}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
             _save_checkpoint(checkpoint, state)
         if on_epoch is not None:
             on_epoch(entry)
-    if result.per_epoch and start_epoch >= epochs:  # resumed a run whose training had finished
+        if result.stopped_early:
+            break
+    if best is not None:  # keep the model of the best validation epoch
+        model.load_state_dict(best["model"])
+        result.test_acc, result.per_class_test_acc = best["test_acc"], list(best["per_class"])
+        result.selected_epoch, result.selected_val_acc = int(best["epoch"]), float(best["val_acc"])
+    elif result.per_epoch and start_epoch >= epochs:  # resumed a run whose training had finished
         result.test_acc, result.per_class_test_acc = evaluate(model, test, ctx.num_classes,
                                                               defense.predictor(ctx, final=False),
                                                               proto.eval_batch_size)
