@@ -20,9 +20,12 @@ Backbones (``backbone=``):
 * ``PATH.safetensors`` from ``bench pretrain``: its metadata says which training images it saw.
 * ``robustbench:NAME`` with ``model_dir=DIR``: a RobustBench checkpoint already placed at
   ``DIR/cifar10/<threat>/NAME.pt`` (RobustBench's layout), read with ``torch.load(weights_only=True)``
-  into this benchmark's CIFAR ResNet-18 (RobustBench's ResNet-18 under other layer names). The
-  ``robustbench`` package itself is not imported: its 1.1.1 wheel needs ``pkg_resources`` and a network
-  path to resolve a model.
+  into this benchmark's CIFAR ResNet-18 (RobustBench's ResNet-18 under other layer names; same outputs),
+  doing what ``robustbench.utils.load_model`` does for these entries (``state_dict`` entry, ``module.`` /
+  ``model.`` prefixes stripped, strict load). Not through robustbench itself, because its PyPI release
+  (1.1.1) does not import: ``robustbench/__init__`` needs ``autoattack`` (its declared ``pyautoattack``
+  installs ``pyautoattack``) and ``pkg_resources`` (gone in setuptools 82), and its ``torch.load`` call
+  leaves ``weights_only`` to the environment (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would unpickle).
 
 Leakage guard: a backbone that saw any of the victim's training images (same dataset, overlapping
 indices; a RobustBench CIFAR-10 model saw all of them) measures the clean data, not the defense; it is
@@ -58,7 +61,9 @@ from defenses.base import Defense, TrainContext
 
 #: RobustBench CIFAR-10 entries whose architecture is a plain CIFAR ResNet-18 (RobustBench model zoo, robustbench/model_zoo/cifar10.py)
 ROBUSTBENCH_RESNET18 = ("Sehwag2021Proxy_R18", "Addepalli2022Efficient_RN18", "Addepalli2021Towards_RN18")
-DOWNLOAD_HINT = "https://github.com/RobustBench/robustbench (robustbench.utils.load_model downloads it on a machine with internet)"
+DOWNLOAD_HINT = ("https://github.com/RobustBench/robustbench (on a machine with internet: pip install "
+                 "git+https://github.com/RobustBench/robustbench.git; robustbench.utils.load_model(NAME, model_dir=DIR) "
+                 "saves DIR/cifar10/<threat>/NAME.pt)")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ frozen), RobustBench-format checkpoints loaded without unpickling, and clear err
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from benchmark.pretrain import indices_digest, pretrain_indices, read_backbone
 from benchmark.protocol import resolve_protocol
 from benchmark.train import train_model
 from defenses.base import TrainContext, build_defense
+from defenses.finetune import robustbench_to_bench
 
 
 class NotAWeight:
@@ -83,39 +85,52 @@ def test_full_finetune_trains_the_backbone(backbone: Path) -> None:
 
 
 def _robustbench_file(model_dir: Path, state: dict) -> Path:
+    """``state`` saved where robustbench.utils.load_model looks: MODEL_DIR/cifar10/Linf/NAME.pt."""
     path = model_dir / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt"
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     return path
 
 
-def _robustbench_keys(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Our ResNet-18 state dict under RobustBench's names (layerI.J, 'module.' prefix)."""
-    out = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("layers."):
-            _, idx, rest = k.split(".", 2)
-            k = f"layer{int(idx) // 2 + 1}.{int(idx) % 2}.{rest}"
-        out["module." + k] = v.clone()
-    return out
-
-
-def test_robustbench_checkpoint_loads_weights_only(tmp_path: Path) -> None:
+def robustbench_resnet18() -> nn.Module:
+    """RobustBench's own ResNet18 class (robustbench/model_zoo/architectures/resnet.py, the model of
+    Sehwag2021Proxy_R18), read from its file: the robustbench 1.1.1 package does not import (finetune.py)."""
+    spec = importlib.util.find_spec("robustbench")  # locates the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("robustbench is not installed (pip install -e '.[dev]')")
+    path = Path(spec.submodule_search_locations[0]) / "model_zoo" / "architectures" / "resnet.py"
+    file_spec = importlib.util.spec_from_file_location("robustbench_resnet", path)
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
     torch.manual_seed(1)
-    reference = build_model("resnet18", 10, 3)
-    _robustbench_file(tmp_path / "models", {"state_dict": _robustbench_keys(reference)})
+    return module.ResNet18()
+
+
+@pytest.mark.parametrize("layout", ["state_dict+module", "bare"])
+def test_robustbench_checkpoint_loads_weights_only(layout: str, tmp_path: Path) -> None:
+    """A checkpoint of RobustBench's ResNet18, in either layout load_model reads, gives the same network."""
+    reference = robustbench_resnet18()
+    state = reference.state_dict()
+    _robustbench_file(tmp_path / "models", {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+                      if layout == "state_dict+module" else state)
     stack = build_defense("finetune", {"backbone": "robustbench:Sehwag2021Proxy_R18",
                                        "model_dir": str(tmp_path / "models"), "mode": "linear"})
     ctx = TrainContext(device=torch.device("cpu"), num_classes=10, in_channels=3, image_size=(32, 32))
     model = stack.build_model("resnet18", 10, 3, ctx)
-    assert torch.equal(model.layers[5].conv1.weight, reference.layers[5].conv1.weight)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in robustbench_to_bench(state).items() if not k.startswith("linear."))
     assert not torch.equal(model.linear.weight, reference.linear.weight)  # a fresh head
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["linear.weight", "linear.bias"]
+    model.linear = reference.linear  # with RobustBench's head back, it is RobustBench's network
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), reference.eval()(x), atol=1e-5)
     src = stack.describe_source()["finetune"]
     assert src["backbone"] == "robustbench:Sehwag2021Proxy_R18" and src["mode"] == "linear" and len(src["sha256"]) == 16
 
 
-def test_pickled_objects_in_a_checkpoint_are_refused(tmp_path: Path) -> None:
+def test_pickled_objects_in_a_checkpoint_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would unpickle a torch.load without weights_only
     _robustbench_file(tmp_path / "models", {"state_dict": {"w": torch.zeros(1)}, "extra": NotAWeight()})
     stack = build_defense("finetune", {"backbone": "robustbench:Sehwag2021Proxy_R18", "model_dir": str(tmp_path / "models")})
     ctx = TrainContext(device=torch.device("cpu"), num_classes=10, in_channels=3, image_size=(32, 32))
@@ -245,7 +260,7 @@ def test_leakage_guard_refuses_an_overlapping_backbone_and_accepts_a_disjoint_on
 def test_a_robustbench_cifar10_backbone_counts_as_overlap(tmp_path: Path, bench_env: dict,
                                                          capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(1)
-    _robustbench_file(tmp_path / "models", {"state_dict": _robustbench_keys(build_model("resnet18", 10, 3))})
+    _robustbench_file(tmp_path / "models", {"state_dict": build_model("resnet18", 10, 3).state_dict()})
     code, _, err = run_cli(["run", "--preset", "smoke", "--poison", "cuda", "--defense", "finetune", "--no-baseline",
                             "--model", "resnet18", "--defense-param", "backbone=robustbench:Sehwag2021Proxy_R18",
                             "--defense-param", f"model_dir={tmp_path / 'models'}"], capsys)
