@@ -3,6 +3,7 @@
 Hooks:
 
 * ``prepare(train, ctx) -> ImageSet``  data level, once before training (JPEG, grayscale, ...); chains.
+  ``ImageDefense`` subclasses write only ``transform_images(x_uint8) -> uint8``.
 * ``batch(x, y, ctx) -> (x, y)``       after crop/flip, float images in [0,1] and soft labels; chains.
 * ``loss(model, x, y, ctx) -> (loss, logits)``   owns the training step (AT, DAT); at most one.
 * ``build_model(arch, num_classes, in_channels, ctx) -> nn.Module``   owns the model; at most one.
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
+from benchmark.imageops import CHUNK as IMAGE_CHUNK
+from benchmark.imageops import map_chunks
 from benchmark.params import NoParams, build_params, params_dict
 from benchmark.registry import DEFENSES
 
@@ -183,6 +186,25 @@ class Defense:
     def owns(cls, hook: str) -> bool:
         aliases = {"predict": ("predict", "predictor")}.get(hook, (hook,))
         return any(getattr(cls, h) is not getattr(Defense, h) for h in aliases)
+
+
+class ImageDefense(Defense):
+    """A data-level defense: one map of the uint8 training images before training (JPEG, blur, ...).
+
+    Subclasses write only ``transform_images``; ``prepare`` maps the training set through it in chunks
+    of ``chunk`` images on the training device and keeps labels and class names. Test images are not
+    transformed."""
+
+    #: images per ``transform_images`` call (bounds the float temporaries of a 50k-image set)
+    chunk: ClassVar[int] = IMAGE_CHUNK
+
+    def transform_images(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> uint8 images of the same shape."""
+        raise NotImplementedError
+
+    def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
+        return ImageSet(map_chunks(self.transform_images, train.x, ctx.device, self.chunk), train.y,
+                        list(train.classes))
 
 
 class DefenseStack(Defense):

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.data import ImageSet
 from benchmark.params import param
 from benchmark.registry import register_defense
-from defenses.base import Defense, TrainContext
+from defenses.base import ImageDefense
 
 
 @dataclass(frozen=True)
@@ -27,11 +26,11 @@ def posterize_uint8(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @register_defense("bit-depth", aliases=("bdr", "posterize"))
-class BitDepth(Defense):
+class BitDepth(ImageDefense):
     """Bit-depth reduction of training images (ISS BDR, posterize to 2 bits)."""
 
     family = "filtering"
     Params = BitDepthParams
 
-    def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
-        return ImageSet(posterize_uint8(train.x, self.params.bits), train.y, list(train.classes))
+    def transform_images(self, x: torch.Tensor) -> torch.Tensor:
+        return posterize_uint8(x, self.params.bits)

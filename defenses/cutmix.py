@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.mixing import sample_beta
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import Defense, TrainContext
-from defenses.mixup import sample_beta
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class CutMix(Defense):
         p: CutMixParams = self.params
         if float(torch.rand(1, generator=ctx.generator)) >= p.p:
             return x, y
-        lam = sample_beta(ctx, p.beta, p.beta)
+        lam = sample_beta(ctx.generator, p.beta, p.beta)
         perm = ctx.randperm(x.shape[0])
         h, w = x.shape[-2:]
         cy = int(torch.randint(h, (1,), generator=ctx.generator))

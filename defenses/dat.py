@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.modelstate import frozen_params, kept_bn_stats, kept_modes
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import Defense, TrainContext, soft_cross_entropy
@@ -87,19 +88,6 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
     hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
     return (x - lo) / (hi - lo).clamp_min(1e-12)
-
-
-def bn_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
-    """Copies of every BatchNorm layer's running statistics (mean, var, batch counter)."""
-    return [(m, {k: getattr(m, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")
-                 if getattr(m, k, None) is not None})
-            for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-
-
-def restore_bn_state(saved: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> None:
-    for m, buffers in saved:
-        for k, v in buffers.items():
-            getattr(m, k).copy_(v)
 
 
 ClassGroups = tuple[torch.Tensor, list[int]]
@@ -151,16 +139,11 @@ class DeconvolutionAT(Defense):
         (weight (K, s, s), bias (K,)); clamped before each step, so the last update may leave the box."""
         p: DATParams = self.params
         weight, bias = init_filters(ctx.num_classes, p.size, ctx.generator, x.device)
-        modes = [(m, m.training) for m in model.modules()]
-        flags = [q.requires_grad for q in model.parameters()]
-        for q in model.parameters():
-            q.requires_grad_(False)
-        if p.bn_mode == "eval":
-            model.eval()
-        saved = None if p.official_bn_update else bn_state(model)
         per_class = p.bn_mode == "class"
         groups = class_groups(labels) if per_class and p.steps else None
-        try:
+        with kept_modes(model), frozen_params(model), kept_bn_stats(model, keep=not p.official_bn_update):
+            if p.bn_mode == "eval":
+                model.eval()
             for _ in range(p.steps):
                 weight = weight.clamp(-p.bound, p.bound).requires_grad_(True)
                 bias = bias.clamp(-p.bound, p.bound).requires_grad_(True)
@@ -168,13 +151,6 @@ class DeconvolutionAT(Defense):
                 gw, gb = torch.autograd.grad(loss, (weight, bias))
                 weight = (weight + p.lr * gw).detach()
                 bias = (bias + p.lr * gb).detach()
-        finally:
-            for q, flag in zip(model.parameters(), flags, strict=True):
-                q.requires_grad_(flag)
-            for m, mode in modes:
-                m.training = mode
-            if saved is not None:
-                restore_bn_state(saved)
         return weight, bias
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:

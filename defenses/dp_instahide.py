@@ -35,11 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from benchmark.data import ImageSet
+from benchmark.mixing import mix, sample_dirichlet
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import Defense, TrainContext
@@ -54,13 +54,6 @@ class DPInstaHideParams:
     scale: float = param(16 / 255, "Laplace noise scale b per pixel (forest default strength 16/255)", gt=0.0)
     noise_clamp: bool = param(False, "clamp each noise value to +-scale, as forest does (voids the DP bound)")
     clip: bool = param(True, "clip noisy images to [0, 1]")
-
-
-def dirichlet_weights(ctx: TrainContext, alpha: float, k: int) -> list[float]:
-    """k weights ~ Dirichlet(alpha*1_k) from a NumPy generator seeded by one draw from the run's generator
-    (torch's Gamma sampler takes no generator)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
-    return [float(v) for v in np.random.default_rng(seed).dirichlet([alpha] * k)]
 
 
 def laplace(shape: torch.Size, scale: float, ctx: TrainContext) -> torch.Tensor:
@@ -86,14 +79,8 @@ class DPInstaHide(Defense):
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         p: DPInstaHideParams = self.params
-        n = x.shape[0]
-        w = [1.0 / p.ways] * p.ways if p.weights == "uniform" else dirichlet_weights(ctx, p.alpha, p.ways)
-        x_mix = torch.zeros_like(x)
-        y_mix = torch.zeros_like(y)
-        for wi in w:
-            perm = ctx.randperm(n)
-            x_mix.add_(x[perm], alpha=wi)
-            y_mix.add_(y[perm], alpha=wi)
+        w = [1.0 / p.ways] * p.ways if p.weights == "uniform" else sample_dirichlet(ctx.generator, p.alpha, p.ways)
+        x_mix, y_mix = mix(x, y, w, [ctx.randperm(x.shape[0]) for _ in w])
         noise = laplace(x.shape, p.scale, ctx)
         if p.noise_clamp:
             noise = noise.clamp(-p.scale, p.scale)

@@ -18,13 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.data import ImageSet
+from benchmark.imageops import pad_images
 from benchmark.params import param
 from benchmark.registry import register_defense
-from defenses.base import Defense, TrainContext
-from defenses.median_filter import pad_index
-
-CHUNK = 2048  # images per batched filter call (bounds memory for 50k-image sets)
+from defenses.base import ImageDefense
 
 
 @dataclass(frozen=True)
@@ -41,31 +38,26 @@ def gaussian_kernel1d(kernel: int, sigma: float) -> torch.Tensor:
     return pdf / pdf.sum()
 
 
-def blur_uint8(x: torch.Tensor, kernel: int, sigma: float, device: torch.device | None = None) -> torch.Tensor:
-    """Gaussian-blur uint8 (N, C, H, W) images in chunks on ``device``; returns uint8 on x's device.
-    Separable weighted sums of shifted views (much faster than depthwise conv2d on CPU)."""
-    device = device or x.device
-    _, _, h, w = x.shape
+def blur_images(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """Gaussian-blur uint8 (N, C, H, W) images (reflect borders, replicate when the image is smaller
+    than the kernel), rounded back to uint8. Separable weighted sums of shifted views (much faster
+    than depthwise conv2d on CPU)."""
+    h, w = x.shape[-2:]
     weights = gaussian_kernel1d(kernel, sigma).tolist()
     pad = kernel // 2
-    mode = "reflect" if pad < min(h, w) else "replicate"
-    rows, cols = pad_index(h, pad, mode, device), pad_index(w, pad, mode, device)
-    out = torch.empty_like(x)
-    for start in range(0, x.shape[0], CHUNK):
-        chunk = x[start:start + CHUNK].to(device).index_select(2, rows).index_select(3, cols).float()
-        across = sum(wt * chunk[:, :, :, j:j + w] for j, wt in enumerate(weights))
-        blurred = sum(wt * across[:, :, i:i + h, :] for i, wt in enumerate(weights))
-        out[start:start + CHUNK] = blurred.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
-    return out
+    padded = pad_images(x, pad, "reflect" if pad < min(h, w) else "replicate").float()
+    across = sum(wt * padded[:, :, :, j:j + w] for j, wt in enumerate(weights))
+    blurred = sum(wt * across[:, :, i:i + h, :] for i, wt in enumerate(weights))
+    return blurred.round_().clamp_(0, 255).to(torch.uint8)
 
 
 @register_defense("gaussian-blur", aliases=("gaussian",))
-class GaussianBlur(Defense):
+class GaussianBlur(ImageDefense):
     """Gaussian blur (3x3, sigma 0.8 as REM's low-pass filter) of every training image, before training."""
 
     family = "filtering"
     Params = GaussianBlurParams
+    chunk = 2048  # images per filter call
 
-    def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
-        p: GaussianBlurParams = self.params
-        return ImageSet(blur_uint8(train.x, p.kernel, p.sigma, ctx.device), train.y, list(train.classes))
+    def transform_images(self, x: torch.Tensor) -> torch.Tensor:
+        return blur_images(x, self.params.kernel, self.params.sigma)

@@ -11,7 +11,7 @@ import torch
 
 from benchmark.data import ImageSet
 from benchmark.registry import register_defense
-from defenses.base import Defense, TrainContext
+from defenses.base import ImageDefense, TrainContext
 
 
 def luma_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -22,12 +22,13 @@ def luma_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_defense("grayscale", aliases=("greyscale",))
-class Grayscale(Defense):
+class Grayscale(ImageDefense):
     """Grayscale training images (ISS): ITU-R 601 luma replicated to 3 channels."""
 
     family = "filtering"
+
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
-        if train.x.shape[1] != 3:
-            return train
-        gray = luma_uint8(train.x)
-        return ImageSet(gray.expand(-1, 3, -1, -1).contiguous(), train.y, list(train.classes))
+        return super().prepare(train, ctx) if train.x.shape[1] == 3 else train  # 1 channel: nothing to do
+
+    def transform_images(self, x: torch.Tensor) -> torch.Tensor:
+        return luma_uint8(x).expand(-1, 3, -1, -1)

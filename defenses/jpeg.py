@@ -27,9 +27,7 @@ from benchmark.errors import BenchError
 from benchmark.io import read_npz, write_npz
 from benchmark.params import param
 from benchmark.registry import register_defense
-from defenses.base import Defense, TrainContext
-
-CHUNK = 4096
+from defenses.base import ImageDefense, TrainContext
 
 
 @dataclass(frozen=True)
@@ -61,16 +59,13 @@ def _torchvision_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor | None
 
 
 def jpeg_uint8(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """JPEG encode + decode uint8 (N, C, H, W) images (C = 1 or 3) on the CPU; same shape and dtype."""
+    """JPEG encode + decode uint8 (N, C, H, W) images (C = 1 or 3) on the CPU (libjpeg codes one image
+    at a time); same shape, dtype and device."""
     if x.shape[1] not in (1, 3):
         raise BenchError(f"jpeg needs 1- or 3-channel images, got {x.shape[1]} channels")
     cpu = x.cpu().contiguous()
-    out = torch.empty_like(cpu)
-    for start in range(0, cpu.shape[0], CHUNK):  # libjpeg codes one image at a time; chunks bound memory
-        chunk = cpu[start:start + CHUNK]
-        squeezed = _torchvision_jpeg(chunk, quality)
-        out[start:start + len(chunk)] = squeezed if squeezed is not None else _pil_jpeg(chunk, quality)
-    return out.to(x.device)
+    squeezed = _torchvision_jpeg(cpu, quality)
+    return (squeezed if squeezed is not None else _pil_jpeg(cpu, quality)).to(x.device)
 
 
 def cache_path(cache_dir: Path, x: torch.Tensor, tag: str) -> Path:
@@ -82,7 +77,7 @@ def cache_path(cache_dir: Path, x: torch.Tensor, tag: str) -> Path:
 
 
 @register_defense("jpeg", aliases=("jpeg-compression",))
-class JPEG(Defense):
+class JPEG(ImageDefense):
     """JPEG-compress the training images (ISS JPEG-10), once per data set and cached on disk."""
 
     family = "filtering"
@@ -98,7 +93,10 @@ class JPEG(Defense):
                 cached = None  # a corrupt cache file is recomputed and overwritten
             if cached is not None and cached.shape == train.x.shape and cached.dtype == torch.uint8:
                 return ImageSet(cached.to(train.x.device), train.y, list(train.classes))
-        squeezed = jpeg_uint8(train.x, q)
+        squeezed = super().prepare(train, ctx)
         if path is not None:
-            write_npz(path, {"x": np.ascontiguousarray(squeezed.cpu().numpy())})
-        return ImageSet(squeezed, train.y, list(train.classes))
+            write_npz(path, {"x": np.ascontiguousarray(squeezed.x.cpu().numpy())})
+        return squeezed
+
+    def transform_images(self, x: torch.Tensor) -> torch.Tensor:
+        return jpeg_uint8(x, self.params.quality)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from benchmark.data import ImageSet
 from benchmark.params import param
 from benchmark.registry import register_defense
-from defenses.base import Defense, TrainContext
+from defenses.base import ImageDefense, TrainContext
 
 CHUNK = 4096
 
@@ -96,18 +96,14 @@ def orthonormal_basis(weight: torch.Tensor) -> torch.Tensor:
     return q.float()
 
 
-def project(x: torch.Tensor, q: torch.Tensor, mean: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, int]:
-    """x - Q Q^T (x - mean) for uint8 images, chunked on ``device``; rounded and clamped back to
-    uint8. Returns (projected uint8 images on x's device, number of clipped pixel values)."""
-    out = torch.empty_like(x)
-    clipped = 0
-    for start in range(0, x.shape[0], CHUNK):
-        flat = flat01(x[start:start + CHUNK], device)
-        centred = flat - mean if mean is not None else flat
-        proj = (flat - (centred @ q) @ q.T) * 255
-        clipped += int(((proj < -0.5) | (proj > 255.5)).sum())
-        out[start:start + CHUNK] = proj.round().clamp(0, 255).to(torch.uint8).view_as(x[start:start + CHUNK]).to(x.device)
-    return out, clipped
+def project(x: torch.Tensor, q: torch.Tensor, mean: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """x - Q Q^T (x - mean) for uint8 images, on q's device; rounded and clamped back to uint8.
+    Returns (projected uint8 images on q's device, number of clipped pixel values)."""
+    flat = flat01(x, q.device)
+    centred = flat - mean if mean is not None else flat
+    proj = (flat - (centred @ q) @ q.T) * 255
+    clipped = int(((proj < -0.5) | (proj > 255.5)).sum())
+    return proj.round().clamp(0, 255).to(torch.uint8).view_as(x), clipped
 
 
 def linear_accuracy(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, device: torch.device) -> float:
@@ -120,11 +116,12 @@ def linear_accuracy(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, devi
 
 
 @register_defense("ortho-proj", aliases=("orthogonal-projection",))
-class OrthogonalProjection(Defense):
+class OrthogonalProjection(ImageDefense):
     """Orthogonal projection (Sandoval-Segura et al., NeurIPS 2023): remove a linear model's class directions."""
 
     family = "filtering"
     Params = OrthoProjParams
+    chunk = CHUNK  # images per projection (matrix product) call
     notes = ("`ortho-proj` stores the projected images as uint8, so each image's component in the removed "
              "subspace is set to the mean image's (a constant offset) instead of zero as in the official float "
              "pipeline; test images are not projected, as in the official code.",)
@@ -140,26 +137,38 @@ class OrthogonalProjection(Defense):
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
         self.stats: dict[str, Any] = {}
+        self.basis: torch.Tensor | None = None  # Q (d, K), set by the fit in ``prepare``
+        self.mean: torch.Tensor | None = None
+        self.clipped = 0
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         p: OrthoProjParams = self.params
         t0 = time.perf_counter()
         weight, train_acc = fit_linear(train.x, train.y, ctx.num_classes, p, ctx)
-        q = orthonormal_basis(weight).to(ctx.device)
-        mean = None
+        self.basis = orthonormal_basis(weight).to(ctx.device)
+        self.mean = None
         if p.center:
             total = torch.zeros(train.x[0].numel(), device=ctx.device)
             for start in range(0, len(train), CHUNK):
                 total += flat01(train.x[start:start + CHUNK], ctx.device).sum(0)
-            mean = total / len(train)
-        projected, clipped = project(train.x, q, mean, ctx.device)
+            self.mean = total / len(train)
+        self.clipped = 0
+        projected = super().prepare(train, ctx)
         self.stats = {
             "linear_train_acc": round(train_acc, 2),
-            "linear_acc_projected": round(linear_accuracy(projected, train.y, weight, ctx.device), 2),
-            "clipped_fraction": round(clipped / projected.numel(), 6),
+            "linear_acc_projected": round(linear_accuracy(projected.x, train.y, weight, ctx.device), 2),
+            "clipped_fraction": round(self.clipped / projected.x.numel(), 6),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
-        return ImageSet(projected, train.y, list(train.classes))
+        return projected
+
+    def transform_images(self, x: torch.Tensor) -> torch.Tensor:
+        """The projection of ``prepare``'s fit; counts the clipped pixel values."""
+        if self.basis is None:
+            raise RuntimeError("ortho-proj projects only inside prepare(), after the linear fit")
+        out, clipped = project(x, self.basis, self.mean)
+        self.clipped += clipped
+        return out
 
     def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
         return dict(self.stats)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from benchmark.modelstate import kept_modes
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import Defense, TrainContext, soft_cross_entropy
@@ -123,12 +124,8 @@ class PoisonAwareAT(Defense):
         p: PoisonAwareATParams = self.params
         n_p = split_sizes(x.shape[0], p.fraction)
         x_p, y_p, x_t = x[:n_p].detach(), y[:n_p], x[n_p:].detach()
-        modes = [(m, m.training) for m in model.modules()]  # restored one by one: keeps a frozen backbone frozen
-        model.eval()
-        try:
+        with kept_modes(model):  # restored one by one: keeps a frozen backbone frozen
+            model.eval()
             delta, _ = craft_poisons(model, x_p, y_p, x_t, fake_labels(y_p, x_t.shape[0], y.shape[1]), p, ctx.generator)
-        finally:
-            for m, mode in modes:
-                m.training = mode
         logits = model(torch.cat([x_p + delta, x_t]))
         return soft_cross_entropy(logits, y), logits

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.evaluate import predictions
+from benchmark.mixing import sample_dirichlet
 from benchmark.records import validate_record
 from benchmark.runner import RunSpec, execute, prepare_run
 from defenses.base import TrainContext, build_defense, soft_cross_entropy
 from defenses.cutmix import cutmix_box
-from defenses.mixup import sample_dirichlet
 from defenses.smoothing import certify, vote_scores
 
 
@@ -62,7 +62,7 @@ def test_mixup_seeded_and_beta_distribution() -> None:
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
     ctx = make_ctx(0)
     for alpha, var in [(1.0, 1 / 12), (0.2, 1 / (4 * 1.4))]:  # Var Beta(a, a) = 1 / (4 (2a + 1))
-        lams = torch.tensor([sample_dirichlet(ctx, alpha, 2)[0] for _ in range(600)])
+        lams = torch.tensor([sample_dirichlet(ctx.generator, alpha, 2)[0] for _ in range(600)])
         assert abs(float(lams.mean()) - 0.5) < 0.05
         assert abs(float(lams.var()) - var) < 0.02
 

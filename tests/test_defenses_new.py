@@ -162,7 +162,7 @@ def test_ortho_proj_official_projection_is_sequential_subtraction() -> None:
     for vec in qs:  # the official loop
         data = data - (data @ vec).reshape(-1, 1) * vec.reshape(1, -1)
     want = torch.from_numpy(np.clip(np.round(data * 255), 0, 255)).view_as(train.x)
-    got, clipped = project(train.x, q, None, torch.device("cpu"))
+    got, clipped = project(train.x, q, None)
     assert (got.int() - want.int()).abs().max() <= 1  # float32 vs float64 rounding at .5
     assert clipped == int(((data * 255 < -0.5) | (data * 255 > 255.5)).sum())
     # and the removed subspace really is gone before rounding: W x' = 0
