@@ -3,14 +3,13 @@ outputs against PIL / torchvision / scipy references, caching, composition."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_images
-from PIL import Image
+from imagerefs import pil_jpeg, pil_luma
 
 import defenses.jpeg as jpeg_module
 from benchmark.data import ImageSet
@@ -30,13 +29,6 @@ def images() -> ImageSet:
     return make_images(n=24, num_classes=4, size=32, seed=1)
 
 
-def pil_jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
-    buf = io.BytesIO()
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    return torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1)
-
-
 def test_grayscale_is_pil_luma_on_three_equal_channels(images: ImageSet) -> None:
     before = images.x.clone()
     out = build_defense("grayscale").prepare(images, make_ctx())
@@ -44,7 +36,7 @@ def test_grayscale_is_pil_luma_on_three_equal_channels(images: ImageSet) -> None
     assert out.x.shape == images.x.shape and out.x.dtype == torch.uint8 and torch.equal(out.y, images.y)
     assert torch.equal(out.x[:, 0], out.x[:, 1]) and torch.equal(out.x[:, 0], out.x[:, 2])
     for i in range(4):
-        want = np.array(Image.fromarray(images.x[i].permute(1, 2, 0).numpy()).convert("L"))
+        want = pil_luma(images.x[i])
         assert np.array_equal(out.x[i, 0].numpy(), want)
     gray = ImageSet(images.x[:, :1].contiguous(), images.y, images.classes)
     assert build_defense("grayscale").prepare(gray, make_ctx()) is gray  # 1-channel data: nothing to do
