@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from plugin_package import bench, install_plugin
 
 from benchmark.errors import BenchError
 from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
@@ -72,56 +70,30 @@ def test_format_value_writes_linf_budgets_as_k_over_255() -> None:
     assert format_value("lr", 0.1) == "0.1" and format_value("surrogate", "small-cnn") == "'small-cnn'"
 
 
-PLUGIN = {
-    "pyproject.toml": """
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "bench-test-plugin"
-        version = "0.0.1"
-        [project.entry-points."bench.poisons"]
-        invert = "bench_test_plugin:InvertPoison"
-        [project.entry-points."bench.models"]
-        tiny-linear = "bench_test_plugin:tiny_linear"
-        [tool.setuptools]
-        py-modules = ["bench_test_plugin"]
-    """,
-    "bench_test_plugin.py": '''
-        """A third-party poison and model, found only through entry points."""
-        import torch
-        from attacks.base import Poison, PoisonedSet
+PLUGIN_SOURCE = '''\
+"""A third-party poison and model, found only through entry points."""
+import torch
+from attacks.base import Poison, PoisonedSet
 
-        class InvertPoison(Poison):
-            """Inverts every image (test plugin)."""
-            uses_key = False
-            def generate(self, train, ctx):
-                return PoisonedSet(255 - train.x, train.y.clone(), torch.arange(len(train)))
+class InvertPoison(Poison):
+    """Inverts every image (test plugin)."""
+    uses_key = False
+    def generate(self, train, ctx):
+        return PoisonedSet(255 - train.x, train.y.clone(), torch.arange(len(train)))
 
-        def tiny_linear(num_classes, in_channels=3):
-            """Linear classifier on pooled pixels (test plugin)."""
-            return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
-                                       torch.nn.Linear(in_channels * 16, num_classes))
-    ''',
-}
+def tiny_linear(num_classes, in_channels=3):
+    """Linear classifier on pooled pixels (test plugin)."""
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(in_channels * 16, num_classes))
+'''
 
 
 def test_entry_point_plugin_runs_without_editing_repo(tmp_path: Path, bench_env: dict) -> None:
-    pkg = tmp_path / "plugin"
-    pkg.mkdir()
-    for name, text in PLUGIN.items():
-        (pkg / name).write_text(textwrap.dedent(text))
-    pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run(pip + ["install", "--no-deps", "--no-build-isolation", str(pkg)], check=True,
-                   capture_output=True)
-    try:
-        listing = subprocess.run([sys.executable, "-m", "benchmark.cli", "list", "poisons"],
-                                 capture_output=True, text=True, check=True)
-        assert "invert" in listing.stdout
-        run = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--poison", "invert", "--model",
-                              "tiny-linear", "--preset", "smoke", "--no-baseline"], capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-        records = list(bench_env["results"].glob("*.json"))
-        assert len(records) == 1 and "invert" in records[0].name and "tiny-linear" in records[0].name
-    finally:
-        subprocess.run(pip + ["uninstall", "-y", "bench-test-plugin"], capture_output=True)
+    env = install_plugin(tmp_path, "bench-test-plugin", PLUGIN_SOURCE,
+                         {"bench.poisons": {"invert": "InvertPoison"}, "bench.models": {"tiny-linear": "tiny_linear"}})
+    listing = bench(env, "list", "poisons")
+    assert listing.returncode == 0 and "invert" in listing.stdout
+    run = bench(env, "run", "--poison", "invert", "--model", "tiny-linear", "--preset", "smoke", "--no-baseline")
+    assert run.returncode == 0, run.stderr
+    records = list(bench_env["results"].glob("*.json"))
+    assert len(records) == 1 and "invert" in records[0].name and "tiny-linear" in records[0].name
