@@ -127,49 +127,26 @@ def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pyte
     assert code == 2 and "'acc is low' is not" in err and len(err.strip().splitlines()) == 1
 
 
-REFERENCES = """
-version = 1
-
+def references_toml() -> str:
+    """Three published CUDA-vs-AT cells: the CUDA paper's protocol at eps 4/255 (run here in two presets),
+    another paper's protocol (never comparable), and eps 8/255 (not run here)."""
+    rows = [("P", "T1", 100, "paper", 4, 44.40, "AT", "\npoison_params = { pb = 0.3 }"),
+            ("Q", "T2", 60, "ISS code", 4, 40.0, "other protocol", ""),
+            ("R", "T3", 100, "paper", 8, 32.85, "not run here", "")]
+    return "version = 1\n" + "".join(f"""
 [[reference]]
-paper = "P"
-table = "T1"
+paper = "{paper}"
+table = "{table}"
 dataset = "cifar10"
 model = "resnet18"
-epochs = 100
-protocol = "paper"
-poison = "cuda"
-poison_params = { pb = 0.3 }
+epochs = {epochs}
+protocol = "{protocol}"
+poison = "cuda"{extra}
 defense = "at"
-defense_params = { norm = "linf", eps = "4/255" }
-value = 44.40
-note = "AT"
-
-[[reference]]
-paper = "Q"
-table = "T2"
-dataset = "cifar10"
-model = "resnet18"
-epochs = 60
-protocol = "ISS code"
-poison = "cuda"
-defense = "at"
-defense_params = { norm = "linf", eps = "4/255" }
-value = 40.0
-note = "other protocol"
-
-[[reference]]
-paper = "R"
-table = "T3"
-dataset = "cifar10"
-model = "resnet18"
-epochs = 100
-protocol = "paper"
-poison = "cuda"
-defense = "at"
-defense_params = { norm = "linf", eps = "8/255" }
-value = 32.85
-note = "not run here"
-"""
+defense_params = {{ norm = "linf", eps = "{eps}/255" }}
+value = {value}
+note = "{note}"
+""" for paper, table, epochs, protocol, eps, value, note, extra in rows)
 
 
 def test_references_join_comparable_and_different_protocol(tmp_path: Path) -> None:
@@ -178,7 +155,7 @@ def test_references_join_comparable_and_different_protocol(tmp_path: Path) -> No
             make_record("cuda", "at", 41.0, preset="cpu", defense_params=at4),
             make_record("cuda", "at", 30.0, preset="cpu", defense_params={"norm": "linf", "eps": 2 / 255})]
     ref_file = tmp_path / "refs.toml"
-    ref_file.write_text(REFERENCES)
+    ref_file.write_text(references_toml())
     assert load_references(ref_file)[0] == 1
     runs = collect_runs(write_all(tmp_path / "runs", recs), lambda m: None)
     data = build_data(build_frame(runs), runs, "runs", references_file=ref_file)
