@@ -27,7 +27,7 @@ responses of all survivors at once.
 Deviations from the official code: the published poisons use the fixed coefficient lists shipped in
 the repository; here the same sampler draws them from the key (so ``--key`` picks a different, equally
 valid set of processes); random numbers come from key-derived generators (the official script is
-unseeded); the stored image is quantised within the budget exactly (:mod:`attacks.quantize`: each
+unseeded); the stored image is quantised within the budget exactly (:mod:`benchmark.quantize`: each
 perturbation is scaled down, by ~0.2 %, where rounding would leave the ε-ball; official: round half
 up through PNG, ~0.2 % over); partial poisoning uses an exact key-seeded subset.
 """
@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import Poison, PoisonContext, PoisonedSet, exact_subset
-from attacks.em import derived_generator
-from attacks.quantize import add_levels, l2_budget_levels, l2_distances
 from benchmark.data import ImageSet
+from benchmark.noise import derived_generator
 from benchmark.params import param
+from benchmark.quantize import add_levels, l2_budget_levels, l2_distances
 from benchmark.registry import register_poison
 
 #: official finder settings (``autoregressive_param_finder.py`` defaults)
@@ -191,7 +191,7 @@ class Autoregressive(Poison):
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         p: ARParams = self.params
         n, c, h, w = train.x.shape
-        num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if n else 0)
+        num_classes = self.num_classes_of(train, ctx)
         mr = self.min_response(num_classes)
         coeffs, tried = find_coefficients(num_classes, c, derived_generator(ctx.key, "ar", "coefficients", mr), mr)
         indices = exact_subset(n, ctx.ratio, ctx.key)

@@ -1,8 +1,13 @@
 """The poison interface: a function of (clean uint8 train set, params, key, device) -> PoisonedSet.
 
 A poison is a class registered with ``@register_poison("name")`` that declares a ``Params`` dataclass
-(see :mod:`benchmark.params`) and implements :meth:`Poison.generate`. Everything else (the ratio
-subset, budget metrics, caching, manifests, the key fingerprint) is shared here.
+(see :mod:`benchmark.params`) and implements :meth:`Poison.generate`. Its optional capabilities are
+declared on :class:`Poison` with defaults, and :mod:`benchmark.poisoning` relies on them: an L-inf
+budget checked on every stored image (:meth:`Poison.budget_255`), ratio-independent noise from which a
+partial poison is derived (``shares_full_noise``, :meth:`Poison.derive`), whether the report may
+re-create a preview on a few images (:meth:`Poison.preview_is_cheap`), and the resumable sessions of a
+long generation (:attr:`PoisonedSet.session`). Everything else (the ratio subset, budget metrics,
+caching, manifests, the key fingerprint) is shared here.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
-from benchmark.params import NoParams
+from benchmark.plugin import Plugin
 
 KEY_MAX = 2**32 - 1  # NumPy's legacy seed range, which CUDA's official key scheme uses
 _FINGERPRINT_SALT = b"unlearnable-bench/key-fingerprint/v2"
@@ -61,6 +66,15 @@ class PoisonContext:
     num_classes: int = 10
 
 
+@dataclass(frozen=True)
+class GenerationSession:
+    """Which session of a resumable generation produced a poison: the count of sessions so far and the
+    generation seconds of the earlier ones (up to the checkpoint this one resumed from)."""
+
+    sessions: int = 1
+    seconds_before: float = 0.0
+
+
 @dataclass
 class PoisonedSet:
     """Output of a poison: poisoned uint8 images (same shape as the clean ones), labels, and the
@@ -70,17 +84,18 @@ class PoisonedSet:
     y: torch.Tensor
     poisoned_indices: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)  # poison-specific facts for the manifest
+    #: set by poisons that checkpoint their generation (the manifest adds up the sessions' seconds)
+    session: GenerationSession | None = None
 
     def as_imageset(self, classes: list[str]) -> ImageSet:
         return ImageSet(self.x, self.y, list(classes))
 
 
-class Poison:
+class Poison(Plugin):
     """Base class. Subclasses set ``Params`` and implement ``generate``; ``name`` comes from the
-    registry. ``uses_key`` marks poisons whose key is a secret (CUDA); all poisons are seeded by it."""
+    registry. ``uses_key`` marks poisons whose key is a secret (CUDA); all poisons are seeded by it.
+    The optional capabilities below have defaults that fit a poison which declares none of them."""
 
-    name: ClassVar[str] = ""
-    Params: ClassVar[type] = NoParams
     uses_key: ClassVar[bool] = True
     #: parameters that change with the protocol preset (e.g. surrogate steps): {preset: {param: value}}
     preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -90,11 +105,12 @@ class Poison:
     revision: ClassVar[int] = 1
     #: how the perturbation is bounded: "linf", "l2", "l0", "unbounded" (e.g. CUDA's convolutions), "none"
     budget_type: ClassVar[str] = "linf"
-    #: caveats the report prints whenever this poison is in a table
-    notes: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, params: Any) -> None:
-        self.params = params
+    #: the poisoned images do not depend on the ratio, only which of them are used: a partial poison is
+    #: then derived from the full-ratio one (:meth:`derive`) instead of being generated again
+    shares_full_noise: ClassVar[bool] = False
+    #: whether the report may re-create this poison on a few images for a preview; None: when it has no
+    #: ``preset_params`` (those mark poisons that train a surrogate). See :meth:`preview_is_cheap`.
+    preview_cheap: ClassVar[bool | None] = None
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         raise NotImplementedError
@@ -106,10 +122,32 @@ class Poison:
         params and key define."""
         return {}
 
+    def budget_255(self) -> int | None:
+        """The L-inf budget in grey levels that every stored image meets (checked when generated and
+        when loaded from the cache), or None when the poison declares none."""
+        return None
+
+    def derive(self, full: PoisonedSet, train: ImageSet, ratio: float, key: int) -> PoisonedSet:
+        """The ``ratio`` poison from the full-ratio one (used when ``shares_full_noise``): the full
+        poison's images on the exact seeded subset :func:`exact_subset` (``ratio``, ``key``), the clean
+        images elsewhere; byte-identical to a direct generation of a poison that poisons that subset."""
+        indices = exact_subset(len(train), ratio, key)
+        x = train.x.clone()
+        if indices.numel():
+            sel = indices.to(x.device)
+            x[sel] = full.x.to(x.device)[sel]
+        return PoisonedSet(x, train.y.clone(), indices, info=dict(full.info))
+
     @classmethod
-    def describe(cls) -> str:
-        doc = (cls.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""
+    def preview_is_cheap(cls) -> bool:
+        """Whether a preview may re-create this poison on one image per class (no surrogate training,
+        and the result on a few images is the same as on the whole set)."""
+        return bool(cls.preview_cheap if cls.preview_cheap is not None else not cls.preset_params)
+
+    @staticmethod
+    def num_classes_of(train: ImageSet, ctx: PoisonContext) -> int:
+        """Classes to poison for: the data set's, or more when the labels go beyond it."""
+        return max(ctx.num_classes, int(train.y.max()) + 1 if len(train) else 0)
 
 
 def exact_subset(n: int, ratio: float, seed: int) -> torch.Tensor:

@@ -138,7 +138,7 @@ class CUDA(Poison):
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         p: CUDAParams = self.params
-        num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if len(train) else 0)
+        num_classes = self.num_classes_of(train, ctx)
         filters, rng = cuda_filters(ctx.key, num_classes, p.k, p.pb)
         if p.universal:
             filters[:] = filters[0]

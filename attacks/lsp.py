@@ -16,7 +16,7 @@ official script seeds NumPy's global RNG with ``--seed 1`` right before that cal
 50,000 images (5,000 per class) ``--key 1`` draws the official synthetic points.
 
 Deviations: the stored image is quantised within the L2 budget exactly by default (rounded, scaled
-down where needed, :mod:`attacks.quantize`); ``official_truncation=true`` stores the official float
+down where needed, :mod:`benchmark.quantize`); ``official_truncation=true`` stores the official float
 arithmetic instead (clip((x/255 + δ)·255, 0, 255) cast to uint8 by truncation, which lands up to one
 grey level below on every value). For data sets whose classes differ in size the synthetic set has
 K·(largest class) points, so every class has enough (official: N points, doubled for SVHN). Patch
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from attacks.base import Poison, PoisonContext, PoisonedSet, exact_subset
-from attacks.quantize import add_levels, l2_budget_levels, l2_distances
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.params import param
+from benchmark.quantize import add_levels, l2_budget_levels, l2_distances
 from benchmark.registry import register_poison
 
 CHUNK = 2048
@@ -101,7 +101,7 @@ class LinearSeparablePatches(Poison):
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         p: LSPParams = self.params
         n, c, h, w = train.x.shape
-        num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if n else 0)
+        num_classes = self.num_classes_of(train, ctx)
         features = math.ceil(h / p.patch) * math.ceil(w / p.patch) * c
         if num_classes > 2 ** features:
             raise BenchError(f"poison lsp: {num_classes} classes need more than {features} patch features; "

@@ -106,7 +106,7 @@ class OnePixelShortcut(Poison):
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         p: OPSParams = self.params
         n, c, h, w = train.x.shape
-        num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if n else 0)
+        num_classes = self.num_classes_of(train, ctx)
         y = train.y.to(train.x.device)
         chosen = choose_pixels(ops_scores(train.x, y, num_classes), p.pixels)
         colours = (corner_colours(c) * 255).to(torch.uint8)

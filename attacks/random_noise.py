@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import PoisonContext, PoisonedSet
-from attacks.em import NoisePoison, derived_generator, to_levels
 from benchmark.data import ImageSet
+from benchmark.noise import NoisePoison, derived_generator
 from benchmark.params import param
+from benchmark.quantize import to_levels
 from benchmark.registry import register_poison
 
 
@@ -36,8 +37,7 @@ class RandomNoise(NoisePoison):
         gen = derived_generator(ctx.key, self.name, p.mode)
         shape = tuple(train.x.shape[1:])
         if p.mode == "classwise":
-            num_classes = max(ctx.num_classes, int(train.y.max()) + 1 if len(train) else 0)
-            noise = (torch.rand((num_classes, *shape), generator=gen) * 2 - 1) * p.eps
+            noise = (torch.rand((self.num_classes_of(train, ctx), *shape), generator=gen) * 2 - 1) * p.eps
             levels = to_levels(noise, self.budget_255()).to(train.x.device)[train.y]
         else:
             noise = (torch.rand((len(train), *shape), generator=gen) * 2 - 1) * p.eps

@@ -54,21 +54,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import PoisonContext, PoisonedSet, key_fingerprint
-from attacks.em import (
-    Checkpoint,
-    NoisePoison,
-    build_surrogate,
-    check_surrogate,
-    derived_generator,
-    derived_seed,
-    frozen,
-)
+from attacks.base import PoisonContext, key_fingerprint
 from benchmark.data import ImageSet, stratified_subset
 from benchmark.errors import BenchError
+from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, derived_seed
 from benchmark.params import param
 from benchmark.pretrain import FORMAT, read_backbone, save_backbone
 from benchmark.registry import MODELS, register_poison
+from benchmark.surrogate import build_surrogate, check_surrogate, frozen
 
 FORMAT_FAMILY = FORMAT.rsplit(" v", 1)[0]  # "unlearnable-bench backbone": every version holds the weights
 
@@ -148,13 +141,28 @@ def load_surrogate(path: Path, num_classes: int, in_channels: int, device: torch
     return model, meta
 
 
+@dataclass(kw_only=True)
+class TAPRun(Generation):
+    """A TAP generation: step ``s`` crafts poison batch ``s % batches`` of restart ``s // batches``;
+    ``noise`` holds this restart's int8 levels (on the CPU), ``scalars`` the best restart so far."""
+
+    surrogate: nn.Module
+    surrogate_info: dict[str, Any]
+    x_u8: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor
+    batches: int
+    key: int
+    restart: int = 0
+    last_loss: float = 0.0
+
+
 @register_poison("tap", aliases=("adversarial-poisoning",))
-class TAP(NoisePoison):
+class TAP(SteppedNoisePoison):
     """PGD toward class (y+1) mod K on a clean surrogate; targeted=false: error-maximising (TAP, NeurIPS'21)."""
 
     Params = TAPParams
     preset_params = _TAP_PRESETS
-    shares_full_noise = True
 
     # ---------------------------------------------------------------------------------- surrogate
 
@@ -282,56 +290,51 @@ class TAP(NoisePoison):
                 "surrogate_poison_error": round(poison_err / n, 4),
                 "surrogate_poison_target_rate": round(poison_target / n, 4)}
 
-    def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
+    def begin(self, train: ImageSet, ctx: PoisonContext) -> TAPRun:
         p: TAPParams = self.params
-        if ctx.ratio <= 0:
-            return self.finish(train, ctx, torch.zeros(0), {})
         t0 = time.perf_counter()
-        dev = ctx.device
-        n = len(train)
-        num_classes = max(ctx.num_classes, int(train.y.max()) + 1)
-        train_dev = train.to(dev)
-        ckpt = Checkpoint(ctx.workdir, p.checkpoint_every)
+        num_classes = self.num_classes_of(train, ctx)
+        train_dev = train.to(ctx.device)
         model, surrogate_info = self.get_surrogate(train_dev, ctx, num_classes)
-        surrogate_seconds = time.perf_counter() - t0
-        x_u8, y = train_dev.x, train_dev.y
-        target = (y + 1) % num_classes
-        budget = self.budget_255()
-        batches = math.ceil(n / p.batch_size)
-        levels = torch.zeros(x_u8.shape, dtype=torch.int8)
-        best = torch.zeros(0, dtype=torch.int8)
-        restart, done, loss_sum, best_score, scores = 0, 0, 0.0, math.inf, []
-        state = ckpt.load(levels.shape)
-        if state is not None:
-            levels, best = state["noise"], state["best"]
-            restart, done, loss_sum = int(state["restart"]), int(state["done"]), float(state["loss_sum"])
-            best_score, scores = float(state["best_score"]), list(state["scores"])
-        total = p.restarts * batches
-        with frozen(model):
-            while restart < p.restarts:
-                while done < batches:
-                    sl = slice(done * p.batch_size, (done + 1) * p.batch_size)
-                    gen = derived_generator(ctx.key, self.name, "batch", restart, done, device=dev)
-                    delta, last_loss = self.craft_batch(model, x_u8[sl].float().div(255), y[sl], target[sl], gen)
-                    levels[sl] = torch.floor(delta * 255 + 0.5).clamp_(-budget, budget).to(torch.int8).cpu()
-                    loss_sum += last_loss
-                    done += 1
-                    step = restart * batches + done
-                    if ctx.progress is not None:
-                        ctx.progress(step, total, {"restart": restart + 1, "loss": round(last_loss, 4)})
-                    if ckpt.due(step) and step < total:
-                        ckpt.save({"noise": levels, "best": best, "restart": restart, "done": done,
-                                   "loss_sum": loss_sum, "best_score": best_score, "scores": scores})
-                score = loss_sum / batches  # official: the mean over poison batches of the final-step loss
-                scores.append(round(score, 6))
-                if score < best_score:
-                    best_score, best = score, (levels.clone() if restart + 1 < p.restarts else levels)
-                restart, done, loss_sum = restart + 1, 0, 0.0
-            stats = self.success(model, x_u8, best, y, target, p.batch_size)
-        info = {"targeted": p.targeted, "restart_losses": scores, "chosen_restart": scores.index(min(scores)),
-                "surrogate": dict(surrogate_info, seconds_this_session=round(surrogate_seconds, 3)),
-                "surrogate_forward_backward": p.restarts * batches * p.steps,
-                "surrogate_image_forward_backward": p.restarts * n * p.steps, **stats,
-                "session": ckpt.session_info()}
-        return self.finish(train, ctx, best.to(torch.int16), info)
+        surrogate_info = dict(surrogate_info, seconds_this_session=round(time.perf_counter() - t0, 3))
+        batches = math.ceil(len(train) / p.batch_size)
+        scalars = {"best": torch.zeros(0, dtype=torch.int8), "loss_sum": 0.0, "best_score": math.inf, "scores": []}
+        return TAPRun(torch.zeros(train.x.shape, dtype=torch.int8), p.restarts * batches, scalars=scalars,
+                      surrogate=model, surrogate_info=surrogate_info, x_u8=train_dev.x, y=train_dev.y,
+                      target=(train_dev.y + 1) % num_classes, batches=batches, key=ctx.key)
 
+    def craft(self, run: TAPRun) -> None:
+        """One poison batch of one restart; after a restart's last batch, its score (official: the mean
+        over poison batches of the final-step loss) decides whether it becomes the best."""
+        p: TAPParams = self.params
+        restart, done = divmod(run.step, run.batches)
+        sl = slice(done * p.batch_size, (done + 1) * p.batch_size)
+        gen = derived_generator(run.key, self.name, "batch", restart, done, device=run.x_u8.device)
+        with frozen(run.surrogate):
+            delta, run.last_loss = self.craft_batch(run.surrogate, run.x_u8[sl].float().div(255), run.y[sl],
+                                                    run.target[sl], gen)
+        budget = self.budget_255()
+        run.noise[sl] = torch.floor(delta * 255 + 0.5).clamp_(-budget, budget).to(torch.int8).cpu()
+        run.restart = restart
+        s = run.scalars
+        s["loss_sum"] += run.last_loss
+        if done + 1 == run.batches:
+            score = s["loss_sum"] / run.batches
+            s["scores"].append(round(score, 6))
+            if score < s["best_score"]:
+                s["best_score"], s["best"] = score, (run.noise.clone() if restart + 1 < p.restarts else run.noise)
+            s["loss_sum"] = 0.0
+
+    def progress_info(self, run: TAPRun) -> dict[str, Any]:
+        return {"restart": run.restart + 1, "loss": round(run.last_loss, 4)}
+
+    def conclude(self, run: TAPRun) -> tuple[torch.Tensor, dict[str, Any]]:
+        p: TAPParams = self.params
+        best, scores = run.scalars["best"], run.scalars["scores"]
+        with frozen(run.surrogate):
+            stats = self.success(run.surrogate, run.x_u8, best, run.y, run.target, p.batch_size)
+        info = {"targeted": p.targeted, "restart_losses": scores, "chosen_restart": scores.index(min(scores)),
+                "surrogate": run.surrogate_info,
+                "surrogate_forward_backward": p.restarts * run.batches * p.steps,
+                "surrogate_image_forward_backward": p.restarts * len(run.y) * p.steps, **stats}
+        return best.to(torch.int16), info

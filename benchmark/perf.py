@@ -28,12 +28,12 @@ from PIL import Image
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from attacks.em import derived_generator
 from attacks.rem import RobustErrorMinimizing
 from attacks.sem import StableErrorMinimizing
 from benchmark.data import ImageSet
 from benchmark.device import default_preset
 from benchmark.models import build_model
+from benchmark.noise import derived_generator
 from benchmark.params import build_params
 from benchmark.protocol import Protocol, resolve_protocol
 from benchmark.train import train_model

@@ -3,7 +3,7 @@ npz (no pickle) with a JSON manifest, validated when loaded, exported by ``bench
 
 Poisons whose noise does not depend on the ratio (``shares_full_noise``: EM, EM class-wise, REM, SEM,
 which train a surrogate) are generated once, as the full-ratio artifact; a ratio below 1 is derived
-from it by the poison's own seeded subset (:meth:`attacks.em.NoisePoison.derive`, byte-identical to a
+from it by the poison's own seeded subset (:meth:`attacks.base.Poison.derive`, byte-identical to a
 direct generation) and cached beside it with its own manifest, so a sweep over ratios runs the surrogate
 once. CUDA's per-image Bernoulli subset comes from the key's RNG stream and stays
 ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions."""
@@ -95,7 +95,7 @@ def artifact_id(dataset_id: dict[str, Any], spec: PoisonSpec) -> str:
 def derives_from_full(spec: PoisonSpec) -> bool:
     """Whether ``spec``'s poisoned set is derived from the full-ratio artifact: its noise ignores the
     ratio and 0 < ratio < 1 (ratio 0 is the clean set, made directly)."""
-    return bool(getattr(type(spec.poison), "shares_full_noise", False)) and 0.0 < spec.ratio < 1.0
+    return spec.poison.shares_full_noise and 0.0 < spec.ratio < 1.0
 
 
 def storage_spec(spec: PoisonSpec) -> PoisonSpec:
@@ -158,7 +158,7 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
                       device: torch.device, preset: str, progress: Any) -> tuple[PoisonedSet, dict[str, Any]]:
     """The cached artifact of exactly ``spec`` (validated), or a fresh generation written to the cache."""
     npz, manifest_path = _paths(cache, dataset_id, spec)
-    budget = getattr(spec.poison, "budget_255", lambda: None)()
+    budget = spec.poison.budget_255()
     if npz.exists() and manifest_path.exists():
         manifest = read_json(manifest_path)
         poisoned = load_artifact(npz, train, budget)
@@ -172,9 +172,8 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    info = dict(poisoned.info)
-    session = info.pop("session", None)  # checkpointing poisons: sessions and seconds before this one
-    poisoned = PoisonedSet(poisoned.x.cpu(), poisoned.y.cpu(), poisoned.poisoned_indices.cpu(), info)
+    session = poisoned.session  # checkpointing poisons: sessions and seconds before this one
+    poisoned = PoisonedSet(poisoned.x.cpu(), poisoned.y.cpu(), poisoned.poisoned_indices.cpu(), dict(poisoned.info))
     if poisoned.x.shape != train.x.shape or poisoned.x.dtype != torch.uint8:
         raise RuntimeError(f"poison {spec.name} returned {poisoned.x.dtype} {tuple(poisoned.x.shape)}, "
                            f"expected uint8 {tuple(train.x.shape)}")
@@ -186,14 +185,14 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         "artifact_version": ARTIFACT_VERSION,
         "dataset": dataset_id,
         "poison": spec.record(),
-        "generation_seconds": round(seconds + float((session or {}).get("seconds_before", 0.0)), 4),
+        "generation_seconds": round(seconds + (session.seconds_before if session is not None else 0.0), 4),
         "generation_device": str(device),
     }
     if session is not None:
-        manifest["generation_sessions"] = int(session.get("sessions", 1))
+        manifest["generation_sessions"] = session.sessions
         manifest["resumed"] = manifest["generation_sessions"] > 1
     manifest["budget"] = budget_metrics(train.x.cpu(), poisoned.x, poisoned.poisoned_indices)
-    manifest["info"] = info
+    manifest["info"] = poisoned.info
     save_artifact(npz, manifest_path, poisoned, manifest)
     if work.exists():
         shutil.rmtree(work, ignore_errors=True)

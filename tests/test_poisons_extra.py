@@ -19,18 +19,11 @@ from conftest import run_cli
 from conftest import shifted_images as _images
 
 from attacks.base import PoisonContext, exact_subset
-from attacks.em import (
-    add_levels,
-    build_surrogate,
-    derived_generator,
-    derived_seed,
-    official_clamp_bug_levels,
-    uniform,
-)
-from attacks.rem import random_flip_crop
+from attacks.em import official_clamp_bug_levels
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import read_json, read_npz
+from benchmark.noise import derived_generator, derived_seed, uniform
 from benchmark.poisoning import (
     artifact_paths,
     build_poison,
@@ -38,6 +31,9 @@ from benchmark.poisoning import (
     get_poisoned,
     save_artifact,
 )
+from benchmark.quantize import add_levels
+from benchmark.robust_noise import random_flip_crop
+from benchmark.surrogate import build_surrogate
 
 CPU = torch.device("cpu")
 DATASET_ID = {"name": "tiny", "source": "generated", "train_size": 40, "train_subset": 0, "subset_seed": 0}

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from conftest import generate_poison, shifted_images
 
 from attacks.ar import ar_fill_, ar_noise, find_coefficients, matched_filters
-from attacks.em import derived_generator
 from attacks.lsp import l2_radius
 from attacks.ops import corner_colours
 from benchmark.data import ImageSet
+from benchmark.noise import derived_generator
 
 
 def stored_l2(clean: ImageSet, x: torch.Tensor) -> torch.Tensor:

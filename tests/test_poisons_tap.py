@@ -69,7 +69,7 @@ def test_tap_resumes_exactly_and_takes_a_backbone(cifar256: ImageSet, cache_root
     assert (work / "state.pt").exists()
     _, resumed = generate_poison("tap", cifar256, recipe, workdir=work)
     assert torch.equal(resumed.x, whole.x)
-    assert resumed.info["session"]["sessions"] == 2 and resumed.info["surrogate"]["cached"] is True
+    assert resumed.session.sessions == 2 and resumed.info["surrogate"]["cached"] is True
     # the cached surrogate is a `bench pretrain`-format file: as backbone= it gives the same poison
     backbone = next((cache_root / "surrogates").glob("tap-*.safetensors"))
     _, again = generate_poison("tap", cifar256, dict(recipe, backbone=str(backbone)))

@@ -77,9 +77,9 @@ def plot_samples(clean: Any, poisoned: Any, classes: list[str], title: str, path
 # --------------------------------------------------------------------------------- sample images
 
 def _is_cheap(cls: type) -> bool:
-    """Poisons that need no surrogate training can be re-created on a few images for a preview; a class
-    may say so explicitly with ``preview_cheap = True/False``."""
-    return bool(getattr(cls, "preview_cheap", not getattr(cls, "preset_params", {})))
+    """Poisons that need no surrogate training can be re-created on a few images for a preview
+    (:meth:`attacks.base.Poison.preview_is_cheap`)."""
+    return cls.preview_is_cheap()
 
 
 class SampleSource:

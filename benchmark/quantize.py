@@ -1,15 +1,37 @@
-"""uint8 storage of additive perturbations under an L2 budget, exactly (shared by the L2 poisons).
+"""uint8 storage of additive perturbations within their budget, exactly (shared by the noise poisons).
 
-The official AR and LSP pipelines scale a float perturbation to L2 norm ε, add it, clip to [0, 1]
-and store uint8 (AR rounds through PNG, LSP truncates): rounding adds about 1/12 grey level² per
-value, so the stored image sits ~0.2 % outside the ε-ball (AR) or further (LSP's truncation). Here the
-perturbation is instead scaled down by a per-image factor s ≤ 1 until the *stored* difference meets
-the budget: ‖clip(x + round(255·s·δ)) − x‖₂ ≤ 255·ε in integer grey levels, an exact integer check.
+L-inf (EM, REM, SEM, TAP, random noise): float noise becomes integer grey levels clamped to
+±floor(eps·255) before it is added to the uint8 image, so the stored poison meets its budget exactly
+(:func:`budget_levels`, :func:`to_levels`, :func:`add_levels`).
+
+L2 (AR, LSP): the official AR and LSP pipelines scale a float perturbation to L2 norm ε, add it, clip
+to [0, 1] and store uint8 (AR rounds through PNG, LSP truncates): rounding adds about 1/12 grey level²
+per value, so the stored image sits ~0.2 % outside the ε-ball (AR) or further (LSP's truncation). Here
+the perturbation is instead scaled down by a per-image factor s ≤ 1 until the *stored* difference meets
+the budget: ‖clip(x + round(255·s·δ)) − x‖₂ ≤ 255·ε in integer grey levels, an exact integer check
+(:func:`l2_budget_levels`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def budget_levels(eps: float) -> int:
+    """The L-inf budget in grey levels: floor(eps * 255), tolerant of 8/255 written as a float."""
+    return int(math.floor(eps * 255 + 1e-6))
+
+
+def to_levels(noise: torch.Tensor, budget: int) -> torch.Tensor:
+    """Float noise in [0,1] units -> int16 grey levels, rounded and clamped to ±budget."""
+    return torch.round(noise * 255).clamp_(-budget, budget).to(torch.int16)
+
+
+def add_levels(x_u8: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """uint8 image + integer levels, clipped to [0, 255] (EM/REM's 'clip then cast')."""
+    return (x_u8.to(torch.int16) + levels.to(torch.int16)).clamp_(0, 255).to(torch.uint8)
 
 
 def l2_budget_levels(x_u8: torch.Tensor, delta: torch.Tensor, eps: float, refine: int = 6,
@@ -65,11 +87,6 @@ def l2_budget_levels(x_u8: torch.Tensor, delta: torch.Tensor, eps: float, refine
         fits[rows[ok]] = mid[ok]
         fails[rows[~ok]] = mid[~ok]
     return out.view_as(delta)
-
-
-def add_levels(x_u8: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """uint8 image + integer levels, clipped to [0, 255]."""
-    return (x_u8.to(torch.int16) + levels.to(torch.int16)).clamp_(0, 255).to(torch.uint8)
 
 
 def l2_distances(clean_u8: torch.Tensor, poisoned_u8: torch.Tensor) -> torch.Tensor:
