@@ -176,11 +176,12 @@ def test_algorithm_revision_is_part_of_run_id_and_artifact_only_above_one() -> N
     assert rem.record()["revision"] == RobustErrorMinimizing.revision >= 2
     assert "revision" not in cuda.record()  # first revisions keep the run ids they always had
     before = artifact_id(dataset_id, rem)
-    try:
-        RobustErrorMinimizing.revision += 1
-        assert artifact_id(dataset_id, rem) != before and build_poison("sem").record()["revision"] == rem.revision
+    try:  # the revision belongs to the REM/SEM generation both share: bumping it changes both
+        RobustNoisePoison.revision += 1
+        assert artifact_id(dataset_id, rem) != before and build_poison("sem").record()["revision"] == rem.revision == 3
     finally:
-        RobustErrorMinimizing.revision -= 1
+        RobustNoisePoison.revision -= 1
+    assert "revision" not in vars(RobustErrorMinimizing) and rem.revision == 2
 
 
 def test_random_flip_crop_is_differentiable_and_seeded() -> None:
