@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.data import ImageSet, stratified_subset
+from benchmark.modelstate import kept_modes
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import Defense, TrainContext, soft_cross_entropy
@@ -96,10 +97,9 @@ class AdversarialTraining(Defense):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         p: ATParams = self.params
-        was_training = model.training
-        model.eval()
-        x_adv = pgd(model, x, y, p.norm, p.eps, p.steps, attack_step_size(p, p.steps), ctx.generator)
-        model.train(was_training)
+        with kept_modes(model):  # each module's own mode back (a frozen backbone's BN stays in eval mode)
+            model.eval()
+            x_adv = pgd(model, x, y, p.norm, p.eps, p.steps, attack_step_size(p, p.steps), ctx.generator)
         logits = model(x_adv)
         return soft_cross_entropy(logits, y), logits
 
@@ -111,16 +111,15 @@ class AdversarialTraining(Defense):
         x_all = test.x if idx is None else test.x[idx]
         y_all = test.y if idx is None else test.y[idx]
         gen = torch.Generator().manual_seed(ctx.seed)
-        was_training = model.training
-        model.eval()
         correct = 0
         bs = 250
-        for start in range(0, len(y_all), bs):
-            x = x_all[start:start + bs].to(ctx.device).float().div_(255)
-            y = y_all[start:start + bs].to(ctx.device)
-            x_adv = pgd(model, x, y, p.norm, p.eps, p.eval_steps, 2.5 * p.eps / p.eval_steps, gen)
-            with torch.no_grad():
-                correct += int((model(x_adv).argmax(1) == y).sum())
-        model.train(was_training)
+        with kept_modes(model):
+            model.eval()
+            for start in range(0, len(y_all), bs):
+                x = x_all[start:start + bs].to(ctx.device).float().div_(255)
+                y = y_all[start:start + bs].to(ctx.device)
+                x_adv = pgd(model, x, y, p.norm, p.eps, p.eval_steps, 2.5 * p.eps / p.eval_steps, gen)
+                with torch.no_grad():
+                    correct += int((model(x_adv).argmax(1) == y).sum())
         return {"robust_acc": round(100.0 * correct / max(1, len(y_all)), 2),
                 "robust_eval": f"PGD-{p.eval_steps} {p.norm} eps={p.eps:.5f} on {len(y_all)} test images"}

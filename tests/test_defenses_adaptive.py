@@ -264,3 +264,16 @@ def test_smoke_run_of_each_adaptive_defense(defense: str, params: list[str], ben
     if defense.startswith("at"):
         assert 0 <= rec["metrics"]["defense"]["robust_acc"] <= 100
         assert "PGD-20 linf" in rec["metrics"]["defense"]["robust_eval"]
+
+
+def test_at_step_gives_every_module_its_own_mode_back() -> None:
+    """A frozen backbone's BatchNorm (fine-tuning's linear probe) stays in eval mode through AT's attack."""
+    torch.manual_seed(0)
+    model = SmallCNN(4, 3).train()
+    frozen_bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    frozen_bn.eval()
+    ctx = TrainContext(torch.device("cpu"), 4, 3, (16, 16), generator=torch.Generator().manual_seed(0))
+    x, y = torch.rand(8, 3, 16, 16), F.one_hot(torch.arange(8) % 4, 4).float()
+    build_defense("at", {"steps": 2}).loss(model, x, y, ctx)
+    assert not frozen_bn.training
+    assert all(m.training for m in model.modules() if m is not frozen_bn)
