@@ -6,41 +6,50 @@ Bad input never shows a traceback: it prints one line on stderr and exits with c
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
+from click.core import ParameterSource
 
+from benchmark import paths
+from benchmark.cli_options import (
+    check_device,
+    check_folder,
+    data_options,
+    folder_option,
+    out_option,
+    poison_options,
+)
+from benchmark.device import default_preset, resolve_device
 from benchmark.errors import BenchError
-from benchmark.params import describe_params, format_value, parse_kv
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
-
-
-# --------------------------------------------------------------------------------- shared options
-
-def data_options(f: Callable) -> Callable:
-    f = click.option("--data-root", envvar="BENCH_DATA_ROOT", help="folder with datasets (torchvision layout or offline copies); env BENCH_DATA_ROOT")(f)
-    f = click.option("--cache-dir", envvar="BENCH_CACHE_DIR", help="decoded datasets, poisons, checkpoints; env BENCH_CACHE_DIR (default ~/.cache/unlearnable-bench)")(f)
-    f = click.option("--download", is_flag=True, help="let torchvision download a missing dataset")(f)
-    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(f)
-    return f
-
-
-def poison_options(f: Callable) -> Callable:
-    f = click.option("--poison", default="none", show_default=True, help="poison name (bench list poisons)")(f)
-    f = click.option("--poison-param", "poison_params", multiple=True, metavar="NAME=VALUE", help="poison parameter, repeatable")(f)
-    f = click.option("--key", type=int, default=0, envvar="BENCH_POISON_KEY", show_default=True,
-                     help="private poison key (CUDA's seed); only its fingerprint is ever written; env BENCH_POISON_KEY")(f)
-    f = click.option("--ratio", type=float, default=1.0, show_default=True, help="fraction of the training set poisoned")(f)
-    f = click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100, svhn, fashion-mnist or imagefolder:PATH")(f)
-    return f
-
+from benchmark.models import check_model
+from benchmark.params import parse_kv
+from benchmark.perf import measure_rem_sem, measure_train, perf_table, train_perf_table
+from benchmark.poisoning import check_export_path, export_artifact, get_poisoned
+from benchmark.pretrain import pretrain
+from benchmark.protocol import PRESETS, check_subset_sizes
+from benchmark.registry import MODELS
+from benchmark.report import claims_report, write_leaderboard, write_results
+from benchmark.runner import RunSpec, prepare_run
+from benchmark.sweep import estimate, plan_sweep, run_sweep, sweep_from_options
+from benchmark.ui import (
+    console,
+    held_warnings,
+    note,
+    poison_progress,
+    run_with_display,
+    show_poison_export,
+    show_pretrain_epoch,
+    show_pretrained,
+    summary_table,
+    warner,
+)
+from benchmark.ui.sweep import SweepDisplay, show_dry_run, show_summary
+from benchmark.ui.tables import LIST_SECTIONS, show_claims, show_list
 
 # ------------------------------------------------------------------------------------------ group
 
@@ -55,99 +64,15 @@ def cli() -> None:
 
 # ------------------------------------------------------------------------------------------- list
 
-def _first_paragraph(doc: str | None) -> str:
-    """A docstring's first paragraph on one line, without reST markup (for tables)."""
-    text = " ".join((doc or "").strip().split("\n\n")[0].split())
-    return text.replace("``", "")
-
-
-def _bounds(f: Any) -> str:
-    m = f.metadata
-    parts = [f"{sym} {format_value(f.name, m[key])}" for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-             if m.get(key) is not None]
-    if m.get("odd"):
-        parts.append("odd")
-    if m.get("choices"):
-        parts.append(" | ".join(str(c) for c in m["choices"]))
-    return ", ".join(parts)
-
-
-def _detail_table(section: str, name: str) -> Table:
-    """Every parameter of one poison or defense: type, default, valid range, meaning, preset values."""
-    import dataclasses
-
-    from benchmark.registry import DEFENSES, POISONS
-
-    reg = POISONS if section == "poisons" else DEFENSES
-    cls = reg.get(name)
-    canonical = reg.canonical(name)
-    aliases = reg.aliases_of(canonical)
-    presets = {k: v for k, v in getattr(cls, "preset_params", {}).items()
-               if any(getattr(cls.Params(), n) != x for n, x in v.items())}  # presets that change something
-    table = Table(title=f"{section[:-1]} {canonical}" + (f" (aliases: {', '.join(aliases)})" if aliases else "")
-                  + f": {cls.describe()}", title_justify="left")
-    for col in ("parameter", "type", "default", "valid", "meaning", *(f"{p} preset" for p in presets)):
-        table.add_column(col, style="bold cyan" if col == "parameter" else None, no_wrap=col == "parameter")
-    for f in dataclasses.fields(cls.Params):
-        row = [f.name, type(f.default).__name__, format_value(f.name, f.default), _bounds(f), f.metadata.get("help", "")]
-        row += [format_value(f.name, v[f.name]) if f.name in v and v[f.name] != f.default else "" for v in presets.values()]
-        table.add_row(*row)
-    if not dataclasses.fields(cls.Params):
-        table.add_row("(none)", "", "", "", "")
-    return table
-
-
 @cli.command("list")
-@click.argument("what", required=False, type=click.Choice(["poisons", "defenses", "models", "datasets", "presets"]))
+@click.argument("what", required=False, type=click.Choice(list(LIST_SECTIONS)))
 @click.argument("name", required=False)
 def list_cmd(what: str | None, name: str | None) -> None:
     """List poisons, defenses, models, datasets and presets with their parameters.
 
     With a NAME (`bench list poisons cuda`, `bench list defenses at`): every parameter of that poison
     or defense with its type, default, valid range, meaning and the values each generation preset uses."""
-    from benchmark.protocol import PRESET_HELP
-    from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
-
-    if name is not None:
-        if what not in ("poisons", "defenses"):
-            raise BenchError(f"'bench list {what} NAME' is not available; NAME works with: poisons, defenses")
-        console.print(_detail_table(what, name))
-        return
-    sections = [what] if what else ["poisons", "defenses", "models", "datasets", "presets"]
-    for section in sections:
-        table = Table(title=section, title_justify="left", show_lines=False)
-        table.add_column("name", style="bold cyan", no_wrap=True)
-        table.add_column("description")
-        if section in ("poisons", "defenses"):
-            table.add_column("parameters (default)")
-            reg = POISONS if section == "poisons" else DEFENSES
-            for entry in reg.names():
-                cls = reg.get(entry)
-                defaults = {n: d for n, _t, d, _h in describe_params(cls.Params)}
-                params = ", ".join(f"{n}={format_value(n, d)}" for n, d in defaults.items()) or "-"
-                for preset, values in getattr(cls, "preset_params", {}).items():
-                    changed = {n: v for n, v in values.items() if defaults.get(n) != v}
-                    if changed:  # generation presets follow --preset and replace these defaults
-                        params += f"\n{preset} preset: " + ", ".join(
-                            f"{n}={format_value(n, v)}" for n, v in changed.items())
-                aliases = reg.aliases_of(entry)
-                label = entry + (f" ({', '.join(aliases)})" if aliases else "")
-                table.add_row(label, cls.describe(), params)
-        elif section in ("models", "datasets"):
-            reg = MODELS if section == "models" else DATASETS
-            for entry in reg.names():
-                label = entry + "<name>" if entry.endswith(":") and section == "models" else entry
-                label = "imagefolder:PATH" if entry == "imagefolder:" else label
-                aliases = reg.aliases_of(entry)
-                label += f" ({', '.join(aliases)})" if aliases else ""
-                table.add_row(label, _first_paragraph(reg.get(entry).__doc__))
-        else:
-            for entry, text in PRESET_HELP.items():
-                table.add_row(entry, text)
-        console.print(table)
-    if what in ("poisons", "defenses", None):
-        console.print("Details of one entry (meaning and range of every parameter): bench list poisons cuda, "
-                      "bench list defenses at")
+    show_list(console, what, name)
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -176,14 +101,11 @@ PROTOCOL_FLAGS = ("epochs", "batch_size", "lr", "model", "train_subset", "test_s
 @click.option("--match-epochs", is_flag=True, help="with --clean-only: train the preset's epochs on the smaller set "
               "(default: as many optimizer steps as the full run, so the baseline is not under-trained)")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="also run the matching clean (--poison none) run if missing")
-@click.option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
+@folder_option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
 @click.option("--force", is_flag=True, help="run again even if a finished record exists")
 @data_options
 def run_cmd(**kw: Any) -> None:
     """Train a victim on (poisoned) data under a defense and record clean test accuracy."""
-    from benchmark.runner import RunSpec
-    from benchmark.ui import run_with_display, summary_table
-
     overrides: dict[str, Any] = {k: kw[k] for k in PROTOCOL_FLAGS if kw.get(k) is not None}
     overrides.update(parse_kv(kw["protocol_params"], "--protocol-param"))
     spec = RunSpec(
@@ -214,39 +136,18 @@ def run_cmd(**kw: Any) -> None:
 @data_options
 def poison_cmd(**kw: Any) -> None:
     """Generate (or reuse from cache) a poisoned training set and export it as npz + JSON sidecar."""
-    from benchmark import paths
-    from benchmark.data import load_dataset, poison_dataset_id, stratified_subset
-    from benchmark.device import default_preset, resolve_device
-    from benchmark.poisoning import artifact_paths, build_poison, export_artifact, get_poisoned
-    from benchmark.protocol import resolve_protocol
-
-    device = resolve_device(kw["device"])
-    preset = kw["preset"] or default_preset(device)
-    proto = resolve_protocol(preset, {"train_subset": kw["train_subset"]})
-    spec = build_poison(kw["poison"], parse_kv(kw["poison_params"], "--poison-param"), kw["key"], kw["ratio"], preset)
-    out = Path(kw["out"])
-    if out.suffix != ".npz":
-        raise BenchError(f"--out must end in .npz, got '{out}'")
-    if out.parent and not out.parent.exists():
-        raise BenchError(f"output folder '{out.parent}' does not exist")
-    cache = paths.cache_dir(kw["cache_dir"])
-    data = load_dataset(kw["dataset"], paths.data_root(kw["data_root"]), cache, kw["download"])
-    train = data.train
-    if proto.train_subset:
-        train = train.subset(stratified_subset(train.y, proto.train_subset, proto.subset_seed))
-    dataset_id = poison_dataset_id(data, train, proto.train_subset, proto.subset_seed)
-    from benchmark.ui import poison_progress
-
-    with poison_progress(console, spec.name) as progress:
-        _poisoned, manifest = get_poisoned(train, dataset_id, spec, cache, device, preset, progress=progress)
-    npz, _ = artifact_paths(cache, dataset_id, spec)
-    sidecar = export_artifact(npz, manifest, out)
-    b = manifest["budget"]
-    state = "reused from cache" if manifest.get("cached") else "generated"
-    console.print(f"[bold]{spec.name}[/] on {data.name} ({data.source}, {len(train)} images): {state}, "
-                  f"{b['num_poisoned']} poisoned, generation {manifest['generation_seconds']:.3f} s on {manifest['generation_device']}")
-    console.print(f"budget: L-inf {b['linf_255']}/255, mean L2 {b['l2_mean']:.3f}, PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
-    console.print(f"wrote {out} and {sidecar}")
+    out = check_export_path(kw["out"])
+    # the run a preset would train on these images, so the subset and the cached artifact are the run's
+    prep = prepare_run(RunSpec(
+        dataset=kw["dataset"], poison=kw["poison"], poison_params=parse_kv(kw["poison_params"], "--poison-param"),
+        key=kw["key"], ratio=kw["ratio"], preset=kw["preset"], overrides={"train_subset": kw["train_subset"]},
+        data_root=kw["data_root"], cache_dir=kw["cache_dir"], download=kw["download"], device=kw["device"]))
+    check_subset_sizes(prep.spec.overrides, len(prep.data.train), len(prep.data.test))
+    with poison_progress(console, prep.poison.name) as progress:
+        _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
+                                           prep.protocol.preset, progress=progress)
+    sidecar = export_artifact(Path(manifest["artifact"]), manifest, out)
+    show_poison_export(console, prep, manifest, out, sidecar)
 
 
 # ------------------------------------------------------------------------------------------- perf
@@ -264,10 +165,6 @@ def perf_cmd(ctx: click.Context, model: str, batch_size: int | None, steps: int,
     times the trainer."""
     if ctx.invoked_subcommand is not None:
         return
-    from benchmark.device import resolve_device
-    from benchmark.perf import measure_rem_sem, perf_table
-    from benchmark.registry import MODELS
-
     dev = resolve_device(device)
     MODELS.canonical(model)
     batch = batch_size if batch_size is not None else (128 if dev.type == "cuda" else 32)
@@ -289,11 +186,6 @@ def perf_cmd(ctx: click.Context, model: str, batch_size: int | None, steps: int,
 def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps: int, warmup: int,
                    rounds: int, workers: int | None, threads: int | None) -> None:
     """Trainer img/s against bare forward/backward and a DataLoader + PIL pipeline (same model, batch, SGD)."""
-    from benchmark.device import default_preset, resolve_device
-    from benchmark.models import check_model
-    from benchmark.perf import measure_train, train_perf_table
-    from benchmark.protocol import PRESETS
-
     dev = resolve_device(device)
     preset = default_preset(dev)
     model = model or PRESETS[preset]["model"]
@@ -311,7 +203,7 @@ def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps
 @cli.command("pretrain")
 @click.option("--dataset", default="cifar10", show_default=True, help="clean data to pretrain on (cifar10, cifar100, ...)")
 @click.option("--model", default="small-cnn", show_default=True, help="architecture; the victim must use the same (--model)")
-@click.option("--out", required=True, help="output file (.safetensors), e.g. backbones/small-cnn-cifar10-holdout.safetensors")
+@out_option(required=True, help="output file (.safetensors), e.g. backbones/small-cnn-cifar10-holdout.safetensors")
 @click.option("--split", type=click.Choice(["holdout", "train", "all"]), default="holdout", show_default=True,
               help="holdout: training images outside the preset's victim subset; train: that subset, clean; all")
 @click.option("--preset", help="protocol preset for the training recipe (default: cpu without GPU, paper with)")
@@ -322,30 +214,21 @@ def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps
 @data_options
 def pretrain_cmd(**kw: Any) -> None:
     """Train a clean backbone for `--defense finetune` (writes safetensors + provenance metadata)."""
-    from benchmark.pretrain import pretrain
-
     overrides: dict[str, Any] = parse_kv(kw["protocol_params"], "--protocol-param")
     if kw["epochs"] is not None:
         overrides["epochs"] = kw["epochs"]
-
-    def show(entry: dict[str, Any]) -> None:
-        console.print(f"  epoch {entry['epoch']:>3} loss {entry['train_loss']:.3f} test {entry['test_acc']:.2f}%")
-
     res = pretrain(kw["dataset"], kw["model"], kw["out"], kw["preset"], kw["split"], kw["seed"], overrides,
-                   kw["data_root"], kw["cache_dir"], kw["download"], kw["device"], on_epoch=show,
+                   kw["data_root"], kw["cache_dir"], kw["download"], kw["device"], on_epoch=show_pretrain_epoch(console),
                    max_images=kw["max_images"])
-    m = res.metadata
-    console.print(f"backbone {m['model']} pretrained on {m['train_images']} clean {m['dataset']} ({m['dataset_source']}) "
-                  f"images, split {m['split']}, {m['epochs']} epochs: clean test acc {m['clean_test_acc']:.2f}%")
-    console.print(f"wrote {res.path}")
+    show_pretrained(console, res.metadata, res.path)
 
 
 # ------------------------------------------------------------------------------------ leaderboard
 
 @cli.command("leaderboard")
 @click.option("--results", default="results/runs", envvar="BENCH_RESULTS", show_default=True, help="folder of run records; env BENCH_RESULTS")
-@click.option("--out", default=None, help="output file (default leaderboard.md, .html or .tex by --format)")
-@click.option("--plots", default="results/plots", show_default=True, help="folder for the PNG plots")
+@out_option(default=None, help="output file (default leaderboard.md, .html or .tex by --format)")
+@folder_option("--plots", default="results/plots", show_default=True, help="folder for the PNG plots")
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "latex"]), default="md", show_default=True,
               help="md, html (one self-contained page) or latex (booktabs)")
 @click.option("--samples/--no-samples", default=True, show_default=True,
@@ -353,19 +236,14 @@ def pretrain_cmd(**kw: Any) -> None:
                    "an existing grid is kept only if its .png.json sidecar names the same poison)")
 @click.option("--data-root", envvar="BENCH_DATA_ROOT", help="datasets for the sample grids; env BENCH_DATA_ROOT")
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", help="cached poisons and decoded datasets; env BENCH_CACHE_DIR")
-@click.option("--json", "json_out", default=None,
+@out_option("--json", "json_out", default=None,
               help="the tables as data (default: results/leaderboard.json in the folder of --out)")
 def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples: bool, data_root: str | None,
                     cache_dir: str | None, json_out: str | None) -> None:
     """Regenerate the leaderboard (tables, plots, leaderboard.json) from the run records alone."""
-    from benchmark import paths
-    from benchmark.report import write_leaderboard
-
-    def warn(msg: str) -> None:
-        print(f"bench leaderboard: warning: {msg}", file=sys.stderr)
-
-    summary = write_leaderboard(results, out, plots, fmt, paths.data_root(data_root), paths.cache_dir(cache_dir),
-                                samples, warn, json_out)
+    with held_warnings("bench leaderboard") as warn:
+        summary = write_leaderboard(results, out, plots, fmt, paths.data_root(data_root), paths.cache_dir(cache_dir),
+                                    samples, warn, json_out)
     click.echo(f"wrote {summary.out} and {summary.json} ({summary.records} records, {summary.groups} table groups) "
                f"and {len(summary.plots)} plots in {plots}")
 
@@ -374,15 +252,11 @@ def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples
 @click.option("--results", default="results/runs", envvar="BENCH_RESULTS", show_default=True, help="folder of run records; env BENCH_RESULTS")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json"]), default="csv", show_default=True,
               help="csv, parquet (needs pyarrow) or json (a list of row objects)")
-@click.option("--out", default=None, help="output file (default: csv/json to stdout; parquet needs --out)")
+@out_option(default=None, help="output file (default: csv/json to stdout; parquet needs --out)")
 def results_cmd(results: str, fmt: str, out: str | None) -> None:
     """The records as one tidy table, one row per finished run (what the leaderboard aggregates)."""
-    from benchmark.report import write_results
-
-    def warn(msg: str) -> None:
-        print(f"bench results: warning: {msg}", file=sys.stderr)
-
-    text, rows = write_results(results, fmt, out, warn)
+    with held_warnings("bench results") as warn:
+        text, rows = write_results(results, fmt, out, warn)
     if text is not None:
         click.echo(text, nl=False)
     else:
@@ -394,24 +268,9 @@ def results_cmd(results: str, fmt: str, out: str | None) -> None:
 @click.option("--claims", "claims_file", default=None, help="claims file (default: the curated benchmark/report/claims.toml)")
 def claims_cmd(results: str, claims_file: str | None) -> None:
     """Check the papers' claims on the records; exit code 1 if a claim that was run fails."""
-    from benchmark.report import claims_report
-    from benchmark.report.claims import pair_text
-
-    def warn(msg: str) -> None:
-        print(f"bench claims: warning: {msg}", file=sys.stderr)
-
-    groups, code = claims_report(results, warn, claims_file)
-    for g in groups:
-        tol = g["noise"]["tolerance"]
-        table = Table(title=f"{g['title']} (noise tolerance {tol:.2f} points)", show_lines=True, title_justify="left")
-        for col in ("claim", "test", "our cells (seeds)", "verdict"):
-            table.add_column(col, overflow="fold")
-        for c in g["claims"]:
-            cells = "\n".join(pair_text(p) for p in c["pairs"])
-            table.add_row(f"{c['claim']}\n[dim]{c['source']}[/dim]", c["test"], cells, c["verdict"])
-        console.print(table)
-    counts = {v: sum(c["verdict"] == v for g in groups for c in g["claims"]) for v in ("holds", "fails", "within noise", "not run")}
-    console.print(", ".join(f"{n} {v}" for v, n in counts.items()))
+    with held_warnings("bench claims") as warn:
+        groups, code = claims_report(results, warn, claims_file)
+    show_claims(console, groups)
     sys.exit(code)
 
 
@@ -437,18 +296,30 @@ def claims_cmd(results: str, claims_file: str | None) -> None:
 @click.option("--address", help="Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (default: start a local instance)")
 @click.option("--dry-run", is_flag=True, help="print the grid and an estimated cost, run nothing")
 @click.option("--force", is_flag=True, help="run cells again even if their finished records exist")
-@click.option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
+@folder_option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
 @data_options
 def sweep_cmd(**kw: Any) -> None:
     """Run a grid of poisons x defenses x seeds (each poison generated once; finished cells skipped)."""
-    from click.core import ParameterSource
-
-    from benchmark.sweep import sweep_command
-
     ctx = click.get_current_context()
     explicit = {name for name in kw if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    summary = sweep_command(kw, explicit, console)
-    if summary is not None and summary.failed:
+    sweep, ex = sweep_from_options(kw, explicit)
+    for flag, folder in (("--results", sweep.results), ("--cache-dir", sweep.cache_dir)):
+        if folder:  # a value from the --config file (flags were checked while parsing)
+            check_folder(folder, flag)
+    check_device(sweep.device)
+    if ex.executor == "ray" and ex.jobs_given:
+        # Ray places one cell per GPU (or per CPU without GPUs) on its own; --jobs only sizes the local pool
+        note("bench sweep", f"--jobs {ex.jobs} is ignored with --executor ray (Ray runs as many cells at once as "
+             "the cluster has GPUs, or CPUs without GPUs)")
+    warn = warner("bench sweep")
+    if kw["dry_run"]:
+        plan = plan_sweep(sweep, warn=warn)
+        show_dry_run(console, plan, estimate(plan, ex.jobs if ex.executor == "local" else 1))
+        return
+    with SweepDisplay(console) as display:
+        summary = run_sweep(sweep, ex.executor, ex.jobs, ex.address, display.on_event, warn=warn)
+    show_summary(console, summary)
+    if summary.failed:
         sys.exit(1)
 
 
@@ -460,9 +331,6 @@ INTERRUPTED = "bench: interrupted; run the same command again to resume from the
 def _interrupt_on_sigterm() -> None:
     """``kill`` (SIGTERM) stops a command like Ctrl-C: the run keeps its last epoch checkpoint and a
     sweep terminates its worker processes instead of leaving them running."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         def _raise(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
@@ -481,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc.__cause__, KeyboardInterrupt):
             print(INTERRUPTED, file=sys.stderr)
         else:
-            err_console.print("bench: aborted")
+            print("bench: aborted", file=sys.stderr)
         sys.exit(130)
     except click.exceptions.UsageError as exc:
         msg = exc.format_message().replace("\n", " ")

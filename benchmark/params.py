@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,8 @@ class NoParams:
     """For plugins without parameters."""
 
 
-def _convert(owner: str, name: str, raw: Any, default: Any) -> Any:
+def convert_value(owner: str, name: str, raw: Any, default: Any) -> Any:
+    """``raw`` (a CLI string or a config value) as the type of ``default``; one-line error if it is not."""
     kind = type(default)
     if isinstance(raw, str):
         text = raw.strip()
@@ -102,7 +103,7 @@ def build_params(cls: type, overrides: Mapping[str, Any] | None, owner: str) -> 
         if name not in fields:
             valid = ", ".join(fields) or "(none)"
             raise BenchError(f"{owner}: unknown parameter '{name}'; valid: {valid}")
-        values[name] = _convert(owner, name, raw, fields[name].default)
+        values[name] = convert_value(owner, name, raw, fields[name].default)
     instance = cls(**values)
     for name, f in fields.items():
         check_field(owner, f, getattr(instance, name))
@@ -151,3 +152,33 @@ def parse_kv(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+def param_names(cls: type) -> set[str]:
+    """The parameter names a params dataclass declares."""
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def route_params(raw: Mapping[str, Any], owners: Mapping[str, Mapping[str, type]], canonical: Callable[[str], str],
+                 keep_scope: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """Send ``name=value`` pairs to their owners, each a set of named components with a params class.
+
+    ``scope.param`` goes to every owner with component ``scope``; a plain ``param`` to every owner with
+    a component that declares it. Scoped keys come last, so they win over the plain form; the scope is
+    dropped unless ``keep_scope`` (a composed defense routes it again to one component). Returns each
+    owner's params and, per key, the owners it reached (empty: it names nothing), so each caller
+    words its own errors."""
+    out: dict[str, dict[str, Any]] = {o: {} for o in owners}
+    reached: dict[str, list[str]] = {}
+    for key, value in sorted(raw.items(), key=lambda kv: "." in kv[0]):
+        if "." in key:
+            scope, name = key.split(".", 1)
+            scope = canonical(scope)
+            targets = [o for o, comps in owners.items() if scope in comps]
+        else:
+            name = key
+            targets = [o for o, comps in owners.items() if any(name in param_names(c) for c in comps.values())]
+        reached[key] = targets
+        for o in targets:
+            out[o][key if keep_scope else name] = value
+    return out, reached

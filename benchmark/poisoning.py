@@ -11,6 +11,7 @@ ratio-dependent. A generation resumed from a checkpoint reports the seconds of a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -236,12 +237,25 @@ def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, 
                           derived_artifact=str(own_npz))
 
 
-def export_artifact(npz: Path, manifest: dict[str, Any], out: Path) -> Path:
-    """Copy a cached artifact to ``out`` (npz) with its sidecar ``out.json``. A ratio derived from the
-    full-ratio noise exports its own set (``manifest['derived_artifact']``), not the full one."""
+def check_export_path(out: str | Path) -> Path:
+    """``bench poison --out``: an .npz file in a writable folder that exists (checked before any work)."""
     out = Path(out)
     if out.suffix != ".npz":
         raise BenchError(f"--out must end in .npz, got '{out}'")
+    folder = out.parent
+    if not folder.is_dir():
+        raise BenchError(f"--out {out}: output folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise BenchError(f"--out {out}: output folder '{folder}' is not writable")
+    if out.is_dir() or out.with_suffix(".json").is_dir():
+        raise BenchError(f"--out {out}: a folder is in the way of the .npz or its .json sidecar")
+    return out
+
+
+def export_artifact(npz: Path, manifest: dict[str, Any], out: Path) -> Path:
+    """Copy a cached artifact to ``out`` (npz) with its sidecar ``out.json``. A ratio derived from the
+    full-ratio noise exports its own set (``manifest['derived_artifact']``), not the full one."""
+    out = check_export_path(out)
     from benchmark.io import atomic_write
 
     source = Path(manifest.get("derived_artifact") or npz)

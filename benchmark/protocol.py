@@ -1,8 +1,9 @@
 """Protocol presets: the frozen training recipe a record is measured under.
 
 ``smoke`` is for tests (seconds), ``cpu`` is the default without a GPU (small CNN on a fixed 20k
-CIFAR-10 subset, minutes on two cores), ``paper`` is the CUDA official victim protocol (spec
-defenses.md §1: ResNet-18, 100 epochs, batch 512, SGD 0.1/0.9/5e-4, StepLR 40 x0.1, grad clip 5).
+CIFAR-10 subset, minutes on two cores), ``paper`` is the CUDA victim protocol (Sadasivan
+et al., CVPR 2023; official code vinusankars/Convolution-based-Unlearnability, cifar10_train.py:
+ResNet-18, 100 epochs, batch 512, SGD 0.1/0.9/5e-4, StepLR 40 x0.1, grad clip 5).
 Every field can be overridden; records store the resolved values.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmark.errors import BenchError, did_you_mean
-from benchmark.params import _convert, check_field, param
+from benchmark.params import build_params, check_field, convert_value, param
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,27 @@ def resolve_protocol(preset: str, overrides: Mapping[str, Any] | None = None) ->
             continue
         if key not in fields:
             raise BenchError(f"unknown protocol option '{key}'; valid: {', '.join(fields)}")
-        values[key] = _convert("protocol", key, value, fields[key].default)  # "4000" -> 4000
+        values[key] = convert_value("protocol", key, value, fields[key].default)  # "4000" -> 4000
     proto = Protocol(**values)
     for name, f in fields.items():
         check_field("protocol", f, getattr(proto, name))
     return proto
+
+
+def resolve_overrides(raw: Mapping[str, Any], owner: str = "protocol") -> dict[str, Any]:
+    """Protocol overrides converted to their fields' types and checked (CLI values arrive as strings),
+    without a preset: a sweep validates them before it knows which preset its cells use."""
+    typed = build_params(Protocol, raw, owner=owner)
+    return {k: getattr(typed, k) for k in raw}
+
+
+def check_subset_sizes(overrides: Mapping[str, Any], train_size: int, test_size: int) -> None:
+    """A subset asked for must fit the dataset (a preset's own subset takes all of a smaller set, but
+    ``--train-subset 100000`` on 50,000 images would record a subset that was never drawn)."""
+    for key, size, split in (("train_subset", train_size, "training"), ("test_subset", test_size, "test")):
+        asked = overrides.get(key)
+        if asked is not None and int(asked) > size:
+            raise BenchError(f"--{key.replace('_', '-')} {asked} is larger than the {split} set ({size} images)")
 
 
 def protocol_dict(proto: Protocol) -> dict[str, Any]:

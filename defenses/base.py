@@ -33,7 +33,7 @@ from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.imageops import CHUNK as IMAGE_CHUNK
 from benchmark.imageops import map_chunks
-from benchmark.params import NoParams, build_params, params_dict
+from benchmark.params import NoParams, build_params, params_dict, route_params
 from benchmark.registry import DEFENSES
 
 #: What the defender has beyond the poisoned training set. Tables rank each tier separately, and a
@@ -323,23 +323,16 @@ def build_defense(spec: str, params: dict[str, Any] | None = None) -> DefenseSta
     canon = [DEFENSES.canonical(n) for n in names]
     if len(set(canon)) != len(canon):
         raise BenchError(f"defense '{spec}' lists the same defense twice")
-    per: dict[str, dict[str, Any]] = {c: {} for c in canon}
-    import dataclasses as dc
-
-    for key, value in (params or {}).items():
-        if "." in key:
-            comp, pname = key.split(".", 1)
-            comp = DEFENSES.canonical(comp)
-            if comp not in per:
-                raise BenchError(f"defense parameter '{key}' names '{comp}', which is not in '{spec}'")
-            per[comp][pname] = value
-            continue
-        holders = [c for c, cls in zip(canon, classes, strict=True)
-                   if key in {f.name for f in dc.fields(cls.Params)}]
+    per, reached = route_params(params or {}, {c: {c: cls.Params} for c, cls in zip(canon, classes, strict=True)},
+                                DEFENSES.canonical)
+    for key, holders in reached.items():
+        if "." in key and not holders:
+            raise BenchError(f"defense parameter '{key}' names '{DEFENSES.canonical(key.split('.', 1)[0])}', "
+                             f"which is not in '{spec}'")
         if len(holders) > 1:
             raise BenchError(f"defense parameter '{key}' is ambiguous in '{spec}'; write e.g. '{holders[0]}.{key}'")
-        target = holders[0] if holders else canon[0]
-        per[target][key] = value
+        if not holders:  # no component declares it: build_params names it as unknown
+            per[canon[0]][key] = params[key]  # type: ignore[index]
     components = []
     for name, cls in zip(canon, classes, strict=True):
         comp = cls(build_params(cls.Params, per[name], owner=f"defense {name}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,114 @@ def test_single_class_image_folder_is_refused(bench_env: dict, tmp_path: Path, c
         Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(tmp_path / "one" / "cat" / f"{i}.png")
     code, _, err = run_cli(["run", "--preset", "smoke", "--dataset", f"imagefolder:{tmp_path / 'one'}"], capsys)
     assert code == 2 and "needs at least two class sub-folders" in err and len(err.strip().splitlines()) == 1
+
+
+# Every command, malformed input -> the one line it must give (exit 2, nothing written). {tmp} is a
+# fresh folder, {file} a file in it (where a folder is needed), {toml:NAME} a sweep file written below.
+SWEEP_FILES = {
+    "broken": "poisons = [cuda\n",
+    "unknown-key": 'poisons = ["cuda"]\nseed = [0]\n',
+    "jobs": 'poisons = ["cuda"]\njobs = "x"\n',
+    "params": 'poisons = ["cuda"]\npoison_params = 3\n',
+    "device": 'poisons = ["cuda"]\npreset = "smoke"\ndevice = "mps"\n',
+    "results": 'poisons = ["cuda"]\npreset = "smoke"\nresults = "{file}"\n',
+}
+BAD_INPUTS = [
+    ("run --poison cuda --ratio 1.5", "poison ratio must be in [0, 1], got 1.5"),
+    ("run --epochs -1", "'epochs'=-1 is out of range"),
+    ("run --batch-size 0", "'batch_size'=0 is out of range"),
+    ("run --lr -0.1", "'lr'=-0.1 is out of range"),
+    ("run --lr nan", "'lr'=nan is not a finite number"),
+    ("run --protocol-param nonsense=1", "unknown protocol option 'nonsense'"),
+    ("run --protocol-param epochs=abc", "parameter 'epochs' must be a int, got 'abc'"),
+    ("run --poison cuda --poison-param pb=x", "parameter 'pb' must be a float, got 'x'"),
+    ("run --defense at --defense-param eps=abc", "defense at: parameter 'eps' must be a float"),
+    ("run --data-root {tmp}/nowhere", "CIFAR-10 not found under data root"),
+    ("run --cache-dir {file}", "is a file, not a folder"),
+    ("run --results {file}/runs", "is a file, not a folder"),
+    ("run --device tpu", "unknown device 'tpu'"),
+    ("run --device mps", "unknown device 'mps'"),
+    ("run --device meta", "unknown device 'meta'"),
+    ("run --dataset imagefolder:{tmp}/nowhere", "does not exist or is not a directory"),
+    ("run --train-subset 100000", "--train-subset 100000 is larger than the training set (50000 images)"),
+    ("run --test-subset 20000", "--test-subset 20000 is larger than the test set (10000 images)"),
+    ("run --seed -1", "--seed must be >= 0"),
+    ("run --schedule bogus", "'schedule'='bogus' is not valid"),
+    ("run --key abc", "Invalid value for '--key'"),
+    ("poison --poison cuda --out {tmp}/x.txt", "--out must end in .npz"),
+    ("poison --poison cuda --out {tmp}/nowhere/x.npz", "output folder '{tmp}/nowhere' does not exist"),
+    ("poison --poison nope --out {tmp}/x.npz", "unknown poison 'nope'"),
+    ("poison --poison cuda --ratio 2 --out {tmp}/x.npz", "poison ratio must be in [0, 1], got 2.0"),
+    ("poison --poison cuda --train-subset -5 --out {tmp}/x.npz", "'train_subset'=-5 is out of range"),
+    ("poison --poison cuda --preset nope --out {tmp}/x.npz", "unknown preset 'nope'"),
+    ("poison --poison cuda", "Missing option '--out'"),
+    ("sweep --config {tmp}/missing.toml", "cannot read sweep file"),
+    ("sweep --config {toml:broken}", "is not valid TOML"),
+    ("sweep --config {toml:unknown-key}", "unknown key(s) seed"),
+    ("sweep --config {toml:jobs}", "--jobs must be an integer, got 'x'"),
+    ("sweep --config {toml:params}", "'poison_params' must be a table"),
+    ("sweep --config {toml:device}", "unknown device 'mps'"),
+    ("sweep --config {toml:results}", "is a file, not a folder"),
+    ("sweep --poisons cuda --jobs 0", "--jobs must be >= 1, got 0"),
+    ("sweep --poisons cuda --ratios abc", "--ratios: 'abc' is not a valid float"),
+    ("sweep --poisons cuda --seeds -1", "--seeds must be >= 0, got -1"),
+    ("sweep --poisons cuda --executor dask", "'dask' is not one of 'local', 'ray'"),
+    ("sweep --poisons cuda --protocol-param train_subset=99999 --dry-run", "--train-subset 99999 is larger"),
+    ("leaderboard --results {tmp}/nowhere --out {tmp}/lb.md --no-samples", "results folder '{tmp}/nowhere' does not exist"),
+    ("leaderboard --results {tmp}/empty --out {tmp}/lb.md --no-samples", "no usable finished run records"),
+    ("leaderboard --results {tmp}/corrupt --out {tmp}/lb.md --no-samples", "(skipping {tmp}/corrupt/x.json: unreadable JSON"),
+    ("leaderboard --results {tmp}/corrupt --out {file}/lb.md", "--out {file}: {file} is a file, not a folder"),
+    ("leaderboard --results {tmp}/corrupt --plots {file}", "--plots {file}: {file} is a file, not a folder"),
+    ("leaderboard --format pdf", "'pdf' is not one of 'md', 'html', 'latex'"),
+    ("results --results {tmp}/nowhere", "results folder '{tmp}/nowhere' does not exist"),
+    ("claims --results {tmp}/empty", "no usable finished run records"),
+    ("pretrain --split bad --out {tmp}/b.safetensors", "'bad' is not one of 'holdout', 'train', 'all'"),
+    ("pretrain --out {tmp}/b.pt", "--out must end in .safetensors"),
+    ("pretrain --max-images -1 --out {tmp}/b.safetensors", "--max-images must be >= 0"),
+    ("pretrain --model nope --out {tmp}/b.safetensors", "unknown model 'nope'"),
+    ("pretrain --epochs 0 --out {tmp}/b.safetensors", "'epochs'=0 is out of range"),
+    ("pretrain --out {file}/b.safetensors", "is a file, not a folder"),
+    ("list foo", "'foo' is not one of 'poisons', 'defenses'"),
+    ("list models resnet18", "'bench list models NAME' is not available"),
+    ("list poisons nope", "unknown poison 'nope'"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_INPUTS, ids=[line for line, _ in BAD_INPUTS])
+def test_malformed_input_is_one_line_exit_2_and_writes_nothing(line: str, message: str, bench_env: dict,
+                                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    work = tmp_path / "work"
+    (work / "empty").mkdir(parents=True)
+    (work / "corrupt").mkdir()
+    (work / "corrupt" / "x.json").write_text('{"schema_version": 1, "run_id": ')
+    a_file = work / "a-file"
+    a_file.write_text("not a folder")
+    for name, text in SWEEP_FILES.items():
+        (work / f"{name}.toml").write_text(text.replace("{file}", str(a_file)))
+    before = sorted(p for p in tmp_path.rglob("*"))
+
+    def fill(text: str) -> str:
+        for name in SWEEP_FILES:
+            text = text.replace(f"{{toml:{name}}}", str(work / f"{name}.toml"))
+        return text.replace("{tmp}", str(work)).replace("{file}", str(a_file))
+
+    command, *args = fill(line).split()
+    preset = ["--preset", "smoke"] if command in ("run", "poison", "sweep", "pretrain") and "--preset" not in args else []
+    code, _out, err = run_cli([command, *preset, *args], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "error:" in lines[0] and fill(message) in lines[0]
+    assert "Traceback" not in err
+    # nothing written: no record, no poison, no output file (the datasets' decode cache is shared)
+    after = sorted(p for p in tmp_path.rglob("*") if "datasets" not in p.relative_to(tmp_path).parts)
+    assert after == [p for p in before if "datasets" not in p.relative_to(tmp_path).parts]
+
+
+def test_unwritable_results_folder_is_refused(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may write into any folder")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    code, _, err = run_cli(["run", "--preset", "smoke", "--results", str(locked / "runs")], capsys)
+    assert code == 2 and f"{locked} is not writable" in err and len(err.strip().splitlines()) == 1

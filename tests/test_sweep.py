@@ -75,7 +75,7 @@ def test_ray_sweep_gives_the_same_runs(bench_env: dict, capsys: pytest.CaptureFi
 
 def test_interrupted_sweep_resumes_only_missing_cells(bench_env: dict, capsys: pytest.CaptureFixture,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmark.sweep as sweep_mod
+    import benchmark.sweep.cells as sweep_mod
 
     grid = ["--poisons", "cuda", "--defenses", "none", "--seeds", "0,1,2"]
     code, out, _ = run_cli(["sweep", *grid, *TINY, "--dry-run"], capsys)
@@ -109,7 +109,7 @@ def test_interrupted_sweep_resumes_only_missing_cells(bench_env: dict, capsys: p
 
 def test_failed_cell_and_failed_poison_do_not_stop_the_sweep(bench_env: dict, capsys: pytest.CaptureFixture,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmark.sweep as sweep_mod
+    import benchmark.sweep.cells as sweep_mod
 
     real_execute, real_generate = sweep_mod.execute, sweep_mod.generate_poison
 
@@ -324,7 +324,7 @@ def _poison_ready(spec) -> dict:
 def test_dead_worker_leaves_a_failed_record(bench_env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker process that dies mid-cell breaks the process pool: the cell is counted as failed and,
     since the worker could not write it, the driver writes its failed record."""
-    import benchmark.sweep as sweep_mod
+    import benchmark.sweep.cells as sweep_mod
 
     monkeypatch.setattr(sweep_mod, "generate_poison", _poison_ready)
     monkeypatch.setattr(sweep_mod, "run_cell", _die_in_worker)

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -125,7 +126,7 @@ class SampleSource:
     def images(self, rec: dict[str, Any], label: str) -> tuple[Any, Any, list[str]] | None:
         import torch
 
-        from benchmark.data import poison_dataset_id, stratified_subset
+        from benchmark.data import poison_dataset_id, victim_indices
 
         cfg = rec["config"]
         proto = cfg.get("protocol") or {}
@@ -137,10 +138,10 @@ class SampleSource:
             self.warn(f"no sample grid for {label}: dataset source is {data.source}, the records used "
                       f"{cfg.get('dataset_source')}")
             return None
-        train = data.train
-        if proto.get("train_subset"):
-            train = train.subset(stratified_subset(train.y, int(proto["train_subset"]), int(proto.get("subset_seed", 0))))
-        dataset_id = poison_dataset_id(data, train, int(proto.get("train_subset") or 0), int(proto.get("subset_seed") or 0))
+        subset = SimpleNamespace(train_subset=int(proto.get("train_subset") or 0),
+                                 subset_seed=int(proto.get("subset_seed") or 0))
+        train = data.train.subset(victim_indices(data.train, subset)) if subset.train_subset else data.train
+        dataset_id = poison_dataset_id(data, train, subset.train_subset, subset.subset_seed)
         poison = cfg["poison"]
         npz = self.artifact(dataset_id, poison)
         if npz is not None:

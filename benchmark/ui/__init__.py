@@ -1,8 +1,10 @@
-"""What a user sees during and after ``bench run``: rich progress and a summary table."""
+"""What a user sees: rich progress and summary tables of runs (here), sweeps (ui.sweep) and
+``bench list`` / ``bench claims`` (ui.tables). Everything the commands print goes through this package."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +20,46 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from benchmark.errors import BenchError
+from benchmark.protocol import check_subset_sizes
 from benchmark.runner import PreparedRun, RunSpec, execute, existing_record, prepare_run
+
+console = Console(highlight=False)
+
+
+def progress_bar(console: Console, label: str = "[cyan]{task.description}", info: bool = True,
+                 elapsed: bool = True) -> Progress:
+    """The progress bar of every command: live on a terminal, nothing (lines instead) in a log."""
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn("{task.fields[info]}")] if info else []
+    columns += [TimeElapsedColumn(), TextColumn("ETA")] if elapsed else []
+    return Progress(*columns, TimeRemainingColumn(), console=console, disable=not console.is_terminal,
+                    transient=False)
+
+
+def warner(command: str) -> Callable[[str], None]:
+    """``command: warning: ...`` on stderr, one line per problem (a skipped record, a rerun cell)."""
+    return lambda msg: print(f"{command}: warning: {msg}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def held_warnings(command: str) -> Iterator[Callable[[str], None]]:
+    """Warnings printed when the command has succeeded, or folded into its one-line error when it
+    fails (a folder whose only record is unreadable: the error names that record)."""
+    held: list[str] = []
+    try:
+        yield held.append
+    except BenchError as exc:
+        if not held:
+            raise
+        more = f"; {len(held) - 1} more" if len(held) > 1 else ""
+        raise BenchError(f"{exc} ({held[0]}{more})") from None
+    for msg in held:
+        warner(command)(msg)
+
+
+def note(command: str, text: str) -> None:
+    print(f"{command}: note: {text}", file=sys.stderr)
 
 
 def _describe(prep: PreparedRun) -> str:
@@ -45,9 +86,7 @@ def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
         return dict(existing, _path=str(prep.record_path))
     console.print(f"[bold]{label}[/]: {_describe(prep)}")
     live = console.is_terminal
-    progress = Progress(TextColumn("[cyan]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console, disable=not live, transient=False)
+    progress = progress_bar(console)
     epochs = prep.protocol.epochs
     state: dict[str, Any] = {}
 
@@ -83,6 +122,7 @@ def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
 def run_with_display(spec: RunSpec, baseline: bool, console: Console) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Validate both runs first (bad input fails before any work), then run baseline and main run."""
     prep = prepare_run(spec)
+    check_subset_sizes(spec.overrides, len(prep.data.train), len(prep.data.test))
     base_prep = None
     if prep.poison.name != "none":
         base_spec = replace(spec, poison="none", poison_params={}, ratio=1.0, clean_only=False, force=False)
@@ -143,8 +183,7 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
 @contextlib.contextmanager
 def poison_progress(console: Console, name: str) -> Iterator[Any]:
     live = console.is_terminal
-    progress = Progress(TextColumn(f"[cyan]poison {name}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, disable=not live)
+    progress = progress_bar(console, f"[cyan]poison {name}", elapsed=False)
     task: dict[str, Any] = {}
 
     def update(step: int, total: int, info: dict[str, Any]) -> None:
@@ -157,3 +196,26 @@ def poison_progress(console: Console, name: str) -> Iterator[Any]:
 
     with progress:
         yield update
+
+
+def show_poison_export(console: Console, prep: PreparedRun, manifest: dict[str, Any], out: Any, sidecar: Any) -> None:
+    """What ``bench poison`` made: the poison, its budget, the files written."""
+    b = manifest["budget"]
+    state = "reused from cache" if manifest.get("cached") else "generated"
+    console.print(f"[bold]{prep.poison.name}[/] on {prep.data.name} ({prep.data.source}, {len(prep.train)} images): "
+                  f"{state}, {b['num_poisoned']} poisoned, generation {manifest['generation_seconds']:.3f} s on "
+                  f"{manifest['generation_device']}")
+    console.print(f"budget: L-inf {b['linf_255']}/255, mean L2 {b['l2_mean']:.3f}, PSNR {b['psnr']:.2f} dB, "
+                  f"SSIM {b['ssim']:.4f}")
+    console.print(f"wrote {out} and {sidecar}")
+
+
+def show_pretrain_epoch(console: Console) -> Callable[[dict[str, Any]], None]:
+    return lambda e: console.print(f"  epoch {e['epoch']:>3} loss {e['train_loss']:.3f} test {e['test_acc']:.2f}%")
+
+
+def show_pretrained(console: Console, metadata: dict[str, Any], path: Any) -> None:
+    m = metadata
+    console.print(f"backbone {m['model']} pretrained on {m['train_images']} clean {m['dataset']} ({m['dataset_source']}) "
+                  f"images, split {m['split']}, {m['epochs']} epochs: clean test acc {m['clean_test_acc']:.2f}%")
+    console.print(f"wrote {path}")

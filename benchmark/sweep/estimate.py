@@ -1,0 +1,62 @@
+"""What a sweep will cost, from the timings of finished records with the same preset/model/defense."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark import paths
+from benchmark.records import load_records
+from benchmark.sweep.plan import Plan
+
+
+@dataclass
+class Estimate:
+    """Seconds per cell still to run (None: no past record to go by) and the whole sweep's total."""
+
+    cell_seconds: dict[str, float | None]  # run id -> seconds (cells still to run)
+    known_seconds: float  # cells and poisons with a past record
+    unknown: int  # cells and poisons without one
+    todo: int
+    jobs: int
+
+
+def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """Mean seconds per cell (wall minus fresh poison generation) by preset/model/defense/train
+    size/epochs, and mean poison generation seconds by preset/dataset/poison/train size, from the
+    finished records in ``results``."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    poisons: dict[tuple, list[float]] = defaultdict(list)
+    for _path, rec in load_records(results):
+        if rec["status"] != "finished":
+            continue
+        cfg, t = rec["config"], rec["timings"]
+        wall = t.get("wall")
+        if isinstance(wall, (int, float)):
+            gen = t.get("poison_generation") if not t.get("poison_cached") else 0.0
+            cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"),
+                   (cfg.get("protocol") or {}).get("epochs"))].append(max(0.0, wall - (gen or 0.0)))
+        gen_s = (rec.get("poison") or {}).get("generation_seconds")
+        if isinstance(gen_s, (int, float)):
+            poisons[(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg.get("train_size"))].append(gen_s)
+    return ({k: sum(v) / len(v) for k, v in cells.items()}, {k: sum(v) / len(v) for k, v in poisons.items()})
+
+
+def estimate(plan: Plan, jobs: int = 1) -> Estimate:
+    """The cost of the cells still to run and of the poisons not yet in the cache."""
+    cell_cost, poison_cost = past_costs(paths.results_dir(plan.sweep.results))
+    per_cell = {c.run_id: cell_cost.get(c.cost_key) for c in plan.todo}
+    known = sum(s for s in per_cell.values() if s is not None)
+    unknown = sum(s is None for s in per_cell.values())
+    for cells in plan.poison_jobs().values():
+        cell = cells[0]
+        npz = Path(cell.artifact)
+        if cell.spec.poison == "none" or (npz.exists() and npz.with_suffix(".json").exists()):
+            continue
+        gen = poison_cost.get(cell.poison_cost_key)
+        if gen is None:
+            unknown += 1
+        else:
+            known += gen
+    return Estimate(per_cell, known, unknown, len(plan.todo), jobs)
