@@ -7,6 +7,7 @@ from defenses import (  # noqa: F401  (imports register the defenses)
     cutout,
     dat,
     dp_instahide,
+    early_stop,
     finetune,
     gaussian_blur,
     grayscale,

@@ -13,6 +13,8 @@ Hooks:
   predictor seeds its own stream there; ``final=False`` for the cheaper per-epoch curve).
 * ``adjust_protocol(proto) -> Protocol``  the defense's own optimisation (fine-tuning's lr); chains.
 * ``check_run(run) -> None``          validation against the run's data before any work (leakage).
+* ``validation() -> Validation | None``  a clean split held out of the training images before
+  poisoning; the trainer selects the epoch with the best accuracy on it (early stopping); at most one.
 * ``evaluate(model, test, ctx) -> dict``   extra metrics after training (robust accuracy); merged.
 
 Defenses compose with ``+`` (``at+mixup``): chained hooks run left to right; two components that
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
+from benchmark.evaluate import forward_in_slices
 from benchmark.imageops import CHUNK as IMAGE_CHUNK
 from benchmark.imageops import map_chunks
 from benchmark.params import NoParams, build_params, params_dict, route_params
@@ -55,12 +58,24 @@ FAMILIES: dict[str, str] = {
     "adaptive": "adaptive attacks on a specific poison",
     "certified": "certified (randomized smoothing)",
     "transfer": "transfer from a pretrained backbone",
+    "model-selection": "model selection on held-out clean data",
     "other": "other",
 }
 
-OWNED_HOOKS = ("loss", "build_model", "predict")
+OWNED_HOOKS = ("loss", "build_model", "predict", "validation")
 HOOK_ROLES = {"loss": "the training step (loss)", "build_model": "the model (build_model)",
-              "predict": "prediction (predict)"}
+              "predict": "prediction (predict)", "validation": "model selection (validation)"}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A clean validation split the defender holds out of its training images before poisoning: the
+    trainer evaluates it every epoch and keeps the model of the epoch with the best accuracy on it."""
+
+    size: int
+    seed: int = 0
+    #: stop after this many epochs without a better validation accuracy (0: train the whole budget)
+    patience: int = 0
 
 
 @dataclass
@@ -140,7 +155,7 @@ class Defense:
         return None
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model(x)
+        return forward_in_slices(model, x)
 
     #: True when the per-epoch predictor is a cheaper approximation of the final one, so the final test
     #: accuracy is measured again with ``predictor(ctx, final=True)`` after training
@@ -160,6 +175,10 @@ class Defense:
 
     def check_run(self, ctx: TrainContext) -> None:
         """Reject a run this defense cannot measure honestly (BenchError), before any work starts."""
+        return None
+
+    def validation(self) -> Validation | None:
+        """The clean split this defense selects the model on (an extra-clean-data defense), if any."""
         return None
 
     def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
@@ -251,7 +270,7 @@ class DefenseStack(Defense):
             c.train_mode(model, ctx)
 
     def predict(self, model, x):
-        return self.owner["predict"].predict(model, x) if "predict" in self.owner else model(x)
+        return self.owner["predict"].predict(model, x) if "predict" in self.owner else super().predict(model, x)
 
     @property
     def cheap_epoch_predictor(self) -> bool:  # type: ignore[override]
@@ -271,6 +290,9 @@ class DefenseStack(Defense):
     def check_run(self, ctx):
         for c in self.components:
             c.check_run(ctx)
+
+    def validation(self):
+        return self.owner["validation"].validation() if "validation" in self.owner else None
 
     def evaluate(self, model, test, ctx):
         out: dict[str, Any] = {}
