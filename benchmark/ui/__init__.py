@@ -110,6 +110,8 @@ def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
                 console.print("  resuming from checkpoint")
         elif kind == "epoch":
             info = f"loss {data['train_loss']:.3f} train {data['train_acc']:.1f}% test {data['test_acc']:.2f}%"
+            if "val_acc" in data:
+                info += f" val {data['val_acc']:.2f}%"
             progress.update(state["train"], completed=data["epoch"], info=info)
             if not live:
                 console.print(f"  epoch {data['epoch']:>3}/{state['epochs']} {info} ({data['seconds']:.1f} s)")
@@ -159,11 +161,17 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
     defense = cfg["defense"]["name"]
     base_label = "clean baseline test acc" + ("" if defense == "none" else f" ({defense} on clean data)")
     table.add_row(base_label, _fmt(base_acc, " %") + ("" if base else "  (not run: --no-baseline)"))
-    table.add_row("test acc (final)", _fmt(m["test_acc"], " %") +
+    selected = m.get("selected_epoch")
+    label = f"test acc (epoch {selected}, chosen on clean validation)" if selected else "test acc (final)"
+    table.add_row(label, _fmt(m["test_acc"], " %") +
                   ("  [red](training diverged: the loss became NaN/inf)[/red]" if m.get("diverged") else ""))
     if base_acc is not None and cfg["poison"]["name"] != "none":
         table.add_row("drop vs clean", _fmt(base_acc - m["test_acc"], " points"))
     table.add_row("peak test acc (oracle)", f"{_fmt(m['peak_test_acc'], ' %')} at epoch {m['peak_epoch']}")
+    if selected:
+        stop = f", stopped after epoch {len(m['per_epoch'])}" if m.get("stopped_early") else ""
+        table.add_row("validation acc (selected epoch)", f"{_fmt(m.get('selected_val_acc'), ' %')} on "
+                      f"{rec.get('training', {}).get('validation_images')} held-out clean images{stop}")
     table.add_row("train acc (on its training set)", _fmt(m["train_acc"], " %"))
     for k, v in (m.get("defense") or {}).items():
         table.add_row(f"defense: {k}", _fmt(v, "", 3) if not isinstance(v, (dict, list)) else str(v))
