@@ -235,9 +235,9 @@ class _EMBase(SteppedNoisePoison):
         return delta
 
     def _image_levels(self, x_u8: torch.Tensor, noise_of: Callable[[slice], torch.Tensor],
-                      noise: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                      noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Per-image integer levels to add. Default: round(255 δ) within the budget (``noise`` is per
-        image, or per class, indexed by ``y``). ``official_clamp_bug``: the official dataset's float32
+        image, or per class, indexed by the labels ``y``). ``official_clamp_bug``: the official dataset's float32
         arithmetic on each image (:func:`official_clamp_bug_levels`)."""
         if self.params.official_clamp_bug:
             return official_clamp_bug_levels(x_u8, noise_of)
