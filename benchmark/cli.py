@@ -31,7 +31,7 @@ from benchmark.params import parse_kv
 from benchmark.perf import measure_rem_sem, measure_train, perf_table, train_perf_table
 from benchmark.poisoning import check_export_path, export_artifact, get_poisoned
 from benchmark.pretrain import pretrain
-from benchmark.protocol import PRESETS, check_subset_sizes
+from benchmark.protocol import PRESETS
 from benchmark.registry import MODELS
 from benchmark.report import claims_report, write_leaderboard, write_results
 from benchmark.runner import RunSpec, prepare_run
@@ -142,7 +142,6 @@ def poison_cmd(**kw: Any) -> None:
         dataset=kw["dataset"], poison=kw["poison"], poison_params=parse_kv(kw["poison_params"], "--poison-param"),
         key=kw["key"], ratio=kw["ratio"], preset=kw["preset"], overrides={"train_subset": kw["train_subset"]},
         data_root=kw["data_root"], cache_dir=kw["cache_dir"], download=kw["download"], device=kw["device"]))
-    check_subset_sizes(prep.spec.overrides, len(prep.data.train), len(prep.data.test))
     with poison_progress(console, prep.poison.name) as progress:
         _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
                                            prep.protocol.preset, progress=progress)

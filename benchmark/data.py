@@ -399,7 +399,10 @@ HOLDOUT_SEED = 0
 def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
     """Your own images: PATH/train and PATH/test with one sub-folder per class (sorted names =
     labels), or PATH with class folders directly, split 80/20 per class by a fixed seed."""
-    path = Path(spec.split(":", 1)[1]).expanduser()
+    given = spec.split(":", 1)[1]
+    if not given.strip():
+        raise BenchError("--dataset imagefolder: needs a folder, e.g. imagefolder:./my-images")
+    path = Path(given).expanduser()
     if not path.is_dir():
         raise BenchError(f"image folder '{path}' does not exist or is not a directory")
     has_split = (path / "train").is_dir() and (path / "test").is_dir()

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from benchmark import paths
 from benchmark.data import Dataset, load_dataset, stratified_subset, victim_indices
-from benchmark.device import resolve_device, seed_everything
+from benchmark.device import default_preset, resolve_device, seed_everything
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
 from benchmark.models import build_model, check_model
@@ -122,7 +122,7 @@ def pretrain(dataset: str, model: str, out: str, preset: str | None = None, spli
         raise BenchError(f"unknown --split '{split}'; valid: {', '.join(SPLITS)}")
     check_model(model)
     dev = resolve_device(device)
-    preset = preset or ("paper" if dev.type == "cuda" else "cpu")
+    preset = preset or default_preset(dev)
     subset = {k: v for k, v in (overrides or {}).items() if k in ("train_subset", "subset_seed")}
     victim = resolve_protocol(preset, subset)  # the subset victims of this preset (and these overrides) train on
     proto = resolve_protocol(preset, dict(overrides or {}, model=model, train_subset=0))
@@ -131,6 +131,8 @@ def pretrain(dataset: str, model: str, out: str, preset: str | None = None, spli
     if len(indices) == 0:
         raise BenchError(f"--split {split} is empty: preset {preset} trains victims on the whole training set; "
                          "pretrain on another dataset (e.g. --dataset cifar100) or use --split all")
+    if max_images > len(indices):
+        raise BenchError(f"--max-images {max_images} is larger than the {split} split ({len(indices)} images)")
     if 0 < max_images < len(indices):
         indices = indices[stratified_subset(data.train.y[indices], max_images, seed)]
     state, metadata = train_backbone(data, indices, model, proto, seed, dev, split, victim.train_subset, on_epoch)

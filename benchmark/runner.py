@@ -30,7 +30,7 @@ from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.models import check_model
 from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
-from benchmark.protocol import Protocol, protocol_dict, resolve_protocol
+from benchmark.protocol import Protocol, check_subset_sizes, protocol_dict, resolve_protocol
 from benchmark.records import (
     SCHEMA_VERSION,
     environment,
@@ -112,6 +112,7 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     cache = paths.cache_dir(spec.cache_dir)
     if data is None:
         data = load_dataset(spec.dataset, paths.data_root(spec.data_root), cache, spec.download)
+    check_subset_sizes(spec.overrides, len(data.train), len(data.test))
     train_indices = victim_indices(data.train, proto)
     train, test = data.train.subset(train_indices) if proto.train_subset else data.train, data.test
     if proto.test_subset:

@@ -21,7 +21,6 @@ from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchError
 from benchmark.io import read_json
 from benchmark.poisoning import get_poisoned
-from benchmark.protocol import check_subset_sizes
 from benchmark.records import finished_record, write_record
 from benchmark.runner import PreparedRun, RunSpec, build_record, execute, prepare_run
 
@@ -43,7 +42,6 @@ def prepare(spec: RunSpec) -> PreparedRun:
     """``prepare_run`` with the dataset loaded once per process."""
     data = _dataset(spec.dataset, str(paths.data_root(spec.data_root)), str(paths.cache_dir(spec.cache_dir)),
                     spec.download)
-    check_subset_sizes(spec.overrides, len(data.train), len(data.test))
     return prepare_run(spec, data=data)
 
 

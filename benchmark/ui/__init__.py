@@ -21,7 +21,6 @@ from rich.progress import (
 from rich.table import Table
 
 from benchmark.errors import BenchError
-from benchmark.protocol import check_subset_sizes
 from benchmark.runner import PreparedRun, RunSpec, execute, existing_record, prepare_run
 
 console = Console(highlight=False)
@@ -124,7 +123,6 @@ def _run_one(prep: PreparedRun, console: Console, label: str) -> dict[str, Any]:
 def run_with_display(spec: RunSpec, baseline: bool, console: Console) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Validate both runs first (bad input fails before any work), then run baseline and main run."""
     prep = prepare_run(spec)
-    check_subset_sizes(spec.overrides, len(prep.data.train), len(prep.data.test))
     base_prep = None
     if prep.poison.name != "none":
         base_spec = replace(spec, poison="none", poison_params={}, ratio=1.0, clean_only=False, force=False)
