@@ -44,15 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks.base import PoisonContext
+from benchmark import noise as noise_lib
 from benchmark.data import ImageSet, stratified_subset
-from benchmark.noise import (
-    Generation,
-    SteppedNoisePoison,
-    derived_generator,
-    derived_seed,
-    error_progress,
-    uniform,
-)
 from benchmark.params import param
 from benchmark.quantize import to_levels
 from benchmark.registry import register_poison
@@ -111,7 +104,7 @@ def official_clamp_bug_levels(x_u8: torch.Tensor, noise_of: Callable[[slice], to
 
 
 @dataclass(kw_only=True)
-class EMRun(Generation):
+class EMRun(noise_lib.Generation):
     """An EM generation: ``noise`` is float (per image, or per class); ``scalars`` hold the train
     error and the pass counters. The θ-steps read all of ``x_u8``; the noise steps and the stop check
     read ``xs_u8`` (class-wise: a stratified subset; sample-wise: all images)."""
@@ -123,7 +116,7 @@ class EMRun(Generation):
     key: int
 
 
-class _EMBase(SteppedNoisePoison):
+class _EMBase(noise_lib.SteppedNoisePoison):
     """Shared surrogate loop of the two EM variants: θ-steps on a shuffled wrapping stream, then
     ``craft_noise``, until the train error on the noisy data is below ``stop_error``."""
 
@@ -137,7 +130,7 @@ class _EMBase(SteppedNoisePoison):
         SGD, ``noise``, and the images the noise steps read (``subset``, default all)."""
         p = self.params
         model = build_surrogate(p.surrogate, ctx.num_classes if ctx.num_classes else train.num_classes,
-                                int(train.x.shape[1]), derived_seed(ctx.key, self.name, "init"), ctx.device)
+                                int(train.x.shape[1]), noise_lib.derived_seed(ctx.key, self.name, "init"), ctx.device)
         x_u8, y = train.x.to(ctx.device), train.y.to(ctx.device)
         xs_u8, ys = (x_u8, y) if subset is None else (x_u8[subset], y[subset])
         return EMRun(noise, p.max_iters, model, sgd(model, p.lr, p.momentum, p.weight_decay),
@@ -146,7 +139,7 @@ class _EMBase(SteppedNoisePoison):
 
     def start_noise(self, shape: tuple[int, ...], ctx: PoisonContext) -> torch.Tensor:
         if self.params.random_start:
-            return uniform(shape, self.params.eps, derived_generator(ctx.key, self.name, "start"), ctx.device)
+            return noise_lib.uniform(shape, self.params.eps, noise_lib.derived_generator(ctx.key, self.name, "start"), ctx.device)
         return torch.zeros(shape, device=ctx.device)
 
     def noise_of(self, run: EMRun, y: torch.Tensor) -> Callable[[Any], torch.Tensor]:
@@ -175,7 +168,7 @@ class _EMBase(SteppedNoisePoison):
         return run.step < run.total and run.scalars["err"] >= self.params.stop_error
 
     def progress_info(self, run: EMRun) -> dict[str, Any]:
-        return error_progress(run.scalars["err"])
+        return noise_lib.error_progress(run.scalars["err"])
 
     def conclude(self, run: EMRun) -> tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
@@ -207,7 +200,7 @@ class _EMBase(SteppedNoisePoison):
         for j in range(p.train_step):
             epoch, b = divmod(outer * p.train_step + j, batches)
             if epoch not in perms:
-                perms[epoch] = torch.randperm(n, generator=derived_generator(key, self.name, "epoch", epoch)).to(x_u8.device)
+                perms[epoch] = torch.randperm(n, generator=noise_lib.derived_generator(key, self.name, "epoch", epoch)).to(x_u8.device)
             idx = perms[epoch][b * p.batch_size:(b + 1) * p.batch_size]
             if idx.numel() < 2:  # BatchNorm cannot train on one image
                 continue
@@ -306,14 +299,14 @@ class ErrorMinimizingClasswise(_EMBase):
         p: EMClasswiseParams = self.params
         n = len(train)
         subset = stratified_subset(train.y.cpu(), max(1, round(p.subset_portion * n)),
-                                   derived_seed(ctx.key, self.name, "subset") % (2**31)).to(ctx.device)
+                                   noise_lib.derived_seed(ctx.key, self.name, "subset") % (2**31)).to(ctx.device)
         noise = self.start_noise((self.num_classes_of(train, ctx), *train.x.shape[1:]), ctx)
         return self.new_run(train, ctx, noise, subset)
 
     def craft_noise(self, run: EMRun) -> None:
         p: EMClasswiseParams = self.params
         counts, m = run.scalars["counts"], len(run.ys)
-        perm = torch.randperm(m, generator=derived_generator(run.key, self.name, "perm", run.step)).to(run.noise.device)
+        perm = torch.randperm(m, generator=noise_lib.derived_generator(run.key, self.name, "perm", run.step)).to(run.noise.device)
         for b in range(max(1, m // p.batch_size)):  # drop_last, but keep one batch for a small subset
             idx = perm[b * p.batch_size:(b + 1) * p.batch_size]
             xb, yb = run.xs_u8[idx].float().div_(255), run.ys[idx]

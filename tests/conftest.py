@@ -11,6 +11,9 @@ import torch
 from benchmark.data import ImageSet
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+#: the dataset id of the tiny generated training sets the poison-cache tests store artifacts under
+TINY_DATASET_ID = {"name": "tiny", "source": "generated", "train_size": 40, "train_subset": 0, "subset_seed": 0}
 
 
 def _find_data_root() -> Path | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shifted_images
+from conftest import CPU, shifted_images
+from conftest import TINY_DATASET_ID as DATASET_ID
 from report_records import make_record
 
 from attacks.base import GenerationSession, Poison, PoisonContext, PoisonedSet, exact_subset
@@ -24,9 +25,6 @@ from benchmark.poisoning import (
     save_artifact,
 )
 from benchmark.registry import POISONS
-
-CPU = torch.device("cpu")
-DATASET_ID = {"name": "tiny", "source": "generated", "train_size": 40, "train_subset": 0, "subset_seed": 0}
 
 
 class OverBudget(Poison):

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import CPU, run_cli
+from conftest import TINY_DATASET_ID as DATASET_ID
 from conftest import generate_poison as _generate
-from conftest import run_cli
 from conftest import shifted_images as _images
 
 from attacks.base import PoisonContext, exact_subset
@@ -34,9 +35,6 @@ from benchmark.poisoning import (
 from benchmark.quantize import add_levels
 from benchmark.robust_noise import random_flip_crop
 from benchmark.surrogate import build_surrogate
-
-CPU = torch.device("cpu")
-DATASET_ID = {"name": "tiny", "source": "generated", "train_size": 40, "train_subset": 0, "subset_seed": 0}
 
 
 def _fitted_surrogate(poison, train: ImageSet, steps: int = 40) -> nn.Module:
