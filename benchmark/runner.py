@@ -42,7 +42,7 @@ from benchmark.records import (
     write_record,
 )
 from benchmark.train import batch_bounds, train_model
-from defenses.base import DefenseStack, TrainContext, build_defense
+from defenses.base import DefenseStack, TrainContext, Validation, build_defense
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -86,7 +86,8 @@ class PreparedRun:
     record_path: Path
     cache: Path
     train_indices: torch.Tensor  # indices, into the dataset's training split, of the victim's images
-    #: positions, in ``train``, of the clean validation images a model-selecting defense holds out
+    #: the clean split a model-selecting defense holds out, and its positions in ``train``
+    validation: Validation | None = None
     val_positions: torch.Tensor | None = None
 
     @property
@@ -140,9 +141,9 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     prep = PreparedRun(spec, device, proto, poison, defense, data, train, test, config, rid, path, cache,
                        train_indices)
     defense.check_run(make_context(prep))
-    val = defense.validation()
-    if val is not None:
-        prep.val_positions = stratified_subset(train.y, val.size, val.seed)
+    prep.validation = defense.validation()
+    if prep.validation is not None:
+        prep.val_positions = stratified_subset(train.y, prep.validation.size, prep.validation.seed)
     return prep
 
 
@@ -202,10 +203,9 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         epochs = math.ceil(total_steps / len(batch_bounds(len(train_dev), proto.batch_size))) if total_steps \
             else proto.epochs
         emit("train_start", {"epochs": epochs, "resume": ckpt.exists()})
-        validation = prep.defense.validation()
         result = train_model(model, train_dev, test_dev, proto, prep.defense, ctx, ckpt,
                              on_epoch=lambda e: emit("epoch", e), total_steps=total_steps, val=val_set,
-                             patience=validation.patience if validation else 0)
+                             patience=prep.validation.patience if prep.validation else 0)
         t_eval = time.perf_counter()
         if prep.defense.cheap_epoch_predictor:  # the per-epoch curve was an approximation: measure again
             result.test_acc, result.per_class_test_acc = evaluate(
