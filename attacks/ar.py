@@ -176,20 +176,18 @@ def ar_noise(coeffs: torch.Tensor, y: torch.Tensor, size: tuple[int, int], crop:
 
 
 @register_poison("ar", aliases=("autoregressive",))
-class Autoregressive(Poison):
+class Autoregressive(Poison[ARParams], budget_type="l2"):
     """Class-wise autoregressive-process noise, L2 = 1 (AR, NeurIPS'22)."""
 
-    Params = ARParams
-    budget_type = "l2"
     notes = ("AR is L2-bounded (ε = 1.0 over 3x32x32, about 4.6/255 per pixel on average): its L-inf column is "
              "not comparable with the 8/255 L-inf poisons.",)
 
     def min_response(self, num_classes: int) -> float:
-        p: ARParams = self.params
+        p = self.params
         return p.min_response if p.min_response >= 0 else (10.0 if num_classes <= 10 else 3.0)
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
-        p: ARParams = self.params
+        p = self.params
         n, c, h, w = train.x.shape
         num_classes = self.num_classes_of(train, ctx)
         mr = self.min_response(num_classes)

@@ -21,7 +21,7 @@ import torch
 
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
-from benchmark.plugin import Plugin
+from benchmark.plugin import P, Plugin
 
 KEY_MAX = 2**32 - 1  # NumPy's legacy seed range, which CUDA's official key scheme uses
 _FINGERPRINT_SALT = b"unlearnable-bench/key-fingerprint/v2"
@@ -91,8 +91,8 @@ class PoisonedSet:
         return ImageSet(self.x, self.y, list(classes))
 
 
-class Poison(Plugin):
-    """Base class. Subclasses set ``Params`` and implement ``generate``; ``name`` comes from the
+class Poison(Plugin[P]):
+    """Base class. Subclasses declare ``Params`` (``Poison[XParams]``) and implement ``generate``; ``name`` comes from the
     registry. ``uses_key`` marks poisons whose key is a secret (CUDA); all poisons are seeded by it.
     The optional capabilities below have defaults that fit a poison which declares none of them."""
 
@@ -161,7 +161,8 @@ def exact_subset(n: int, ratio: float, seed: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ budget metrics
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM's normalised 1-D Gaussian window (float64)."""
     coords = torch.arange(size, dtype=torch.float64) - size // 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     return g / g.sum()
@@ -178,7 +179,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     n, c, h, w = a.shape
     size = min(11, h, w)
     size -= (size + 1) % 2  # odd window
-    g = _gaussian_window(size).to(a)
+    g = gaussian_window(size).to(a)
 
     def band(length: int) -> torch.Tensor:  # (length, length-size+1): column j holds g at rows j..j+size-1
         out = torch.zeros(length, length - size + 1, dtype=a.dtype, device=a.device)

@@ -128,16 +128,14 @@ class _Chunk:
 
 
 @register_poison("cuda")
-class CUDA(Poison):
+class CUDA(Poison[CUDAParams], budget_type="unbounded"):
     """Class-wise random convolutions keyed by a private seed (CUDA, CVPR'23)."""
 
-    budget_type = "unbounded"
     notes = ("CUDA is not Lp-bounded: its class-wise convolutions move pixels by up to ~231/255 in L-inf "
              "(EM/REM/SEM: 8/255), so budgets are not comparable across these poisons.",)
-    Params = CUDAParams
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
-        p: CUDAParams = self.params
+        p = self.params
         num_classes = self.num_classes_of(train, ctx)
         filters, rng = cuda_filters(ctx.key, num_classes, p.k, p.pb)
         if p.universal:

@@ -47,6 +47,7 @@ from attacks.base import PoisonContext
 from benchmark import noise as noise_lib
 from benchmark.data import ImageSet, stratified_subset
 from benchmark.params import param
+from benchmark.plugin import P
 from benchmark.quantize import to_levels
 from benchmark.registry import register_poison
 from benchmark.surrogate import build_surrogate, check_surrogate, frozen, noisy_error_rate, sgd
@@ -116,7 +117,7 @@ class EMRun(noise_lib.Generation):
     key: int
 
 
-class _EMBase(noise_lib.SteppedNoisePoison):
+class _EMBase(noise_lib.SteppedNoisePoison[P]):
     """Shared surrogate loop of the two EM variants: θ-steps on a shuffled wrapping stream, then
     ``craft_noise``, until the train error on the noisy data is below ``stop_error``."""
 
@@ -239,17 +240,16 @@ class _EMBase(noise_lib.SteppedNoisePoison):
 
 
 @register_poison("em", aliases=("em-samplewise",))
-class ErrorMinimizing(_EMBase):
+class ErrorMinimizing(_EMBase[EMParams]):
     """Sample-wise error-minimizing noise: min-min bi-level optimisation (EM, ICLR'21)."""
 
-    Params = EMParams
     preset_params = _EM_PRESETS
 
     def begin(self, train: ImageSet, ctx: PoisonContext) -> EMRun:
         return self.new_run(train, ctx, self.start_noise(tuple(train.x.shape), ctx))
 
     def craft_noise(self, run: EMRun) -> None:
-        p: EMParams = self.params
+        p = self.params
         counts = run.scalars["counts"]
         for start in range(0, len(run.y), p.batch_size):
             sl = slice(start, start + p.batch_size)
@@ -288,15 +288,14 @@ def classwise_mean_update_(noise: torch.Tensor, delta: torch.Tensor, y: torch.Te
 
 
 @register_poison("em-classwise", aliases=("em-universal",))
-class ErrorMinimizingClasswise(_EMBase):
+class ErrorMinimizingClasswise(_EMBase[EMClasswiseParams]):
     """Class-wise error-minimizing noise: one noise per class, averaged one-step descents (EM, ICLR'21)."""
 
-    Params = EMClasswiseParams
     preset_params = _EMC_PRESETS
     classwise = True
 
     def begin(self, train: ImageSet, ctx: PoisonContext) -> EMRun:
-        p: EMClasswiseParams = self.params
+        p = self.params
         n = len(train)
         subset = stratified_subset(train.y.cpu(), max(1, round(p.subset_portion * n)),
                                    noise_lib.derived_seed(ctx.key, self.name, "subset") % (2**31)).to(ctx.device)
@@ -304,7 +303,7 @@ class ErrorMinimizingClasswise(_EMBase):
         return self.new_run(train, ctx, noise, subset)
 
     def craft_noise(self, run: EMRun) -> None:
-        p: EMClasswiseParams = self.params
+        p = self.params
         counts, m = run.scalars["counts"], len(run.ys)
         perm = torch.randperm(m, generator=noise_lib.derived_generator(run.key, self.name, "perm", run.step)).to(run.noise.device)
         for b in range(max(1, m // p.batch_size)):  # drop_last, but keep one batch for a small subset

@@ -232,11 +232,9 @@ def check_against_clean(path: Path, x: torch.Tensor, y: torch.Tensor | None, cle
 
 
 @register_poison("import", aliases=("imported",))
-class Imported(Poison):
+class Imported(Poison[ImportParams], budget_type="unbounded"):
     """A poisoned training set made elsewhere (.npz export, PNG folder or .pt tensors), validated."""
 
-    Params = ImportParams
-    budget_type = "unbounded"
     preview_cheap = False  # only the file (or its cached artifact) can show it
     notes = ("Imported poisons are whatever the file holds: their budget is measured, not declared.",)
 

@@ -90,16 +90,14 @@ def patch_images(points: np.ndarray, channels: int, size: tuple[int, int], patch
 
 
 @register_poison("lsp", aliases=("synthetic-patches",))
-class LinearSeparablePatches(Poison):
+class LinearSeparablePatches(Poison[LSPParams], budget_type="l2"):
     """Linearly separable synthetic patch noise, sample-wise (LSP, KDD'22)."""
 
-    Params = LSPParams
-    budget_type = "l2"
     notes = ("LSP is L2-bounded (radius 6/255·sqrt(3072) ≈ 1.30 on CIFAR): its L-inf column is not comparable "
              "with the 8/255 L-inf poisons.",)
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
-        p: LSPParams = self.params
+        p = self.params
         n, c, h, w = train.x.shape
         num_classes = self.num_classes_of(train, ctx)
         features = math.ceil(h / p.patch) * math.ceil(w / p.patch) * c

@@ -10,10 +10,9 @@ from benchmark.registry import register_poison
 
 
 @register_poison("none", aliases=("clean",))
-class NoPoison(Poison):
+class NoPoison(Poison, budget_type="none"):
     """Clean data (no poison): the baseline every poisoned run is compared with."""
 
-    budget_type = "none"
     uses_key = False
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:

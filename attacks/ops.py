@@ -94,21 +94,17 @@ def choose_pixels(scores: torch.Tensor, pixels: int) -> list[list[tuple[int, int
 
 
 @register_poison("ops", aliases=("one-pixel-shortcut",))
-class OnePixelShortcut(Poison):
+class OnePixelShortcut(Poison[OPSParams], budget_type="l0"):
     """One pixel per class set to the corner colour farthest from the class's pixels (OPS, ICLR'23)."""
 
-    Params = OPSParams
-    budget_type = "l0"
     preview_cheap = False  # the pixel depends on all of a class's images: a preview must use the real artifact
     notes = ("OPS is L0-bounded (one pixel per image, set to 0 or 255 per channel): its L-inf and L2 columns "
              "are large by design and not comparable with the L-inf or L2 poisons.",)
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
-        p: OPSParams = self.params
         n, c, h, w = train.x.shape
-        num_classes = self.num_classes_of(train, ctx)
         y = train.y.to(train.x.device)
-        chosen = choose_pixels(ops_scores(train.x, y, num_classes), p.pixels)
+        chosen = choose_pixels(ops_scores(train.x, y, self.num_classes_of(train, ctx)), self.params.pixels)
         colours = (corner_colours(c) * 255).to(torch.uint8)
         indices = exact_subset(n, ctx.ratio, ctx.key)
         mark = torch.zeros(n, dtype=torch.bool, device=train.x.device)

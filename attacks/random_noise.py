@@ -27,13 +27,11 @@ class RandomNoiseParams:
 
 
 @register_poison("random-noise", aliases=("random",))
-class RandomNoise(NoisePoison):
+class RandomNoise(NoisePoison[RandomNoiseParams]):
     """Uniform random noise in the L-inf ball: the control that should not work."""
 
-    Params = RandomNoiseParams
-
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
-        p: RandomNoiseParams = self.params
+        p = self.params
         gen = derived_generator(ctx.key, self.name, p.mode)
         shape = tuple(train.x.shape[1:])
         if p.mode == "classwise":

@@ -158,10 +158,9 @@ class TAPRun(Generation):
 
 
 @register_poison("tap", aliases=("adversarial-poisoning",))
-class TAP(SteppedNoisePoison):
+class TAP(SteppedNoisePoison[TAPParams]):
     """PGD toward class (y+1) mod K on a clean surrogate; targeted=false: error-maximising (TAP, NeurIPS'21)."""
 
-    Params = TAPParams
     preset_params = _TAP_PRESETS
 
     # ---------------------------------------------------------------------------------- surrogate
@@ -169,7 +168,7 @@ class TAP(SteppedNoisePoison):
     def surrogate_protocol(self) -> Any:
         from benchmark.protocol import resolve_protocol
 
-        p: TAPParams = self.params
+        p = self.params
         over: dict[str, Any] = dict(model=p.surrogate, epochs=p.surrogate_epochs, batch_size=p.surrogate_batch_size,
                                     lr=p.surrogate_lr, momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=0.0,
                                     augment=True, train_subset=0, test_subset=0, schedule=p.surrogate_schedule)
@@ -194,7 +193,7 @@ class TAP(SteppedNoisePoison):
 
     def get_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
         """The fixed surrogate and facts about it for the manifest."""
-        p: TAPParams = self.params
+        p = self.params
         c = int(train.x.shape[1])
         if p.backbone:
             model, meta = load_surrogate(Path(p.backbone).expanduser(), num_classes, c, ctx.device)
@@ -251,7 +250,7 @@ class TAP(SteppedNoisePoison):
                     gen: torch.Generator) -> tuple[torch.Tensor, float]:
         """``steps`` of signed-gradient PGD on one poison batch; returns δ and the loss of the last
         step (evaluated before its update, as the official score)."""
-        p: TAPParams = self.params
+        p = self.params
         eps, step = p.eps, p.tau * p.eps
         delta = (torch.randn(x.shape, generator=gen, device=gen.device).to(x.device) * eps).clamp_(-eps, eps)
         loss_value = 0.0
@@ -291,7 +290,7 @@ class TAP(SteppedNoisePoison):
                 "surrogate_poison_target_rate": round(poison_target / n, 4)}
 
     def begin(self, train: ImageSet, ctx: PoisonContext) -> TAPRun:
-        p: TAPParams = self.params
+        p = self.params
         t0 = time.perf_counter()
         num_classes = self.num_classes_of(train, ctx)
         train_dev = train.to(ctx.device)
@@ -306,7 +305,7 @@ class TAP(SteppedNoisePoison):
     def craft(self, run: TAPRun) -> None:
         """One poison batch of one restart; after a restart's last batch, its score (official: the mean
         over poison batches of the final-step loss) decides whether it becomes the best."""
-        p: TAPParams = self.params
+        p = self.params
         restart, done = divmod(run.step, run.batches)
         sl = slice(done * p.batch_size, (done + 1) * p.batch_size)
         gen = derived_generator(run.key, self.name, "batch", restart, done, device=run.x_u8.device)
@@ -329,7 +328,7 @@ class TAP(SteppedNoisePoison):
         return {"restart": run.restart + 1, "loss": round(run.last_loss, 4)}
 
     def conclude(self, run: TAPRun) -> tuple[torch.Tensor, dict[str, Any]]:
-        p: TAPParams = self.params
+        p = self.params
         best, scores = run.scalars["best"], run.scalars["scores"]
         with frozen(run.surrogate):
             stats = self.success(run.surrogate, run.x_u8, best, run.y, run.target, p.batch_size)

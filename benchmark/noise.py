@@ -30,6 +30,7 @@ import torch.nn as nn
 from attacks.base import GenerationSession, Poison, PoisonContext, PoisonedSet, exact_subset
 from benchmark.data import ImageSet
 from benchmark.io import atomic_write
+from benchmark.plugin import P
 from benchmark.quantize import add_levels, budget_levels
 
 # ============================================================================== key-derived streams
@@ -106,7 +107,7 @@ class Checkpoint:
 # ===================================================================================== the poisons
 
 
-class NoisePoison(Poison):
+class NoisePoison(Poison[P]):
     """Base of the additive L-inf noise poisons: exact budget, exact partial subset, uint8 output."""
 
     #: name of the params field holding the L-inf radius (in [0,1] units)
@@ -171,7 +172,7 @@ def error_progress(err: float) -> dict[str, float]:
     return {"acc": round(100.0 * (1.0 - err), 2), "err": round(err, 4)}
 
 
-class SteppedNoisePoison(NoisePoison):
+class SteppedNoisePoison(NoisePoison[P]):
     """Noise crafted step by step (against a surrogate): one resumable, checkpointed, costed loop.
     Subclasses write ``begin`` (the fresh state), ``craft`` (one step), ``conclude`` (levels and
     facts) and, when the stop is not just ``total`` steps, ``running``. Their params have

@@ -51,6 +51,7 @@ from benchmark.noise import (
     uniform,
 )
 from benchmark.params import param
+from benchmark.plugin import P
 from benchmark.surrogate import build_surrogate, check_surrogate, frozen, noisy_error_rate, sgd
 
 
@@ -139,7 +140,7 @@ class RobustRun(Generation):
     key: int
 
 
-class RobustNoisePoison(SteppedNoisePoison):
+class RobustNoisePoison(SteppedNoisePoison[P]):
     """The REM/SEM generation; a poison writes ``inner_perturbation`` and ``inner_passes``."""
 
     Params = REMParams

@@ -87,16 +87,14 @@ def attack_step_size(p: ATParams, steps: int) -> float:
 
 
 @register_defense("at", aliases=("adversarial-training", "pgd-at"))
-class AdversarialTraining(Defense):
+class AdversarialTraining(Defense[ATParams], family="adversarial-training"):
     """PGD adversarial training (L-inf or L2), robust accuracy under PGD-20 reported."""
 
-    family = "adversarial-training"
-    Params = ATParams
     metrics_help = {"robust_acc": "accuracy (%) under PGD-20 in the training threat model (norm, eps) on "
                                   "`eval_samples` test images"}
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: ATParams = self.params
+        p = self.params
         with kept_modes(model):  # each module's own mode back (a frozen backbone's BN stays in eval mode)
             model.eval()
             x_adv = pgd(model, x, y, p.norm, p.eps, p.steps, attack_step_size(p, p.steps), ctx.generator)
@@ -104,7 +102,7 @@ class AdversarialTraining(Defense):
         return soft_cross_entropy(logits, y), logits
 
     def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
-        p: ATParams = self.params
+        p = self.params
         if p.eval_steps == 0:
             return {}
         idx = stratified_subset(test.y, min(p.eval_samples, len(test)), 0) if p.eval_samples < len(test) else None

@@ -37,6 +37,7 @@ from benchmark.evaluate import forward_in_slices
 from benchmark.imageops import CHUNK as IMAGE_CHUNK
 from benchmark.imageops import map_chunks
 from benchmark.params import NoParams, build_params, params_dict, route_params
+from benchmark.plugin import P, Plugin
 from benchmark.registry import DEFENSES
 
 #: What the defender has beyond the poisoned training set. Tables rank each tier separately, and a
@@ -119,22 +120,15 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-class Defense:
+class Defense(Plugin[P]):
     """Base class: every hook is the identity / plain ERM. Subclasses override what they need."""
 
-    name: ClassVar[str] = ""
-    Params: ClassVar[type] = NoParams
     #: what each key this defense writes to ``metrics.defense`` means (shown under the leaderboard's table)
     metrics_help: ClassVar[dict[str, str]] = {}
     #: row group in the report (a key of ``FAMILIES``)
     family: ClassVar[str] = "other"
-    #: caveats the report prints under its protocol notes whenever this defense is in a table
-    notes: ClassVar[tuple[str, ...]] = ()
     #: what ``test_acc`` (the headline) measures, when it is not plain argmax accuracy on clean test images
     headline: ClassVar[str] = ""
-
-    def __init__(self, params: Any = None) -> None:
-        self.params = params if params is not None else self.Params()
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         return train
@@ -197,17 +191,12 @@ class Defense:
         return None
 
     @classmethod
-    def describe(cls) -> str:
-        doc = (cls.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""
-
-    @classmethod
     def owns(cls, hook: str) -> bool:
         aliases = {"predict": ("predict", "predictor")}.get(hook, (hook,))
         return any(getattr(cls, h) is not getattr(Defense, h) for h in aliases)
 
 
-class ImageDefense(Defense):
+class ImageDefense(Defense[P]):
     """A data-level defense: one map of the uint8 training images before training (JPEG, blur, ...).
 
     Subclasses write only ``transform_images``; ``prepare`` maps the training set through it in chunks

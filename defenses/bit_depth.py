@@ -26,11 +26,8 @@ def posterize_uint8(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @register_defense("bit-depth", aliases=("bdr", "posterize"))
-class BitDepth(ImageDefense):
+class BitDepth(ImageDefense[BitDepthParams], family="filtering"):
     """Bit-depth reduction of training images (ISS BDR, posterize to 2 bits)."""
-
-    family = "filtering"
-    Params = BitDepthParams
 
     def transform_images(self, x: torch.Tensor) -> torch.Tensor:
         return posterize_uint8(x, self.params.bits)

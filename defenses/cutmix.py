@@ -35,14 +35,11 @@ def cutmix_box(lam: float, h: int, w: int, cy: int, cx: int) -> tuple[int, int, 
 
 
 @register_defense("cutmix", aliases=("cut-mix",))
-class CutMix(Defense):
+class CutMix(Defense[CutMixParams], family="augmentation"):
     """CutMix: with prob. p, paste one random box from a shuffled batch; labels mixed by box area."""
 
-    family = "augmentation"
-    Params = CutMixParams
-
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: CutMixParams = self.params
+        p = self.params
         if float(torch.rand(1, generator=ctx.generator)) >= p.p:
             return x, y
         lam = sample_beta(ctx.generator, p.beta, p.beta)

@@ -34,14 +34,11 @@ def cutout_mask(cy: torch.Tensor, cx: torch.Tensor, h: int, w: int, length: int)
 
 
 @register_defense("cutout")
-class Cutout(Defense):
+class Cutout(Defense[CutoutParams], family="augmentation"):
     """Cutout: zero a 16x16 patch at a random centre of every training image (clipped at borders)."""
 
-    family = "augmentation"
-    Params = CutoutParams
-
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: CutoutParams = self.params
+        p = self.params
         n, _, h, w = x.shape
         cy = ctx.randint(h, (n, p.holes))
         cx = ctx.randint(w, (n, p.holes))

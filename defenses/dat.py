@@ -120,11 +120,9 @@ def class_ce(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_class_
 
 
 @register_defense("dat", aliases=("adaptive", "deconvolution"))
-class DeconvolutionAT(Defense):
+class DeconvolutionAT(Defense[DATParams], family="adaptive"):
     """Deconvolution-based adversarial training: class-wise error-maximising filters (CUDA's adaptive attack)."""
 
-    family = "adaptive"
-    Params = DATParams
     notes = ("`dat` saves and restores BatchNorm's running statistics around its ~10 x classes attack "
              "forwards per batch; `dat (official)` lets them overwrite the statistics, as the official "
              "`final_muladv.py` and the CUDA paper's runs do. On a small CNN the official variant stays near "
@@ -137,7 +135,7 @@ class DeconvolutionAT(Defense):
                             ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh class-wise filters ascended for ``steps`` steps on the model's loss; returns
         (weight (K, s, s), bias (K,)); clamped before each step, so the last update may leave the box."""
-        p: DATParams = self.params
+        p = self.params
         weight, bias = init_filters(ctx.num_classes, p.size, ctx.generator, x.device)
         per_class = p.bn_mode == "class"
         groups = class_groups(labels) if per_class and p.steps else None

@@ -63,11 +63,9 @@ def laplace(shape: torch.Size, scale: float, ctx: TrainContext) -> torch.Tensor:
 
 
 @register_defense("dp-instahide", aliases=("instahide",))
-class DPInstaHide(Defense):
+class DPInstaHide(Defense[DPInstaHideParams], family="augmentation"):
     """DP-InstaHide (Borgnia et al. 2021, forest code): k-way mixup plus Laplacian input noise."""
 
-    family = "augmentation"
-    Params = DPInstaHideParams
     notes = ("`dp-instahide` = 4-way mixup plus Laplace(0, 16/255) input noise (the authors' forest framework "
              "defaults); at this noise scale its per-image DP epsilon is in the thousands (CIFAR-10: 48,960), so it acts as "
              "an augmentation, not as a formal guarantee.",)
@@ -78,7 +76,7 @@ class DPInstaHide(Defense):
     }
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: DPInstaHideParams = self.params
+        p = self.params
         w = [1.0 / p.ways] * p.ways if p.weights == "uniform" else sample_dirichlet(ctx.generator, p.alpha, p.ways)
         x_mix, y_mix = mix(x, y, w, [ctx.randperm(x.shape[0]) for _ in w])
         noise = laplace(x.shape, p.scale, ctx)
@@ -88,7 +86,7 @@ class DPInstaHide(Defense):
         return (x_out.clamp(0, 1) if p.clip else x_out), y_mix
 
     def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
-        p: DPInstaHideParams = self.params
+        p = self.params
         d = ctx.in_channels * ctx.image_size[0] * ctx.image_size[1]
         w_max = 1.0 / p.ways if p.weights == "uniform" else 1.0
         eps = None if p.noise_clamp else round(w_max * d / p.scale, 1)

@@ -35,12 +35,10 @@ class EarlyStopParams:
 
 
 @register_defense("early-stop")
-class EarlyStop(Defense):
+class EarlyStop(Defense[EarlyStopParams], family="model-selection"):
     """Early stopping (Sandoval-Segura et al. 2022, peak without the oracle): keep the epoch with the best
     accuracy on a held-out clean validation split."""
 
-    Params = EarlyStopParams
-    family = "model-selection"
     headline = "clean test accuracy of the epoch with the best accuracy on the held-out clean validation split"
     notes = ("early-stop holds clean images out of the victim's training set (1,000 by default) and selects "
              "the epoch on them: extra clean data, and that many fewer training images.",)
@@ -49,11 +47,11 @@ class EarlyStop(Defense):
         return "extra-clean-data"
 
     def validation(self) -> Validation:
-        p: EarlyStopParams = self.params
+        p = self.params
         return Validation(size=p.val_size, seed=p.val_seed, patience=p.patience)
 
     def check_run(self, ctx: TrainContext) -> None:
-        p: EarlyStopParams = self.params
+        p = self.params
         n = len(ctx.train_indices) if ctx.train_indices is not None else 0
         if not ctx.num_classes <= p.val_size <= n // 2:
             raise BenchError(f"early-stop val_size={p.val_size} must lie between the number of classes "

@@ -131,19 +131,16 @@ def default_backbone_path(ctx: TrainContext, arch: str, preset: str) -> Path:
 
 
 @register_defense("finetune", aliases=("fine-tune", "transfer"))
-class Finetune(Defense):
+class Finetune(Defense[FinetuneParams], family="transfer"):
     """Fine-tune a pretrained clean backbone (all layers, or a fresh linear head on a frozen backbone)."""
 
-    family = "transfer"
-    Params = FinetuneParams
     notes = ("`finetune` starts from a backbone pretrained on clean data the poisoned set does not contain "
              "(by default the training images outside the victim's subset): a defender with extra clean data, "
              "ranked in its own tier.",)
 
-    def __init__(self, params: Any = None) -> None:
-        super().__init__(params)
-        self._source: dict[str, Any] | None = None
-        self._overlap: dict[str, Any] | None = None
+    #: the backbone this run started from, and its overlap with the victim's images (set by ``check_run``)
+    _source: dict[str, Any] | None = None
+    _overlap: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ threat model
 
@@ -151,7 +148,7 @@ class Finetune(Defense):
         return "overlapping-data" if self._overlap and self._overlap.get("overlapping_images") else "extra-clean-data"
 
     def adjust_protocol(self, proto: Protocol) -> Protocol:
-        p: FinetuneParams = self.params
+        p = self.params
         scale = p.lr_scale or (0.1 if p.mode == "full" else 1.0)
         changes: dict[str, Any] = {"lr": proto.lr * scale}
         if p.schedule != "preset":
@@ -163,7 +160,7 @@ class Finetune(Defense):
     def check_run(self, ctx: TrainContext) -> None:
         """Before any work: a default backbone needs held-out images; an explicit one must not have seen
         the victim's images (unless allowed)."""
-        p: FinetuneParams = self.params
+        p = self.params
         if ctx.dataset is None or ctx.train_indices is None:
             return
         n_train = len(ctx.dataset.train)
@@ -185,7 +182,7 @@ class Finetune(Defense):
                 "to run it as an overlapping-data upper bound")
 
     def _overlap_with(self, ctx: TrainContext) -> dict[str, Any]:
-        p: FinetuneParams = self.params
+        p = self.params
         victim = ctx.train_indices
         name = ctx.dataset.name
         if p.backbone.startswith("robustbench:"):
@@ -226,7 +223,7 @@ class Finetune(Defense):
 
     def _load(self, path: Path) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
         """(architecture, state dict, provenance) of the backbone."""
-        p: FinetuneParams = self.params
+        p = self.params
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         if p.backbone.startswith("robustbench:"):
             try:
@@ -248,7 +245,7 @@ class Finetune(Defense):
         return info["model"], state, meta
 
     def build_model(self, arch: str, num_classes: int, in_channels: int, ctx: TrainContext) -> nn.Module:
-        p: FinetuneParams = self.params
+        p = self.params
         path = backbone_path(p) if p.backbone else self._default(arch, ctx)
         bb_arch, state, meta = self._load(path)
         if MODELS.canonical(arch) != bb_arch:

@@ -52,11 +52,9 @@ def blur_images(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
 
 
 @register_defense("gaussian-blur", aliases=("gaussian",))
-class GaussianBlur(ImageDefense):
+class GaussianBlur(ImageDefense[GaussianBlurParams], family="filtering"):
     """Gaussian blur (3x3, sigma 0.8 as REM's low-pass filter) of every training image, before training."""
 
-    family = "filtering"
-    Params = GaussianBlurParams
     chunk = 2048  # images per filter call
 
     def transform_images(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,8 @@ def luma_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_defense("grayscale", aliases=("greyscale",))
-class Grayscale(ImageDefense):
+class Grayscale(ImageDefense, family="filtering"):
     """Grayscale training images (ISS): ITU-R 601 luma replicated to 3 channels."""
-
-    family = "filtering"
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         return super().prepare(train, ctx) if train.x.shape[1] == 3 else train  # 1 channel: nothing to do

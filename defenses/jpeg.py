@@ -77,11 +77,8 @@ def cache_path(cache_dir: Path, x: torch.Tensor, tag: str) -> Path:
 
 
 @register_defense("jpeg", aliases=("jpeg-compression",))
-class JPEG(ImageDefense):
+class JPEG(ImageDefense[JPEGParams], family="filtering"):
     """JPEG-compress the training images (ISS JPEG-10), once per data set and cached on disk."""
-
-    family = "filtering"
-    Params = JPEGParams
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         q = self.params.quality

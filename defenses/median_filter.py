@@ -45,11 +45,8 @@ def median_images(x: torch.Tensor, kernel: int) -> torch.Tensor:
 
 
 @register_defense("median-filter", aliases=("median",))
-class MedianFilter(ImageDefense):
+class MedianFilter(ImageDefense[MedianFilterParams], family="filtering"):
     """Median filter (3x3, as cv2.medianBlur) of every training image, once before training."""
-
-    family = "filtering"
-    Params = MedianFilterParams
 
     def transform_images(self, x: torch.Tensor) -> torch.Tensor:
         return median_images(x, self.params.kernel)

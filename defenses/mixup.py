@@ -28,14 +28,11 @@ class MixupParams:
 
 
 @register_defense("mixup", aliases=("mix-up",))
-class Mixup(Defense):
+class Mixup(Defense[MixupParams], family="augmentation"):
     """mixup: one Beta(alpha, alpha) weight per batch, mixed images and mixed (soft) labels."""
 
-    family = "augmentation"
-    Params = MixupParams
-
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: MixupParams = self.params
+        p = self.params
         weights = sample_dirichlet(ctx.generator, p.alpha, p.ways)
         perms: list[torch.Tensor | None] = [None] + [ctx.randperm(x.shape[0]) for _ in range(p.ways - 1)]
         return mix(x, y, weights, perms)

@@ -7,7 +7,5 @@ from defenses.base import Defense
 
 
 @register_defense("none", aliases=("erm",))
-class NoDefense(Defense):
+class NoDefense(Defense, family="baseline"):
     """Standard training (ERM) with the preset's crop + flip augmentation."""
-
-    family = "baseline"

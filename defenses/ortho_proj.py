@@ -116,11 +116,9 @@ def linear_accuracy(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, devi
 
 
 @register_defense("ortho-proj", aliases=("orthogonal-projection",))
-class OrthogonalProjection(ImageDefense):
+class OrthogonalProjection(ImageDefense[OrthoProjParams], family="filtering"):
     """Orthogonal projection (Sandoval-Segura et al., NeurIPS 2023): remove a linear model's class directions."""
 
-    family = "filtering"
-    Params = OrthoProjParams
     chunk = CHUNK  # images per projection (matrix product) call
     notes = ("`ortho-proj` stores the projected images as uint8, so each image's component in the removed "
              "subspace is set to the mean image's (a constant offset) instead of zero as in the official float "
@@ -142,7 +140,7 @@ class OrthogonalProjection(ImageDefense):
         self.clipped = 0
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
-        p: OrthoProjParams = self.params
+        p = self.params
         t0 = time.perf_counter()
         weight, train_acc = fit_linear(train.x, train.y, ctx.num_classes, p, ctx)
         self.basis = orthonormal_basis(weight).to(ctx.device)

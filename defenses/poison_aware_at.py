@@ -111,17 +111,15 @@ def craft_poisons(model: nn.Module, x_p: torch.Tensor, y_p: torch.Tensor, x_t: t
 
 
 @register_defense("poison-aware-at", aliases=("adversarial-poisoning",))
-class PoisonAwareAT(Defense):
+class PoisonAwareAT(Defense[PoisonAwareATParams], family="adversarial-training"):
     """Adversarial poisoning defense (Geiping et al. 2021, forest): train on poisons crafted on the fly."""
 
-    family = "adversarial-training"
-    Params = PoisonAwareATParams
     notes = ("`poison-aware-at` is the targeted-poisoning defense of Geiping et al. (2021) applied unchanged "
              "to availability poisons: half of each batch is crafted into gradient-matching poisons against "
              "the other half.",)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: PoisonAwareATParams = self.params
+        p = self.params
         n_p = split_sizes(x.shape[0], p.fraction)
         x_p, y_p, x_t = x[:n_p].detach(), y[:n_p], x[n_p:].detach()
         with kept_modes(model):  # restored one by one: keeps a frozen backbone frozen

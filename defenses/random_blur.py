@@ -50,14 +50,11 @@ def blur(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 
 
 @register_defense("random-blur")
-class RandomBlur(Defense):
+class RandomBlur(Defense[RandomBlurParams], family="adaptive"):
     """Random CUDA-like blurring of every training batch (CUDA paper's adaptive augmentation)."""
 
-    family = "adaptive"
-    Params = RandomBlurParams
-
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: RandomBlurParams = self.params
+        p = self.params
         n = x.shape[0]
         count = {"image": n, "batch": 1, "class": ctx.num_classes}[p.per]
         filters = random_cuda_filters(count, p.k, p.pb, ctx.generator).to(x.device)

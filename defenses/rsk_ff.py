@@ -85,16 +85,14 @@ def lowpass(x: torch.Tensor, percentage: int) -> torch.Tensor:
 
 
 @register_defense("rsk-ff", aliases=("rsk",))
-class RSKFF(Defense):
+class RSKFF(Defense[RSKFFParams], family="adaptive"):
     """RSK+FF (Kim & Sandoval-Segura 2024, aseriesof-tubes/RSK): random sharpening, then a DCT low-pass."""
 
-    family = "adaptive"
-    Params = RSKFFParams
     notes = ("`rsk-ff` sharpens and low-passes each batch after the protocol's crop/flip (the official code "
              "does so before the crop) and leaves test images untouched, as the official code does.",)
 
     def variant(self) -> str | None:
-        p: RSKFFParams = self.params
+        p = self.params
         name = {"random": "rsk", "fixed": "ssk", "none": ""}[p.kernel]
         ff = p.ff_percentage < 100
         if p.kernel == "random" and ff:
@@ -102,7 +100,7 @@ class RSKFF(Defense):
         return "+".join(filter(None, [name, "ff" if ff else ""])) or "identity"
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: RSKFFParams = self.params
+        p = self.params
         out = x
         if p.kernel != "none":
             out = sharpen(x, sharpening_kernels(x.shape[0], p.center, p.kernel == "random", ctx.generator))

@@ -113,11 +113,9 @@ class Vote:
 
 
 @register_defense("smoothing", aliases=("randomized-smoothing",))
-class RandomizedSmoothing(Defense):
+class RandomizedSmoothing(Defense[SmoothingParams], family="certified"):
     """Randomized smoothing (sigma 0.5): Gaussian-noise training; headline = the smoothed classifier's vote."""
 
-    family = "certified"
-    Params = SmoothingParams
     headline = "smoothed classifier: majority vote over `n_samples` Gaussian-noised copies (no abstention)"
     cheap_epoch_predictor = True
     metrics_help = {
@@ -138,7 +136,7 @@ class RandomizedSmoothing(Defense):
     def predictor(self, ctx: TrainContext, final: bool = True) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
         """A vote with a stream of its own (never the training stream, so evaluation cannot change training):
         fixed for the final pass, one per epoch for the curve."""
-        p: SmoothingParams = self.params
+        p = self.params
         if final:
             self._final = Vote(p.sigma, p.n_samples, ctx, ctx.seed * 1_000_003 + 0x5A00)
             return self._final
@@ -151,7 +149,7 @@ class RandomizedSmoothing(Defense):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, test: ImageSet, ctx: TrainContext) -> dict[str, Any]:
-        p: SmoothingParams = self.params
+        p = self.params
         batch_size = getattr(ctx.protocol, "eval_batch_size", 1000)
         labels = test.y.to(ctx.device)
         was_training = model.training

@@ -98,11 +98,9 @@ def max_loss_view(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.
 
 
 @register_defense("ueraser")
-class UEraser(Defense):
+class UEraser(Defense[UEraserParams], family="augmentation"):
     """UEraser (Qin et al. 2023, lafeat/ueraser): train on each image's max-loss view of K kornia augmentations."""
 
-    family = "augmentation"
-    Params = UEraserParams
     notes = ("`ueraser` trains on the max-loss of K = 5 kornia views during the first quarter of the epochs (the "
              "official 50 of 200), then on one view; `ueraser (max)` uses K views in every epoch, `ueraser (lite)` "
              "never.",)
@@ -110,13 +108,13 @@ class UEraser(Defense):
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
         self.policy = build_policy()  # fails here, before any work, when kornia is missing
-        p: UEraserParams = self.params
+        p = self.params
         for op in list(self.policy.children())[:2]:  # the two plasma ops
             op.p = p.plasma_p
         self._policy_device: torch.device | None = None
 
     def variant(self) -> str | None:
-        p: UEraserParams = self.params
+        p = self.params
         if p.repeats == 1 or p.adv_fraction == 0:
             return "lite"
         if p.adv_fraction >= 1:
@@ -125,7 +123,7 @@ class UEraser(Defense):
 
     def adversarial_epochs(self, ctx: TrainContext) -> int:
         """Number of leading epochs with K views (all of them when the protocol is unknown)."""
-        p: UEraserParams = self.params
+        p = self.params
         if ctx.protocol is None:
             return 1 if p.adv_fraction > 0 else 0
         return math.ceil(p.adv_fraction * ctx.protocol.epochs)
@@ -139,7 +137,7 @@ class UEraser(Defense):
             return torch.cat([self.policy(x) for _ in range(k)])
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
-        p: UEraserParams = self.params
+        p = self.params
         k = p.repeats if ctx.epoch < self.adversarial_epochs(ctx) else 1
         logits = model(self.views(x, k, ctx))
         return max_loss_view(logits, y, k)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attacks.base import _gaussian_window, budget_metrics, key_fingerprint, ssim
+from attacks.base import budget_metrics, gaussian_window, key_fingerprint, ssim
 
 
 def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    g = _gaussian_window(11).to(x)
+    g = gaussian_window(11).to(x)
     w = torch.outer(g, g).view(1, 1, 11, 11).repeat(x.shape[1], 1, 1, 1)
 
     def blur(t: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,8 @@ from defenses.base import Defense
 class ShuffleParams:
     p: float = param(0.5, "probability of permuting a batch's colour channels", ge=0.0, le=1.0)
 
-class ChannelShuffle(Defense):
+class ChannelShuffle(Defense[ShuffleParams], family="augmentation"):
     """Randomly permutes the colour channels of training batches (test plugin)."""
-    Params = ShuffleParams
     def batch(self, x, y, ctx):
         if float(ctx.rand(1)) < self.params.p:
             x = x[:, torch.randperm(x.shape[1], generator=ctx.generator).to(x.device)]
@@ -42,6 +41,7 @@ def test_defense_plugin_package_runs_without_editing_repo(tmp_path: Path, bench_
     recs = [json.loads(p.read_text()) for p in bench_env["results"].glob("*.json")]
     assert sorted(r["config"]["defense"]["name"] for r in recs) == ["channel-shuffle", "channel-shuffle+mixup"]
     assert all(r["status"] == "finished" for r in recs)
+    assert {r["defense_info"]["family"] for r in recs} == {"augmentation"}
     assert [r["config"]["defense"]["params"] for r in recs if r["config"]["defense"]["name"] == "channel-shuffle"] == [{"p": 0.9}]
     bad = bench(env, *base, "--defense", "channel-shuffle", "--defense-param", "p=2")
     assert bad.returncode == 2 and "'p'=2" in bad.stderr and "Traceback" not in bad.stderr

@@ -75,9 +75,8 @@ PLUGIN_SOURCE = '''\
 import torch
 from attacks.base import Poison, PoisonedSet
 
-class InvertPoison(Poison):
+class InvertPoison(Poison, uses_key=False, budget_type="unbounded"):
     """Inverts every image (test plugin)."""
-    uses_key = False
     def generate(self, train, ctx):
         return PoisonedSet(255 - train.x, train.y.clone(), torch.arange(len(train)))
 
@@ -97,3 +96,37 @@ def test_entry_point_plugin_runs_without_editing_repo(tmp_path: Path, bench_env:
     assert run.returncode == 0, run.stderr
     records = list(bench_env["results"].glob("*.json"))
     assert len(records) == 1 and "invert" in records[0].name and "tiny-linear" in records[0].name
+
+
+def test_plugin_declaration_is_the_class_line() -> None:
+    """``Base[XParams]`` declares the parameters and class keywords set what the base declares; a
+    keyword the base does not declare fails at class creation, not at run time."""
+    from dataclasses import dataclass
+
+    import pytest
+
+    from attacks.base import Poison
+    from benchmark.params import NoParams, param
+    from defenses.base import Defense, ImageDefense
+
+    @dataclass(frozen=True)
+    class SizeParams:
+        size: int = param(3, "size", ge=1)
+
+    class Filter(ImageDefense[SizeParams], family="filtering", notes=("a caveat",)):
+        """A test filter."""
+
+    assert Filter.Params is SizeParams and Filter.family == "filtering" and Filter.notes == ("a caveat",)
+    assert Filter().params == SizeParams() and Filter(SizeParams(5)).params.size == 5
+    assert Defense.family == "other" and Defense.Params is NoParams  # the base is untouched
+
+    class Bounded(Poison[SizeParams], budget_type="l2"):
+        """A test poison."""
+
+    assert Bounded.Params is SizeParams and Bounded.budget_type == "l2" and Poison.budget_type == "linf"
+    with pytest.raises(TypeError, match="unknown plugin declaration familly="):
+        class Typo(Defense, familly="filtering"):  # noqa: F841
+            """Misspelt keyword."""
+    with pytest.raises(TypeError, match="unknown plugin declaration generate="):
+        class Shadow(Poison, generate=None):  # noqa: F841
+            """A method is not a declaration."""
