@@ -60,8 +60,11 @@ from benchmark.errors import BenchError
 from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, derived_seed
 from benchmark.params import param
 from benchmark.pretrain import FORMAT, read_backbone, save_backbone
+from benchmark.protocol import protocol_dict, resolve_protocol
 from benchmark.registry import MODELS, register_poison
 from benchmark.surrogate import build_surrogate, check_surrogate, frozen
+from benchmark.train import train_model
+from defenses.base import TrainContext, build_defense
 
 FORMAT_FAMILY = FORMAT.rsplit(" v", 1)[0]  # "unlearnable-bench backbone": every version holds the weights
 
@@ -166,8 +169,6 @@ class TAP(SteppedNoisePoison[TAPParams]):
     # ---------------------------------------------------------------------------------- surrogate
 
     def surrogate_protocol(self) -> Any:
-        from benchmark.protocol import resolve_protocol
-
         p = self.params
         over: dict[str, Any] = dict(model=p.surrogate, epochs=p.surrogate_epochs, batch_size=p.surrogate_batch_size,
                                     lr=p.surrogate_lr, momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=0.0,
@@ -177,8 +178,6 @@ class TAP(SteppedNoisePoison[TAPParams]):
         return resolve_protocol("paper" if p.surrogate_schedule == "step" else "cpu", over)
 
     def surrogate_id(self, train: ImageSet, key: int) -> str:
-        from benchmark.protocol import protocol_dict
-
         payload = {"images": images_digest(train), "protocol": protocol_dict(self.surrogate_protocol()),
                    "num_classes": train.num_classes, "key_fingerprint": key_fingerprint(key)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -221,10 +220,6 @@ class TAP(SteppedNoisePoison[TAPParams]):
                         work: Path | None) -> tuple[nn.Module, dict[str, Any]]:
         """A clean surrogate from the benchmark's trainer, evaluated each epoch on a 1000-image
         stratified probe of its own training images (the attacker has no other labelled data)."""
-        from benchmark.protocol import protocol_dict
-        from benchmark.train import train_model
-        from defenses.base import TrainContext, build_defense
-
         proto = self.surrogate_protocol()
         n, c, h, w = train.x.shape
         seed = derived_seed(ctx.key, self.name, "surrogate") % (2**31)

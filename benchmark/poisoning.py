@@ -32,7 +32,7 @@ from attacks.base import (
 )
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
-from benchmark.io import read_json, read_npz, write_json, write_npz
+from benchmark.io import atomic_write, read_json, read_npz, write_json, write_npz
 from benchmark.params import build_params, params_dict
 from benchmark.records import canonical_json
 from benchmark.registry import POISONS
@@ -256,8 +256,6 @@ def export_artifact(npz: Path, manifest: dict[str, Any], out: Path) -> Path:
     """Copy a cached artifact to ``out`` (npz) with its sidecar ``out.json``. A ratio derived from the
     full-ratio noise exports its own set (``manifest['derived_artifact']``), not the full one."""
     out = check_export_path(out)
-    from benchmark.io import atomic_write
-
     source = Path(manifest.get("derived_artifact") or npz)
     atomic_write(out, lambda p: shutil.copyfile(source, p))
     sidecar = {k: v for k, v in manifest.items() if k not in ("artifact", "cached", "derived_artifact")}

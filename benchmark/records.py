@@ -66,7 +66,7 @@ def _git_commit() -> str | None:
 
 def environment(device: str) -> dict[str, Any]:
     """Package versions, device and code version behind a run."""
-    import numpy
+    import numpy  # here: the report reads records without importing torch
     import torch
     import torchvision
 

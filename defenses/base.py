@@ -36,6 +36,7 @@ from benchmark.errors import BenchError
 from benchmark.evaluate import forward_in_slices
 from benchmark.imageops import CHUNK as IMAGE_CHUNK
 from benchmark.imageops import map_chunks
+from benchmark.models import build_model
 from benchmark.params import NoParams, build_params, params_dict, route_params
 from benchmark.plugin import P, Plugin
 from benchmark.registry import DEFENSES
@@ -141,8 +142,6 @@ class Defense(Plugin[P]):
         return soft_cross_entropy(logits, y), logits
 
     def build_model(self, arch: str, num_classes: int, in_channels: int, ctx: TrainContext) -> nn.Module:
-        from benchmark.models import build_model
-
         return build_model(arch, num_classes, in_channels)
 
     def train_mode(self, model: nn.Module, ctx: TrainContext) -> None:

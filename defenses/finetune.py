@@ -55,7 +55,7 @@ from benchmark.pretrain import (
     save_backbone,
     train_backbone,
 )
-from benchmark.protocol import Protocol
+from benchmark.protocol import Protocol, resolve_protocol
 from benchmark.registry import MODELS, register_defense
 from defenses.base import Defense, TrainContext
 
@@ -208,8 +208,6 @@ class Finetune(Defense[FinetuneParams], family="transfer"):
         path = default_backbone_path(ctx, arch, preset)
         if path.is_file():
             return path
-        from benchmark.protocol import resolve_protocol
-
         proto = resolve_protocol(preset, {"model": arch, "train_subset": 0})
         indices = pretrain_indices(len(ctx.dataset.train), ctx.train_indices, "holdout")
         ctx.emit(f"finetune: pretraining the default {arch} backbone on {len(indices)} held-out clean "

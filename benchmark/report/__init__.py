@@ -6,6 +6,10 @@ aggregate and costs (-> cells, noise, rankings, costs), references and claims (p
 claims joined with our cells), notes (caveats, provenance), build (-> ``leaderboard.json``), document and
 page (-> blocks), render (-> Markdown / HTML / LaTeX), plots and samples (PNG figures). Output is
 deterministic: the same records (and git history) give the same bytes.
+
+The package imports without torch (``from benchmark.report import load_frame`` in a notebook, the claims
+check in CI): the plugin registries, matplotlib and torch are imported inside the functions that need
+them, which is why these modules have function-level imports.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ metrics defenses report, and the partial-poisoning curves, from the tidy frame o
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -63,8 +64,6 @@ def poison_costs(g: pd.DataFrame, preset: str) -> list[dict[str, Any]]:
 
 
 def _json(text: str) -> dict[str, Any]:
-    import json
-
     return json.loads(text)
 
 
