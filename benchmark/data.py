@@ -1,4 +1,5 @@
-"""Datasets as uint8 tensors (N, C, H, W): decoded once, cached as npz, loaded in well under a second.
+"""Datasets as uint8 tensors (N, C, H, W): decoded once, cached as npz (or, for big sets, memory-mapped
+``.npy`` files: benchmark/store.py), loaded in well under a second.
 
 Sources, in order: torchvision's own files under the data root; the offline copies laid out like the
 project's ``shared/data`` folder (``cifar10-jpeg/cifar10-jpeg.tar.gz``, ``fashion-mnist/*.gz``);
@@ -9,11 +10,9 @@ class sub-folders.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +22,16 @@ import numpy as np
 import torch
 
 from benchmark.errors import BenchError
-from benchmark.io import read_npz, write_npz
 from benchmark.registry import DATASETS, register_dataset
+from benchmark.store import Images, Pending, cached
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
 @dataclass
 class ImageSet:
-    """A labelled image set: ``x`` uint8 (N, C, H, W), ``y`` int64 (N,)."""
+    """A labelled image set: ``x`` uint8 (N, C, H, W), ``y`` int64 (N,). A big dataset's ``x`` is a
+    memory map of its decode cache (benchmark/store.py): ``subset`` and batches gather only their rows."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -85,44 +85,6 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 # ----------------------------------------------------------------------------------------- caching
 
-def _file_token(paths: list[Path]) -> str:
-    """Cheap identity of source files (path, size, mtime) for the decode cache key."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        if not p.exists():  # e.g. a root that --download is about to create
-            h.update(f"{p.resolve()}|missing".encode())
-            continue
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]
-
-
-def _train_digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """SHA-256 (first 16 hex digits, as uint8 bytes) of the decoded training images and labels."""
-    h = hashlib.sha256(np.ascontiguousarray(arrays["x_train"]).data)
-    h.update(np.ascontiguousarray(arrays["y_train"].astype(np.int64)).data)
-    return np.frombuffer(h.hexdigest()[:16].encode(), dtype=np.uint8).copy()
-
-
-def _cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Decoded arrays from the cache, or ``build()`` them and cache them with the training set's digest."""
-    path = cache / "datasets" / f"{tag}-{_file_token(sources)}.npz"
-    if path.exists():
-        try:
-            arrays = read_npz(path, required=("x_train", "y_train", "x_test", "y_test"))
-        except BenchError:
-            path.unlink(missing_ok=True)  # a corrupt decode cache is rebuilt, not fatal
-        else:
-            if "digest" not in arrays:  # a cache written before digests existed: add it once
-                arrays["digest"] = _train_digest(arrays)
-                write_npz(path, arrays)
-            return arrays
-    arrays = build()
-    arrays["digest"] = _train_digest(arrays)
-    write_npz(path, arrays)
-    return arrays
-
-
 def _encode_names(names: list[str]) -> np.ndarray:
     """Class names as a uint8 array (JSON bytes), so the npz cache holds them without pickle."""
     return np.frombuffer(json.dumps(names).encode(), dtype=np.uint8).copy()
@@ -133,6 +95,7 @@ def _decode_names(blob: np.ndarray) -> list[str]:
 
 
 def _to_dataset(name: str, source: str, arrays: dict[str, np.ndarray], classes: list[str]) -> Dataset:
+    # a memory map stays one: np.ascontiguousarray and torch.from_numpy share its pages (no copy)
     def mk(split: str) -> ImageSet:
         return ImageSet(torch.from_numpy(np.ascontiguousarray(arrays[f"x_{split}"])),
                         torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)), list(classes))
@@ -151,28 +114,30 @@ def poison_dataset_id(data: Dataset, train: ImageSet, train_subset: int, subset_
 
 # ---------------------------------------------------------------------------------------- decoding
 
-def _decode(item: tuple[str, bytes], mode: str | None) -> np.ndarray:
+#: an image to decode: its name (for errors) and its bytes, or the file to read them from when decoded
+Item = tuple[str, bytes | Path]
+
+
+def _decode(item: Item, mode: str | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     name, blob = item
     try:
-        with Image.open(io.BytesIO(blob)) as im:
+        data = blob.read_bytes() if isinstance(blob, Path) else blob
+        with Image.open(io.BytesIO(data)) as im:
             im = im.convert(mode) if mode else im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except UnidentifiedImageError:
         raise BenchError(f"cannot read image {name}: not a known image format, or the file is corrupt") from None
     except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot read image {name}: {exc}") from None
+        raise BenchError(f"cannot read image {name}: {getattr(exc, 'strerror', None) or exc}") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _decode_all(items: list[tuple[str, bytes]], mode: str | None) -> np.ndarray:
-    """Decode images in a thread pool (Pillow releases the GIL); all must share one size."""
-    if not items:
-        return np.zeros((0, 3, 1, 1), np.uint8)
+def _decode_all(items: list[Item], mode: str | None, first: tuple[int, ...]) -> np.ndarray:
+    """Decode images in a thread pool (Pillow releases the GIL); all must have the shape ``first``."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         arrays = list(pool.map(lambda it: _decode(it, mode), items, chunksize=256))
-    first = arrays[0].shape
     for (name, _), arr in zip(items, arrays, strict=True):
         if arr.shape != first:
             raise BenchError(f"image {name} has shape {arr.shape}, expected {first} like the first image; "
@@ -180,25 +145,35 @@ def _decode_all(items: list[tuple[str, bytes]], mode: str | None) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _folder_mode(sample: bytes, name: str) -> str:
+def _lazy_images(items: list[Item], mode: str | None) -> Pending:
+    """The images of ``items`` (in order), decoded chunk by chunk when the cache asks for them; the
+    first is decoded now for the shape every other image must have."""
+    if not items:
+        return Pending(0, (3, 1, 1), lambda lo, hi: np.zeros((0, 3, 1, 1), np.uint8))
+    first = _decode(items[0], mode).shape
+    return Pending(len(items), first, lambda lo, hi: _decode_all(items[lo:hi], mode, first))
+
+
+def _folder_mode(sample: Item) -> str:
     from PIL import Image, UnidentifiedImageError
 
+    name, blob = sample
     try:
-        with Image.open(io.BytesIO(sample)) as im:
+        with Image.open(blob if isinstance(blob, Path) else io.BytesIO(blob)) as im:
             return "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
     except (UnidentifiedImageError, OSError) as exc:
         raise BenchError(f"cannot read image {name}: {exc}") from None
 
 
-def _split_items(entries: list[tuple[str, str, bytes]], classes: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
+def _split_items(entries: list[tuple[str, str, bytes | Path]], classes: list[str], mode: str) -> tuple[Pending, np.ndarray]:
     index = {c: i for i, c in enumerate(classes)}
     entries = sorted(entries, key=lambda e: (index[e[0]], e[1]))
-    x = _decode_all([(e[1], e[2]) for e in entries], mode)
+    x = _lazy_images([(e[1], e[2]) for e in entries], mode)
     y = np.array([index[e[0]] for e in entries], dtype=np.int64)
     return x, y
 
 
-def decode_image_tar(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+def decode_image_tar(path: Path) -> tuple[dict[str, Images], list[str]]:
     """Decode a tar of ``{train,test}/<class>/<image>`` (the offline CIFAR-10 copy's layout)."""
     entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     try:
@@ -216,7 +191,7 @@ def decode_image_tar(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     classes = sorted({e[0] for e in entries["train"]})
     if not classes or not entries["test"]:
         raise BenchError(f"dataset archive {path} has no train/<class>/ and test/<class>/ images")
-    mode = _folder_mode(entries["train"][0][2], entries["train"][0][1])
+    mode = _folder_mode(entries["train"][0][1:])
     x_tr, y_tr = _split_items(entries["train"], classes, mode)
     x_te, y_te = _split_items(entries["test"], classes, mode)
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}, classes
@@ -285,19 +260,19 @@ def load_cifar10(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
         # torchvision verifies the batches' MD5 sums before reading them, so only the official,
         # known files are ever unpickled.
         try:
-            arrays = _cached(cache, "cifar10-torchvision", [tv_dir] if tv_dir.exists() else [root], lambda: _torchvision_arrays(
+            arrays = cached(cache, "cifar10-torchvision", [tv_dir] if tv_dir.exists() else [root], lambda: _torchvision_arrays(
                 CIFAR10(str(root), train=True, download=download), CIFAR10(str(root), train=False, download=download)))
         except RuntimeError as exc:
             raise BenchError(f"CIFAR-10 under '{root}': {exc}") from None
         return _to_dataset("cifar10", "torchvision", arrays, CIFAR10_CLASSES)
     if jpeg_tar.is_file():
-        def build() -> dict[str, np.ndarray]:
+        def build() -> dict[str, Images]:
             arrays, classes = decode_image_tar(jpeg_tar)
             if classes != sorted(CIFAR10_CLASSES):
                 raise BenchError(f"{jpeg_tar} has classes {classes}, expected the 10 CIFAR-10 classes")
             return arrays
 
-        return _to_dataset("cifar10", "cifar10-jpeg", _cached(cache, "cifar10-jpeg", [jpeg_tar], build),
+        return _to_dataset("cifar10", "cifar10-jpeg", cached(cache, "cifar10-jpeg", [jpeg_tar], build),
                            sorted(CIFAR10_CLASSES))
     raise _missing("CIFAR-10", root, "cifar-10-batches-py/ or cifar10-jpeg/cifar10-jpeg.tar.gz")
 
@@ -320,7 +295,7 @@ def load_cifar100(spec: str, root: Path, cache: Path, download: bool) -> Dataset
             raise BenchError(f"CIFAR-100 under '{root}': {exc}") from None
         return dict(_torchvision_arrays(train, test), classes=_encode_names(list(train.classes)))
 
-    arrays = _cached(cache, "cifar100-torchvision", [tv_dir] if tv_dir.exists() else [root], build)
+    arrays = cached(cache, "cifar100-torchvision", [tv_dir] if tv_dir.exists() else [root], build)
     return _to_dataset("cifar100", "torchvision", arrays, _decode_names(arrays["classes"]))
 
 
@@ -341,7 +316,7 @@ def load_svhn(spec: str, root: Path, cache: Path, download: bool) -> Dataset:
             raise BenchError(f"SVHN under '{root}': {exc}") from None
         return _torchvision_arrays(train, test)
 
-    arrays = _cached(cache, "svhn-torchvision", files if all(f.is_file() for f in files) else [root], build)
+    arrays = cached(cache, "svhn-torchvision", files if all(f.is_file() for f in files) else [root], build)
     return _to_dataset("svhn", "torchvision", arrays, [str(i) for i in range(10)])
 
 
@@ -372,23 +347,18 @@ def load_fashion_mnist(spec: str, root: Path, cache: Path, download: bool) -> Da
         return {"x_train": xtr[:, None].copy(), "y_train": ytr.astype(np.int64),
                 "x_test": xte[:, None].copy(), "y_test": yte.astype(np.int64)}
 
-    return _to_dataset("fashion-mnist", source, _cached(cache, "fashion-mnist", files, build), FASHION_CLASSES)
+    return _to_dataset("fashion-mnist", source, cached(cache, "fashion-mnist", files, build), FASHION_CLASSES)
 
 
 def _list_class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read_folder(folder: Path) -> list[tuple[str, str, bytes]]:
-    entries = []
-    for cls in _list_class_folders(folder):
-        for f in sorted(cls.iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    entries.append((cls.name, str(f), f.read_bytes()))
-                except OSError as exc:
-                    raise BenchError(f"cannot read image {f}: {exc.strerror}") from None
-    return entries
+def _read_folder(folder: Path) -> list[tuple[str, str, Path]]:
+    """(class, name, file) of every image; the bytes are read when the image is decoded, so a big
+    folder is never in memory at once, not even compressed."""
+    return [(cls.name, str(f), f) for cls in _list_class_folders(folder) for f in sorted(cls.iterdir())
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
 
 
 HOLDOUT_FRACTION = 0.2
@@ -410,7 +380,7 @@ def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Data
     if not sources:
         raise BenchError(f"image folder '{path}' contains no images")
 
-    def build() -> dict[str, np.ndarray]:
+    def build() -> dict[str, Images]:
         if has_split:
             train, test = _read_folder(path / "train"), _read_folder(path / "test")
             classes = [p.name for p in _list_class_folders(path / "train")]
@@ -432,13 +402,13 @@ def load_imagefolder(spec: str, root: Path, cache: Path, download: bool) -> Data
         if len(classes) < 2:
             raise BenchError(f"image folder '{path}' has one class ({classes[0]}); a classification "
                              "benchmark needs at least two class sub-folders")
-        mode = _folder_mode(train[0][2], train[0][1])
+        mode = _folder_mode(train[0][1:])
         x_tr, y_tr = _split_items(train, classes, mode)
-        x_te, y_te = _split_items(test, classes, mode) if test else (x_tr[:0], y_tr[:0])
+        x_te, y_te = _split_items(test, classes, mode) if test else (x_tr.empty(), y_tr[:0])
         return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
                 "classes": np.array(classes, dtype=np.str_)}
 
-    arrays = _cached(cache, "imagefolder", sources, build)
+    arrays = cached(cache, "imagefolder", sources, build)
     classes = [str(c) for c in arrays["classes"]]
     if len(classes) < 2:
         raise BenchError(f"image folder '{path}' has one class ({classes[0]}); a classification benchmark "
