@@ -3,6 +3,7 @@ plugins alike, so it depends on nothing else in the spine."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -28,10 +29,17 @@ def default_preset(device: torch.device) -> str:
     return "paper" if device.type == "cuda" else "cpu"
 
 
+def deterministic_kernels() -> bool:
+    """Whether runs ask cuDNN for deterministic kernels: yes unless ``BENCH_DETERMINISTIC=0``, which lets
+    ``cudnn.benchmark`` autotune convolutions (faster on GPUs; a re-run may then differ in the last digits).
+    The CPU kernels used here are deterministic either way. Recorded in every run's environment."""
+    return os.environ.get("BENCH_DETERMINISTIC", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and pick deterministic cuDNN kernels (no autotuning), so a GPU run repeats too; on
-    the CPU every kernel used here is deterministic already."""
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    """Seed torch and set cuDNN's kernel choice (:func:`deterministic_kernels`); the run's generator."""
+    exact = deterministic_kernels()
+    torch.backends.cudnn.deterministic = exact
+    torch.backends.cudnn.benchmark = not exact
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed * 7919 + 1)

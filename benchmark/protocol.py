@@ -39,6 +39,13 @@ class Protocol:
     test_subset: int = param(0, "evaluate on a fixed stratified subset of the test set (0 = all)", ge=0)
     subset_seed: int = param(0, "seed of the fixed subsets (part of the protocol, not the run seed)", ge=0)
     eval_batch_size: int = param(1000, "evaluation batch size", ge=1)
+    amp: str = param("off", "bf16: training forward passes under bf16 autocast (GPUs; ~8x slower on "
+                     "AVX2 CPUs); evaluation stays fp32", choices=("off", "bf16"))
+
+
+#: fields added after records existed, left out of a record's protocol (so of its run id) while they hold
+#: this value: old records keep their ids, and a record that sets one differs from them
+ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"amp": "off"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -92,4 +99,14 @@ def check_subset_sizes(overrides: Mapping[str, Any], train_size: int, test_size:
 
 
 def protocol_dict(proto: Protocol) -> dict[str, Any]:
-    return dataclasses.asdict(proto)
+    """The protocol as a record stores it (see ``ID_NEUTRAL_DEFAULTS``)."""
+    out = dataclasses.asdict(proto)
+    for key, neutral in ID_NEUTRAL_DEFAULTS.items():
+        if out.get(key) == neutral:
+            del out[key]
+    return out
+
+
+def full_protocol(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's stored protocol with the id-neutral fields it leaves out filled in."""
+    return {**ID_NEUTRAL_DEFAULTS, **stored}

@@ -71,6 +71,7 @@ def environment(device: str) -> dict[str, Any]:
     import torchvision
 
     import benchmark
+    from benchmark.device import deterministic_kernels
 
     dev_name = device
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -87,6 +88,7 @@ def environment(device: str) -> dict[str, Any]:
         "device_name": dev_name,
         "cpu": _cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "deterministic_kernels": deterministic_kernels(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 

@@ -1,8 +1,11 @@
 """The victim trainer: SGD under a protocol preset, with defense hooks and per-epoch checkpoints.
 
 The training set is one uint8 tensor on the training device; crop (pad 4) and flip are batched tensor
-ops there. All randomness after model init comes from one CPU ``torch.Generator`` seeded by the run
-seed, and its state is checkpointed, so an interrupted run resumes to the same numbers.
+ops there. All randomness after model init comes from the run's seeded CPU ``torch.Generator`` (epoch
+order) and, on a GPU, a generator of that device seeded from it (per-batch draws, no host copies); both
+states are checkpointed, so an interrupted run resumes to the same numbers. The step loop reads nothing
+back to the host (loss and accuracy are summed on the device). ``amp=bf16`` runs forward passes under
+bf16 autocast (a protocol field, so bf16 and fp32 records never share a table).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def random_crop_flip(x: torch.Tensor, ctx: TrainContext, pad: int = 4) -> torch.
     flip = ctx.rand(n) < 0.5
     windows = torch.stack((padded, padded.flip(-1))).unfold(3, h, 1).unfold(4, w, 1)  # (2, n, c, 2p+1, 2p+1, h, w)
     return windows[flip.long(), torch.arange(n, device=x.device), :, oy, torch.where(flip, 2 * pad - ox, ox)]
+
+
+def autocast(proto: Protocol, device: torch.device) -> torch.autocast:
+    """The protocol's mixed precision for a training forward pass (a disabled context under ``amp=off``)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=proto.amp == "bf16")
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -138,6 +146,8 @@ def train_model(
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
+            if "device_generator" in state and ctx.device_generator is not gen:
+                ctx.device_generator.set_state(state["device_generator"])
             torch.set_rng_state(state["torch_rng"])
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -176,8 +186,9 @@ def train_model(
                 x = random_crop_flip(x, ctx)  # on the uint8 images: the same pixels, a quarter of the bytes
             x = x.float().div_(255)
             y = labels_onehot[idx]
-            x, y = defense.batch(x, y, ctx)
-            loss, logits = defense.loss(model, x, y, ctx)
+            with autocast(proto, device):
+                x, y = defense.batch(x, y, ctx)
+                loss, logits = defense.loss(model, x, y, ctx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if proto.grad_clip > 0:
@@ -220,6 +231,8 @@ def train_model(
                      "best": best, "stopped_early": result.stopped_early}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            if ctx.device_generator is not None and ctx.device_generator is not gen:
+                state["device_generator"] = ctx.device_generator.get_state()
             _save_checkpoint(checkpoint, state)
         if on_epoch is not None:
             on_epoch(entry)

@@ -90,7 +90,8 @@ class TrainContext:
     image_size: tuple[int, int]
     protocol: Any = None
     seed: int = 0
-    generator: torch.Generator | None = None  # CPU generator: draw here, then move to device
+    #: the run's seeded CPU generator (epoch order, host-side scalar draws); checkpointed by the trainer
+    generator: torch.Generator | None = None
     epoch: int = 0
     step: int = 0
     cache_dir: Any = None
@@ -101,19 +102,34 @@ class TrainContext:
     data_root: str | None = None
     #: status messages for the user (e.g. "pretraining the default backbone"): emit(text)
     emit: Callable[[str], None] = field(default=lambda text: None)
+    #: per-batch draws (crop offsets, flips, mixing weights, noise) on the training device, so a GPU step
+    #: makes no host-to-device copy for them: on a GPU a generator of that device seeded from the run's
+    #: generator (checkpointed with it); on the CPU the run's generator itself (the same numbers as ever)
+    device_generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.device_generator is None and self.generator is not None:
+            self.device_generator = self.generator
+            if self.device.type != "cpu":
+                seed = self.generator.initial_seed() + 1
+                self.device_generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def _draw_args(self) -> dict[str, Any]:
+        gen = self.device_generator
+        return {"generator": gen, "device": gen.device if gen is not None else self.device}
 
     def rand(self, *shape: int) -> torch.Tensor:
-        """Uniform [0,1) numbers from the run's generator, on the training device."""
-        return torch.rand(*shape, generator=self.generator).to(self.device)
+        """Uniform [0,1) numbers from the run's device generator, on the training device."""
+        return torch.rand(*shape, **self._draw_args()).to(self.device)
 
     def randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generator).to(self.device)
+        return torch.randn(*shape, **self._draw_args()).to(self.device)
 
     def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randint(high, shape, generator=self.generator).to(self.device)
+        return torch.randint(high, shape, **self._draw_args()).to(self.device)
 
     def randperm(self, n: int) -> torch.Tensor:
-        return torch.randperm(n, generator=self.generator).to(self.device)
+        return torch.randperm(n, **self._draw_args()).to(self.device)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.protocol import full_protocol
 from benchmark.records import canonical_json
 from benchmark.records import run_id as config_hash
 from benchmark.report.collect import (
@@ -67,9 +68,10 @@ def _groups(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[str, str
     for rank, key in enumerate(ordered):
         sigs = sorted(buckets[key])
         keys = sorted({k for s in sigs for k in protos[s]})
-        differ = [k for k in keys if len({repr(protos[s].get(k)) for s in sigs}) > 1]
+        full = {s: full_protocol(protos[s]) for s in sigs}  # a field a record leaves out at its neutral value
+        differ = [k for k in keys if len({repr(full[s].get(k)) for s in sigs}) > 1]
         for sig in sigs:
-            variant = ", ".join(f"{k}={protos[sig].get(k)}" for k in differ)
+            variant = ", ".join(f"{k}={full[sig].get(k)}" for k in differ)
             base = "-".join(key)
             gslug = slug(f"{base}-{config_hash(protos[sig])[:6]}" if variant else base)
             title = f"{dataset_title(key[0], key[1])} · {key[2]} · preset {key[3]}" + (f" · {variant}" if variant else "")
