@@ -190,6 +190,7 @@ def cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], Mappi
     A store (``<tag>-<token>.mmap/``) or an npz (``<tag>-<token>.npz``) already there is used, whichever
     exists; a fresh build goes to the store when its training images exceed :func:`mmap_threshold`.
     A corrupt cache of either kind is rebuilt, not fatal."""
+    limit = mmap_threshold()  # a bad $BENCH_MMAP_BYTES fails before any decoding
     stem = cache / "datasets" / f"{tag}-{file_token(sources)}"
     store, path = Path(f"{stem}.mmap"), Path(f"{stem}.npz")
     if _small_file(store).exists():
@@ -208,7 +209,7 @@ def cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], Mappi
                 write_npz(path, arrays)
             return arrays
     built = build()
-    if built["x_train"].nbytes > mmap_threshold():
+    if built["x_train"].nbytes > limit:
         write_store(store, built)
         return read_store(store)
     arrays = {k: v.materialise() if isinstance(v, Pending) else v for k, v in built.items()}
