@@ -129,6 +129,7 @@ def test_a_bad_threshold_is_a_one_line_error(folder: Path, tmp_path: Path, monke
     monkeypatch.setenv(store.MMAP_ENV, "2GB")
     with pytest.raises(BenchError, match=r"BENCH_MMAP_BYTES must be a whole number of bytes"):
         load_dataset(f"imagefolder:{folder}", folder, tmp_path)
+    assert not (tmp_path / "datasets").exists()  # refused before any decoding
 
 
 def test_poisons_read_the_store_and_return_new_tensors(folder: Path, tmp_path: Path,
