@@ -383,3 +383,19 @@ def test_labels_hide_params_only_older_records_carry() -> None:
     labels = make_labels(ids, {}, defense_defaults)
     assert sorted(labels.values()) == [f"smoothing (n_samples={now['n_samples']})", "smoothing (n_samples=32)"]
     assert make_labels(ids[:1], {}, defense_defaults) == {ids[0]: "smoothing"}
+
+
+def test_protocol_variants_get_their_own_table_after_the_main_one(tmp_path: Path) -> None:
+    """A second protocol of one preset (DAT's longer budget) is its own table, after the table most
+    records share, whose anchor and plot names do not change when a variant appears."""
+    main = [make_record("none", acc=80.0), make_record("cuda", acc=20.0), make_record("cuda", "mixup", acc=30.0)]
+    longer = make_record("cuda", acc=25.0)
+    longer["config"]["protocol"]["epochs"] = 40
+    longer["run_id"] = run_id(longer["config"])
+    alone = build_frame(collect_runs(write_all(tmp_path / "a", main), warn=print))
+    frame = build_frame(collect_runs(write_all(tmp_path / "b", main + [longer]), warn=print))
+    groups = list(dict.fromkeys(frame["group"]))
+    assert len(groups) == 2 and groups[0] == alone["group"].iloc[0]  # main table first, same slug
+    titles = list(dict.fromkeys(frame["group_title"]))
+    assert titles[0].endswith("epochs=3") and titles[1].endswith("epochs=40")
+    assert (frame["group"] == groups[1]).sum() == 1

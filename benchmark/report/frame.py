@@ -66,17 +66,18 @@ def _groups(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[str, str
     out = {}
     ordered = sorted(buckets, key=lambda k: (k[0], k[1], k[2], PRESET_ORDER.get(k[3], 9), k[3]))
     for rank, key in enumerate(ordered):
-        sigs = sorted(buckets[key])
+        # the protocol most records share first (the preset's main table), its variants after it
+        sigs = sorted(buckets[key], key=lambda s: (-len(buckets[key][s]), s))
         keys = sorted({k for s in sigs for k in protos[s]})
         full = {s: full_protocol(protos[s]) for s in sigs}  # a field a record leaves out at its neutral value
         differ = [k for k in keys if len({repr(full[s].get(k)) for s in sigs}) > 1]
-        for sig in sigs:
+        for order, sig in enumerate(sigs):
             variant = ", ".join(f"{k}={full[sig].get(k)}" for k in differ)
             base = "-".join(key)
-            gslug = slug(f"{base}-{config_hash(protos[sig])[:6]}" if variant else base)
+            gslug = slug(f"{base}-{config_hash(protos[sig])[:6]}" if order else base)  # the main table's links stay
             title = f"{dataset_title(key[0], key[1])} · {key[2]} · preset {key[3]}" + (f" · {variant}" if variant else "")
             for path in buckets[key][sig]:
-                out[str(path)] = (f"{rank:02d}:{gslug}", title, variant)
+                out[str(path)] = (f"{rank:02d}.{order:02d}:{gslug}", title, variant)
     return out
 
 
