@@ -94,6 +94,11 @@ class PreparedRun:
     def dataset_id(self) -> dict[str, Any]:
         return poison_dataset_id(self.data, self.train, self.protocol.train_subset, self.protocol.subset_seed)
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """The per-epoch training checkpoint an interrupted run resumes from."""
+        return self.cache / "checkpoints" / f"{self.run_id}.pt"
+
 
 def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     """Validate the request and load data; raises BenchError (one line) on any bad input.
@@ -189,7 +194,7 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
     c = prep.data.shape[0]
     gen = seed_everything(prep.spec.seed)
     ctx = make_context(prep, gen, emit=lambda text: emit("note", {"text": text}))
-    ckpt = prep.cache / "checkpoints" / f"{prep.run_id}.pt"
+    ckpt = prep.checkpoint_path
     try:
         proto = prep.defense.adjust_protocol(prep.protocol)
         total_steps = None

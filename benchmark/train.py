@@ -105,6 +105,12 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def checkpoint_epochs(path: Path) -> int | None:
+    """Epochs an interrupted run has finished (its checkpoint's), or None without a usable checkpoint."""
+    state = _load_checkpoint(path) if path.is_file() else None
+    return int(state["epoch"]) if state is not None and "epoch" in state else None
+
+
 def train_model(
     model: nn.Module,
     train: ImageSet,

@@ -362,3 +362,30 @@ def test_jobs_with_ray_is_noted_not_silently_ignored(bench_env: dict, capsys: py
     _code, _out, err = run_cli(["sweep", "--config", str(REPO / "sweeps" / "cpu-cifar10.toml"), "--poisons", "cuda",
                                 "--defenses", "none", "--seeds", "0", "--executor", "ray", "--dry-run"], capsys)
     assert "--jobs" not in err
+
+
+def test_dry_run_shows_where_an_interrupted_cell_resumes(bench_env: dict) -> None:
+    """A cell killed after epoch 2 of 4 is listed at that epoch, and its estimate is the half still to
+    train (the run resumes from its checkpoint), scaled from a finished record of the same protocol."""
+    from benchmark.runner import prepare_run
+    from benchmark.sweep import estimate
+    from benchmark.sweep.cells import execute
+
+    sweep = _sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0, 1],
+                   overrides={"epochs": 4, "train_subset": 128, "test_subset": 100}, clean_row=False)
+    plan = plan_sweep(sweep)
+    first, second = plan.cells
+    execute(prepare_run(first.spec))  # a finished record: the cost the estimate scales
+
+    def stop_after_two(kind: str, data: dict) -> None:
+        if kind == "epoch" and data["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(prepare_run(second.spec), stop_after_two)
+    plan = plan_sweep(sweep)
+    est = estimate(plan)
+    assert [c.finished for c in plan.cells] == [True, False]
+    assert est.started == {second.run_id: 2} and plan.cells[1].epochs == 4
+    wall = _records(bench_env["results"])[first.run_id]["timings"]["wall"]
+    assert est.cell_seconds[second.run_id] == pytest.approx(wall / 2, rel=0.2)  # poison cached: ~the training

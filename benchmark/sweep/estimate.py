@@ -9,13 +9,17 @@ from pathlib import Path
 from benchmark import paths
 from benchmark.records import load_records
 from benchmark.sweep.plan import Plan
+from benchmark.train import checkpoint_epochs
 
 
 @dataclass
 class Estimate:
-    """Seconds per cell still to run (None: no past record to go by) and the whole sweep's total."""
+    """Seconds per cell still to run (None: no past record to go by) and the whole sweep's total; a cell
+    an interrupted run left a checkpoint for counts only its remaining epochs."""
 
     cell_seconds: dict[str, float | None]  # run id -> seconds (cells still to run)
+    #: run id -> epochs already trained, for cells that resume from a checkpoint
+    started: dict[str, int]
     known_seconds: float  # cells and poisons with a past record
     unknown: int  # cells and poisons without one
     todo: int
@@ -46,7 +50,14 @@ def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
 def estimate(plan: Plan, jobs: int = 1) -> Estimate:
     """The cost of the cells still to run and of the poisons not yet in the cache."""
     cell_cost, poison_cost = past_costs(paths.results_dir(plan.sweep.results))
-    per_cell = {c.run_id: cell_cost.get(c.cost_key) for c in plan.todo}
+    started = {c.run_id: done for c in plan.todo if c.checkpoint is not None
+               and (done := checkpoint_epochs(c.checkpoint))}
+    per_cell: dict[str, float | None] = {}
+    for c in plan.todo:
+        seconds = cell_cost.get(c.cost_key)
+        if seconds is not None and c.run_id in started and c.epochs:
+            seconds *= max(0.0, 1 - started[c.run_id] / c.epochs)
+        per_cell[c.run_id] = seconds
     known = sum(s for s in per_cell.values() if s is not None)
     unknown = sum(s is None for s in per_cell.values())
     for cells in plan.poison_jobs().values():
@@ -59,4 +70,4 @@ def estimate(plan: Plan, jobs: int = 1) -> Estimate:
             unknown += 1
         else:
             known += gen
-    return Estimate(per_cell, known, unknown, len(plan.todo), jobs)
+    return Estimate(per_cell, started, known, unknown, len(plan.todo), jobs)

@@ -62,6 +62,9 @@ class Cell:
     label: str
     cost_key: tuple
     poison_cost_key: tuple
+    #: where an interrupted run of this cell left its checkpoint, and the epochs it trains in all
+    checkpoint: Path | None = None
+    epochs: int = 0
 
 
 @dataclass
@@ -186,5 +189,6 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
             label=_label(spec, cfg),
             cost_key=(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg["train_size"],
                       cfg["protocol"]["epochs"]),
-            poison_cost_key=(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg["train_size"]))
+            poison_cost_key=(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg["train_size"]),
+            checkpoint=prep.checkpoint_path, epochs=prep.defense.adjust_protocol(prep.protocol).epochs)
     return Plan(sweep, target, preset, list(cells.values()))
