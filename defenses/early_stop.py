@@ -55,4 +55,5 @@ class EarlyStop(Defense[EarlyStopParams], family="model-selection"):
         n = len(ctx.train_indices) if ctx.train_indices is not None else 0
         if not ctx.num_classes <= p.val_size <= n // 2:
             raise BenchError(f"early-stop val_size={p.val_size} must lie between the number of classes "
-                             f"({ctx.num_classes}) and half the training set ({n // 2})")
+                             f"({ctx.num_classes}) and half the training set ({n // 2}); set it with "
+                             f"--defense-param val_size=N")

@@ -175,7 +175,10 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
         table.add_row(f"defense: {k}", _fmt(v, "", 3) if not isinstance(v, (dict, list)) else str(v))
     b = (rec.get("poison") or {}).get("budget") or {}
     if cfg["poison"]["name"] != "none" and b:
-        table.add_row("poisoned images", f"{b.get('num_poisoned')} of {cfg['train_size']}")
+        held = rec.get("training", {}).get("validation_images")
+        table.add_row("poisoned images", f"{b.get('num_poisoned')} of {cfg['train_size']}"
+                      + (f" ({held} of them held out clean for validation, not trained on)"
+                         if held else ""))
         table.add_row("budget", f"L-inf {b.get('linf_255')}/255 · mean L2 {_fmt(b.get('l2_mean'), '', 3)} · "
                                 f"PSNR {_fmt(b.get('psnr'), ' dB')} · SSIM {_fmt(b.get('ssim'), '', 4)}")
     if cfg["poison"].get("key_fingerprint"):
