@@ -29,6 +29,13 @@ from benchmark.errors import BenchError
 from benchmark.models import check_model
 from benchmark.params import parse_kv
 from benchmark.perf import measure_rem_sem, measure_train, perf_table, train_perf_table
+from benchmark.perf_defenses import (
+    SKIPPED,
+    check_names,
+    default_defenses,
+    defense_cost_table,
+    measure_defenses,
+)
 from benchmark.poisoning import check_export_path, export_artifact, get_poisoned
 from benchmark.pretrain import pretrain
 from benchmark.protocol import PRESETS
@@ -195,6 +202,34 @@ def perf_train_cmd(model: str | None, device: str, batch_size: int | None, steps
                          f">= 0; got {batch_size}, {steps}, {rounds}, {threads}, {warmup}, {workers}")
     console.print(train_perf_table(measure_train(model, dev, batch_size, steps, warmup, workers, preset, threads,
                                                  rounds)))
+
+
+@perf_cmd.command("defenses")
+@click.option("--defenses", "names", default=None, help="comma-separated defenses (default: every registered one "
+              "but finetune); plain training is always measured as the reference")
+@click.option("--model", default="small-cnn", show_default=True, help="victim architecture")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--batch-size", type=int, default=None, help="batch (default: the preset's)")
+@click.option("--steps", type=int, default=2, show_default=True, help="timed steps per defense and epoch in a round")
+@click.option("--rounds", type=int, default=3, show_default=True, help="timed rounds; each defense reports its best")
+@click.option("--threads", type=int, default=1, show_default=True, help="intra-op CPU threads (1: a --jobs 2 sweep cell)")
+def perf_defenses_cmd(names: str | None, model: str, device: str, batch_size: int | None, steps: int, rounds: int,
+                      threads: int) -> None:
+    """Each defense's training-step, prepare and predict cost relative to plain training, side by side."""
+    dev = resolve_device(device)
+    check_model(model)
+    chosen = [n.strip() for n in names.split(",")] if names else default_defenses()
+    if not all(chosen) or (batch_size is not None and batch_size < 2) or min(steps, rounds, threads) < 1:
+        raise BenchError("--defenses must name defenses (no empty entries), --batch-size >= 2, --steps, --rounds "
+                         f"and --threads >= 1; got {names!r}, {batch_size}, {steps}, {rounds}, {threads}")
+    check_names(chosen)
+    preset = default_preset(dev)
+    costs = measure_defenses(chosen, model, dev, preset, batch_size, steps, rounds, threads)
+    caption = (f"Best of {rounds} rounds of {steps} steps per defense and epoch, defenses taking turns; CPU time of "
+               f"this process ({threads} thread(s)); random images. prepare: one-off data-level cost; predict: one "
+               f"test image against one plain forward (defenses that own prediction). Not timed: "
+               + "; ".join(f"{k} ({v})" for k, v in SKIPPED.items()) + ".")
+    console.print(defense_cost_table(costs, f"defense cost: {model}, preset {preset} protocol, {dev}", caption))
 
 
 # --------------------------------------------------------------------------------------- pretrain

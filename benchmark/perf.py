@@ -137,14 +137,14 @@ class TrainPerf:
 
 
 @dataclass
-class _Pipeline:
+class Pipeline:
     name: str
     warm: Callable[[], object]  # untimed warm-up (kernel selection, allocator, worker start)
     run: Callable[[], object]  # one timed round of ``steps`` training steps
     trainer_format: bool = False
 
 
-def _best_rounds(pipelines: list[_Pipeline], steps: int, rounds: int,
+def best_rounds(pipelines: list[Pipeline], steps: int, rounds: int,
                  device: torch.device) -> list[tuple[float, float]]:
     """(wall, CPU) seconds per step of each pipeline, each the best of ``rounds`` rounds, the pipelines
     taking turns within a round, so a burst of load from other processes does not land on one
@@ -255,7 +255,7 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
     no_test = store.subset(torch.arange(0, device=at))
     warm_set = store.subset(torch.arange(bs * warmup, device=at))
     timed_set = store.subset(torch.arange(bs * warmup, bs * (warmup + steps), device=at))
-    pipelines = [_Pipeline("trainer (defense none)",
+    pipelines = [Pipeline("trainer (defense none)",
                            lambda: train_model(net, warm_set, no_test, proto, defense, ctx) if warmup else None,
                            lambda: train_model(net, timed_set, no_test, proto, defense, ctx), True)]
 
@@ -269,7 +269,7 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
         opt = _optimizer(bare, proto)
         xb = x.contiguous(memory_format=torch.channels_last) if input_cl else x
         step = partial(_sgd_step, bare, opt, proto, xb, y)
-        pipelines.append(_Pipeline(f"bare, {label}", repeat(step, warmup), repeat(step, steps),
+        pipelines.append(Pipeline(f"bare, {label}", repeat(step, warmup), repeat(step, steps),
                                    model_cl == trainer_cl and not input_cl))
 
     # (c) DataLoader + PIL transforms, batches moved to the device, the trainer's model format
@@ -287,9 +287,9 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
         yb = F.one_hot(yb.to(device, non_blocking=True), num_classes).float()
         _sgd_step(fed, fed_opt, proto, xb, yb)
 
-    pipelines.append(_Pipeline(f"DataLoader + PIL, {workers} workers", repeat(loader_step, warmup),
+    pipelines.append(Pipeline(f"DataLoader + PIL, {workers} workers", repeat(loader_step, warmup),
                                repeat(loader_step, steps)))
-    seconds = _best_rounds(pipelines, steps, rounds, device)
+    seconds = best_rounds(pipelines, steps, rounds, device)
     batches.clear()  # the workers exit with their iterator
     rows = [PipelineRate(p.name, bs / t, t, c, p.trainer_format) for p, (t, c) in zip(pipelines, seconds, strict=True)]
 
