@@ -6,8 +6,9 @@ Per defense: CPU milliseconds of one training step as the trainer takes it (crop
 views and other schedules change the cost over a run); the one-off ``prepare`` cost (data-level
 defenses: JPEG, projection, ...) per 1,000 training images; and, for a defense that owns prediction
 (randomized smoothing's vote), the cost of predicting one test image relative to one plain forward.
-Steps take turns across defenses, round after round, and each reports its best round, so a burst of
-load from other processes does not land on one defense alone. CPU time is this process's: on a busy
+Defenses take turns, in an order that rotates every round, each timed block after one untimed step,
+and each reports its best round, so neither a burst of load from other processes nor the defense timed
+before it lands on one defense alone. CPU time is this process's: on a busy
 machine with one intra-op thread it is what the step costs. Record wall times (the leaderboard's cost
 table) include waiting for a core and are only indicative.
 """
@@ -118,11 +119,12 @@ def measure_defenses(names: list[str], arch: str = "small-cnn", device: torch.de
         setups = {n: _Setup(s, arch, proto, train, dev) for n, s in stacks.items()}
         last = proto.epochs - 1
         best = {n: [math.inf, math.inf] for n in setups}
-        for s in setups.values():  # warm-up: kernel choice, allocator, kornia's first call
-            s.steps(1, 0)
-        for _ in range(rounds):
-            for name, s in setups.items():
+        order = list(setups)
+        for r in range(rounds):  # the order rotates each round, so no defense always follows the same one
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                s = setups[name]
                 for slot, epoch in enumerate((0, last)):
+                    s.steps(1, epoch)  # untimed: the allocator and caches settle on this defense's shapes
                     best[name][slot] = min(best[name][slot], _cpu_seconds(dev, s.steps, steps, epoch) / steps)
         test = _images(256, num_classes, shape, seed=1).to(dev)
         x_test = test.x.float().div(255)
