@@ -241,7 +241,7 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
                  "Mean training wall time per run (record timings.training) and its ratio to plain training's in this "
                  "group; evaluation time includes the defense's own metrics (robust accuracy, certification)"
                  + ("; steps = optimiser steps (record training.steps)" if steps else "") + ". Runs shared the machine "
-                 "with other runs, so times are indicative. " + g["table_provenance"].get("all", ""),
+                 "with other runs, so times are indicative (`bench perf defenses` measures the cost per step side by side). " + g["table_provenance"].get("all", ""),
                  align="llrrrr" + ("r" if steps else "") + "l")]
     prow: list[list[Cell | str] | Section] = []
     for p in g["poison_costs"]:
