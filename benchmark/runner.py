@@ -250,6 +250,7 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
             "poison_generation": manifest.get("generation_seconds"),
             "poison_cached": bool(manifest.get("cached")),
             "training": round(result.train_seconds, 3),
+            "training_cpu": round(result.train_cpu_seconds, 3) if result.train_cpu_seconds is not None else None,
             "evaluation": round(result.eval_seconds + eval_extra, 3),
             "wall": round(time.perf_counter() - t_start, 3),
         }

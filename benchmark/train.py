@@ -82,6 +82,9 @@ class TrainResult:
     per_class_test_acc: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    #: CPU seconds of this process while training (all its threads): what the training cost, unlike the
+    #: wall time robust to other processes on a shared machine
+    train_cpu_seconds: float | None = 0.0  # None: resumed from a checkpoint that did not count it
     resumed_from_epoch: int = 0
     steps: int = 0
     epochs_run: int = 0
@@ -162,6 +165,8 @@ def train_model(
             result.per_epoch = list(state["per_epoch"])
             result.train_seconds = float(state["train_seconds"])
             result.eval_seconds = float(state["eval_seconds"])
+            cpu = state.get("train_cpu_seconds")
+            result.train_cpu_seconds = float(cpu) if cpu is not None else None
             result.resumed_from_epoch = start_epoch
             best = state.get("best")
             if state.get("stopped_early"):
@@ -172,7 +177,7 @@ def train_model(
         labels_onehot = labels_onehot * (1 - proto.label_smoothing) + proto.label_smoothing / ctx.num_classes
     for epoch in range(start_epoch, epochs):
         ctx.epoch = epoch
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.train()
         defense.train_mode(model, ctx)
         perm = torch.randperm(n, generator=gen).to(device)
@@ -206,6 +211,8 @@ def train_model(
                 correct += (logits.argmax(1) == y.argmax(1)).sum()
                 seen += idx.numel()
         train_time = time.perf_counter() - t0
+        if result.train_cpu_seconds is not None:
+            result.train_cpu_seconds += time.process_time() - c0
         t1 = time.perf_counter()
         test_acc, per_class = evaluate(model, test, ctx.num_classes, defense.predictor(ctx, final=False),
                                        proto.eval_batch_size)
@@ -234,6 +241,7 @@ def train_model(
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step, "per_epoch": result.per_epoch,
                      "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
+                     "train_cpu_seconds": result.train_cpu_seconds,
                      "best": best, "stopped_early": result.stopped_early}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)

@@ -99,6 +99,7 @@ def test_bf16_run_gets_its_own_record_and_report_table(run_env: dict) -> None:
     recs = [json.loads(p.read_text()) for p in sorted(Path(run_env["results"]).glob("*.json"))]
     assert sorted(r["config"]["protocol"].get("amp", "off") for r in recs) == ["bf16", "off"]
     assert all(r["environment"]["deterministic_kernels"] is True for r in recs)
+    assert all(r["timings"]["training_cpu"] > 0 for r in recs)  # CPU seconds of training, beside the wall time
     losses = {r["config"]["protocol"].get("amp", "off"): r["metrics"]["per_epoch"][0]["train_loss"] for r in recs}
     assert losses["bf16"] != losses["off"]  # the forward passes really ran in bf16
     frame = build_frame(collect_runs(Path(run_env["results"]), warn=print))

@@ -399,3 +399,24 @@ def test_protocol_variants_get_their_own_table_after_the_main_one(tmp_path: Path
     titles = list(dict.fromkeys(frame["group_title"]))
     assert titles[0].endswith("epochs=3") and titles[1].endswith("epochs=40")
     assert (frame["group"] == groups[1]).sum() == 1
+
+
+def test_cost_table_uses_cpu_seconds_where_records_count_them(tmp_path: Path) -> None:
+    """Wall times on a shared machine include waiting for a core; the CPU-time ratio is shown next to the
+    wall-time one once records carry ``timings.training_cpu``."""
+    recs = [make_record("none", acc=80.0), make_record("none", "mixup", acc=75.0)]
+    before = build_frame(collect_runs(write_all(tmp_path / "a", recs), warn=print))
+    assert before["training_cpu_s"].isna().all()
+    recs[0]["timings"]["training_cpu"], recs[1]["timings"]["training_cpu"] = 8.0, 10.0
+    results = write_all(tmp_path / "b", recs)
+    costs = {c["defense"]: c for c in agg_costs(build_frame(collect_runs(results, warn=print)))}
+    assert costs["mixup"]["relative"] == 2.0 and costs["mixup"]["relative_cpu"] == 1.25  # wall 20/10, CPU 10/8
+    write_leaderboard(results, tmp_path / "lb.md", tmp_path / "plots", samples=False)  # clean runs only: renders
+    page = (tmp_path / "lb.md").read_text()
+    assert "× plain (CPU)" in page and "1.25×" in page
+
+
+def agg_costs(frame):
+    from benchmark.report.costs import defense_costs
+
+    return defense_costs(frame[frame["group"] == frame["group"].iloc[0]], list(dict.fromkeys(frame["defense_label"])))

@@ -210,8 +210,8 @@ def defense_ranking(c: pd.DataFrame, tier: str, tolerance: float) -> dict[str, A
         usable = [(p, r) for p, r in run if r["converged"]]
         worst = min(usable, key=lambda pr: (pr[1]["mean"], pr[0])) if usable else None
         status = "reference" if d == NO_DEFENSE else defense_status(c, d, base)
-        if not status and len(usable) < MIN_COVERAGE * len(poisons):
-            status = "incomplete"
+        if not status and (not usable or len(usable) < MIN_COVERAGE * len(poisons)):
+            status = "incomplete"  # includes a results folder with clean runs only: nothing to rank on
         entries.append({
             "defense": d, "status": status or "ranked", "clean": _mini(clean),
             "cost": rnd(clean["mean"] - base) if clean is not None and base is not None else None,

@@ -22,8 +22,10 @@ def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
     """Per defense: mean training wall time of its full-ratio runs and its ratio to plain training's,
     evaluation time, optimiser steps (records that carry them), and where the runs ran."""
     full = g[g["full"]]
-    plain = full[full["defense_label"] == NO_DEFENSE]["training_s"].dropna()
+    plain_runs = full[full["defense_label"] == NO_DEFENSE]
+    plain = plain_runs["training_s"].dropna()
     plain_mean = float(plain.mean()) if not plain.empty else None
+    plain_cpu = plain_runs["training_cpu_s"].dropna() if "training_cpu_s" in full else plain.iloc[:0]
     out = []
     for d in order:
         runs = full[full["defense_label"] == d]
@@ -31,9 +33,12 @@ def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
         if train.empty:
             continue
         steps = runs["steps"].dropna()
+        cpu = runs["training_cpu_s"].dropna() if "training_cpu_s" in runs else train.iloc[:0]
         out.append({
             "defense": d, "runs": len(runs), "training_s": rnd(train.mean()), "evaluation_s": rnd(runs["evaluation_s"].dropna().mean()),
             "relative": rnd(train.mean() / plain_mean) if plain_mean else None,
+            # CPU seconds (records that count them): robust to other processes on the machine
+            "relative_cpu": rnd(cpu.mean() / plain_cpu.mean()) if len(cpu) and len(plain_cpu) else None,
             "steps": rnd(steps.mean()) if not steps.empty else None,
             "devices": sorted(set(runs["device"]) - {""}),
             "threads": sorted({int(t) for t in runs["threads"].dropna()}),

@@ -230,19 +230,24 @@ def claims_table(g: dict[str, Any]) -> Table:
 def cost_tables(g: dict[str, Any]) -> list[Table]:
     tiers = {d["label"]: d["tier"] for d in g["defenses"]}
     steps = any(c["steps"] is not None for c in g["defense_costs"])
+    cpu = any(c.get("relative_cpu") is not None for c in g["defense_costs"])
     rows: list[list[Cell | str] | Section] = []
     for c in g["defense_costs"]:
         rows.append([c["defense"], tiers.get(c["defense"], "–"), str(c["runs"]), f"{c['training_s'] / 60:.1f}",
-                     f"{c['relative']:.2f}×" if c["relative"] is not None else "–", f"{c['evaluation_s']:.0f}",
+                     f"{c['relative']:.2f}×" if c["relative"] is not None else "–",
+                     *([f"{c['relative_cpu']:.2f}×" if c.get("relative_cpu") is not None else "–"] if cpu else []),
+                     f"{c['evaluation_s']:.0f}",
                      *([f"{c['steps']:.0f}" if c["steps"] is not None else "–"] if steps else []),
                      ", ".join(c["devices"]) + (f" ({'/'.join(map(str, c['threads']))} threads)" if c["threads"] else "")])
-    out = [Table(["defense", "tier", "runs", "training (min)", "× plain", "eval (s)", *(["steps"] if steps else []),
-                  "device"], rows,
+    out = [Table(["defense", "tier", "runs", "training (min)", "× plain", *(["× plain (CPU)"] if cpu else []),
+                  "eval (s)", *(["steps"] if steps else []), "device"], rows,
                  "Mean training wall time per run (record timings.training) and its ratio to plain training's in this "
                  "group; evaluation time includes the defense's own metrics (robust accuracy, certification)"
-                 + ("; steps = optimiser steps (record training.steps)" if steps else "") + ". Runs shared the machine "
+                 + ("; steps = optimiser steps (record training.steps)" if steps else "")
+                 + ("; × plain (CPU): the same ratio of CPU seconds (record timings.training_cpu, records that count "
+                    "them), robust to other processes on the machine" if cpu else "") + ". Runs shared the machine "
                  "with other runs, so times are indicative (`bench perf defenses` measures the cost per step side by side). " + g["table_provenance"].get("all", ""),
-                 align="llrrrr" + ("r" if steps else "") + "l")]
+                 align="llrrr" + ("r" if cpu else "") + "r" + ("r" if steps else "") + "l")]
     prow: list[list[Cell | str] | Section] = []
     for p in g["poison_costs"]:
         b = p["budget"]

@@ -5,7 +5,7 @@ Every table of the leaderboard is a groupby / pivot of this frame, and ``bench r
 Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
 model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
-test_acc, peak_test_acc, peak_epoch, train_acc, final_rise, diverged, steps, training_s, evaluation_s,
+test_acc, peak_test_acc, peak_epoch, train_acc, final_rise, diverged, steps, training_s, training_cpu_s, evaluation_s,
 wall_s, device, cpu, threads, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
 psnr, ssim, num_poisoned, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric metric a defense reports.
 """
@@ -135,7 +135,8 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "peak_epoch": num(metrics.get("peak_epoch")), "train_acc": num(metrics.get("train_acc")),
         "final_rise": final_rise(metrics.get("per_epoch")), "diverged": bool(metrics.get("diverged")),
         "steps": num(training.get("steps")) if training else None,
-        "training_s": num(timings.get("training")), "evaluation_s": num(timings.get("evaluation")),
+        "training_s": num(timings.get("training")), "training_cpu_s": num(timings.get("training_cpu")),
+        "evaluation_s": num(timings.get("evaluation")),
         "wall_s": num(timings.get("wall")), "device": str(env.get("device_name") or env.get("device") or ""),
         "cpu": str(env.get("cpu") or ""),
         "threads": num(env.get("torch_threads")),
