@@ -389,3 +389,23 @@ def test_dry_run_shows_where_an_interrupted_cell_resumes(bench_env: dict) -> Non
     assert est.started == {second.run_id: 2} and plan.cells[1].epochs == 4
     wall = _records(bench_env["results"])[first.run_id]["timings"]["wall"]
     assert est.cell_seconds[second.run_id] == pytest.approx(wall / 2, rel=0.2)  # poison cached: ~the training
+
+
+def test_estimate_scales_past_cells_by_epochs(bench_env: dict) -> None:
+    """A longer protocol of the same preset/model/defense is estimated from the shorter one's cost per
+    epoch (DAT's 40-epoch cells from its 15-epoch records)."""
+    from benchmark.runner import prepare_run
+    from benchmark.sweep import estimate
+    from benchmark.sweep.cells import execute
+
+    short = _sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0], clean_row=False,
+                   overrides={"epochs": 2, "train_subset": 128, "test_subset": 100})
+    execute(prepare_run(plan_sweep(short).cells[0].spec))
+    rec = next(iter(_records(bench_env["results"]).values()))
+    longer = _sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0], clean_row=False,
+                    overrides={"epochs": 6, "train_subset": 128, "test_subset": 100})
+    est = estimate(plan_sweep(longer))
+    (seconds,) = est.cell_seconds.values()
+    t = rec["timings"]
+    trained = t["wall"] - (0.0 if t["poison_cached"] else t["poison_generation"])  # the poison is cached now
+    assert seconds == pytest.approx(trained * 3) and est.unknown == 0

@@ -27,9 +27,10 @@ class Estimate:
 
 
 def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
-    """Mean seconds per cell (wall minus fresh poison generation) by preset/model/defense/train
-    size/epochs, and mean poison generation seconds by preset/dataset/poison/train size, from the
-    finished records in ``results``."""
+    """Mean seconds per epoch of a cell (wall minus fresh poison generation, over the epochs it trained)
+    by preset/model/defense/train size, so a 40-epoch cell is estimated from 15-epoch records too; and
+    mean poison generation seconds by preset/dataset/poison/train size, from the finished records in
+    ``results``."""
     cells: dict[tuple, list[float]] = defaultdict(list)
     poisons: dict[tuple, list[float]] = defaultdict(list)
     for _path, rec in load_records(results):
@@ -37,10 +38,11 @@ def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
             continue
         cfg, t = rec["config"], rec["timings"]
         wall = t.get("wall")
-        if isinstance(wall, (int, float)):
+        epochs = (rec.get("training") or {}).get("epochs") or (cfg.get("protocol") or {}).get("epochs")
+        if isinstance(wall, (int, float)) and isinstance(epochs, int) and epochs > 0:
             gen = t.get("poison_generation") if not t.get("poison_cached") else 0.0
-            cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"),
-                   (cfg.get("protocol") or {}).get("epochs"))].append(max(0.0, wall - (gen or 0.0)))
+            cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"))].append(
+                max(0.0, wall - (gen or 0.0)) / epochs)
         gen_s = (rec.get("poison") or {}).get("generation_seconds")
         if isinstance(gen_s, (int, float)):
             poisons[(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg.get("train_size"))].append(gen_s)
@@ -54,10 +56,9 @@ def estimate(plan: Plan, jobs: int = 1) -> Estimate:
                and (done := checkpoint_epochs(c.checkpoint))}
     per_cell: dict[str, float | None] = {}
     for c in plan.todo:
-        seconds = cell_cost.get(c.cost_key)
-        if seconds is not None and c.run_id in started and c.epochs:
-            seconds *= max(0.0, 1 - started[c.run_id] / c.epochs)
-        per_cell[c.run_id] = seconds
+        per_epoch = cell_cost.get(c.cost_key)
+        left = c.epochs - started.get(c.run_id, 0)  # a started cell resumes from its checkpoint
+        per_cell[c.run_id] = per_epoch * max(0, left) if per_epoch is not None and c.epochs else None
     known = sum(s for s in per_cell.values() if s is not None)
     unknown = sum(s is None for s in per_cell.values())
     for cells in plan.poison_jobs().values():

@@ -187,8 +187,7 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
                 prep.record_path, warn, "ignoring unreadable record {path} ({problem}); its cell runs again and "
                 "rewrites it") is not None,
             label=_label(spec, cfg),
-            cost_key=(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg["train_size"],
-                      cfg["protocol"]["epochs"]),
+            cost_key=(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg["train_size"]),
             poison_cost_key=(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg["train_size"]),
             checkpoint=prep.checkpoint_path, epochs=prep.defense.adjust_protocol(prep.protocol).epochs)
     return Plan(sweep, target, preset, list(cells.values()))
