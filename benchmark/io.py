@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,24 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     def _write(p: Path) -> None:
         with open(p, "wb") as fh:
             np.savez(fh, **arrays)
+
+    atomic_write(path, _write)
+
+
+def write_npz_chunked(path: Path, arrays: Mapping[str, np.ndarray], big: str, shape: tuple[int, ...],
+                      chunks: Iterable[np.ndarray]) -> None:
+    """An npz like :func:`write_npz` whose uint8 array ``big`` (of ``shape``) is written from ``chunks``
+    (consecutive row blocks) instead of one array in memory: what ``np.load`` reads back is the same."""
+
+    def _write(p: Path) -> None:
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, arr in arrays.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+            with zf.open(f"{big}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                for part in chunks:
+                    fh.write(np.ascontiguousarray(part, dtype=np.uint8).tobytes())
 
     atomic_write(path, _write)
 

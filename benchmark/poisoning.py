@@ -32,12 +32,15 @@ from attacks.base import (
 )
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
-from benchmark.io import atomic_write, read_json, read_npz, write_json, write_npz
+from benchmark.io import atomic_write, read_json, read_npz, write_json, write_npz, write_npz_chunked
 from benchmark.params import build_params, params_dict
 from benchmark.records import canonical_json
 from benchmark.registry import POISONS
+from benchmark.store import mmap_threshold, open_npy, write_npy
 
 ARTIFACT_VERSION = 1
+#: images per step when a loaded artifact is checked against the clean set
+LOAD_CHUNK = 1024
 
 
 @dataclass
@@ -116,41 +119,69 @@ def artifact_paths(cache: Path, dataset_id: dict[str, Any], spec: PoisonSpec) ->
     return _paths(cache, dataset_id, storage_spec(spec))
 
 
+def images_path(npz: Path) -> Path:
+    """Where an artifact above the store threshold keeps its images: an (N,C,H,W) uint8 ``.npy``."""
+    return npz.with_suffix(".x.npy")
+
+
 def save_artifact(npz: Path, manifest_path: Path, poisoned: PoisonedSet, manifest: dict[str, Any]) -> None:
-    """npz with x_train (N,H,W,C uint8), y_train, poisoned_indices; manifest JSON beside it.
-    The manifest is written last, so an artifact without one is incomplete and is regenerated."""
-    write_npz(npz, {
-        "x_train": poisoned.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(),
-        "y_train": poisoned.y.cpu().numpy().astype(np.int64),
-        "poisoned_indices": poisoned.poisoned_indices.cpu().numpy().astype(np.int64),
-    })
+    """npz with x_train (N,H,W,C uint8), y_train, poisoned_indices; manifest JSON beside it. Above the
+    dataset store's threshold (:func:`benchmark.store.mmap_threshold`) the images go to
+    :func:`images_path` instead, written in chunks and loaded as a memory map, so neither writing nor
+    loading needs a second copy of the set. The manifest is written last, so an artifact without one is
+    incomplete and is regenerated."""
+    small = {"y_train": poisoned.y.cpu().numpy().astype(np.int64),
+             "poisoned_indices": poisoned.poisoned_indices.cpu().numpy().astype(np.int64)}
+    if poisoned.x.numel() > mmap_threshold():
+        write_npy(images_path(npz), poisoned.x.cpu().numpy())
+    else:
+        images_path(npz).unlink(missing_ok=True)
+        small["x_train"] = poisoned.x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    write_npz(npz, small)
     write_json(manifest_path, manifest)
+
+
+def _artifact_images(npz: Path, arrays: dict[str, np.ndarray], regen: str) -> torch.Tensor:
+    """The artifact's images as (N,C,H,W): from its npz, or the memory map of its ``.npy``."""
+    if "x_train" in arrays:
+        x = arrays["x_train"]
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise BenchError(f"corrupt poison file {npz}: x_train is {x.dtype} {x.shape}; {regen}")
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    try:
+        return torch.from_numpy(open_npy(images_path(npz)))
+    except BenchError as exc:
+        raise BenchError(f"{exc}; {regen}") from None
 
 
 def load_artifact(npz: Path, clean: ImageSet, budget_255: int | None = None) -> PoisonedSet:
     """Load and validate a poisoned training set against its clean counterpart: shape, labels, indices,
     the L-inf budget, and clean images wherever the file says it did not poison."""
     regen = "delete it (and its .json) to regenerate it on the next run"
-    arrays = read_npz(npz, required=("x_train", "y_train", "poisoned_indices"))
-    x, y, idx = arrays["x_train"], arrays["y_train"], arrays["poisoned_indices"]
+    arrays = read_npz(npz, required=("y_train", "poisoned_indices"))
+    y, idx = arrays["y_train"], arrays["poisoned_indices"]
     n, c, h, w = clean.x.shape
-    if x.dtype != np.uint8 or x.shape != (n, h, w, c):
-        raise BenchError(f"corrupt poison file {npz}: x_train is {x.dtype} {x.shape}, expected uint8 {(n, h, w, c)}; "
-                         f"{regen}")
+    px = _artifact_images(npz, arrays, regen)
+    if px.dtype != torch.uint8 or tuple(px.shape) != (n, c, h, w):
+        raise BenchError(f"corrupt poison file {npz}: its images are {px.dtype} {tuple(px.shape)}, expected uint8 "
+                         f"{(n, c, h, w)}; {regen}")
     if y.shape != (n,) or not np.array_equal(y, clean.y.cpu().numpy()):
         raise BenchError(f"corrupt poison file {npz}: y_train does not match the clean labels; {regen}")
     if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
         raise BenchError(f"corrupt poison file {npz}: poisoned_indices out of range; {regen}")
-    px = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     clean_x = clean.x.cpu()
-    if budget_255 is not None:
-        diff = (px.to(torch.int16) - clean_x.to(torch.int16)).abs().amax() if n else torch.tensor(0)
-        if int(diff) > budget_255:
-            raise BenchError(f"poison file {npz} exceeds its L-inf budget: {int(diff)}/255 > {budget_255}/255; {regen}")
     untouched = torch.ones(n, dtype=torch.bool)
     untouched[torch.from_numpy(idx.astype(np.int64))] = False
-    if untouched.any() and not torch.equal(px[untouched], clean_x[untouched]):
-        changed = int((px[untouched] != clean_x[untouched]).flatten(1).any(1).sum())
+    worst, changed = 0, 0
+    for lo in range(0, n, LOAD_CHUNK):  # in chunks: a memory-mapped artifact is never copied whole
+        a, b, keep = px[lo:lo + LOAD_CHUNK], clean_x[lo:lo + LOAD_CHUNK], untouched[lo:lo + LOAD_CHUNK]
+        if budget_255 is not None:
+            worst = max(worst, int((a.to(torch.int16) - b.to(torch.int16)).abs().amax()))
+        if keep.any():
+            changed += int((a[keep] != b[keep]).flatten(1).any(1).sum())
+    if budget_255 is not None and worst > budget_255:
+        raise BenchError(f"poison file {npz} exceeds its L-inf budget: {worst}/255 > {budget_255}/255; {regen}")
+    if changed:
         raise BenchError(f"poison file {npz} changed {changed} image(s) outside its poisoned_indices; {regen}")
     return PoisonedSet(px, torch.from_numpy(y.astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
 
@@ -257,7 +288,14 @@ def export_artifact(npz: Path, manifest: dict[str, Any], out: Path) -> Path:
     full-ratio noise exports its own set (``manifest['derived_artifact']``), not the full one."""
     out = check_export_path(out)
     source = Path(manifest.get("derived_artifact") or npz)
-    atomic_write(out, lambda p: shutil.copyfile(source, p))
+    if images_path(source).exists():  # a memory-mapped artifact: one self-contained npz, written in chunks
+        x = open_npy(images_path(source))
+        small = read_npz(source, required=("y_train", "poisoned_indices"))
+        n, c, h, w = x.shape
+        write_npz_chunked(out, small, "x_train", (n, h, w, c),
+                          (x[lo:lo + LOAD_CHUNK].transpose(0, 2, 3, 1) for lo in range(0, n, LOAD_CHUNK)))
+    else:
+        atomic_write(out, lambda p: shutil.copyfile(source, p))
     sidecar = {k: v for k, v in manifest.items() if k not in ("artifact", "cached", "derived_artifact")}
     write_json(out.with_suffix(".json"), sidecar)
     return out.with_suffix(".json")

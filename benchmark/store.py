@@ -119,7 +119,7 @@ def file_token(paths: list[Path]) -> str:
 
 # ------------------------------------------------------------------------------- memory-mapped store
 
-def _write_npy(path: Path, x: Images, update: Callable[[memoryview], None] | None = None) -> None:
+def write_npy(path: Path, x: Images, update: Callable[[memoryview], None] | None = None) -> None:
     """A uint8 ``.npy`` written chunk by chunk through a file handle (atomic); ``update`` sees its bytes.
     Plain writes rather than a writable memory map keep the written pages out of this process's RSS."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
@@ -138,7 +138,7 @@ def _write_npy(path: Path, x: Images, update: Callable[[memoryview], None] | Non
     atomic_write(path, write)
 
 
-def _open_npy(path: Path) -> np.ndarray:
+def open_npy(path: Path) -> np.ndarray:
     """A copy-on-write memory map of a uint8 ``.npy``; a corrupt or truncated file is a BenchError."""
     try:
         arr = np.load(path, mmap_mode="c", allow_pickle=False)
@@ -160,7 +160,7 @@ def write_store(folder: Path, arrays: Mapping[str, Images]) -> None:
     while the images are written (one pass over a decode)."""
     h = hashlib.sha256()
     for key in MAPPED:
-        _write_npy(folder / f"{key}.npy", arrays[key], h.update if key == "x_train" else None)
+        write_npy(folder / f"{key}.npy", arrays[key], h.update if key == "x_train" else None)
     small = {k: v for k, v in arrays.items() if k not in MAPPED}
     small["digest"] = _hash_labels(h, small["y_train"])
     write_npz(_small_file(folder), small)  # type: ignore[arg-type]
@@ -170,7 +170,7 @@ def read_store(folder: Path) -> dict[str, np.ndarray]:
     """The store's arrays, the images as memory maps; a BenchError if any file is corrupt or missing."""
     arrays = read_npz(_small_file(folder), required=("y_train", "y_test", "digest"))
     for key in MAPPED:
-        arrays[key] = _open_npy(folder / f"{key}.npy")
+        arrays[key] = open_npy(folder / f"{key}.npy")
         split = key.split("_", 1)[1]
         if arrays[key].shape[0] != arrays[f"y_{split}"].shape[0]:
             raise BenchError(f"corrupt dataset store {folder}: {key} and y_{split} differ in length")

@@ -123,3 +123,14 @@ def generate_poison(name: str, train: ImageSet, params: dict | None = None, key:
     ctx = PoisonContext(key=key, ratio=ratio, preset="smoke", workdir=workdir, progress=progress,
                         num_classes=train.num_classes)
     return spec.poison, spec.poison.generate(train, ctx)
+
+
+def mapped_files(t: torch.Tensor) -> list[str]:
+    """The files whose memory mapping holds the tensor's first byte (from /proc/self/maps)."""
+    ptr, names = t.data_ptr(), []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split()
+        lo, hi = (int(v, 16) for v in parts[0].split("-"))
+        if lo <= ptr < hi and len(parts) >= 6:
+            names.append(parts[5])
+    return names

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import mapped_files
 from PIL import Image
 
 from attacks.base import PoisonContext
@@ -48,16 +49,6 @@ def _load(folder: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, threshold:
         return load_dataset(f"imagefolder:{folder}", folder, cache)
 
 
-def _mapped_files(t: torch.Tensor) -> list[str]:
-    """The files whose memory mapping holds the tensor's first byte (from /proc/self/maps)."""
-    ptr, names = t.data_ptr(), []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        parts = line.split()
-        lo, hi = (int(v, 16) for v in parts[0].split("-"))
-        if lo <= ptr < hi and len(parts) >= 6:
-            names.append(parts[5])
-    return names
-
 
 def test_digest_in_chunks_equals_the_whole_array_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.random.default_rng(1).integers(0, 256, (37, 3, 5, 7), dtype=np.uint8)
@@ -79,17 +70,17 @@ def test_store_has_the_in_memory_bytes_digest_and_batches(folder: Path, tmp_path
     mapped = _load(folder, tmp_path / "mm", monkeypatch, 0)
     (folder_store,) = (tmp_path / "mm" / "datasets").glob("*.mmap")
     assert not list((tmp_path / "mm" / "datasets").glob("*.npz"))
-    assert str(folder_store / "x_train.npy") in _mapped_files(mapped.train.x)  # the tensor is the file's pages
-    assert str(folder_store / "x_test.npy") in _mapped_files(mapped.test.x)
+    assert str(folder_store / "x_train.npy") in mapped_files(mapped.train.x)  # the tensor is the file's pages
+    assert str(folder_store / "x_test.npy") in mapped_files(mapped.test.x)
     assert mem.digest == mapped.digest and len(mem.digest) == 16
     assert mem.train.classes == mapped.train.classes == ["c0", "c1", "c2"]
     for a, b in ((mem.train, mapped.train), (mem.test, mapped.test)):
         assert a.x.shape == b.x.shape and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
     again = _load(folder, tmp_path / "mm", monkeypatch, None)  # an existing store is used whatever the threshold
-    assert again.digest == mem.digest and str(folder_store / "x_train.npy") in _mapped_files(again.train.x)
+    assert again.digest == mem.digest and str(folder_store / "x_train.npy") in mapped_files(again.train.x)
     idx = torch.tensor([3, 0, 17, 9])
     sub = mapped.train.subset(idx)
-    assert torch.equal(sub.x, mem.train.subset(idx).x) and str(folder_store / "x_train.npy") not in _mapped_files(sub.x)
+    assert torch.equal(sub.x, mem.train.subset(idx).x) and str(folder_store / "x_train.npy") not in mapped_files(sub.x)
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     perm_a, perm_b = torch.randperm(len(mem.train), generator=gen_a), torch.randperm(len(mapped.train), generator=gen_b)
     for lo, hi in batch_bounds(len(mem.train), 8):  # the trainer's gather: train.x[perm[lo:hi]]
@@ -143,7 +134,7 @@ def test_poisons_read_the_store_and_return_new_tensors(folder: Path, tmp_path: P
         outputs.append(poison.generate(data.train, PoisonContext(key=3, ratio=1.0, preset="smoke",
                                                                  num_classes=data.num_classes)).x)
     assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], clean)
-    assert not any(f.endswith("x_train.npy") for f in _mapped_files(outputs[1]))
+    assert not any(f.endswith("x_train.npy") for f in mapped_files(outputs[1]))
     assert torch.equal(mapped.train.x, clean)  # the clean set is untouched
 
 
@@ -161,7 +152,7 @@ def test_training_on_the_store_gives_the_in_memory_numbers(folder: Path, tmp_pat
                        overrides={"epochs": 1, "batch_size": 8, "train_subset": 0, "test_subset": 0},
                        cache_dir=str(tmp_path / label / "cache"), results=str(tmp_path / label / "results"))
         prep = prepare_run(spec)
-        assert any(f.endswith("x_train.npy") for f in _mapped_files(prep.train.x)) == (threshold == 0)
+        assert any(f.endswith("x_train.npy") for f in mapped_files(prep.train.x)) == (threshold == 0)
         execute(prep)
         recs[label] = json.loads(prep.record_path.read_text())
     a, b = recs["mem"], recs["mm"]

@@ -145,15 +145,21 @@ class SampleSource:
         poison = cfg["poison"]
         npz = self.artifact(dataset_id, poison)
         if npz is not None:
+            from benchmark.poisoning import images_path
+            from benchmark.store import open_npy
+
             try:
-                arrays = read_npz(npz, required=("x_train", "poisoned_indices"))
+                arrays = read_npz(npz, required=("poisoned_indices",))
+                mapped = None if "x_train" in arrays else open_npy(images_path(npz))  # a memory-mapped artifact
             except BenchError as exc:
                 self.warn(f"no sample grid for {label}: {exc}")
                 return None
             allowed = torch.zeros(len(train), dtype=torch.bool)
             allowed[torch.from_numpy(arrays["poisoned_indices"].astype("int64"))] = True
             idx = self._pick(train.y, allowed)
-            px = torch.from_numpy(arrays["x_train"][idx.numpy()].transpose(0, 3, 1, 2).copy())
+            rows = idx.numpy()
+            px = torch.from_numpy(mapped[rows].copy() if mapped is not None
+                                  else arrays["x_train"][rows].transpose(0, 3, 1, 2).copy())
             return train.x[idx], px, [train.classes[int(c)] if train.classes else str(int(c)) for c in train.y[idx]]
         return self._recreate(train, poison, cfg, label)
 

@@ -16,6 +16,7 @@ import torch
 from benchmark import paths
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
+from benchmark.poisoning import images_path
 from benchmark.records import read_record, write_record
 from benchmark.runner import RunSpec
 from benchmark.sweep import cells as work
@@ -45,6 +46,8 @@ def _ray_generate_poison(spec: RunSpec) -> dict[str, Any]:
     info = work.generate_poison(spec)
     npz = Path(info["artifact"])
     info["npz_bytes"] = np.frombuffer(npz.read_bytes(), dtype=np.uint8)
+    images = images_path(npz)  # a memory-mapped artifact keeps its images beside the npz
+    info["images_bytes"] = np.frombuffer(images.read_bytes(), dtype=np.uint8) if images.exists() else None
     info["manifest_text"] = npz.with_suffix(".json").read_text()
     return info
 
@@ -55,6 +58,8 @@ def _ray_run_cell(spec: RunSpec, poison: dict[str, Any]) -> dict[str, Any]:
     npz = base / Path(poison["artifact"]).name
     manifest = npz.with_suffix(".json")
     if not (npz.exists() and manifest.exists()):
+        if poison.get("images_bytes") is not None:
+            atomic_write(images_path(npz), lambda p: p.write_bytes(poison["images_bytes"].tobytes()))
         atomic_write(npz, lambda p: p.write_bytes(poison["npz_bytes"].tobytes()))
         atomic_write(manifest, lambda p: p.write_text(poison["manifest_text"]))  # last: marks it complete
     return work.run_cell(spec)
