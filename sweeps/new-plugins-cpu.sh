@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Records for the poisons and defenses added after the first leaderboard (cpu preset, seed 0, two lanes
 # of one thread): the new defenses against every generated poison plus clean data, and the shortcut
-# poisons (AR, LSP, OPS) against plain training, the cheap defenses, smoothing and AT (L-inf 4/255;
+# poisons (AR, LSP, OPS) and TAP against plain training, the cheap defenses, smoothing and AT (L-inf 4/255;
 # L2 0.5 for the L2-bounded AR and LSP). Finished cells are skipped, so it resumes where it stopped.
 set -u
 cd "$(dirname "$0")/.."
 export BENCH_DATA_ROOT="${BENCH_DATA_ROOT:-../shared/data}"
-POISONS=none,cuda,em,em-classwise,rem,sem,random-noise,ar,lsp,ops
+POISONS=none,cuda,em,em-classwise,rem,sem,random-noise,ar,lsp,ops,tap
 bench sweep --poisons "$POISONS" --defenses early-stop,ortho-proj,rsk-ff,dp-instahide --seeds 0 --jobs 2
-bench sweep --poisons ar,lsp,ops --defenses none,mixup,cutmix,cutout,jpeg,grayscale,bit-depth,median-filter,gaussian-blur,random-blur,smoothing,at --seeds 0 --jobs 2
+bench sweep --poisons ar,lsp,ops,tap --defenses none,mixup,cutmix,cutout,jpeg,grayscale,bit-depth,median-filter,gaussian-blur,random-blur,smoothing,at --seeds 0 --jobs 2
 bench sweep --poisons ar,lsp --defenses at --defense-param norm=l2 --defense-param eps=0.5 --seeds 0 --jobs 2
 bench sweep --poisons "$POISONS" --defenses ueraser,poison-aware-at --seeds 0 --jobs 2   # 3-5x plain training each
