@@ -83,8 +83,12 @@ def plot_summary(g: dict[str, Any], path: Path) -> Path | None:
     for i, p in enumerate(rows):
         r = ranking[p]
         none = cells.get((p, NO_DEFENSE))
-        best = r["worst"]["mean"] if r["worst"] else None
         x0 = none["test_acc"]["mean"] if none else None
+        if r["best_defense"] == NO_DEFENSE:  # no defense run on it beats plain training (or none ran yet)
+            ax.annotate(f"no defense above plain training ({r['covered']}/{r['total']} defenses run)",
+                        (x0 if x0 is not None else 0, i), xytext=(0, 7), textcoords="offset points", ha="center",
+                        fontsize=8, color="#555")
+        best = r["worst"]["mean"] if r["worst"] and r["best_defense"] != NO_DEFENSE else None
         if x0 is not None and best is not None:
             ax.plot([x0, best], [i, i], color="#9a9a9a", linewidth=2.5, zorder=1)
         if x0 is not None:
