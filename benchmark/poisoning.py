@@ -119,6 +119,16 @@ def artifact_paths(cache: Path, dataset_id: dict[str, Any], spec: PoisonSpec) ->
     return _paths(cache, dataset_id, storage_spec(spec))
 
 
+def linf_255(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest absolute difference of two uint8 image sets in grey levels, in chunks of ``LOAD_CHUNK``
+    images (no int16 copy of a whole set)."""
+    worst = 0
+    for lo in range(0, a.shape[0], LOAD_CHUNK):
+        d = a[lo:lo + LOAD_CHUNK].to(torch.int16) - b[lo:lo + LOAD_CHUNK].to(torch.int16)
+        worst = max(worst, int(d.abs().amax()) if d.numel() else 0)
+    return worst
+
+
 def images_path(npz: Path) -> Path:
     """Where an artifact above the store threshold keeps its images: an (N,C,H,W) uint8 ``.npy``."""
     return npz.with_suffix(".x.npy")
@@ -172,13 +182,12 @@ def load_artifact(npz: Path, clean: ImageSet, budget_255: int | None = None) -> 
     clean_x = clean.x.cpu()
     untouched = torch.ones(n, dtype=torch.bool)
     untouched[torch.from_numpy(idx.astype(np.int64))] = False
-    worst, changed = 0, 0
+    changed = 0
     for lo in range(0, n, LOAD_CHUNK):  # in chunks: a memory-mapped artifact is never copied whole
         a, b, keep = px[lo:lo + LOAD_CHUNK], clean_x[lo:lo + LOAD_CHUNK], untouched[lo:lo + LOAD_CHUNK]
-        if budget_255 is not None:
-            worst = max(worst, int((a.to(torch.int16) - b.to(torch.int16)).abs().amax()))
         if keep.any():
             changed += int((a[keep] != b[keep]).flatten(1).any(1).sum())
+    worst = linf_255(px, clean_x) if budget_255 is not None else 0
     if budget_255 is not None and worst > budget_255:
         raise BenchError(f"poison file {npz} exceeds its L-inf budget: {worst}/255 > {budget_255}/255; {regen}")
     if changed:
@@ -210,7 +219,7 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         raise RuntimeError(f"poison {spec.name} returned {poisoned.x.dtype} {tuple(poisoned.x.shape)}, "
                            f"expected uint8 {tuple(train.x.shape)}")
     if budget is not None:
-        diff = int((poisoned.x.to(torch.int16) - train.x.cpu().to(torch.int16)).abs().amax())
+        diff = linf_255(poisoned.x, train.x.cpu())
         if diff > budget:
             raise RuntimeError(f"poison {spec.name} broke its budget: {diff}/255 > {budget}/255")
     manifest = {
