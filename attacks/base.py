@@ -15,8 +15,10 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from benchmark.data import ImageSet
@@ -64,6 +66,27 @@ class PoisonContext:
     workdir: Any = None  # Path for checkpoints of long generations, or None
     progress: Any = None  # callable(step:int, total:int, info:dict) or None
     num_classes: int = 10
+    #: where a poisoned set too big to hold twice is written as it is made (a ``.npy``; set by the cache
+    #: above the store threshold, for generation on the CPU), or None
+    images_file: Path | None = None
+    _memmap: Any = field(default=None, repr=False)  # the np.memmap behind images_like's tensor
+
+    def images_like(self, x: torch.Tensor) -> torch.Tensor:
+        """An uninitialised uint8 tensor shaped like ``x`` for a poison's output: a writable memory map of
+        ``images_file`` when it is set, so a poison that fills it never holds its output in memory."""
+        if self.images_file is None or x.device.type != "cpu":
+            return torch.empty_like(x)
+        Path(self.images_file).parent.mkdir(parents=True, exist_ok=True)
+        self._memmap = np.lib.format.open_memmap(self.images_file, mode="w+", dtype=np.uint8, shape=tuple(x.shape))
+        return torch.from_numpy(self._memmap)
+
+    def wrote_images_file(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is the memory map :meth:`images_like` handed out; if so it is flushed to its file."""
+        mm = self._memmap
+        if mm is None or x.device.type != "cpu" or x.data_ptr() != mm.ctypes.data or tuple(x.shape) != mm.shape:
+            return False
+        mm.flush()
+        return True
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,10 @@ class CUDA(Poison[CUDAParams], budget_type="unbounded"):
         mask = torch.from_numpy(draws < ctx.ratio)
         poisoned_indices = torch.nonzero(mask).flatten()
         filt = torch.from_numpy(filters)
+        out = ctx.images_like(train.x)  # written as it is made: a big set never exists twice in memory
         if poisoned_indices.numel() == len(train):
-            x = apply_filters(train.x, train.y, filt)
+            x = apply_filters(train.x, train.y, filt, out=out)
         else:
-            x = apply_filters(train.x, train.y, filt, index=poisoned_indices)
+            x = apply_filters(train.x, train.y, filt, index=poisoned_indices, out=out.copy_(train.x))
         # no filter statistics in ``info``: anything computed from the filters is a function of the key
         return PoisonedSet(x, train.y.clone(), poisoned_indices)

@@ -134,16 +134,18 @@ def images_path(npz: Path) -> Path:
     return npz.with_suffix(".x.npy")
 
 
-def save_artifact(npz: Path, manifest_path: Path, poisoned: PoisonedSet, manifest: dict[str, Any]) -> None:
+def save_artifact(npz: Path, manifest_path: Path, poisoned: PoisonedSet, manifest: dict[str, Any],
+                  images_written: bool = False) -> None:
     """npz with x_train (N,H,W,C uint8), y_train, poisoned_indices; manifest JSON beside it. Above the
     dataset store's threshold (:func:`benchmark.store.mmap_threshold`) the images go to
     :func:`images_path` instead, written in chunks and loaded as a memory map, so neither writing nor
-    loading needs a second copy of the set. The manifest is written last, so an artifact without one is
-    incomplete and is regenerated."""
+    loading needs a second copy of the set (``images_written``: the poison already wrote them there).
+    The manifest is written last, so an artifact without one is incomplete and is regenerated."""
     small = {"y_train": poisoned.y.cpu().numpy().astype(np.int64),
              "poisoned_indices": poisoned.poisoned_indices.cpu().numpy().astype(np.int64)}
-    if poisoned.x.numel() > mmap_threshold():
-        write_npy(images_path(npz), poisoned.x.cpu().numpy())
+    if images_written or poisoned.x.numel() > mmap_threshold():
+        if not images_written:
+            write_npy(images_path(npz), poisoned.x.cpu().numpy())
     else:
         images_path(npz).unlink(missing_ok=True)
         small["x_train"] = poisoned.x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -206,8 +208,10 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         manifest = dict(manifest, cached=True, artifact=str(npz))
         return poisoned, manifest
     work = Path(cache) / "poison-work" / npz.stem
+    big = train.x.numel() > mmap_threshold() and device.type == "cpu"
     ctx = PoisonContext(key=spec.key, ratio=spec.ratio, device=device, preset=preset, workdir=work,
-                        progress=progress, num_classes=train.num_classes)
+                        progress=progress, num_classes=train.num_classes,
+                        images_file=npz.with_suffix(".x.part.npy") if big else None)
     t0 = time.perf_counter()
     poisoned = spec.poison.generate(train.to(device), ctx)
     if device.type == "cuda":
@@ -234,7 +238,12 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         manifest["resumed"] = manifest["generation_sessions"] > 1
     manifest["budget"] = budget_metrics(train.x.cpu(), poisoned.x, poisoned.poisoned_indices)
     manifest["info"] = poisoned.info
-    save_artifact(npz, manifest_path, poisoned, manifest)
+    written = ctx.wrote_images_file(poisoned.x)
+    if written:  # the poison filled the mapped file: it becomes the artifact's images as it is
+        os.replace(ctx.images_file, images_path(npz))
+    elif ctx.images_file is not None:
+        ctx.images_file.unlink(missing_ok=True)
+    save_artifact(npz, manifest_path, poisoned, manifest, images_written=written)
     if work.exists():
         shutil.rmtree(work, ignore_errors=True)
     return poisoned, dict(manifest, cached=False, artifact=str(npz))

@@ -1,5 +1,5 @@
 """Poison artifacts above the store threshold keep their images in a memory-mapped ``.npy`` (no second
-copy when written or loaded): same bytes and the same run numbers as the npz path, tampering still
+copy when generated, written or loaded): same bytes and the same run numbers as the npz path, tampering still
 caught, and ``bench poison --out`` still writes one self-contained npz."""
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def test_mapped_artifact_has_the_npz_bytes_and_loads_as_a_map(tmp_path: Path, mo
     _, (fresh, manifest) = _poison(tmp_path / "map")
     npz = Path(manifest["artifact"])
     assert images_path(npz).is_file() and "x_train" not in read_npz(npz)
+    assert str(images_path(npz)) in mapped_files(fresh.x)  # CUDA wrote its output straight into the file
+    assert not list(npz.parent.glob("*.part.npy"))
     _, (cached, again) = _poison(tmp_path / "map")
     assert again["cached"] and torch.equal(fresh.x, plain.x) and torch.equal(cached.x, plain.x)
     assert str(images_path(npz)) in mapped_files(cached.x)  # the loaded images are the file's pages
