@@ -387,8 +387,8 @@ def test_dry_run_shows_where_an_interrupted_cell_resumes(bench_env: dict) -> Non
     est = estimate(plan)
     assert [c.finished for c in plan.cells] == [True, False]
     assert est.started == {second.run_id: 2} and plan.cells[1].epochs == 4
-    wall = _records(bench_env["results"])[first.run_id]["timings"]["wall"]
-    assert est.cell_seconds[second.run_id] == pytest.approx(wall / 2, rel=0.2)  # poison cached: ~the training
+    t = _records(bench_env["results"])[first.run_id]["timings"]
+    assert est.cell_seconds[second.run_id] == pytest.approx((t["training"] + t["evaluation"]) / 2)  # 2 of 4 epochs left
 
 
 def test_estimate_scales_past_cells_by_epochs(bench_env: dict) -> None:
@@ -407,5 +407,4 @@ def test_estimate_scales_past_cells_by_epochs(bench_env: dict) -> None:
     est = estimate(plan_sweep(longer))
     (seconds,) = est.cell_seconds.values()
     t = rec["timings"]
-    trained = t["wall"] - (0.0 if t["poison_cached"] else t["poison_generation"])  # the poison is cached now
-    assert seconds == pytest.approx(trained * 3) and est.unknown == 0
+    assert seconds == pytest.approx((t["training"] + t["evaluation"]) * 3) and est.unknown == 0  # 6 vs 2 epochs

@@ -27,8 +27,10 @@ class Estimate:
 
 
 def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
-    """Mean seconds per epoch of a cell (wall minus fresh poison generation, over the epochs it trained)
-    by preset/model/defense/train size, so a 40-epoch cell is estimated from 15-epoch records too; and
+    """Mean seconds per epoch of a cell (its training plus evaluation time, which add up across the
+    sessions of a resumed run, over the epochs it trained; wall minus fresh poison generation for records
+    without them) by preset/model/defense/train size, so a 40-epoch cell is estimated from 15-epoch
+    records too; and
     mean poison generation seconds by preset/dataset/poison/train size, from the finished records in
     ``results``."""
     cells: dict[tuple, list[float]] = defaultdict(list)
@@ -39,10 +41,15 @@ def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
         cfg, t = rec["config"], rec["timings"]
         wall = t.get("wall")
         epochs = (rec.get("training") or {}).get("epochs") or (cfg.get("protocol") or {}).get("epochs")
-        if isinstance(wall, (int, float)) and isinstance(epochs, int) and epochs > 0:
-            gen = t.get("poison_generation") if not t.get("poison_cached") else 0.0
-            cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"))].append(
-                max(0.0, wall - (gen or 0.0)) / epochs)
+        spent = t.get("training"), t.get("evaluation")
+        if all(isinstance(v, (int, float)) for v in spent):
+            seconds: float | None = float(sum(spent))
+        elif isinstance(wall, (int, float)):
+            seconds = max(0.0, wall - ((t.get("poison_generation") or 0.0) if not t.get("poison_cached") else 0.0))
+        else:
+            seconds = None
+        if seconds is not None and isinstance(epochs, int) and epochs > 0:
+            cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"))].append(seconds / epochs)
         gen_s = (rec.get("poison") or {}).get("generation_seconds")
         if isinstance(gen_s, (int, float)):
             poisons[(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg.get("train_size"))].append(gen_s)
