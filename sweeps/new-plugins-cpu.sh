@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export BENCH_DATA_ROOT="${BENCH_DATA_ROOT:-../shared/data}"
 POISONS=none,cuda,em,em-classwise,rem,sem,random-noise,ar,lsp,ops,tap
 bench sweep --poisons "$POISONS" --defenses early-stop,ortho-proj,rsk-ff,dp-instahide --seeds 0 --jobs 2
-bench sweep --poisons ar,lsp,ops,tap --defenses none,mixup,cutmix,cutout,jpeg,grayscale,bit-depth,median-filter,gaussian-blur,random-blur,smoothing,at --seeds 0 --jobs 2
-bench sweep --poisons ar,lsp --defenses at --defense-param norm=l2 --defense-param eps=0.5 --seeds 0 --jobs 2
+bench sweep --poisons ar,lsp,ops,tap --defenses none,mixup,cutmix,cutout,jpeg,grayscale,bit-depth,median-filter,gaussian-blur,random-blur,smoothing --seeds 0 --jobs 2
+bench sweep --poisons ar,lsp,ops,tap --defenses at --defense-param at.eps=4/255 --seeds 0 --jobs 2
+bench sweep --poisons ar,lsp --defenses at --defense-param at.norm=l2 --defense-param at.eps=0.5 --seeds 0 --jobs 2
 bench sweep --poisons "$POISONS" --defenses ueraser,poison-aware-at --seeds 0 --jobs 2   # 3-5x plain training each

@@ -42,16 +42,16 @@ def make_record(poison: str = "none", defense: str = "none", acc: float = 50.0, 
                 status: str = "finished", train_acc: float = 90.0, curve: list[float] | None = None,
                 commit: str = "0" * 40, created: str | None = None, defense_info: bool = True,
                 defense_source: dict[str, Any] | None = None, source: str = "cifar10-jpeg",
-                defense_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                defense_metrics: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A record with final accuracy ``acc``; ``curve`` sets the per-epoch test accuracies (default: a
-    steady climb to ``acc``); ``defense_info=False`` drops the field, as in records made before it.
+    steady climb to ``acc``); ``overrides`` are protocol overrides (a protocol variant); ``defense_info=False`` drops the field, as in records made before it.
     ``finetune`` records are records of that older kind: no backbone file is at hand to build the defense,
     so the run is prepared without it and its recorded defense config and source are written in."""
     recorded = defense == "finetune"
     spec = RunSpec(dataset="cifar10", poison=poison, poison_params=CUDA_PARAMS if params is None and poison == "cuda"
                    else dict(params or {}), ratio=ratio, clean_only=clean_only, defense="none" if recorded else defense,
                    defense_params={} if recorded else dict(defense_params or {}), preset=preset, seed=seed, device="cpu",
-                   overrides={} if preset == "smoke" else {"train_subset": 0}, results="no-such-results-folder")
+                   overrides={**({} if preset == "smoke" else {"train_subset": 0}), **(overrides or {})}, results="no-such-results-folder")
     prep = prepare_run(spec, data=tiny_cifar(source))
     epochs = prep.protocol.epochs
     tests = curve or [round(acc * e / epochs, 3) for e in range(1, epochs + 1)]

@@ -197,3 +197,30 @@ def test_a_claim_never_averages_two_configurations(tmp_path: Path, claims_file: 
     got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), 1.0)}
     cell = got["holds"]["pairs"][0]["cell"]
     assert (cell["defense"], cell["mean"], cell["n"]) == ("mixup (alpha=1)", 22.0, 1)
+
+
+def test_a_single_run_protocol_variant_borrows_its_presets_noise(tmp_path: Path, claims_file: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A longer-schedule table run once per cell judges claims with the noise of its preset's main table,
+    and says so; a table with no sibling to borrow from keeps no tolerance and claims no noise scale."""
+    variant = {"epochs": 4}
+    recs = claim_records() + [make_record(p, d, acc, overrides=variant, curve=[acc - 1.0, acc, acc, acc])
+                              for p, d, acc in (("none", "none", 81.0), ("cuda", "mixup", 49.5), ("none", "mixup", 79.0))]
+    results = write_all(tmp_path / "runs", recs)
+    runs = collect_runs(results, lambda m: None)
+    frame = build_frame(runs)
+    noises = agg.group_noises(frame)
+    main, longer = (noises[str(s)] for s in frame["group"].unique())
+    assert main["tolerance"] == pytest.approx(2 * 2 ** 0.5, abs=1e-3) and "borrowed_from" not in main
+    assert longer["tolerance"] == main["tolerance"] and longer["borrowed_from"].endswith("preset smoke · epochs=3")
+    data = build_data(frame, runs, "runs", claims_file=claims_file)
+    variant_group = data["groups"][1]
+    assert "epochs=4" in variant_group["title"] and variant_group["noise"]["borrowed_from"]
+    mixing = next(c for c in variant_group["claims"] if c["id"] == "holds")
+    assert mixing["pairs"][0]["margin"] == pytest.approx(-1.5) and mixing["verdict"] == "within noise"
+    assert any("borrowed from" in c["text"] for c in variant_group["caveats"] if c["topic"] == "noise")
+    code, out, _ = run_cli(["claims", "--results", str(results), "--claims", str(claims_file)], capsys)
+    assert "borrowed from" in out
+    alone = load_frame(write_all(tmp_path / "alone", [make_record("none", "none", 80.0, overrides=variant)]))
+    (only,) = agg.group_noises(alone).values()
+    assert only["tolerance"] == 0.0 and "borrowed_from" not in only

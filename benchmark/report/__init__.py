@@ -123,8 +123,9 @@ def claims_report(results: Path | str, warn: Warn | None = None,
     _version, rows = load_claims(Path(claims_file) if claims_file else None)
     frame = build_frame(_runs(results, warn or (lambda msg: None)))
     out = []
+    noises = agg.group_noises(frame)
     for slug, g in frame.groupby("group", sort=False):
-        noise = agg.noise(agg.cells(g))
+        noise = noises[str(slug)]
         out.append({"group": slug, "title": str(g["group_title"].iloc[0]), "noise": noise,
                     "claims": evaluate(rows, g, agg.run_flags(g), noise["tolerance"])})
     return out, max((exit_code(g["claims"]) for g in out), default=0)

@@ -152,6 +152,25 @@ def noise(c: pd.DataFrame) -> dict[str, Any]:
             "sigma": rnd(sigma), "tolerance": rnd(TIE_SIGMAS * sigma), "tie_sigmas": TIE_SIGMAS}
 
 
+def group_noises(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """:func:`noise` of every protocol group of ``frame``. A group with no multi-seed cell (a protocol
+    variant run once per cell, e.g. a longer schedule) borrows sigma from the group of the same dataset,
+    source, model and preset with the most multi-seed cells, and names it (``borrowed_from``): a verdict
+    needs a noise scale, and one measured under the same preset is the closest there is."""
+    groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)}
+    own = {slug: noise(cells(g)) for slug, g in groups.items()}
+    sibling_key = {slug: tuple(str(g[k].iloc[0]) for k in ("dataset", "dataset_source", "model", "preset"))
+                   for slug, g in groups.items()}
+    out = {}
+    for slug, n in own.items():
+        donors = [s for s in own if s != slug and sibling_key[s] == sibling_key[slug] and own[s]["sigma"] is not None]
+        if n["sigma"] is None and donors:
+            best = max(donors, key=lambda s: own[s]["cells"])
+            n = {**own[best], "borrowed_from": str(groups[best]["group_title"].iloc[0])}
+        out[slug] = n
+    return out
+
+
 def tie_ranks(values: list[float], tolerance: float) -> list[int]:
     """Competition ranks of ``values`` (already sorted best first) where a value within ``tolerance``
     of the first value of the current run of ties shares that value's rank (1, 2, 2, 4, ...)."""

@@ -36,12 +36,12 @@ def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
             "seeds": sorted({int(s) for s in g["seed"]})}
 
 
-def build_group(g: pd.DataFrame, protocol: dict[str, Any],
-                claim_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Everything one protocol group's section shows, as data."""
+def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict[str, Any]],
+                noise: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Everything one protocol group's section shows, as data (``noise``: the group's, possibly borrowed,
+    from :func:`aggregate.group_noises`)."""
     meta = group_meta(g, protocol)
     c = agg.cells(g)
-    noise = agg.noise(c)
     out: dict[str, Any] = {**meta, "noise": noise}
     if c.empty:
         out.update({"poisons": [], "defenses": [], "entries": [], "rankings": {}, "highlights": {}})
@@ -86,8 +86,9 @@ def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], resu
     claims_version, claim_rows = claims_mod.load_claims(claims_file)
     refs_version, ref_rows = references.load_references(references_file)
     groups, joined = [], []
-    for _slug, g in frame.groupby("group", sort=False):
-        data, c = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows)
+    noises = agg.group_noises(frame)
+    for slug, g in frame.groupby("group", sort=False):
+        data, c = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noises[str(slug)])
         groups.append(data)
         joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))
     newest = max((str(d) for d in frame["created"] if d), default="")[:10] or "unknown"

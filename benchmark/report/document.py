@@ -157,7 +157,8 @@ def defense_ranking(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Tabl
                      f"{e['covered']}/{e['total']}", _status_note(e)])
     noise = g["noise"]
     tie = (f"Ranks within noise share a rank: a worst case less than {noise['tolerance']:.2f} points "
-           f"({noise['tie_sigmas']:g} σ, σ = {noise['sigma']:.2f}, the pooled seed-to-seed std of this table) below the "
+           f"({noise['tie_sigmas']:g} σ, σ = {noise['sigma']:.2f}, the pooled seed-to-seed std of "
+           f"{_noise_source(noise)}) below the "
            "first of its run of ties gets that one's rank." if noise["sigma"] is not None else
            "No cell has several seeds, so the noise is not measured and only equal values tie.")
     legend = (f"Comparable poisons (K = {len(r['poisons'])}): {', '.join(r['poisons'])}. Worst case = lowest accuracy over "
@@ -225,6 +226,11 @@ def claims_table(g: dict[str, Any]) -> Table:
               "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
               "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
     return Table(["claim", "source", "test", "our cells", "verdict"], rows, legend, align="lllpl")
+
+
+def _noise_source(noise: dict[str, Any]) -> str:
+    borrowed = noise.get("borrowed_from")
+    return f"{borrowed}, borrowed: every cell of this table is a single run" if borrowed else "this table"
 
 
 def cost_tables(g: dict[str, Any]) -> list[Table]:

@@ -68,7 +68,11 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
         cells = "; ".join(f"{d} on {p}: {row['not_converged']}" for (p, d), row in bad.sort_index(level=1).iterrows())
         out.append({"topic": "convergence", "text": f"{len(bad)} cells did not converge (rule in the matrix legend) and "
                     f"are never used as a verdict (rankings, worst cases, claims): {cells}."})
-    if noise["sigma"] is not None:
+    if noise.get("borrowed_from"):
+        out.append({"topic": "noise", "text": f"Every cell of this table is a single run; its noise scale is borrowed "
+                    f"from {noise['borrowed_from']} (same dataset, model and preset): pooled σ = {noise['sigma']:.2f} "
+                    f"points over its {noise['cells']} multi-seed cells."})
+    elif noise["sigma"] is not None:
         out.append({"topic": "noise", "text": f"Seed-to-seed spread measured on the {noise['cells']} cells run with "
                     f"several seeds: median std {noise['median_std']:.2f}, max {noise['max_std']:.2f}, pooled "
                     f"σ = {noise['sigma']:.2f} points; single-run cells carry that much noise."})

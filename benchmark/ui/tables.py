@@ -112,7 +112,10 @@ def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
     """One table per paper group, then the count of each verdict."""
     for g in groups:
         tol = g["noise"]["tolerance"]
-        table = Table(title=f"{g['title']} (noise tolerance {tol:.2f} points)", show_lines=True, title_justify="left")
+        borrowed = g["noise"].get("borrowed_from")
+        source = f", borrowed from {borrowed}: every cell here is a single run" if borrowed else ""
+        table = Table(title=f"{g['title']} (noise tolerance {tol:.2f} points{source})", show_lines=True,
+                      title_justify="left")
         for col in ("claim", "test", "our cells (seeds)", "verdict"):
             table.add_column(col, overflow="fold")
         for c in g["claims"]:
