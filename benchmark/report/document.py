@@ -212,9 +212,16 @@ def highlight_items(h: dict[str, Any], within: float) -> list[str]:
     return out
 
 
-def claims_table(g: dict[str, Any]) -> Table:
+def claims_unrecorded(g: dict[str, Any]) -> list[dict[str, Any]]:
+    """Claims none of whose cells has a record in this table: listed in one line, not as table rows."""
+    return [c for c in g["claims"] if not any(p["cell"] for p in c["pairs"])]
+
+
+def claims_table(g: dict[str, Any]) -> Table | None:
+    """The claims with at least one recorded cell (None when there is none); the others in the legend."""
+    unrecorded = claims_unrecorded(g)
     rows: list[list[Cell | str] | Section] = []
-    for c in g["claims"]:
+    for c in (c for c in g["claims"] if c not in unrecorded):
         cells = "; ".join(pair_text(p) for p in c["pairs"])
         records = [(f"{p['selector']}", r) for p in c["pairs"] if p["cell"] for r in p["cell"]["records"]]
         rows.append([c["claim"], c["source"], c["test"], Cell(cells, records), f"**{c['verdict']}**"])
@@ -225,7 +232,16 @@ def claims_table(g: dict[str, Any]) -> Table:
               "reference did not, are never a verdict. A claim fails if one of its cells fails, is within noise if one "
               "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
               "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
+    if not rows:
+        return None
+    if unrecorded:
+        legend += " " + unrecorded_text(unrecorded)
     return Table(["claim", "source", "test", "our cells", "verdict"], rows, legend, align="lllpl")
+
+
+def unrecorded_text(claims: list[dict[str, Any]]) -> str:
+    return (f"Not run, no record for any of its cells ({len(claims)}): "
+            + "; ".join(f"{c['claim']} ({', '.join(p['selector'] for p in c['pairs'])})" for c in claims) + ".")
 
 
 def _noise_source(noise: dict[str, Any]) -> str:

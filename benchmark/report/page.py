@@ -61,7 +61,10 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
     if (metrics := doc.defense_metrics_table(g)) is not None:
         out += [Heading(3, "Defense metrics"), metrics]
     if g["claims"]:
-        out += [Heading(3, "Claims of the papers, checked on these cells"), doc.claims_table(g)]
+        table = doc.claims_table(g)
+        out += [Heading(3, "Claims of the papers, checked on these cells"),
+                table or Para(f"None of the {len(g['claims'])} claims (benchmark/report/claims.toml) names a cell "
+                              "run in this table.")]
     out += [Heading(3, "Cost and budgets"), *doc.cost_tables(g)]
     if (part := doc.partial_table(g)) is not None:
         out += [Heading(3, "Partial poisoning"), part]
