@@ -46,6 +46,6 @@ class Plugin(Generic[P]):
 
     @classmethod
     def describe(cls) -> str:
-        """The first line of the class docstring (``bench list``)."""
-        doc = (cls.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""
+        """The first paragraph of the class docstring, on one line (``bench list``)."""
+        first = (cls.__doc__ or "").strip().split("\n\n", 1)[0]
+        return " ".join(line.strip() for line in first.splitlines())

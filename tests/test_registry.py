@@ -21,6 +21,16 @@ def test_builtin_entries_and_aliases() -> None:
     assert {"cifar10", "cifar100", "svhn", "fashion-mnist"} <= set(DATASETS.names())
 
 
+def test_every_plugin_describes_itself_in_a_whole_sentence() -> None:
+    """`bench list` shows the docstring's first paragraph, joined: a summary wrapped over two lines is
+    not cut mid-sentence."""
+    for registry in (POISONS, DEFENSES):
+        for name in registry.names():
+            text = registry.get(name).describe()
+            assert text.endswith(".") and "\n" not in text and "  " not in text, (name, text)
+    assert DEFENSES.get("early-stop").describe().endswith("on a held-out clean validation split.")
+
+
 def test_unknown_name_suggests_closest() -> None:
     with pytest.raises(BenchError, match="did you mean 'cuda'"):
         POISONS.get("cudaa")
