@@ -146,6 +146,9 @@ class Defense(Plugin[P]):
     family: ClassVar[str] = "other"
     #: what ``test_acc`` (the headline) measures, when it is not plain argmax accuracy on clean test images
     headline: ClassVar[str] = ""
+    #: threat-model tier (a key of ``TIERS``) of the defense as configured by default; :meth:`tier` may
+    #: refine it from the parameters and the data
+    default_tier: ClassVar[str] = "poisoned-only"
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         return train
@@ -199,7 +202,7 @@ class Defense(Plugin[P]):
 
     def tier(self) -> str:
         """Threat-model tier of this configured defense (a key of ``TIERS``)."""
-        return "poisoned-only"
+        return self.default_tier
 
     def variant(self) -> str | None:
         """Short variant name for tables (``official`` for DAT with the official BN leak); None = default."""

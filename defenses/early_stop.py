@@ -35,16 +35,13 @@ class EarlyStopParams:
 
 
 @register_defense("early-stop")
-class EarlyStop(Defense[EarlyStopParams], family="model-selection"):
+class EarlyStop(Defense[EarlyStopParams], family="model-selection", default_tier="extra-clean-data"):
     """Early stopping (Sandoval-Segura et al. 2022, peak without the oracle): keep the epoch with the best
     accuracy on a held-out clean validation split."""
 
     headline = "clean test accuracy of the epoch with the best accuracy on the held-out clean validation split"
     notes = ("early-stop holds clean images out of the victim's training set (1,000 by default) and selects "
              "the epoch on them: extra clean data, and that many fewer training images.",)
-
-    def tier(self) -> str:
-        return "extra-clean-data"
 
     def validation(self) -> Validation:
         p = self.params

@@ -131,7 +131,7 @@ def default_backbone_path(ctx: TrainContext, arch: str, preset: str) -> Path:
 
 
 @register_defense("finetune", aliases=("fine-tune", "transfer"))
-class Finetune(Defense[FinetuneParams], family="transfer"):
+class Finetune(Defense[FinetuneParams], family="transfer", default_tier="extra-clean-data"):
     """Fine-tune a pretrained clean backbone (all layers, or a fresh linear head on a frozen backbone)."""
 
     notes = ("`finetune` starts from a backbone pretrained on clean data the poisoned set does not contain "
@@ -145,7 +145,7 @@ class Finetune(Defense[FinetuneParams], family="transfer"):
     # ------------------------------------------------------------------------------ threat model
 
     def tier(self) -> str:
-        return "overlapping-data" if self._overlap and self._overlap.get("overlapping_images") else "extra-clean-data"
+        return "overlapping-data" if self._overlap and self._overlap.get("overlapping_images") else self.default_tier
 
     def adjust_protocol(self, proto: Protocol) -> Protocol:
         p = self.params

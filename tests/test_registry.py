@@ -49,6 +49,14 @@ def test_cli_list_shows_params(capsys: pytest.CaptureFixture, monkeypatch: pytes
     # budgets print as users type them, and a poison's generation presets show what they replace
     assert "rho_u=8/255" in flat and "eps=0.0313" not in flat
     assert "cpu preset: surrogate='small-cnn'" in flat
+    rows = {line.split("│")[1].split()[0]: line for line in out.splitlines() if line.startswith("│ ") and
+            line.split("│")[1].strip()}
+    assert "unbounded" in rows["cuda"] and "l0" in rows["ops"] and "linf" in rows["em"]  # budget type column
+    code, out, _ = run_cli(["list", "defenses"], capsys)
+    rows = [line for line in out.splitlines() if line.startswith("│ ")]
+    early = rows.index(next(r for r in rows if r.startswith("│ early-stop")))
+    assert "model-selection" in rows[early] and "extra-clean-data" in rows[early + 1]  # family, then tier
+    assert "poisoned-only" in rows[rows.index(next(r for r in rows if r.startswith("│ mixup"))) + 1]
 
 
 def test_cli_list_one_entry_shows_meaning_range_and_presets(capsys: pytest.CaptureFixture,
@@ -62,6 +70,9 @@ def test_cli_list_one_entry_shows_meaning_range_and_presets(capsys: pytest.Captu
     assert "0.3" in row and ">= 0, <= 10" in row and "blur parameter" in row
     code, out, _ = run_cli(["list", "defenses", "adaptive"], capsys)  # aliases resolve
     assert code == 0 and "defense dat" in out and "class | batch | eval" in out
+    assert "family: adaptive · tier by default: poisoned-only" in out
+    code, out, _ = run_cli(["list", "defenses", "finetune"], capsys)
+    assert "tier by default: extra-clean-data" in out
     code, out, _ = run_cli(["list", "poisons", "rem"], capsys)
     header = next(line for line in out.splitlines() if "parameter" in line)
     assert "cpu preset" in header and "paper preset" not in header  # the paper preset changes nothing

@@ -13,6 +13,7 @@ from benchmark.params import describe_params, format_value
 from benchmark.protocol import PRESET_HELP
 from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
 from benchmark.report.claims import pair_text
+from defenses.base import TIERS
 
 LIST_SECTIONS = ("poisons", "defenses", "models", "datasets", "presets")
 
@@ -44,8 +45,10 @@ def detail_table(section: str, name: str) -> Table:
     aliases = reg.aliases_of(canonical)
     presets = {k: v for k, v in getattr(cls, "preset_params", {}).items()
                if any(getattr(cls.Params(), n) != x for n, x in v.items())}  # presets that change something
+    kind = (f"budget: {cls.budget_type}" if section == "poisons" else
+            f"family: {cls.family} · tier by default: {cls.default_tier} ({TIERS[cls.default_tier]})")
     table = Table(title=f"{section[:-1]} {canonical}" + (f" (aliases: {', '.join(aliases)})" if aliases else "")
-                  + f": {cls.describe()}", title_justify="left")
+                  + f": {cls.describe()}", title_justify="left", caption=kind, caption_justify="left")
     for col in ("parameter", "type", "default", "valid", "meaning", *(f"{p} preset" for p in presets)):
         table.add_column(col, style="bold cyan" if col == "parameter" else None, no_wrap=col == "parameter")
     for f in dataclasses.fields(cls.Params):
@@ -57,7 +60,13 @@ def detail_table(section: str, name: str) -> Table:
     return table
 
 
+def _kind(cls: Any, section: str) -> str:
+    """What kind of poison (its budget type) or defense (family, and threat-model tier by default)."""
+    return cls.budget_type if section == "poisons" else f"{cls.family}\n{cls.default_tier}"
+
+
 def _plugin_rows(table: Table, section: str) -> None:
+    table.add_column("budget" if section == "poisons" else "family / tier", no_wrap=True)
     table.add_column("parameters (default)")
     reg = POISONS if section == "poisons" else DEFENSES
     for entry in reg.names():
@@ -70,7 +79,7 @@ def _plugin_rows(table: Table, section: str) -> None:
                 params += f"\n{preset} preset: " + ", ".join(f"{n}={format_value(n, v)}" for n, v in changed.items())
         aliases = reg.aliases_of(entry)
         label = entry + (f" ({', '.join(aliases)})" if aliases else "")
-        table.add_row(label, cls.describe(), params)
+        table.add_row(label, cls.describe(), _kind(cls, section), params)
 
 
 def list_tables(what: str | None) -> list[Table]:
