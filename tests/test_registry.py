@@ -49,14 +49,16 @@ def test_cli_list_shows_params(capsys: pytest.CaptureFixture, monkeypatch: pytes
     # budgets print as users type them, and a poison's generation presets show what they replace
     assert "rho_u=8/255" in flat and "eps=0.0313" not in flat
     assert "cpu preset: surrogate='small-cnn'" in flat
-    rows = {line.split("│")[1].split()[0]: line for line in out.splitlines() if line.startswith("│ ") and
-            line.split("│")[1].strip()}
-    assert "unbounded" in rows["cuda"] and "l0" in rows["ops"] and "linf" in rows["em"]  # budget type column
+    lines = out.splitlines()
+
+    def under(name: str) -> str:  # the line below a plugin's name: its kind
+        return lines[lines.index(next(line for line in lines if line.startswith(f"│ {name} "))) + 1]
+
+    assert "budget unbounded" in under("cuda") and "budget l0" in under("ops") and "budget linf" in under("em")
     code, out, _ = run_cli(["list", "defenses"], capsys)
-    rows = [line for line in out.splitlines() if line.startswith("│ ")]
-    early = rows.index(next(r for r in rows if r.startswith("│ early-stop")))
-    assert "model-selection" in rows[early] and "extra-clean-data" in rows[early + 1]  # family, then tier
-    assert "poisoned-only" in rows[rows.index(next(r for r in rows if r.startswith("│ mixup"))) + 1]
+    lines = out.splitlines()
+    assert "model-selection · extra-clean-data" in under("early-stop")
+    assert "augmentation · poisoned-only" in under("mixup")
 
 
 def test_cli_list_one_entry_shows_meaning_range_and_presets(capsys: pytest.CaptureFixture,

@@ -62,11 +62,10 @@ def detail_table(section: str, name: str) -> Table:
 
 def _kind(cls: Any, section: str) -> str:
     """What kind of poison (its budget type) or defense (family, and threat-model tier by default)."""
-    return cls.budget_type if section == "poisons" else f"{cls.family}\n{cls.default_tier}"
+    return f"budget {cls.budget_type}" if section == "poisons" else f"{cls.family} · {cls.default_tier}"
 
 
 def _plugin_rows(table: Table, section: str) -> None:
-    table.add_column("budget" if section == "poisons" else "family / tier", no_wrap=True)
     table.add_column("parameters (default)")
     reg = POISONS if section == "poisons" else DEFENSES
     for entry in reg.names():
@@ -79,7 +78,7 @@ def _plugin_rows(table: Table, section: str) -> None:
                 params += f"\n{preset} preset: " + ", ".join(f"{n}={format_value(n, v)}" for n, v in changed.items())
         aliases = reg.aliases_of(entry)
         label = entry + (f" ({', '.join(aliases)})" if aliases else "")
-        table.add_row(label, cls.describe(), _kind(cls, section), params)
+        table.add_row(f"{label}\n[not bold dim]{_kind(cls, section)}[/]", cls.describe(), params)
 
 
 def list_tables(what: str | None) -> list[Table]:
