@@ -17,6 +17,12 @@ from benchmark.params import NoParams
 P = TypeVar("P")
 
 
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line, without reST markup (for ``bench list`` tables)."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return text.replace("``", "")
+
+
 class Plugin(Generic[P]):
     """Base of poisons and defenses. ``name`` is set by the registry decorator; ``params`` is an instance
     of ``Params`` (its defaults when None)."""
@@ -47,5 +53,4 @@ class Plugin(Generic[P]):
     @classmethod
     def describe(cls) -> str:
         """The first paragraph of the class docstring, on one line (``bench list``)."""
-        first = (cls.__doc__ or "").strip().split("\n\n", 1)[0]
-        return " ".join(line.strip() for line in first.splitlines())
+        return first_paragraph(cls.__doc__)

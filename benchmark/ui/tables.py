@@ -10,18 +10,13 @@ from rich.table import Table
 
 from benchmark.errors import BenchError
 from benchmark.params import describe_params, format_value
+from benchmark.plugin import first_paragraph
 from benchmark.protocol import PRESET_HELP
 from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
 from benchmark.report.claims import pair_text
 from defenses.base import TIERS
 
 LIST_SECTIONS = ("poisons", "defenses", "models", "datasets", "presets")
-
-
-def _first_paragraph(doc: str | None) -> str:
-    """A docstring's first paragraph on one line, without reST markup (for tables)."""
-    text = " ".join((doc or "").strip().split("\n\n")[0].split())
-    return text.replace("``", "")
 
 
 def _bounds(f: Any) -> str:
@@ -97,7 +92,7 @@ def list_tables(what: str | None) -> list[Table]:
                 label = "imagefolder:PATH" if entry == "imagefolder:" else label
                 aliases = reg.aliases_of(entry)
                 label += f" ({', '.join(aliases)})" if aliases else ""
-                table.add_row(label, _first_paragraph(reg.get(entry).__doc__))
+                table.add_row(label, first_paragraph(reg.get(entry).__doc__))
         else:
             for entry, text in PRESET_HELP.items():
                 table.add_row(entry, text)
