@@ -12,7 +12,7 @@ from report_records import make_record, write_all
 from benchmark.report import aggregate as agg
 from benchmark.report import build_data, build_frame, collect_runs, load_frame
 from benchmark.report import document as doc
-from benchmark.report.claims import evaluate, load_claims
+from benchmark.report.claims import claims_unrecorded, evaluate, load_claims, unrecorded_text
 from benchmark.report.references import load_references
 
 CLAIMS = """
@@ -118,6 +118,8 @@ def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pyte
     code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(claims_file)], capsys)
     assert code == 1, err  # a claim that was run fails
     assert "3 holds, 1 fails, 1 within noise, 2 not run" in out and "noise tolerance 2.83 points" in out
+    assert "Not run, no record for any of its cells (1): cutout neutralises SEM" in " ".join(out.split())
+    assert "│ cutout neutralises" not in out  # listed in that line, not as a table row
     only_holds = tmp_path / "holds.toml"
     only_holds.write_text(CLAIMS.split("[[claim]]\nid = \"fails\"")[0])
     code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(only_holds)], capsys)
@@ -237,4 +239,4 @@ def test_claims_without_any_recorded_cell_are_one_line_not_rows(tmp_path: Path, 
     assert "Not run, no record for any of its cells (1): cutout neutralises SEM (sem × cutout)." in table.legend
     alone = collect_runs(write_all(tmp_path / "alone", [make_record("none", "none", 80.0)]), lambda m: None)
     (g,) = build_data(build_frame(alone), alone, "alone", claims_file=claims_file)["groups"]
-    assert doc.claims_table(g) is None and doc.unrecorded_text(doc.claims_unrecorded(g)).startswith("Not run")
+    assert doc.claims_table(g) is None and unrecorded_text(claims_unrecorded(g)).startswith("Not run")

@@ -182,6 +182,16 @@ def pair_text(pair: dict[str, Any]) -> str:
     return text + f" vs {pair['threshold']:.1f} ({_seeds(ref)}): {pair['verdict']}"
 
 
+def claims_unrecorded(g: dict[str, Any]) -> list[dict[str, Any]]:
+    """Claims none of whose cells has a record in this table: listed in one line, not as table rows."""
+    return [c for c in g["claims"] if not any(p["cell"] for p in c["pairs"])]
+
+
+def unrecorded_text(claims: list[dict[str, Any]]) -> str:
+    return (f"Not run, no record for any of its cells ({len(claims)}): "
+            + "; ".join(f"{c['claim']} ({', '.join(p['selector'] for p in c['pairs'])})" for c in claims) + ".")
+
+
 def _seeds(cell: dict[str, Any]) -> str:
     return ("seed " if cell["n"] == 1 else "seeds ") + ", ".join(map(str, cell["seeds"]))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.report.claims import pair_text
+from benchmark.report.claims import claims_unrecorded, pair_text, unrecorded_text
 
 NOT_CONVERGED = "†"
 
@@ -212,11 +212,6 @@ def highlight_items(h: dict[str, Any], within: float) -> list[str]:
     return out
 
 
-def claims_unrecorded(g: dict[str, Any]) -> list[dict[str, Any]]:
-    """Claims none of whose cells has a record in this table: listed in one line, not as table rows."""
-    return [c for c in g["claims"] if not any(p["cell"] for p in c["pairs"])]
-
-
 def claims_table(g: dict[str, Any]) -> Table | None:
     """The claims with at least one recorded cell (None when there is none); the others in the legend."""
     unrecorded = claims_unrecorded(g)
@@ -237,11 +232,6 @@ def claims_table(g: dict[str, Any]) -> Table | None:
     if unrecorded:
         legend += " " + unrecorded_text(unrecorded)
     return Table(["claim", "source", "test", "our cells", "verdict"], rows, legend, align="lllpl")
-
-
-def unrecorded_text(claims: list[dict[str, Any]]) -> str:
-    return (f"Not run, no record for any of its cells ({len(claims)}): "
-            + "; ".join(f"{c['claim']} ({', '.join(p['selector'] for p in c['pairs'])})" for c in claims) + ".")
 
 
 def _noise_source(noise: dict[str, Any]) -> str:

@@ -13,10 +13,11 @@ from benchmark.params import describe_params, format_value
 from benchmark.plugin import first_paragraph
 from benchmark.protocol import PRESET_HELP
 from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
-from benchmark.report.claims import pair_text
+from benchmark.report.claims import claims_unrecorded, pair_text, unrecorded_text
 from defenses.base import TIERS
 
 LIST_SECTIONS = ("poisons", "defenses", "models", "datasets", "presets")
+MAX_UNRECORDED_LISTED = 8  # beyond this, a count: a table with a handful of records would list every claim
 
 
 def _bounds(f: Any) -> str:
@@ -112,7 +113,7 @@ def show_list(console: Console, what: str | None, name: str | None) -> None:
 
 
 def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
-    """One table per paper group, then the count of each verdict."""
+    """One table per paper group (claims with a recorded cell; the others in one line), then verdict counts."""
     for g in groups:
         tol = g["noise"]["tolerance"]
         borrowed = g["noise"].get("borrowed_from")
@@ -121,9 +122,18 @@ def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
                       title_justify="left")
         for col in ("claim", "test", "our cells (seeds)", "verdict"):
             table.add_column(col, overflow="fold")
-        for c in g["claims"]:
+        unrecorded = claims_unrecorded(g)
+        for c in (c for c in g["claims"] if c not in unrecorded):
             cells = "\n".join(pair_text(p) for p in c["pairs"])
             table.add_row(f"{c['claim']}\n[dim]{c['source']}[/dim]", c["test"], cells, c["verdict"])
-        console.print(table)
+        if table.row_count:
+            console.print(table)
+        else:
+            console.print(f"{table.title}: no claim has a recorded cell")
+        if len(unrecorded) > MAX_UNRECORDED_LISTED:
+            console.print(f"[dim]{len(unrecorded)} claims have no record for any of their cells in this table "
+                          "(listed under the table's claims in leaderboard.md).[/dim]")
+        elif unrecorded:
+            console.print(f"[dim]{unrecorded_text(unrecorded)}[/dim]")
     counts = {v: sum(c["verdict"] == v for g in groups for c in g["claims"]) for v in ("holds", "fails", "within noise", "not run")}
     console.print(", ".join(f"{n} {v}" for v, n in counts.items()))
