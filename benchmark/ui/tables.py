@@ -131,8 +131,7 @@ def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
         else:
             console.print(f"{table.title}: no claim has a recorded cell")
         if len(unrecorded) > MAX_UNRECORDED_LISTED:
-            console.print(f"[dim]{len(unrecorded)} claims have no record for any of their cells in this table "
-                          "(listed under the table's claims in leaderboard.md).[/dim]")
+            console.print(f"[dim]{len(unrecorded)} claims have no record for any of their cells in this table.[/dim]")
         elif unrecorded:
             console.print(f"[dim]{unrecorded_text(unrecorded)}[/dim]")
     counts = {v: sum(c["verdict"] == v for g in groups for c in g["claims"]) for v in ("holds", "fails", "within noise", "not run")}
