@@ -12,7 +12,13 @@ from report_records import make_record, write_all
 from benchmark.report import aggregate as agg
 from benchmark.report import build_data, build_frame, collect_runs, load_frame
 from benchmark.report import document as doc
-from benchmark.report.claims import claims_unrecorded, evaluate, load_claims, unrecorded_text
+from benchmark.report.claims import (
+    claims_unrecorded,
+    evaluate,
+    load_claims,
+    pair_text,
+    unrecorded_text,
+)
 from benchmark.report.references import load_references
 
 CLAIMS = """
@@ -111,6 +117,9 @@ def test_claim_verdicts(tmp_path: Path, claims_file: Path) -> None:
     assert got["unconverged"]["pairs"][0]["verdict"] == "not converged" and "not converged" in got["unconverged"]["note"]
     assert got["absent"]["pairs"][0]["cell"] is None
     assert got["partial"]["pairs"][0]["reference"]["clean_only"] and got["partial"]["pairs"][0]["margin"] == 3.0
+    # the threshold is shown as reference + offset, so it never reads as a cell with the reference's seeds
+    assert pair_text(pair) == "cuda × mixup 22.0 (seed 0) vs 51.0 = 81.0 − 30 (seeds 0, 1): holds"
+    assert pair_text(got["other"]["pairs"][0]) == "sem × none 10.0 (seed 0) vs 40.0 (seed 0): holds"
 
 
 def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pytest.CaptureFixture) -> None:
