@@ -101,13 +101,13 @@ def check_pair(cell: dict[str, Any] | None, ref: dict[str, Any] | None, test: tu
                tolerance: float) -> dict[str, Any]:
     op, _kind, offset = test
     if cell is None or ref is None:
-        return {"verdict": "not run", "threshold": None, "margin": None}
+        return {"verdict": "not run", "threshold": None, "offset": offset, "margin": None}
     threshold = ref["mean"] + offset
     if not (cell["converged"] and ref["converged"]):
-        return {"verdict": "not converged", "threshold": rnd(threshold), "margin": None}
+        return {"verdict": "not converged", "threshold": rnd(threshold), "offset": offset, "margin": None}
     margin = cell["mean"] - threshold
     verdict = "within noise" if abs(margin) < tolerance else ("holds" if OPS[op](cell["mean"], threshold) else "fails")
-    return {"verdict": verdict, "threshold": rnd(threshold), "margin": rnd(margin)}
+    return {"verdict": verdict, "threshold": rnd(threshold), "offset": offset, "margin": rnd(margin)}
 
 
 def evaluate(claims: list[dict[str, Any]], g: pd.DataFrame, flags: pd.Series, tolerance: float) -> list[dict[str, Any]]:
@@ -180,10 +180,8 @@ def pair_text(pair: dict[str, Any]) -> str:
     text = f"{cell['poison']} × {where} {cell['mean']:.1f} ({_seeds(cell)})"
     if ref is None:
         return text + ": reference not run"
-    if pair["threshold"] is None:
-        return text + f" vs {ref['mean']:.1f} ({_seeds(ref)}): {pair['verdict']}"
-    offset = pair["threshold"] - ref["mean"]
-    against = f"{pair['threshold']:.1f}" if abs(offset) < 0.05 else (
+    offset = pair["offset"]
+    against = f"{pair['threshold']:.1f}" if not offset else (
         f"{pair['threshold']:.1f} = {ref['mean']:.1f} {'+' if offset > 0 else '−'} {abs(offset):g}")
     return text + f" vs {against} ({_seeds(ref)}): {pair['verdict']}"
 
