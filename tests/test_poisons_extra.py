@@ -5,7 +5,6 @@ derived from the full-ratio noise, and tampered artifacts rejected at load."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -201,21 +200,23 @@ def test_default_em_quantisation_unchanged_by_the_flag_fix() -> None:
 
 # ------------------------------------------------------------------------------ CPU streams fixed
 
-# sha256 (first 16 hex) of the poisoned images of smoke generations on _images(32), key 3, computed
-# with the CPU random streams before the device-generator change: committed CPU results stay valid.
-# Per CPU kernel set: float results differ in the last bits between AVX2 and AVX-512 kernels, and REM's
-# many surrogate steps carry that into a different rounding of a few pixels.
-CPU_REFERENCE = {"AVX2": {"rem": "36e9a363885fd7e3", "sem": "36c5067e0e21cfd0"},
-                 "AVX512": {"rem": "43da5845fe6a1798", "sem": "36c5067e0e21cfd0"}}
+# The perturbation levels of smoke generations on _images(32), key 3, made with the CPU random streams
+# before the device-generator change (tests/fixtures/robust_noise_smoke_key3.npz), so committed CPU results
+# stay valid. Not pinned bit for bit: float kernels differ in the last bits between CPUs (seen: two
+# AVX-512 machines disagreed on a few REM pixels), and REM's many surrogate steps carry that into a
+# different rounding of a few levels. A changed random stream or algorithm moves most of them.
+ROBUST_REFERENCE = Path(__file__).parent / "fixtures" / "robust_noise_smoke_key3.npz"
 
 
 @pytest.mark.parametrize("name", ["rem", "sem"])
 def test_cpu_noise_unchanged_by_device_generators(name: str) -> None:
-    kernels = torch.backends.cpu.get_cpu_capability()
-    if kernels not in CPU_REFERENCE:
-        pytest.skip(f"no pinned reference for CPU kernel set {kernels}")
-    _, out = _generate(name, _images(32))
-    assert hashlib.sha256(out.x.numpy().tobytes()).hexdigest()[:16] == CPU_REFERENCE[kernels][name]
+    train = _images(32)
+    _, out = _generate(name, train)
+    levels = (out.x.int() - train.x.int()).numpy()
+    with np.load(ROBUST_REFERENCE, allow_pickle=False) as ref:
+        expected = ref[name].astype(np.int32)
+    assert levels.shape == expected.shape
+    assert (levels == expected).mean() >= 0.97, f"only {(levels == expected).mean():.1%} of the levels match"
 
 
 def test_cpu_draws_are_the_previous_stream() -> None:
