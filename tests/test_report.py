@@ -420,3 +420,19 @@ def agg_costs(frame):
     from benchmark.report.costs import defense_costs
 
     return defense_costs(frame[frame["group"] == frame["group"].iloc[0]], list(dict.fromkeys(frame["defense_label"])))
+
+
+def test_matrix_legend_names_defenses_whose_headline_is_not_the_final_epoch(tmp_path: Path) -> None:
+    """Smoothing's number is its smoothed classifier's vote and early-stop's the epoch chosen on clean
+    validation data: the legend of each tier's table says so instead of calling every cell final-epoch."""
+    recs = [make_record("none", "none", 80.0), make_record("cuda", "none", 20.0),
+            make_record("none", "smoothing", 60.0), make_record("cuda", "smoothing", 45.0),
+            make_record("none", "early-stop", 79.0, defense_params={"val_size": 20}),
+            make_record("cuda", "early-stop", 30.0, defense_params={"val_size": 20})]
+    out = tmp_path / "leaderboard.md"
+    write_leaderboard(write_all(tmp_path / "runs", recs), out, tmp_path / "plots", samples=False)
+    legends = [line for line in out.read_text().splitlines() if line.startswith("<sub>Final-epoch clean test accuracy")]
+    standard, extra = legends[0], legends[1]
+    assert "(except smoothing: smoothed classifier: majority vote" in standard and "early-stop" not in standard
+    assert "(except early-stop (val_size=20): clean test accuracy of the epoch with the best accuracy on the held-out clean" in extra
+    assert "smoothing" not in extra

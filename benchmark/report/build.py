@@ -48,11 +48,13 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
     else:
         tiers = agg.defense_tiers(c)
         fam = c.reset_index().groupby("defense_label")[["family", "defense", "variant"]].first()
+        heads = g.groupby("defense_label")["headline"].first().to_dict()
         out["poisons"] = [{"label": p, "name": str(c.xs(p, level=0)["poison"].iloc[0]),
                            "budget_type": poison_class_info(str(c.xs(p, level=0)["poison"].iloc[0]))["budget_type"]}
                           for p in agg.ordered_poisons(c)]
         out["defenses"] = [{"label": d, "name": str(fam.at[d, "defense"]), "family": str(fam.at[d, "family"]),
-                            "tier": tiers[d], "variant": str(fam.at[d, "variant"]) or None} for d in agg.ordered_defenses(c)]
+                            "tier": tiers[d], "variant": str(fam.at[d, "variant"]) or None,
+                            "headline": heads.get(d, "")} for d in agg.ordered_defenses(c)]
         out["entries"] = [{"poison": p, "defense": d, "tier": tiers[d], **agg.cell_dict(row)}
                           for (p, d), row in c.iterrows()]
         present = [t for t in agg.tier_order() if t in tiers.values()]

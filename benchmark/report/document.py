@@ -120,10 +120,18 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
             row.append(Cell(fmt(e["test_acc"]) + mark, _links(e["records"], e["seeds"])))
         rows.append(row)
     n_values = {e["test_acc"]["n"] for e in g["entries"]}
-    legend = (f"Final-epoch clean test accuracy (%) of the victim; rows: defenses by family, columns: poisons (clean = "
+    legend = (f"{_headline_text(g, tier)}; rows: defenses by family, columns: poisons (clean = "
               f"no poison). Lower = stronger poison, higher = better defense. {_seeds_text(n_values)} "
               f"{_convergence_rule(rules)} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
     return Table(["defense", *poisons], rows, legend)
+
+
+def _headline_text(g: dict[str, Any], tier: str) -> str:
+    """What the tier's numbers are: final-epoch accuracy, except where a defense's headline is another metric."""
+    other = [f"{d['label']}: {d['headline']}" for d in g["defenses"] if d["tier"] == tier
+             and d.get("headline") and not d["headline"].startswith("clean test accuracy (argmax")]
+    text = "Final-epoch clean test accuracy (%) of the victim"
+    return text + (f" (except {'; '.join(other)})" if other else "")
 
 
 def peak_para(g: dict[str, Any], rules: dict[str, Any]) -> Para | None:

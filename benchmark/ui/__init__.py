@@ -177,7 +177,7 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
     if cfg["poison"]["name"] != "none" and b:
         held = rec.get("training", {}).get("validation_images")
         table.add_row("poisoned images", f"{b.get('num_poisoned')} of {cfg['train_size']}"
-                      + (f" ({held} of them held out clean for validation, not trained on)"
+                      + (f"; {held} of them held out as their clean originals for validation, not trained on"
                          if held else ""))
         table.add_row("budget", f"L-inf {b.get('linf_255')}/255 · mean L2 {_fmt(b.get('l2_mean'), '', 3)} · "
                                 f"PSNR {_fmt(b.get('psnr'), ' dB')} · SSIM {_fmt(b.get('ssim'), '', 4)}")
