@@ -140,6 +140,27 @@ def test_convergence_flags_exclude_cells_from_verdicts(tmp_path: Path) -> None:
     assert poisons["cuda"]["worst"]["mean"] == 20.0 and poisons["cuda"]["not_converged"] == ["mixup"]
 
 
+def test_an_epoch_selecting_defense_is_judged_by_its_training_run_not_its_early_model(tmp_path: Path) -> None:
+    """early-stop restores an early epoch, whose model fits the training set poorly by design (20 %); its
+    run trained to 88 % and converged. A plain run with the same 20 % train accuracy did not fit."""
+    def selecting(poison: str, acc: float, last_epoch_train: float) -> dict:
+        rec = make_record(poison, "early-stop", acc, defense_params={"val_size": 20}, train_acc=20.0)
+        m = rec["metrics"]
+        m["per_epoch"][-1]["train_acc"] = last_epoch_train
+        m.update({"selected_epoch": 1, "selected_val_acc": 30.0, "stopped_early": False})
+        return rec
+
+    recs = [make_record("none", "none", 80.0, train_acc=90.0), make_record("cuda", "none", 20.0),
+            selecting("none", 79.0, 88.0), selecting("cuda", 30.0, 88.0), selecting("em", 25.0, 40.0),
+            make_record("em", "none", 15.0, train_acc=20.0)]
+    frame = group_frame(write_all(tmp_path / "runs", recs))
+    c = agg.cells(frame)
+    es = frame.loc[frame["defense"] == "early-stop", "defense_label"].iloc[0]
+    assert c.loc[("cuda", es), "converged"] and c.loc[("clean", es), "converged"]
+    assert "train accuracy 40.0 % vs 90.0 %" in c.loc[("em", es), "not_converged"]  # its run did not fit either
+    assert "train accuracy 20.0 % vs 90.0 %" in c.loc[("em", "none"), "not_converged"]
+
+
 def test_page_json_and_byte_identical_regeneration(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "site" / "leaderboard.md"
     summary = write_leaderboard(results, out, tmp_path / "plots", samples=False)

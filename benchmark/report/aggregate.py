@@ -7,7 +7,8 @@ may be used for is a constant here and is stated on the page:
 * convergence: a cell did not converge when a run's final test accuracy is more than ``RISE_POINTS``
   above every one of the ``RISE_WINDOW`` epochs before it (still climbing or jumping when training
   stopped), when its train accuracy is more than ``TRAIN_GAP_POINTS`` below plain training's on clean
-  data, or when a run diverged. Such a cell is shown, marked, and never used as a verdict (rankings,
+  data (for a defense that selects an earlier epoch: the last epoch's, :func:`frame.fit_acc`), or when a
+  run diverged. Such a cell is shown, marked, and never used as a verdict (rankings,
   worst cases, claims).
 * noise: sigma = pooled seed-to-seed std (root mean square of the std of every cell run with several
   seeds); two values are within noise when they differ by less than ``TIE_SIGMAS`` x sigma. Ranks
@@ -75,8 +76,8 @@ def run_flags(g: pd.DataFrame) -> pd.Series:
         why = []
         if not pd.isna(run["final_rise"]) and run["final_rise"] > RISE_POINTS:
             why.append(f"final epoch {run['final_rise']:.1f} points above the {RISE_WINDOW} before it")
-        if base is not None and not pd.isna(run["train_acc"]) and base - run["train_acc"] > TRAIN_GAP_POINTS:
-            why.append(f"train accuracy {run['train_acc']:.1f} % vs {base:.1f} % for plain training on clean data")
+        if base is not None and not pd.isna(run["fit_acc"]) and base - run["fit_acc"] > TRAIN_GAP_POINTS:
+            why.append(f"train accuracy {run['fit_acc']:.1f} % vs {base:.1f} % for plain training on clean data")
         if run["diverged"]:
             why.append("diverged (non-finite loss)")
         reasons.append("; ".join(why))

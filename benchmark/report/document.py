@@ -95,7 +95,8 @@ def protocol_legend(g: dict[str, Any]) -> str:
 def _convergence_rule(rules: dict[str, Any]) -> str:
     return (f"{NOT_CONVERGED} = did not converge (final epoch more than {rules['rise_points']:g} points above each of "
             f"the {rules['rise_window']} before it, train accuracy more than {rules['train_gap_points']:g} points below "
-            "plain training's on clean data, or a diverged run): shown, never used as a verdict.")
+            "plain training's on clean data (for a defense that selects an earlier epoch, the last epoch's), or a "
+            "diverged run): shown, never used as a verdict.")
 
 
 def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:

@@ -5,7 +5,7 @@ Every table of the leaderboard is a groupby / pivot of this frame, and ``bench r
 Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
 model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
-test_acc, peak_test_acc, peak_epoch, train_acc, final_rise, diverged, steps, training_s, training_cpu_s, evaluation_s,
+test_acc, peak_test_acc, peak_epoch, train_acc, fit_acc, final_rise, diverged, steps, training_s, training_cpu_s, evaluation_s,
 wall_s, device, cpu, threads, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
 psnr, ssim, num_poisoned, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric metric a defense reports.
 """
@@ -49,6 +49,16 @@ def final_rise(per_epoch: Any) -> float | None:
     if len(accs) <= RISE_WINDOW:
         return None
     return round(accs[-1] - max(accs[-1 - RISE_WINDOW:-1]), 4)
+
+
+def fit_acc(metrics: dict[str, Any]) -> float | None:
+    """How well the training run fitted its data: the victim's train accuracy, except for a defense that
+    selects an earlier epoch (``selected_epoch``, e.g. early-stop), whose chosen model stops before fitting
+    by design; there it is the last epoch's training accuracy (running, over that epoch's batches)."""
+    per_epoch = metrics.get("per_epoch") or []
+    if metrics.get("selected_epoch") is not None and per_epoch and isinstance(per_epoch[-1], dict):
+        return num(per_epoch[-1].get("train_acc"))
+    return num(metrics.get("train_acc"))
 
 
 def _groups(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[str, str, str]]:
@@ -133,7 +143,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "tier": info["tier"], "family": info["family"], "variant": info["variant"] or "", "headline": info["headline"],
         "test_acc": num(metrics.get("test_acc")), "peak_test_acc": num(metrics.get("peak_test_acc")),
         "peak_epoch": num(metrics.get("peak_epoch")), "train_acc": num(metrics.get("train_acc")),
-        "final_rise": final_rise(metrics.get("per_epoch")), "diverged": bool(metrics.get("diverged")),
+        "fit_acc": fit_acc(metrics), "final_rise": final_rise(metrics.get("per_epoch")), "diverged": bool(metrics.get("diverged")),
         "steps": num(training.get("steps")) if training else None,
         "training_s": num(timings.get("training")), "training_cpu_s": num(timings.get("training_cpu")),
         "evaluation_s": num(timings.get("evaluation")),
