@@ -129,8 +129,7 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
 
 def _headline_text(g: dict[str, Any], tier: str) -> str:
     """What the tier's numbers are: final-epoch accuracy, except where a defense's headline is another metric."""
-    other = [f"{d['label']}: {d['headline']}" for d in g["defenses"] if d["tier"] == tier
-             and d.get("headline") and not d["headline"].startswith("clean test accuracy (argmax")]
+    other = [f"{d['label']}: {d['headline']}" for d in g["defenses"] if d["tier"] == tier and not d["final_epoch"]]
     text = "Final-epoch clean test accuracy (%) of the victim"
     return text + (f" (except {'; '.join(other)})" if other else "")
 

@@ -133,7 +133,7 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
                 if not e["converged"]:
                     bad.append((i, j))
     status = {e["defense"]: e["status"] for r in g["rankings"].values() for e in r["entries"]}
-    labels = [d["label"] + ("" if d["tier"] == standard else f" [{d['tier']}]")
+    labels = [d["label"] + ("" if d["final_epoch"] else " *") + ("" if d["tier"] == standard else f" [{d['tier']}]")
               + (f" ({status[d['label']]})" if status.get(d["label"]) in ("fails on clean", "not converged") else "")
               for d in defenses]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(poisons) + 4.0), 0.34 * len(defenses) + 1.9))
@@ -149,8 +149,11 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
         ax.axhline(n_std, color="white", linewidth=4)
     ax.set_xlabel("poison")
     ax.set_ylabel("defense")
-    ax.set_title(wrap(f"{g['title']} — final clean test accuracy (%); grey = not run; † orange box = did not "
-                      "converge (never a verdict); rows below the white line use extra data", 75), fontsize=10)
+    own = any(not d["final_epoch"] for d in defenses)
+    ax.set_title(wrap(f"{g['title']} — clean test accuracy (%), final epoch"
+                      + (" (* = the defense's own headline, e.g. a vote or a chosen epoch)" if own else "")
+                      + "; grey = not run; † orange box = did not converge (never a verdict); rows below the "
+                      "white line use extra data", 75), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
     return save(fig, path)
