@@ -202,9 +202,10 @@ def test_default_em_quantisation_unchanged_by_the_flag_fix() -> None:
 
 # The perturbation levels of smoke generations on _images(32), key 3, made with the CPU random streams
 # before the device-generator change (tests/fixtures/robust_noise_smoke_key3.npz), so committed CPU results
-# stay valid. Not pinned bit for bit: float kernels differ in the last bits between CPUs (seen: two
-# AVX-512 machines disagreed on a few REM pixels), and REM's many surrogate steps carry that into a
-# different rounding of a few levels. A changed random stream or algorithm moves most of them.
+# stay valid. Not pinned bit for bit: float results differ in the last bits between CPUs and thread
+# counts (two AVX-512 machines disagreed on REM; one thread instead of two leaves 93.8 % of REM's levels
+# equal, 99.98 % of SEM's), and REM's surrogate steps carry that into a different rounding of some
+# levels. A changed random stream moves most of them (key 4 instead of 3: 22.8 % equal).
 ROBUST_REFERENCE = Path(__file__).parent / "fixtures" / "robust_noise_smoke_key3.npz"
 
 
@@ -216,7 +217,7 @@ def test_cpu_noise_unchanged_by_device_generators(name: str) -> None:
     with np.load(ROBUST_REFERENCE, allow_pickle=False) as ref:
         expected = ref[name].astype(np.int32)
     assert levels.shape == expected.shape
-    assert (levels == expected).mean() >= 0.97, f"only {(levels == expected).mean():.1%} of the levels match"
+    assert (levels == expected).mean() >= 0.85, f"only {(levels == expected).mean():.1%} of the levels match"
 
 
 def test_cpu_draws_are_the_previous_stream() -> None:
