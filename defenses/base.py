@@ -49,6 +49,8 @@ TIERS: dict[str, str] = {
     "overlapping-data": "the defender has clean data overlapping the clean versions of the poisoned images "
                         "(an optimistic upper bound, not a defense)",
 }
+#: what ``test_acc`` measures for a defense that declares no ``headline`` of its own
+DEFAULT_HEADLINE = "clean test accuracy (argmax of the trained model)"
 TIER_ORDER = tuple(TIERS)
 
 #: Defense families, in the order the report groups its rows.
@@ -331,7 +333,7 @@ class DefenseStack(Defense):
         heads = [c.headline for c in self.components if c.headline]
         return {"tier": self.tier(), "tier_meaning": TIERS[self.tier()], "family": self.families()[-1],
                 "families": self.families(), "variant": self.variant(),
-                "headline": heads[0] if heads else "clean test accuracy (argmax of the trained model)"}
+                "headline": heads[0] if heads else DEFAULT_HEADLINE}
 
     def record(self) -> dict[str, Any]:
         """``config.defense`` of a run record."""

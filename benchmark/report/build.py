@@ -19,18 +19,13 @@ from benchmark.report.collect import (
     CLEAN,
     STANDARD_TIER,
     dataset_sources,
+    final_epoch_headline,
     poison_class_info,
     protocol_of,
 )
 
 SCHEMA = "unlearnable-bench/leaderboard/2"
 
-
-
-def _is_final_epoch(headline: str) -> bool:
-    """Whether a defense's number is the plain final-epoch accuracy (the default headline), not a metric of
-    its own such as smoothing's vote or early-stop's validation-chosen epoch."""
-    return not headline or headline.startswith("clean test accuracy (argmax")
 
 def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
     first = g.iloc[0]
@@ -60,7 +55,7 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
                           for p in agg.ordered_poisons(c)]
         out["defenses"] = [{"label": d, "name": str(fam.at[d, "defense"]), "family": str(fam.at[d, "family"]),
                             "tier": tiers[d], "variant": str(fam.at[d, "variant"]) or None,
-                            "headline": heads.get(d, ""), "final_epoch": _is_final_epoch(heads.get(d, ""))}
+                            "headline": heads.get(d, ""), "final_epoch": final_epoch_headline(heads.get(d, ""))}
                            for d in agg.ordered_defenses(c)]
         out["entries"] = [{"poison": p, "defense": d, "tier": tiers[d], **agg.cell_dict(row)}
                           for (p, d), row in c.iterrows()]

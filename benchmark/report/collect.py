@@ -153,6 +153,14 @@ def _backbone_tier(rec: dict[str, Any]) -> str | None:
     return None
 
 
+def final_epoch_headline(headline: str) -> bool:
+    """Whether a defense's number is the plain final-epoch accuracy (no headline of its own, or the
+    default one), not a metric such as smoothing's vote or early-stop's validation-chosen epoch."""
+    from defenses.base import DEFAULT_HEADLINE
+
+    return not headline or headline == DEFAULT_HEADLINE
+
+
 def defense_info(rec: dict[str, Any]) -> dict[str, Any]:
     """The record's ``defense_info``, or the same facts derived from its config (older records)."""
     from defenses.base import FAMILIES, TIER_ORDER

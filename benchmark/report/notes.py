@@ -23,6 +23,7 @@ from benchmark.report.collect import (
     STANDARD_TIER,
     dataset_sources,
     defense_class_notes,
+    final_epoch_headline,
     fmt_param,
     poison_class_info,
     poison_defaults,
@@ -53,7 +54,7 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
             out += [{"topic": f"defense {part}", "text": n} for n in defense_class_notes(part)]
     for label, rows in g.groupby("defense_label", sort=True):
         head = str(rows["headline"].iloc[0])
-        if head and not head.startswith("clean test accuracy (argmax"):
+        if not final_epoch_headline(head):
             out.append({"topic": f"defense {label}", "text": f"its number is {head}."})
         evals = sorted(set(rows["per_epoch_eval"]) - {""})
         if evals:
