@@ -73,11 +73,13 @@ def gradient_alignment(poison_grad: list[torch.Tensor], target_grad: list[torch.
 
 
 def craft_poisons(model: nn.Module, x_p: torch.Tensor, y_p: torch.Tensor, x_t: torch.Tensor, y_fake: torch.Tensor,
-                  p: PoisonAwareATParams, gen: torch.Generator | None) -> tuple[torch.Tensor, list[float]]:
+                  p: PoisonAwareATParams, gen: torch.Generator | None,
+                  final_objective: bool = False) -> tuple[torch.Tensor, list[float]]:
     """Perturbations of ``x_p`` aligning its training gradient with the targets' fake-label gradient.
 
     Leaves the model's mode and parameters untouched (the caller sets eval mode). Returns (delta,
-    the alignment objective before each step and after the last one)."""
+    the alignment objective before each step, plus after the last one if ``final_objective``: an extra
+    forward and backward pass that training does not need)."""
     params = [q for q in model.parameters() if q.requires_grad]
     target_grad = [g.detach() for g in torch.autograd.grad(soft_cross_entropy(model(x_t), y_fake), params)]
     delta = (torch.randn(x_p.shape, generator=gen).to(x_p.device) * p.eps).clamp(-p.eps, p.eps)
@@ -85,7 +87,7 @@ def craft_poisons(model: nn.Module, x_p: torch.Tensor, y_p: torch.Tensor, x_t: t
     m = torch.zeros_like(delta)
     v = torch.zeros_like(delta)
     beta1, beta2 = 0.9, 0.999
-    trace: list[float] = []
+    trace: list[torch.Tensor] = []
 
     def objective(d: torch.Tensor, create_graph: bool) -> torch.Tensor:
         poison_loss = soft_cross_entropy(model(x_p + d), y_p)
@@ -96,7 +98,7 @@ def craft_poisons(model: nn.Module, x_p: torch.Tensor, y_p: torch.Tensor, x_t: t
         delta.requires_grad_(True)
         loss = objective(delta, create_graph=True)
         (grad,) = torch.autograd.grad(loss, delta)
-        trace.append(float(loss.detach()))
+        trace.append(loss.detach())
         g = grad.sign()
         with torch.no_grad():
             m.mul_(beta1).add_(g, alpha=1 - beta1)
@@ -106,8 +108,9 @@ def craft_poisons(model: nn.Module, x_p: torch.Tensor, y_p: torch.Tensor, x_t: t
             delta = delta.detach() - lr * m_hat / (v_hat.sqrt() + 1e-8)
             delta = delta.clamp(-p.eps, p.eps)
             delta = (x_p + delta).clamp(0, 1) - x_p
-    trace.append(float(objective(delta, create_graph=False).detach()))
-    return delta.detach(), trace
+    if final_objective:
+        trace.append(objective(delta, create_graph=False).detach())
+    return delta.detach(), torch.stack(trace).tolist()  # one device sync per batch, not one per step
 
 
 @register_defense("poison-aware-at", aliases=("adversarial-poisoning",))
