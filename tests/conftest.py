@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from benchmark.data import ImageSet
+from benchmark.records import validate_record
+from benchmark.runner import RunSpec, execute, prepare_run
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -73,6 +76,24 @@ def run_env(tmp_path_factory: pytest.TempPathFactory, data_root: Path, dataset_c
     shared.mkdir(parents=True, exist_ok=True)
     (cache / "datasets").symlink_to(shared, target_is_directory=True)
     return {"data_root": data_root, "cache": cache, "results": base / "results"}
+
+
+#: a smoke-preset run short enough for the default test suite: one epoch on 128 poisoned images
+SMOKE_OVERRIDES = {"epochs": 1, "train_subset": 128, "test_subset": 100}
+
+
+def smoke_run(env: dict[str, Path], defense: str, params: dict[str, str] | None = None,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A real end-to-end run (smoke preset, CUDA poison) of ``defense``; returns its record after
+    checking that it is a valid finished record of that defense."""
+    spec = RunSpec(preset="smoke", poison="cuda", defense=defense, defense_params=params or {},
+                   overrides={**SMOKE_OVERRIDES, **(overrides or {})}, data_root=str(env["data_root"]),
+                   cache_dir=str(env["cache"]), results=str(env["results"]))
+    rec = execute(prepare_run(spec))
+    assert validate_record(rec) is None and rec["status"] == "finished"
+    assert rec["config"]["defense"]["name"] == defense
+    assert isinstance(rec["metrics"]["test_acc"], float) and 0 <= rec["metrics"]["test_acc"] <= 100
+    return rec
 
 
 def make_images(n: int = 64, num_classes: int = 4, size: int = 16, channels: int = 3, seed: int = 0) -> ImageSet:

@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import smoke_run
 
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.evaluate import predictions
 from benchmark.mixing import sample_dirichlet
-from benchmark.records import validate_record
-from benchmark.runner import RunSpec, execute, prepare_run
 from defenses.base import TrainContext, build_defense, soft_cross_entropy
 from defenses.cutmix import cutmix_box
 from defenses.smoothing import certify, vote_scores
@@ -268,13 +267,7 @@ def test_mixup_plus_cutmix_chain_and_train_a_step() -> None:
     ("smoothing", {"n_samples": "4", "epoch_samples": "2", "certify_subset": "20", "certify_n": "50"}),
 ])
 def test_smoke_run_end_to_end(run_env: dict, defense: str, params: dict) -> None:
-    spec = RunSpec(preset="smoke", poison="cuda", defense=defense, defense_params=params,
-                   overrides={"epochs": 1, "train_subset": 128, "test_subset": 100},
-                   data_root=str(run_env["data_root"]), cache_dir=str(run_env["cache"]), results=str(run_env["results"]))
-    rec = execute(prepare_run(spec))
-    assert validate_record(rec) is None and rec["status"] == "finished"
-    assert rec["config"]["defense"]["name"] == defense
-    assert isinstance(rec["metrics"]["test_acc"], float) and 0 <= rec["metrics"]["test_acc"] <= 100
+    rec = smoke_run(run_env, defense, params)
     if defense == "smoothing":
         extra = rec["metrics"]["defense"]
         assert extra["certify_images"] == 20 and 0 <= extra["certified_acc@0.5"] <= extra["certified_acc@0"] <= 100

@@ -9,31 +9,16 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, smoke_run
 
 import defenses.poison_aware_at as poison_aware_at
-from benchmark.records import validate_record
-from benchmark.runner import RunSpec, execute, prepare_run
 from defenses.dp_instahide import DPInstaHide
 from defenses.rsk_ff import RSKFF, dct_matrix
-
-OVERRIDES = {"epochs": 1, "train_subset": 128, "test_subset": 100}
-
-
-def run(env: dict[str, Path], defense: str, params: dict[str, str] | None = None,
-        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    spec = RunSpec(preset="smoke", poison="cuda", defense=defense, defense_params=params or {},
-                   overrides={**OVERRIDES, **(overrides or {})}, data_root=str(env["data_root"]),
-                   cache_dir=str(env["cache"]), results=str(env["results"]))
-    rec = execute(prepare_run(spec))
-    assert validate_record(rec) is None and rec["status"] == "finished"
-    assert rec["config"]["defense"]["name"] == defense
-    return rec
 
 
 @pytest.fixture(scope="module")
 def plain(run_env: dict[str, Path]) -> dict[str, Any]:
-    return run(run_env, "none")
+    return smoke_run(run_env, "none")
 
 
 def changed_training(rec: dict[str, Any], plain: dict[str, Any]) -> bool:
@@ -53,14 +38,14 @@ def test_ueraser_run_uses_k_views_then_one(run_env: dict, plain: dict, monkeypat
         return original(self, x, k, ctx)
 
     monkeypatch.setattr(UEraser, "views", views)
-    rec = run(run_env, "ueraser", {"adv_fraction": "0.5"}, {"epochs": 2, "train_subset": 64})
+    rec = smoke_run(run_env, "ueraser", {"adv_fraction": "0.5"}, {"epochs": 2, "train_subset": 64})
     assert ks == [5, 1]  # one step per epoch; the first of 2 epochs adversarial
     assert rec["defense_info"]["family"] == "augmentation"
     assert changed_training(rec, plain)
 
 
 def test_ortho_proj_run_projects_out_the_linear_shortcut(run_env: dict, plain: dict) -> None:
-    rec = run(run_env, "ortho-proj")
+    rec = smoke_run(run_env, "ortho-proj")
     extra = rec["metrics"]["defense"]
     # chance (10 %; +-2.7 % binomial noise on 128 images: only uint8 rounding tells the logits apart)
     assert extra["linear_acc_projected"] <= 18
@@ -80,7 +65,7 @@ def test_dp_instahide_run_trains_on_noisy_mixtures(run_env: dict, plain: dict, m
         return out
 
     monkeypatch.setattr(DPInstaHide, "batch", batch)
-    rec = run(run_env, "dp-instahide")
+    rec = smoke_run(run_env, "dp-instahide")
     assert len(seen) == 2
     for x, y in seen:
         assert torch.allclose(y.sum(1), torch.ones(len(y)))
@@ -102,7 +87,7 @@ def test_poison_aware_at_run_crafts_aligned_poisons(run_env: dict, plain: dict, 
         return delta, trace
 
     monkeypatch.setattr(poison_aware_at, "craft_poisons", craft)
-    rec = run(run_env, "poison-aware-at", {"steps": "2"}, {"train_subset": 64})
+    rec = smoke_run(run_env, "poison-aware-at", {"steps": "2"}, {"train_subset": 64})
     assert len(traces) == 1 and all(len(t) == 3 for t in traces)
     assert all(t[-1] < t[0] for t in traces)  # the gradient alignment grew in every batch
     assert max(budgets) <= 16 / 255 + 1e-6
@@ -121,7 +106,7 @@ def test_rsk_ff_run_trains_on_sharpened_low_passed_images(run_env: dict, plain: 
         return out
 
     monkeypatch.setattr(RSKFF, "batch", batch)
-    rec = run(run_env, "rsk-ff")
+    rec = smoke_run(run_env, "rsk-ff")
     assert len(seen) == 2
     d = dct_matrix(30, dtype=torch.float64)
     for x in seen:

@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_images
+from conftest import make_images, smoke_run
 from imagerefs import pil_jpeg, pil_luma
 
 import defenses.jpeg as jpeg_module
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
-from benchmark.records import validate_record
-from benchmark.runner import RunSpec, execute, prepare_run
 from defenses.base import TrainContext, build_defense
 
 
@@ -136,13 +134,7 @@ def test_smoke_run_end_to_end(run_env: dict, defense: str, monkeypatch: pytest.M
     seen: list[int] = []
     real = jpeg_module.jpeg_uint8
     monkeypatch.setattr(jpeg_module, "jpeg_uint8", lambda x, q: seen.append(len(x)) or real(x, q))
-    spec = RunSpec(preset="smoke", poison="cuda", defense=defense,
-                   overrides={"epochs": 1, "train_subset": 128, "test_subset": 100},
-                   data_root=str(run_env["data_root"]), cache_dir=str(run_env["cache"]), results=str(run_env["results"]))
-    rec = execute(prepare_run(spec))
-    assert validate_record(rec) is None and rec["status"] == "finished"
-    assert rec["config"]["defense"]["name"] == defense
-    assert isinstance(rec["metrics"]["test_acc"], float) and 0 <= rec["metrics"]["test_acc"] <= 100
+    smoke_run(run_env, defense)
     if defense == "jpeg":  # only the 128 training images are compressed; the test set is untouched
         assert seen == [128]
     if defense == "jpeg+cutmix":  # same poisoned train set as the jpeg run: read from the disk cache
