@@ -19,6 +19,7 @@ from benchmark.records import load_frame as records_load_frame
 from benchmark.records import run_id
 from benchmark.report import aggregate as agg
 from benchmark.report import build_frame, collect_runs, load_frame, write_leaderboard
+from benchmark.report.collect import threads_text
 
 HOLDOUT = {"finetune": {"pretrained_on": {"model": "small-cnn", "dataset": "cifar10", "split": "holdout",
                                           "train_images": 30000, "epochs": 15, "clean_test_acc": 80.0}}}
@@ -457,3 +458,9 @@ def test_matrix_legend_names_defenses_whose_headline_is_not_the_final_epoch(tmp_
     assert "(except smoothing: smoothed classifier: majority vote" in standard and "early-stop" not in standard
     assert "(except early-stop (val_size=20): clean test accuracy of the epoch with the best accuracy on the held-out clean" in extra
     assert "smoothing" not in extra
+
+
+def test_threads_text_counts_threads_in_words() -> None:
+    assert threads_text([1, 1]) == "(1 thread)"
+    assert threads_text([2, 1]) == "(1/2 threads)"
+    assert threads_text([4]) == "(4 threads)"

@@ -43,6 +43,12 @@ def num(value: Any) -> float | None:
 
 # -------------------------------------------------------------------------------------- records
 
+def threads_text(counts: Iterable[int]) -> str:
+    """``(1 thread)``, ``(1/2 threads)``: the CPU thread counts runs were made with."""
+    counts = sorted(set(counts))
+    return f"({'/'.join(map(str, counts))} thread{'' if counts == [1] else 's'})"
+
+
 def collect_runs(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
     """Finished, usable records under ``results``, sorted by path; everything else one warning each."""
     runs: dict[str, tuple[Path, dict[str, Any]]] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.report.claims import claims_unrecorded, pair_text, unrecorded_text
+from benchmark.report.collect import threads_text
 
 NOT_CONVERGED = "†"
 
@@ -258,7 +259,7 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
                      *([f"{c['relative_cpu']:.2f}×" if c.get("relative_cpu") is not None else "–"] if cpu else []),
                      f"{c['evaluation_s']:.0f}",
                      *([f"{c['steps']:.0f}" if c["steps"] is not None else "–"] if steps else []),
-                     ", ".join(c["devices"]) + (f" ({'/'.join(map(str, c['threads']))} threads)" if c["threads"] else "")])
+                     ", ".join(c["devices"]) + (f" {threads_text(c['threads'])}" if c["threads"] else "")])
     out = [Table(["defense", "tier", "runs", "training (min)", "× plain", *(["× plain (CPU)"] if cpu else []),
                   "eval (s)", *(["steps"] if steps else []), "device"], rows,
                  "Mean training wall time per run (record timings.training) and its ratio to plain training's in this "

@@ -27,6 +27,7 @@ from benchmark.report.collect import (
     fmt_param,
     poison_class_info,
     poison_defaults,
+    threads_text,
 )
 
 PAPER_PRESET = "paper"
@@ -79,7 +80,7 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
                     f"σ = {noise['sigma']:.2f} points; single-run cells carry that much noise."})
     else:
         out.append({"topic": "noise", "text": "Every cell is a single run: the seed-to-seed spread is not measured."})
-    envs = sorted({d + (f" {cpu}" if cpu else "") + (f" ({int(t)} threads)" if not pd.isna(t) else "")
+    envs = sorted({d + (f" {cpu}" if cpu else "") + (f" {threads_text([int(t)])}" if not pd.isna(t) else "")
                    for d, cpu, t in zip(g["device"], g["cpu"], g["threads"], strict=True)})
     out.append({"topic": "hardware", "text": "Runs made on: " + ", ".join(envs) + " (record environment)."})
     return out
