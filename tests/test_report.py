@@ -438,6 +438,27 @@ def test_cost_table_uses_cpu_seconds_where_records_count_them(tmp_path: Path) ->
     assert "× plain (CPU)" in page and "1.25×" in page
 
 
+def test_cost_ratio_compares_only_runs_on_the_same_hardware(tmp_path: Path) -> None:
+    """A defense's × plain divides its training time by plain training's on the same CPU model and thread
+    count only: a run on another machine, or one whose record does not name its CPU, gets no ratio."""
+    recs = [make_record("none", acc=80.0), make_record("cuda", acc=20.0),
+            make_record("none", "mixup", acc=75.0), make_record("cuda", "mixup", acc=30.0),
+            make_record("none", "cutout", acc=75.0)]
+    recs[1]["timings"]["training"] = 30.0  # plain mean on this hardware: (10 + 30) / 2 = 20
+    recs[2]["timings"]["training"] = 50.0  # 2.5x
+    recs[3]["environment"]["cpu"] = "Another CPU"  # 20 s elsewhere: not comparable
+    del recs[4]["environment"]["cpu"]  # an older record: hardware unknown
+    results = write_all(tmp_path / "runs", recs)
+    costs = {c["defense"]: c for c in agg_costs(build_frame(collect_runs(results, warn=print)))}
+    assert (costs["mixup"]["relative"], costs["mixup"]["compared"], costs["mixup"]["runs"]) == (2.5, 1, 2)
+    assert costs["cutout"]["relative"] is None and costs["cutout"]["compared"] == 0
+    write_leaderboard(results, tmp_path / "lb.md", tmp_path / "plots", samples=False)
+    cost_section = (tmp_path / "lb.md").read_text().split("### Cost and budgets")[1].split("<sub>")[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in cost_section.splitlines()
+            if line.startswith(("| mixup |", "| cutout |"))}
+    assert rows == {"mixup": "2.50× (1 of 2)", "cutout": "–"}
+
+
 def agg_costs(frame):
     from benchmark.report.costs import defense_costs
 

@@ -18,14 +18,20 @@ from benchmark.report.collect import (
 )
 
 
+def same_hardware_ratio(runs: pd.DataFrame, plain: pd.DataFrame, column: str) -> tuple[float | None, int]:
+    """Mean over ``runs`` of each run's ``column`` divided by plain training's mean on the same hardware
+    (frame column ``hardware``), and how many runs had such a baseline. Machines of one kind differ up
+    to ~3x in speed, so a run is never compared with plain training measured elsewhere."""
+    base = plain[plain["hardware"] != ""].groupby("hardware")[column].mean()
+    ratios = (runs[column] / runs["hardware"].map(base)).dropna()
+    return (rnd(ratios.mean()) if len(ratios) else None), len(ratios)
+
+
 def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
-    """Per defense: mean training wall time of its full-ratio runs and its ratio to plain training's,
-    evaluation time, optimiser steps (records that carry them), and where the runs ran."""
+    """Per defense: mean training wall time of its full-ratio runs and its ratio to plain training's on
+    the same hardware, evaluation time, optimiser steps (records that carry them), and where the runs ran."""
     full = g[g["full"]]
-    plain_runs = full[full["defense_label"] == NO_DEFENSE]
-    plain = plain_runs["training_s"].dropna()
-    plain_mean = float(plain.mean()) if not plain.empty else None
-    plain_cpu = plain_runs["training_cpu_s"].dropna() if "training_cpu_s" in full else plain.iloc[:0]
+    plain = full[full["defense_label"] == NO_DEFENSE]
     out = []
     for d in order:
         runs = full[full["defense_label"] == d]
@@ -33,12 +39,12 @@ def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
         if train.empty:
             continue
         steps = runs["steps"].dropna()
-        cpu = runs["training_cpu_s"].dropna() if "training_cpu_s" in runs else train.iloc[:0]
+        relative, compared = same_hardware_ratio(runs, plain, "training_s")
+        # CPU seconds (records that count them): robust to other processes on the machine
+        relative_cpu, _ = same_hardware_ratio(runs, plain, "training_cpu_s")
         out.append({
             "defense": d, "runs": len(runs), "training_s": rnd(train.mean()), "evaluation_s": rnd(runs["evaluation_s"].dropna().mean()),
-            "relative": rnd(train.mean() / plain_mean) if plain_mean else None,
-            # CPU seconds (records that count them): robust to other processes on the machine
-            "relative_cpu": rnd(cpu.mean() / plain_cpu.mean()) if len(cpu) and len(plain_cpu) else None,
+            "relative": relative, "compared": compared, "relative_cpu": relative_cpu,
             "steps": rnd(steps.mean()) if not steps.empty else None,
             "devices": sorted(set(runs["device"]) - {""}),
             "threads": sorted({int(t) for t in runs["threads"].dropna()}),

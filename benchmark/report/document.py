@@ -255,15 +255,20 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
     rows: list[list[Cell | str] | Section] = []
     for c in g["defense_costs"]:
         rows.append([c["defense"], tiers.get(c["defense"], "–"), str(c["runs"]), f"{c['training_s'] / 60:.1f}",
-                     f"{c['relative']:.2f}×" if c["relative"] is not None else "–",
+                     (f"{c['relative']:.2f}×" + (f" ({c['compared']} of {c['runs']})" if c["compared"] < c["runs"] else ""))
+                     if c["relative"] is not None else "–",
                      *([f"{c['relative_cpu']:.2f}×" if c.get("relative_cpu") is not None else "–"] if cpu else []),
                      f"{c['evaluation_s']:.0f}",
                      *([f"{c['steps']:.0f}" if c["steps"] is not None else "–"] if steps else []),
                      ", ".join(c["devices"]) + (f" {threads_text(c['threads'])}" if c["threads"] else "")])
     out = [Table(["defense", "tier", "runs", "training (min)", "× plain", *(["× plain (CPU)"] if cpu else []),
                   "eval (s)", *(["steps"] if steps else []), "device"], rows,
-                 "Mean training wall time per run (record timings.training) and its ratio to plain training's in this "
-                 "group; evaluation time includes the defense's own metrics (robust accuracy, certification)"
+                 "Mean training wall time per run (record timings.training). × plain: each run's training time over "
+                 "the mean of plain training's runs on the same hardware (record environment: device, CPU model, "
+                 "instruction set, threads), averaged over the runs that have one; (n of m): only n of the "
+                 "defense's m runs have one; –: none has (runs made elsewhere, or by records that do not name "
+                 "their CPU), since machines of one kind differ up to ~3x in speed. Evaluation time includes the "
+                 "defense's own metrics (robust accuracy, certification)"
                  + ("; steps = optimiser steps (record training.steps)" if steps else "")
                  + ("; × plain (CPU): the same ratio of CPU seconds (record timings.training_cpu, records that count "
                     "them), robust to other processes on the machine" if cpu else "") + ". Runs shared the machine "

@@ -6,7 +6,7 @@ Columns (stable names): record, run_id, created, commit, group, group_title, dat
 model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
 test_acc, peak_test_acc, peak_epoch, train_acc, fit_acc, final_rise, diverged, steps, training_s, training_cpu_s, evaluation_s,
-wall_s, device, cpu, threads, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
+wall_s, device, cpu, threads, hardware, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
 psnr, ssim, num_poisoned, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric metric a defense reports.
 """
 
@@ -49,6 +49,18 @@ def final_rise(per_epoch: Any) -> float | None:
     if len(accs) <= RISE_WINDOW:
         return None
     return round(accs[-1] - max(accs[-1 - RISE_WINDOW:-1]), 4)
+
+
+def hardware(env: dict[str, Any]) -> str:
+    """Where a run's times were measured: the accelerator's name, or the CPU's model, instruction set and
+    thread count; "" where the record does not say (records made before it named the CPU). Times are
+    only compared between runs of the same hardware."""
+    device = str(env.get("device") or "")
+    if device and device != "cpu":
+        return str(env.get("device_name") or device)
+    if not env.get("cpu") or env.get("torch_threads") is None:
+        return ""
+    return f"{env['cpu']} {env.get('cpu_capability') or ''}, {int(env['torch_threads'])} thread(s)"
 
 
 def fit_acc(metrics: dict[str, Any]) -> float | None:
@@ -149,7 +161,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "evaluation_s": num(timings.get("evaluation")),
         "wall_s": num(timings.get("wall")), "device": str(env.get("device_name") or env.get("device") or ""),
         "cpu": str(env.get("cpu") or ""),
-        "threads": num(env.get("torch_threads")),
+        "threads": num(env.get("torch_threads")), "hardware": hardware(env),
         "generation_s": num(gen.get("generation_seconds")), "generation_device": str(gen.get("generation_device") or ""),
         "surrogate": str((poison.get("params") or {}).get("surrogate") or ""),
         "budget_type": poison_class_info(str(poison["name"]))["budget_type"],
