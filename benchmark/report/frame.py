@@ -36,6 +36,7 @@ from benchmark.report.collect import (
     poison_class_info,
     protocol_of,
     slug,
+    threads_text,
 )
 
 #: epochs before the last one that ``final_rise`` compares it with
@@ -60,7 +61,7 @@ def hardware(env: dict[str, Any]) -> str:
         return str(env.get("device_name") or device)
     if not env.get("cpu") or env.get("torch_threads") is None:
         return ""
-    return f"{env['cpu']} {env.get('cpu_capability') or ''}, {int(env['torch_threads'])} thread(s)"
+    return f"{env['cpu']} {env.get('cpu_capability') or ''} {threads_text([int(env['torch_threads'])])}"
 
 
 def fit_acc(metrics: dict[str, Any]) -> float | None:
