@@ -36,7 +36,7 @@ from benchmark.io import atomic_write, read_json, read_npz, write_json, write_np
 from benchmark.params import build_params, params_dict
 from benchmark.records import canonical_json
 from benchmark.registry import POISONS
-from benchmark.store import mmap_threshold, open_npy, write_npy
+from benchmark.store import mmap_threshold, open_npy, train_digest, write_npy
 
 ARTIFACT_VERSION = 1
 #: images per step when a loaded artifact is checked against the clean set
@@ -252,13 +252,27 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
     return poisoned, dict(manifest, cached=False, artifact=str(npz))
 
 
+def poisoned_digest(poisoned: PoisonedSet) -> str:
+    """SHA-256 (16 hex digits) of a poisoned training set's bytes: images (N,C,H,W uint8, C order), then
+    labels as int64. Two runs with one digest trained on the same data; the same recipe and key run on
+    another CPU can end elsewhere (float kernels differ in the last bits), and the digest tells them apart."""
+    return bytes(train_digest(poisoned.x.cpu().numpy(), poisoned.y.cpu().numpy())).decode()
+
+
 def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
                  preset: str = "cpu", progress: Any = None) -> tuple[PoisonedSet, dict[str, Any]]:
-    """Return the poisoned training set and its manifest, generating and caching it if needed.
+    """Return the poisoned training set and its manifest (with ``digest``, :func:`poisoned_digest` of the
+    set as loaded), generating and caching it if needed.
 
     A ratio derived from the full-ratio noise (:func:`derives_from_full`) is cached under its own id
     (``derived_artifact`` in the returned manifest); ``artifact`` names the full-ratio artifact it
     comes from, which is what sweeps ship between workers."""
+    poisoned, manifest = _get_poisoned(train, dataset_id, spec, cache, device, preset, progress)
+    return poisoned, dict(manifest, digest=poisoned_digest(poisoned))
+
+
+def _get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
+                  preset: str, progress: Any) -> tuple[PoisonedSet, dict[str, Any]]:
     if not derives_from_full(spec):
         return _load_or_generate(train, dataset_id, spec, cache, device, preset, progress)
     own_npz, own_json = _paths(cache, dataset_id, spec)

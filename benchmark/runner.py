@@ -277,6 +277,7 @@ def build_record(prep: PreparedRun, manifest: dict[str, Any], status: str, metri
         "generation_seconds": manifest.get("generation_seconds"),
         "generation_device": manifest.get("generation_device"),
         "num_poisoned": (manifest.get("budget") or {}).get("num_poisoned"),
+        "digest": manifest.get("digest"),  # which bytes were trained on (the same recipe can differ per CPU)
         "info": manifest.get("info", {}),
     }
     # generation bookkeeping when present: a resumed generation, a ratio derived from the full-ratio noise

@@ -14,7 +14,13 @@ from conftest import make_images, mapped_files
 
 from benchmark.errors import BenchError
 from benchmark.io import read_npz
-from benchmark.poisoning import build_poison, export_artifact, get_poisoned, images_path
+from benchmark.poisoning import (
+    build_poison,
+    export_artifact,
+    get_poisoned,
+    images_path,
+    poisoned_digest,
+)
 from benchmark.runner import RunSpec, execute, prepare_run
 
 DATASET_ID = {"name": "tiny", "source": "generated", "digest": "0", "train_subset": 0, "subset_seed": 0}
@@ -54,6 +60,24 @@ def test_tampering_with_a_mapped_artifact_is_caught(tmp_path: Path, monkeypatch:
         _poison(tmp_path, ratio=0.5)
 
 
+def test_the_digest_names_the_bytes_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, (poisoned, manifest) = _poison(tmp_path)
+    assert manifest["digest"] == poisoned_digest(poisoned)
+    _, (_, again) = _poison(tmp_path)
+    assert again["cached"] and again["digest"] == manifest["digest"]
+    train = make_images(96, num_classes=4, seed=1)
+    _, other_key = get_poisoned(train, DATASET_ID, build_poison("cuda", key=5), tmp_path, torch.device("cpu"))
+    assert other_key["digest"] != manifest["digest"]
+    monkeypatch.setenv("BENCH_MMAP_BYTES", "0")
+    _, (mapped, _m) = _poison(tmp_path / "map")
+    x = np.load(images_path(Path(_m["artifact"])), mmap_mode="r+")
+    x[int(mapped.poisoned_indices[0]), 0, 0, 0] ^= 1  # one poisoned pixel, one grey level: still a valid file
+    x.flush()
+    del x
+    _, (_, edited) = _poison(tmp_path / "map")
+    assert edited["cached"] and edited["digest"] != manifest["digest"]
+
+
 def test_export_of_a_mapped_artifact_is_one_npz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_MMAP_BYTES", "0")
     _, (poisoned, manifest) = _poison(tmp_path)
@@ -82,3 +106,5 @@ def test_a_run_on_a_mapped_artifact_gives_the_same_numbers(run_env: dict, monkey
         assert rec["run_id"] == default["run_id"]
         assert rec["metrics"]["per_epoch"][0]["train_loss"] == default["metrics"]["per_epoch"][0]["train_loss"]
         assert rec["metrics"]["test_acc"] == default["metrics"]["test_acc"]
+        assert rec["poison"]["digest"] == default["poison"]["digest"]  # same bytes, whichever way they were stored
+    assert len(default["poison"]["digest"]) == 16
