@@ -162,6 +162,35 @@ def test_an_epoch_selecting_defense_is_judged_by_its_training_run_not_its_early_
     assert "train accuracy 20.0 % vs 90.0 %" in c.loc[("em", "none"), "not_converged"]
 
 
+def test_cells_of_another_poisoned_set_are_marked(tmp_path: Path) -> None:
+    """A column whose cells trained on different bytes of one recipe and key (a poison regenerated on another
+    CPU) says so: sets told apart by digest where records carry one, else by the measured budget."""
+    def on_set(rec: dict, l2: float = 5.0, digest: str | None = None) -> dict:
+        rec["poison"]["budget"]["l2_mean"] = l2
+        rec["poison"]["digest"] = digest
+        return rec
+
+    recs = [make_record("none", "none", 80.0), make_record("none", "mixup", 78.0), make_record("none", "cutout", 77.0),
+            on_set(make_record("em", "none", 15.0)), on_set(make_record("em", "mixup", 30.0), l2=5.3),
+            on_set(make_record("em", "cutout", 31.0), l2=5.000001),  # the same set, budget rounded elsewhere
+            on_set(make_record("cuda", "none", 20.0), digest="a" * 16),
+            on_set(make_record("cuda", "mixup", 40.0), digest="b" * 16),  # same budget, other bytes
+            on_set(make_record("cuda", "cutout", 35.0), digest="a" * 16)]
+    results = write_all(tmp_path / "runs", recs)
+    frame = load_frame(results)
+    sets = {(p, d): int(s) for p, d, s in zip(frame["poison"], frame["defense"], frame["poison_set"], strict=True)}
+    assert sets == {("none", "none"): 0, ("none", "mixup"): 0, ("none", "cutout"): 0, ("em", "none"): 1,
+                    ("em", "mixup"): 2, ("em", "cutout"): 1, ("cuda", "none"): 1, ("cuda", "mixup"): 2,
+                    ("cuda", "cutout"): 1}
+    out = tmp_path / "leaderboard.md"
+    write_leaderboard(results, out, tmp_path / "plots", samples=False)
+    text = out.read_text()
+    assert "| mixup | 78.0 | 40.0‡ | 30.0‡ |" in text and "| cutout | 77.0 | 35.0 | 31.0 |" in text
+    assert "‡ = trained on another poisoned set than the column's no-defense cell" in text
+    assert "em: its cells trained on 2 poisoned sets" in text and "set 2: L2 5.3000" in text
+    assert f"digest {'b' * 16}, 1 run (mixup)" in text
+
+
 def test_page_json_and_byte_identical_regeneration(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "site" / "leaderboard.md"
     summary = write_leaderboard(results, out, tmp_path / "plots", samples=False)
@@ -176,7 +205,7 @@ def test_page_json_and_byte_identical_regeneration(results: Path, tmp_path: Path
     assert "| defense | clean | cuda | em | sem |" in text
     assert "| *plain training* |  |  |  |  |" in text and "| *data augmentation* |  |  |  |  |" in text
     assert "| none | 81.0 ± 1.4 | 22.0 ± 2.8 | 15.0 | 10.0 |" in text
-    assert "| mixup | 78.0 | 50.0 | 30.0 | – |" in text
+    assert "| mixup | 78.0 | 50.0 | 30.0 | – |" in text and "‡" not in text  # every column on one poisoned set
     assert "cuda 30.5 (epoch 3, final 22.0)" in text  # peak more than 3 points above final: a note, not a matrix
     assert "| cuda | none | mixed | 81.0 ± 1.4 | 60.0 (72 steps) | 22.0 ± 2.8 |" in text
     assert "| cuda | none | clean-only, steps matched | 81.0 ± 1.4 | 70.0 (72 steps) | – |" in text

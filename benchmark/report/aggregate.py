@@ -108,6 +108,7 @@ def cells(g: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = grouped["seed"].agg(lambda s: sorted(int(v) for v in s))
     out["records"] = grouped["record"].agg(lambda s: sorted(s))
     out["commits"] = grouped["commit"].agg(lambda s: sorted(set(s) - {""}))
+    out["poison_sets"] = grouped["poison_set"].agg(lambda s: sorted({int(v) for v in s} - {0}))
     out["peak_epoch"] = grouped["peak_epoch"].agg(lambda s: int(s.dropna().iloc[0]) if s.notna().any() else None)
     out["not_converged"] = grouped[["seed", "flag"]].apply(_reasons)
     out["converged"] = out["not_converged"] == ""
@@ -119,7 +120,8 @@ def cell_dict(row: pd.Series) -> dict[str, Any]:
     return {"test_acc": {"mean": rnd(row["mean"]), "std": rnd(row["std"]), "n": int(row["n"])},
             "seeds": list(row["seeds"]), "peak_test_acc": rnd(row["peak"]), "peak_epoch": row["peak_epoch"],
             "train_acc": rnd(row["train"]), "final_rise": rnd(row["rise"]), "converged": bool(row["converged"]),
-            "not_converged": row["not_converged"] or None, "records": list(row["records"]),
+            "not_converged": row["not_converged"] or None, "poison_sets": list(row["poison_sets"]),
+            "records": list(row["records"]),
             "commits": list(row["commits"])}
 
 

@@ -14,6 +14,7 @@ from benchmark.report.claims import claims_unrecorded, pair_text, unrecorded_tex
 from benchmark.report.collect import threads_text
 
 NOT_CONVERGED = "†"
+OTHER_SET = "‡"
 
 
 @dataclass
@@ -118,14 +119,21 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
             if e is None:
                 row.append("–")
                 continue
-            mark = "" if e["converged"] else NOT_CONVERGED
+            mark = ("" if e["converged"] else NOT_CONVERGED) + (OTHER_SET if _other_set(e) else "")
             row.append(Cell(fmt(e["test_acc"]) + mark, _links(e["records"], e["seeds"])))
         rows.append(row)
     n_values = {e["test_acc"]["n"] for e in g["entries"]}
+    other = (f" {OTHER_SET} = trained on another poisoned set than the column's no-defense cell: the same recipe and "
+             "key, generated on another machine (caveat `poison sets`)."
+             if any(_other_set(e) for e in g["entries"]) else "")
     legend = (f"{_headline_text(g, tier)}; rows: defenses by family, columns: poisons (clean = "
               f"no poison). Lower = stronger poison, higher = better defense. {_seeds_text(n_values)} "
-              f"{_convergence_rule(rules)} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
+              f"{_convergence_rule(rules)}{other} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
     return Table(["defense", *poisons], rows, legend)
+
+
+def _other_set(entry: dict[str, Any]) -> bool:
+    return any(n > 1 for n in entry.get("poison_sets") or [])
 
 
 def _headline_text(g: dict[str, Any], tier: str) -> str:

@@ -7,7 +7,8 @@ model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_para
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
 test_acc, peak_test_acc, peak_epoch, train_acc, fit_acc, final_rise, diverged, steps, training_s, training_cpu_s, evaluation_s,
 wall_s, device, cpu, threads, hardware, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
-psnr, ssim, num_poisoned, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric metric a defense reports.
+psnr, ssim, num_poisoned, poison_digest, poison_set, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric
+metric a defense reports.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from benchmark.report.collect import (
 
 #: epochs before the last one that ``final_rise`` compares it with
 RISE_WINDOW = 3
+#: measured budgets of one poisoned set agree to this much between records made on different machines
+#: (rounding of the last float digit); two instances of one recipe differ by orders of magnitude more
+SET_TOLERANCE = {"l2_mean": 1e-5, "psnr": 1e-3, "ssim": 1e-5, "linf_255": 0.0}
 
 
 def final_rise(per_epoch: Any) -> float | None:
@@ -129,7 +133,38 @@ def build_frame(runs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
         frame.loc[idx, "poison_label"] = [plabels[pids[i]] for i in idx]
         frame.loc[idx, "defense_label"] = [dlabels[dids[i]] for i in idx]
     frame["group"] = frame["group_key"].str.split(":", n=1).str[1]
-    return frame.sort_values(["group_key", "record"], kind="stable").drop(columns="group_key").reset_index(drop=True)
+    frame = frame.sort_values(["group_key", "record"], kind="stable").drop(columns="group_key").reset_index(drop=True)
+    frame["poison_set"] = poison_sets(frame)
+    return frame
+
+
+def _same_set(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two runs trained on the same poisoned set: same digest where both records carry one, else
+    the same measured budget (records made before digests existed)."""
+    if a["poison_digest"] and b["poison_digest"]:
+        return bool(a["poison_digest"] == b["poison_digest"])
+    return all(pd.isna(a[k]) or pd.isna(b[k]) or abs(a[k] - b[k]) <= tol for k, tol in SET_TOLERANCE.items())
+
+
+def poison_sets(frame: pd.DataFrame) -> pd.Series:
+    """Which poisoned training set each full-ratio poisoned run trained on, numbered per group and poison
+    label: 1 = the set of the column's no-defense runs (else its most used set), 2, 3, ... other sets; 0
+    for clean and partial runs. One recipe and key give other bytes when a surrogate-trained poison is
+    generated on another CPU, so a column can hold cells of different sets."""
+    out = pd.Series(0, index=frame.index, dtype=int)
+    rows = frame[frame["full"] & (frame["poison"] != "none")]
+    for _key, g in rows.groupby(["group", "poison_label"], sort=False):
+        members: list[list[int]] = []
+        for i, row in g.iterrows():
+            home = next((m for m in members if _same_set(g.loc[m[0]], row)), None)
+            if home is None:
+                members.append([i])
+            else:
+                home.append(i)
+        members.sort(key=lambda m: (-int((g.loc[m, "defense"] == "none").sum()), -len(m), m[0]))
+        for number, m in enumerate(members, 1):
+            out[m] = number
+    return out
 
 
 def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str, str, str]) -> dict[str, Any]:
@@ -167,6 +202,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "surrogate": str((poison.get("params") or {}).get("surrogate") or ""),
         "budget_type": poison_class_info(str(poison["name"]))["budget_type"],
         **{k: num(budget.get(k)) for k in ("linf_255", "l2_mean", "psnr", "ssim", "num_poisoned")},
+        "poison_digest": str(gen.get("digest") or ""),
     }
     row["per_epoch_eval"] = canonical_json(metrics["per_epoch_eval"]) if metrics.get("per_epoch_eval") else ""
     row["backbone"] = _backbone_text(rec.get("defense_source"))

@@ -65,6 +65,7 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
         if backbones:
             out.append({"topic": f"defense {label}", "text": "backbone: " + "; ".join(backbones) + "."})
     out += _tier_notes(tiers)
+    out += _set_notes(g)
     bad = c[~c["converged"]] if not c.empty else c
     if not bad.empty:
         cells = "; ".join(f"{d} on {p}: {row['not_converged']}" for (p, d), row in bad.sort_index(level=1).iterrows())
@@ -114,6 +115,27 @@ def _recipe_note(runs: pd.DataFrame, name: str) -> str | None:
     presets = ", ".join(sorted(set(runs["preset"])))
     return (f"generated with the reduced recipe of preset {presets}, not the paper preset's official hyperparameters: "
             + " / ".join(texts) + ". Read its cells as a lower bound on the poison's strength.")
+
+
+def _set_notes(g: pd.DataFrame) -> list[dict[str, str]]:
+    """Per poison whose cells trained on more than one poisoned set (``frame.poison_sets``): the sets, how
+    they differ, and which cells used each."""
+    out = []
+    poisoned = g[g["poison_set"] > 0]
+    for label, rows in poisoned.groupby("poison_label", sort=True):
+        if rows["poison_set"].nunique() < 2:
+            continue
+        parts = []
+        for number, s in rows.groupby("poison_set", sort=True):
+            digests = sorted(set(s["poison_digest"]) - {""})
+            reference = " (the no-defense cell's)" if (s["defense"] == "none").any() else ""
+            runs_text = f"{len(s)} run{'' if len(s) == 1 else 's'} ({', '.join(sorted(set(s['defense_label'])))})"
+            parts.append(f"set {number}{reference}: L2 {s['l2_mean'].iloc[0]:.4f}, PSNR {s['psnr'].iloc[0]:.2f} dB"
+                         + (f", digest {', '.join(digests)}" if digests else "") + f", {runs_text}")
+        out.append({"topic": "poison sets", "text": f"{label}: its cells trained on {len(parts)} poisoned sets of the "
+                    "same recipe and key (a surrogate-trained poison generated on another CPU ends on other bytes): "
+                    + "; ".join(parts) + ". Cells of a set other than 1 are marked ‡ in the matrix."})
+    return out
 
 
 def _tier_notes(tiers: dict[str, str]) -> list[dict[str, str]]:
