@@ -120,6 +120,9 @@ def test_claim_verdicts(tmp_path: Path, claims_file: Path) -> None:
     # the threshold is shown as reference + offset, so it never reads as a cell with the reference's seeds
     assert pair_text(pair) == "cuda × mixup 22.0 (seed 0) vs 51.0 = 81.0 − 30 (seeds 0, 1): holds"
     assert pair_text(got["other"]["pairs"][0]) == "sem × none 10.0 (seed 0) vs 40.0 (seed 0): holds"
+    # a cell trained on another poisoned set than its column's no-defense cell says so, as the matrix does
+    other_set = {**pair, "cell": {**pair["cell"], "poison_sets": [2]}}
+    assert pair_text(other_set) == "cuda × mixup 22.0 (seed 0; poisoned set 2 ‡) vs 51.0 = 81.0 − 30 (seeds 0, 1): holds"
 
 
 def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pytest.CaptureFixture) -> None:

@@ -69,7 +69,7 @@ def lookup(g: pd.DataFrame, flags: pd.Series, poison: dict[str, Any], defense: d
             "ratio": ratio, "clean_only": clean_only, "mean": rnd(acc.mean()),
             "std": rnd(acc.std(ddof=1) if len(acc) > 1 else 0.0), "n": len(acc),
             "seeds": sorted(int(s) for s in runs["seed"]), "converged": bool((flags[runs.index] == "").all()),
-            "records": sorted(runs["record"])}
+            "poison_sets": sorted({int(s) for s in runs["poison_set"]} - {0}), "records": sorted(runs["record"])}
 
 
 def _one_config(runs: pd.DataFrame) -> pd.DataFrame:
@@ -197,7 +197,10 @@ def unrecorded_text(claims: list[dict[str, Any]]) -> str:
 
 
 def _seeds(cell: dict[str, Any]) -> str:
-    return ("seed " if cell["n"] == 1 else "seeds ") + ", ".join(map(str, cell["seeds"]))
+    """The runs behind a number, and the poisoned set where it is not its column's reference set (‡)."""
+    other = [n for n in cell.get("poison_sets") or [] if n > 1]
+    return (("seed " if cell["n"] == 1 else "seeds ") + ", ".join(map(str, cell["seeds"]))
+            + (f"; poisoned set {', '.join(map(str, other))} ‡" if other else ""))
 
 
 def exit_code(results: list[dict[str, Any]]) -> int:
