@@ -114,7 +114,8 @@ def plot_summary(g: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
-    """Defenses (rows, tiers after the standard one) x poisons; † and hatching = did not converge."""
+    """Defenses (rows, tiers after the standard one) x poisons; † and a box = did not converge, ‡ = another
+    poisoned set than the column's no-defense cell."""
     plt, sns = pyplot()
     import numpy as np
 
@@ -124,12 +125,15 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
     data = np.full((len(defenses), len(poisons)), np.nan)
     annot = np.full(data.shape, "", dtype=object)
     bad = []
+    marked_other = False
     for i, d in enumerate(defenses):
         for j, p in enumerate(poisons):
             e = cells.get((p, d["label"]))
             if e is not None:
                 data[i, j] = e["test_acc"]["mean"]
-                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†")
+                other = any(n > 1 for n in e.get("poison_sets") or [])
+                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + ("‡" if other else "")
+                marked_other = marked_other or other
                 if not e["converged"]:
                     bad.append((i, j))
     status = {e["defense"]: e["status"] for r in g["rankings"].values() for e in r["entries"]}
@@ -152,8 +156,9 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
     own = any(not d["final_epoch"] for d in defenses)
     ax.set_title(wrap(f"{g['title']} — clean test accuracy (%), final epoch"
                       + (" (* = the defense's own headline, e.g. a vote or a chosen epoch)" if own else "")
-                      + "; grey = not run; † orange box = did not converge (never a verdict); rows below the "
-                      "white line use extra data", 75), fontsize=10)
+                      + "; grey = not run; † orange box = did not converge (never a verdict)"
+                      + ("; ‡ = another poisoned set than the column's no-defense cell" if marked_other else "")
+                      + "; rows below the white line use extra data", 75), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
     return save(fig, path)
