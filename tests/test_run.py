@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ def test_bench_run_writes_valid_record_with_baseline(bench_env: dict, capsys: py
     assert budget["num_poisoned"] == cfg["train_size"] and 0 < budget["ssim"] < 1 and budget["psnr"] > 5
     assert rec["timings"]["training"] > 0
     assert "clean baseline test acc" in out and "drop vs clean" in out
+    assert re.search(rf"poisoned set digest\W+{rec['poison']['digest']}", out)
     # a finished run is not repeated
     code, out, _ = run_cli(["run", "--poison", "cuda", "--preset", "smoke"], capsys)
     assert code == 0 and "finished record exists" in out

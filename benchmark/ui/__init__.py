@@ -181,6 +181,8 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
                          if held else ""))
         table.add_row("budget", f"L-inf {b.get('linf_255')}/255 · mean L2 {_fmt(b.get('l2_mean'), '', 3)} · "
                                 f"PSNR {_fmt(b.get('psnr'), ' dB')} · SSIM {_fmt(b.get('ssim'), '', 4)}")
+        if rec["poison"].get("digest"):
+            table.add_row("poisoned set digest", str(rec["poison"]["digest"]))
     if cfg["poison"].get("key_fingerprint"):
         table.add_row("key fingerprint", cfg["poison"]["key_fingerprint"])
     gen = t.get("poison_generation")
