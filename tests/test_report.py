@@ -328,6 +328,31 @@ def test_provenance_names_commits_and_warns_on_code_changes(tmp_path: Path) -> N
     assert notes.provenance_line(frame).startswith("Records: 3 runs, 2 commits")
 
 
+def test_a_poison_whose_code_changed_but_whose_bytes_did_not_is_not_flagged(tmp_path: Path) -> None:
+    """Records carry the poisoned set's digest: across commits that changed attacks/cuda.py, runs on one
+    digest measured the same data (no warning); another digest, or a record without one, is flagged."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    log = subprocess.run(["git", "log", "--format=%H", "-2", "--", "attacks/cuda.py"], cwd=repo, capture_output=True,
+                         text=True)
+    commits = log.stdout.split()
+    if log.returncode != 0 or len(commits) < 2:
+        pytest.skip("needs the repository's git history")
+    new, old = commits
+    from benchmark.report import notes
+
+    def warnings(second_digest: str | None) -> list[str]:
+        first = make_record("cuda", "none", 20.0, commit=old, created="2026-01-01T00:00:00+00:00")
+        second = make_record("cuda", "mixup", 30.0, commit=new, created="2026-01-02T00:00:00+00:00")
+        first["poison"]["digest"], second["poison"]["digest"] = "a" * 16, second_digest
+        folder = write_all(tmp_path / str(second_digest), [make_record("none", "none", 80.0), first, second])
+        return [w for w in notes.provenance(group_frame(folder))["warnings"] if w.startswith("poison cuda")]
+
+    assert warnings("a" * 16) == []
+    assert len(warnings("b" * 16)) == 1 and len(warnings(None)) == 1
+
+
 def test_every_plot_is_written_including_samples(results: Path, tmp_path: Path, data_root: Path,
                                                  cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "lb.md"

@@ -4,7 +4,8 @@ never typed into the report: a caveat changes when the code or the records chang
 
 Provenance: which git commits and dates the records come from, and, where the records of one poison or
 defense span several commits, whether its source file changed between them (``git log A..B -- FILE``;
-records of another poison *revision* are separate rows anyway, a defense has no revision).
+records of another poison *revision* are separate rows anyway, a defense has no revision); a poison whose
+runs all carry one digest of the poisoned set trained on the same bytes whatever its code did, and is not flagged.
 """
 
 from __future__ import annotations
@@ -178,10 +179,20 @@ def provenance(g: pd.DataFrame) -> dict[str, Any]:
     warnings = []
     for kind, column in (("poison", "poison"), ("defense", "defense")):
         for name in sorted(set(g[column]) - {"none"}):
+            runs = g[g[column] == name]
+            if kind == "poison" and _same_bytes(runs):
+                continue  # its code changed, but every run trained on the same poisoned set
             for part in name.split("+"):
-                if (w := _changed(kind, part, g[g[column] == name])) is not None:
+                if (w := _changed(kind, part, runs)) is not None:
                     warnings.append(w)
     return {"commits": rows, "warnings": warnings}
+
+
+def _same_bytes(runs: pd.DataFrame) -> bool:
+    """Whether every run of a poison carries a digest and, per ratio and key, all runs share one."""
+    if not (runs["poison_digest"] != "").all():
+        return False
+    return bool((runs.groupby(["ratio", "clean_only", "key_fingerprint"])["poison_digest"].nunique() == 1).all())
 
 
 def _changed(kind: str, name: str, runs: pd.DataFrame) -> str | None:
