@@ -115,6 +115,11 @@ def cells(g: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def other_sets(sets: list[int] | None) -> list[int]:
+    """The poisoned sets of a cell other than its column's reference set 1 (``frame.poison_sets``)."""
+    return [n for n in sets or [] if n > 1]
+
+
 def cell_dict(row: pd.Series) -> dict[str, Any]:
     """A cell as JSON: accuracy statistics, peak, convergence and the records behind it."""
     return {"test_acc": {"mean": rnd(row["mean"]), "std": rnd(row["std"]), "n": int(row["n"])},

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.errors import BenchError
-from benchmark.report.aggregate import rnd
+from benchmark.report.aggregate import other_sets, rnd
 from benchmark.report.collect import defense_defaults, flat
 from benchmark.report.select import load_toml, mask, same
 
@@ -198,7 +198,7 @@ def unrecorded_text(claims: list[dict[str, Any]]) -> str:
 
 def _seeds(cell: dict[str, Any]) -> str:
     """The runs behind a number, and the poisoned set where it is not its column's reference set (‡)."""
-    other = [n for n in cell.get("poison_sets") or [] if n > 1]
+    other = other_sets(cell.get("poison_sets"))
     return (("seed " if cell["n"] == 1 else "seeds ") + ", ".join(map(str, cell["seeds"]))
             + (f"; poisoned set {', '.join(map(str, other))} ‡" if other else ""))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.report.aggregate import other_sets
 from benchmark.report.claims import claims_unrecorded, pair_text, unrecorded_text
 from benchmark.report.collect import threads_text
 
@@ -119,21 +120,17 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
             if e is None:
                 row.append("–")
                 continue
-            mark = ("" if e["converged"] else NOT_CONVERGED) + (OTHER_SET if _other_set(e) else "")
+            mark = ("" if e["converged"] else NOT_CONVERGED) + (OTHER_SET if other_sets(e.get("poison_sets")) else "")
             row.append(Cell(fmt(e["test_acc"]) + mark, _links(e["records"], e["seeds"])))
         rows.append(row)
     n_values = {e["test_acc"]["n"] for e in g["entries"]}
-    other = (f" {OTHER_SET} = trained on another poisoned set than the column's no-defense cell: the same recipe and "
-             "key, generated on another machine (caveat `poison sets`)."
-             if any(_other_set(e) for e in g["entries"]) else "")
+    other = (f" {OTHER_SET} = trained on another poisoned set than the column's no-defense cell (same poison, "
+             "parameters and key, other bytes; caveat `poison sets`)."
+             if any(other_sets(e.get("poison_sets")) for e in g["entries"]) else "")
     legend = (f"{_headline_text(g, tier)}; rows: defenses by family, columns: poisons (clean = "
               f"no poison). Lower = stronger poison, higher = better defense. {_seeds_text(n_values)} "
               f"{_convergence_rule(rules)}{other} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
     return Table(["defense", *poisons], rows, legend)
-
-
-def _other_set(entry: dict[str, Any]) -> bool:
-    return any(n > 1 for n in entry.get("poison_sets") or [])
 
 
 def _headline_text(g: dict[str, Any], tier: str) -> str:

@@ -134,7 +134,8 @@ def _set_notes(g: pd.DataFrame) -> list[dict[str, str]]:
             parts.append(f"set {number}{reference}: L2 {s['l2_mean'].iloc[0]:.4f}, PSNR {s['psnr'].iloc[0]:.2f} dB"
                          + (f", digest {', '.join(digests)}" if digests else "") + f", {runs_text}")
         out.append({"topic": "poison sets", "text": f"{label}: its cells trained on {len(parts)} poisoned sets of the "
-                    "same recipe and key (a surrogate-trained poison generated on another CPU ends on other bytes): "
+                    "same poison, parameters and key (other bytes: a surrogate-trained poison generated on another CPU ends "
+                    "elsewhere, as can changed code): "
                     + "; ".join(parts) + ". Cells of a set other than 1 are marked ‡ in the matrix."})
     return out
 

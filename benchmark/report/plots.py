@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.io import atomic_write
+from benchmark.report.aggregate import other_sets
 from benchmark.report.collect import CLEAN, NO_DEFENSE, num
 
 DPI = 110
@@ -131,7 +132,7 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
             e = cells.get((p, d["label"]))
             if e is not None:
                 data[i, j] = e["test_acc"]["mean"]
-                other = any(n > 1 for n in e.get("poison_sets") or [])
+                other = bool(other_sets(e.get("poison_sets")))
                 annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + ("‡" if other else "")
                 marked_other = marked_other or other
                 if not e["converged"]:
