@@ -330,6 +330,8 @@ def claims_cmd(results: str, claims_file: str | None) -> None:
 @click.option("--address", help="Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (default: start a local instance)")
 @click.option("--dry-run", is_flag=True, help="print the grid and an estimated cost, run nothing")
 @click.option("--force", is_flag=True, help="run cells again even if their finished records exist")
+@click.option("--rerun-stale", is_flag=True, help="run finished cells again whose records trained on another poisoned "
+              "set than the cached poison (same poison, params and key; e.g. generated on another CPU)")
 @folder_option("--results", envvar="BENCH_RESULTS", help="folder for run records (default results/runs)")
 @data_options
 def sweep_cmd(**kw: Any) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,7 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         manifest["generation_sessions"] = session.sessions
         manifest["resumed"] = manifest["generation_sessions"] > 1
     manifest["budget"] = budget_metrics(train.x.cpu(), poisoned.x, poisoned.poisoned_indices)
+    manifest["digest"] = poisoned_digest(poisoned)
     manifest["info"] = poisoned.info
     written = ctx.wrote_images_file(poisoned.x)
     if written:  # the poison filled the mapped file: it becomes the artifact's images as it is
@@ -250,6 +252,22 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
     if work.exists():
         shutil.rmtree(work, ignore_errors=True)
     return poisoned, dict(manifest, cached=False, artifact=str(npz))
+
+
+#: measured budgets of one poisoned set agree to this much between records made on different machines
+#: (rounding of the last float digit); two instances of one recipe differ by orders of magnitude more
+SET_TOLERANCE = {"l2_mean": 1e-5, "psnr": 1e-3, "ssim": 1e-5, "linf_255": 0.0}
+
+
+def same_poisoned_set(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two poison summaries (a record's ``poison`` section, an artifact manifest: ``digest`` and
+    ``budget``) name the same poisoned set: by digest where both carry one, else by the measured budget
+    (what records made before digests existed have). What neither says counts as the same."""
+    if a.get("digest") and b.get("digest"):
+        return bool(a["digest"] == b["digest"])
+    x, y = a.get("budget") or {}, b.get("budget") or {}
+    return all(x.get(k) is None or y.get(k) is None or abs(float(x[k]) - float(y[k])) <= tol
+               for k, tol in SET_TOLERANCE.items())
 
 
 def poisoned_digest(poisoned: PoisonedSet) -> str:
@@ -292,6 +310,7 @@ def _get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec,
         "generation_device": full_manifest["generation_device"],
         **{k: full_manifest[k] for k in ("generation_sessions", "resumed") if k in full_manifest},
         "budget": budget_metrics(clean.x, poisoned.x, poisoned.poisoned_indices),
+        "digest": poisoned_digest(poisoned),
         "info": full_manifest.get("info", {}),
         "derived_from": {"artifact": full_npz.name, "ratio": 1.0,
                          "note": "the noise does not depend on the ratio: this set is the full-ratio artifact's "

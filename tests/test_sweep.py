@@ -291,6 +291,40 @@ def test_corrupt_record_is_rerun_not_fatal(bench_env: dict, capsys: pytest.Captu
     assert len(list(bench_env["results"].glob("*.json"))) == 1  # rewritten in place, no second file
 
 
+def test_cells_finished_on_another_poisoned_set_are_flagged_and_rerun_on_request(
+        bench_env: dict, capsys: pytest.CaptureFixture) -> None:
+    """A finished record whose poisoned set differs from the cached artifact of the same poison, params and
+    key (regenerated on another CPU, or by changed code) is named in one warning, skipped by default and
+    trained again on the cached set with --rerun-stale; a record on the cached set is never flagged."""
+    grid = ["--poisons", "cuda", "--defenses", "none", "--no-clean-row", *TINY]
+    code, out, err = run_cli(["sweep", *grid], capsys)
+    assert code == 0 and "1 done" in out, err
+    (path,) = bench_env["results"].glob("*.json")
+    (manifest,) = (bench_env["cache"] / "poisons").glob("*cuda*.json")
+    cached = json.loads(manifest.read_text())["digest"]
+    assert json.loads(path.read_text())["poison"]["digest"] == cached
+    code, out, err = run_cli(["sweep", *grid], capsys)
+    assert code == 0 and "0 done, 1 skipped" in out and "another poisoned set" not in err
+
+    rec = json.loads(path.read_text())
+    rec["poison"]["digest"] = "0" * 16  # trained on other bytes than the cached artifact
+    path.write_text(json.dumps(rec))
+    code, out, err = run_cli(["sweep", *grid], capsys)
+    assert code == 0 and "0 done, 1 skipped" in out, err
+    assert "1 finished cell(s) trained on another poisoned set" in err and "--rerun-stale" in err
+    code, out, err = run_cli(["sweep", *grid, "--rerun-stale"], capsys)
+    assert code == 0 and "1 done, 0 skipped" in out, err
+    assert json.loads(path.read_text())["poison"]["digest"] == cached
+
+    rec = json.loads(path.read_text())  # a record from before digests: its measured budget tells
+    del rec["poison"]["digest"]
+    path.write_text(json.dumps(rec))
+    assert not plan_sweep(_sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0], clean_row=False)).cells[0].stale
+    rec["poison"]["budget"]["l2_mean"] += 0.01
+    path.write_text(json.dumps(rec))
+    assert plan_sweep(_sweep(bench_env, poisons=["cuda"], defenses=["none"], seeds=[0], clean_row=False)).cells[0].stale
+
+
 def test_ray_driver_replaces_a_stale_failed_record(tmp_path: Path) -> None:
     """Without a shared results folder the driver writes what a Ray task returns: a failed record of an
     earlier sweep at the same path is replaced by the new result; a finished one is never replaced by

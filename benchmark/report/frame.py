@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.poisoning import SET_TOLERANCE, same_poisoned_set
 from benchmark.protocol import full_protocol
 from benchmark.records import canonical_json
 from benchmark.records import run_id as config_hash
@@ -42,9 +43,6 @@ from benchmark.report.collect import (
 
 #: epochs before the last one that ``final_rise`` compares it with
 RISE_WINDOW = 3
-#: measured budgets of one poisoned set agree to this much between records made on different machines
-#: (rounding of the last float digit); two instances of one recipe differ by orders of magnitude more
-SET_TOLERANCE = {"l2_mean": 1e-5, "psnr": 1e-3, "ssim": 1e-5, "linf_255": 0.0}
 
 
 def final_rise(per_epoch: Any) -> float | None:
@@ -138,12 +136,9 @@ def build_frame(runs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
     return frame
 
 
-def _same_set(a: pd.Series, b: pd.Series) -> bool:
-    """Whether two runs trained on the same poisoned set: same digest where both records carry one, else
-    the same measured budget (records made before digests existed)."""
-    if a["poison_digest"] and b["poison_digest"]:
-        return bool(a["poison_digest"] == b["poison_digest"])
-    return all(pd.isna(a[k]) or pd.isna(b[k]) or abs(a[k] - b[k]) <= tol for k, tol in SET_TOLERANCE.items())
+def _set_summary(row: pd.Series) -> dict[str, Any]:
+    """A run's poisoned set as :func:`benchmark.poisoning.same_poisoned_set` compares it."""
+    return {"digest": row["poison_digest"], "budget": {k: row[k] for k in SET_TOLERANCE if not pd.isna(row[k])}}
 
 
 def poison_sets(frame: pd.DataFrame) -> pd.Series:
@@ -156,7 +151,7 @@ def poison_sets(frame: pd.DataFrame) -> pd.Series:
     for _key, g in rows.groupby(["group", "poison_label"], sort=False):
         members: list[list[int]] = []
         for i, row in g.iterrows():
-            home = next((m for m in members if _same_set(g.loc[m[0]], row)), None)
+            home = next((m for m in members if same_poisoned_set(_set_summary(g.loc[m[0]]), _set_summary(row))), None)
             if home is None:
                 members.append([i])
             else:

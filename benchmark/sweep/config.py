@@ -151,6 +151,7 @@ def sweep_from_options(values: Mapping[str, Any], explicit: Iterable[str]) -> tu
                                                        ("defense_params", "defense_params", "defenses"))),
         data_root=text("data_root"), cache_dir=text("cache_dir"), results=text("results"),
         device=text("device", "auto"), download=bool(values.get("download")), force=bool(values.get("force")),
+        rerun_stale=bool(values.get("rerun_stale")),
     )
     if min(sweep.seeds) < 0:
         raise BenchError(f"--seeds must be >= 0, got {min(sweep.seeds)}")

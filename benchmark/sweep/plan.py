@@ -12,8 +12,9 @@ import torch
 
 from benchmark import paths
 from benchmark.errors import BenchError
+from benchmark.io import read_json
 from benchmark.params import route_params
-from benchmark.poisoning import artifact_paths
+from benchmark.poisoning import artifact_paths, same_poisoned_set
 from benchmark.records import finished_record
 from benchmark.registry import DEFENSES, POISONS
 from benchmark.runner import RunSpec, default_preset, resolve_device
@@ -48,6 +49,8 @@ class SweepSpec:
     device: str = "auto"
     download: bool = False
     force: bool = False
+    # True: finished cells whose record trained on another poisoned set than the cached artifact run again
+    rerun_stale: bool = False
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Cell:
     #: where an interrupted run of this cell left its checkpoint, and the epochs it trains in all
     checkpoint: Path | None = None
     epochs: int = 0
+    #: finished on another poisoned set than the cached artifact of its poison (same poison, params, key)
+    stale: bool = False
 
 
 @dataclass
@@ -180,14 +185,35 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
         if prep.run_id in cells:
             continue
         cfg = prep.config
-        npz, _ = artifact_paths(prep.cache, prep.dataset_id, prep.poison)
+        npz, manifest = artifact_paths(prep.cache, prep.dataset_id, prep.poison)
+        rec = None if sweep.force else finished_record(
+            prep.record_path, warn, "ignoring unreadable record {path} ({problem}); its cell runs again and rewrites it")
+        stale = rec is not None and _stale(rec, spec, manifest)
+        if stale and sweep.rerun_stale:
+            spec = replace(spec, force=True)  # the worker rewrites the record instead of skipping it
         cells[prep.run_id] = Cell(
             spec=spec, run_id=prep.run_id, record_path=prep.record_path, artifact=str(npz),
-            finished=not sweep.force and finished_record(
-                prep.record_path, warn, "ignoring unreadable record {path} ({problem}); its cell runs again and "
-                "rewrites it") is not None,
+            finished=rec is not None and not (stale and sweep.rerun_stale), stale=stale,
             label=_label(spec, cfg),
             cost_key=(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg["train_size"]),
             poison_cost_key=(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg["train_size"]),
             checkpoint=prep.checkpoint_path, epochs=prep.defense.adjust_protocol(prep.protocol).epochs)
+    stale = [c for c in cells.values() if c.stale]
+    if stale and warn is not None:
+        warn(f"{len(stale)} finished cell(s) trained on another poisoned set than the cached artifact of their poison "
+             f"(same poison, parameters and key, other bytes; e.g. {stale[0].label}): "
+             + ("they run again on the cached set" if sweep.rerun_stale else
+                "`bench leaderboard` marks them ‡; add --rerun-stale to train them again on the cached set"))
     return Plan(sweep, target, preset, list(cells.values()))
+
+
+def _stale(rec: dict[str, Any], spec: RunSpec, manifest: Path) -> bool:
+    """Whether a finished full-ratio record trained on another poisoned set than the cached artifact (a
+    poison regenerated elsewhere, or by changed code). No cached artifact: nothing to compare with."""
+    if spec.poison == "none" or spec.ratio < 1.0 or spec.clean_only or not manifest.exists():
+        return False
+    try:
+        cached = read_json(manifest)
+    except BenchError:
+        return False
+    return not same_poisoned_set(rec.get("poison") or {}, cached)
