@@ -114,7 +114,7 @@ def show_dry_run(console: Console, plan: Plan, est: Estimate) -> None:
         poison, ratio, defense = describe(cell.spec)
         seconds = est.cell_seconds.get(cell.run_id)
         started = est.started.get(cell.run_id)  # resumes from its checkpoint; the estimate is what is left
-        state = (("[yellow]done, other set[/]" if cell.stale else "[green]done[/]") if cell.finished
+        state = (("[yellow]stale[/]" if cell.stale else "[green]done[/]") if cell.finished
                  else (f"epoch {started}/{cell.epochs}" if started else "todo"))
         cost = "-" if cell.finished else (duration(seconds) if seconds is not None else "unknown")
         table.add_row(poison, ratio, defense, cell.cost_key[1], str(cell.spec.seed), state, cost, cell.run_id)
