@@ -302,18 +302,23 @@ def test_labels_variants_and_revisions(tmp_path: Path) -> None:
     assert set(frame["poison_label"]) == {"clean", "rem", "rem (revision=2)"}
 
 
-def test_provenance_names_commits_and_warns_on_code_changes(tmp_path: Path) -> None:
-    """Two real commits of this repository between which defenses/dat.py changed: cells of dat made at
-    both are flagged; mixup's file did not change between them, so it is not."""
+def last_two_commits_changing(path: str) -> list[str]:
+    """The newest two commits of this repository that changed ``path`` (newest first); skips the test
+    where the git history is not at hand."""
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    log = subprocess.run(["git", "log", "--format=%H", "-2", "--", "defenses/dat.py"], cwd=repo, capture_output=True,
-                         text=True)
+    log = subprocess.run(["git", "log", "--format=%H", "-2", "--", path], cwd=repo, capture_output=True, text=True)
     commits = log.stdout.split()
     if log.returncode != 0 or len(commits) < 2:
         pytest.skip("needs the repository's git history")
-    new, old = commits
+    return commits
+
+
+def test_provenance_names_commits_and_warns_on_code_changes(tmp_path: Path) -> None:
+    """Two real commits of this repository between which defenses/dat.py changed: cells of dat made at
+    both are flagged; mixup's file did not change between them, so it is not."""
+    new, old = last_two_commits_changing("defenses/dat.py")
     recs = [make_record("none", "none", 80.0, commit=old, created="2026-01-01T00:00:00+00:00"),
             make_record("none", "dat", 40.0, commit=old, created="2026-01-01T01:00:00+00:00"),
             make_record("cuda", "dat", 30.0, commit=new, created="2026-01-02T00:00:00+00:00")]
@@ -331,15 +336,7 @@ def test_provenance_names_commits_and_warns_on_code_changes(tmp_path: Path) -> N
 def test_a_poison_whose_code_changed_but_whose_bytes_did_not_is_not_flagged(tmp_path: Path) -> None:
     """Records carry the poisoned set's digest: across commits that changed attacks/cuda.py, runs on one
     digest measured the same data (no warning); another digest, or a record without one, is flagged."""
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[1]
-    log = subprocess.run(["git", "log", "--format=%H", "-2", "--", "attacks/cuda.py"], cwd=repo, capture_output=True,
-                         text=True)
-    commits = log.stdout.split()
-    if log.returncode != 0 or len(commits) < 2:
-        pytest.skip("needs the repository's git history")
-    new, old = commits
+    new, old = last_two_commits_changing("attacks/cuda.py")
     from benchmark.report import notes
 
     def warnings(second_digest: str | None) -> list[str]:
