@@ -280,13 +280,16 @@ def poisoned_digest(poisoned: PoisonedSet) -> str:
 def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
                  preset: str = "cpu", progress: Any = None) -> tuple[PoisonedSet, dict[str, Any]]:
     """Return the poisoned training set and its manifest (with ``digest``, :func:`poisoned_digest` of the
-    set as loaded), generating and caching it if needed.
+    set: hashed when generated, hashed again from the bytes when loaded from the cache), generating and
+    caching it if needed.
 
     A ratio derived from the full-ratio noise (:func:`derives_from_full`) is cached under its own id
     (``derived_artifact`` in the returned manifest); ``artifact`` names the full-ratio artifact it
     comes from, which is what sweeps ship between workers."""
     poisoned, manifest = _get_poisoned(train, dataset_id, spec, cache, device, preset, progress)
-    return poisoned, dict(manifest, digest=poisoned_digest(poisoned))
+    if manifest.get("cached") or not manifest.get("digest"):  # what was read, not what a manifest says
+        manifest = dict(manifest, digest=poisoned_digest(poisoned))
+    return poisoned, manifest
 
 
 def _get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,

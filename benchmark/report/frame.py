@@ -149,9 +149,10 @@ def poison_sets(frame: pd.DataFrame) -> pd.Series:
     out = pd.Series(0, index=frame.index, dtype=int)
     rows = frame[frame["full"] & (frame["poison"] != "none")]
     for _key, g in rows.groupby(["group", "poison_label"], sort=False):
+        summary = {i: _set_summary(row) for i, row in g.iterrows()}
         members: list[list[int]] = []
-        for i, row in g.iterrows():
-            home = next((m for m in members if same_poisoned_set(_set_summary(g.loc[m[0]]), _set_summary(row))), None)
+        for i in g.index:
+            home = next((m for m in members if same_poisoned_set(summary[m[0]], summary[i])), None)
             if home is None:
                 members.append([i])
             else:

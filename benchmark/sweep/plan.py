@@ -180,6 +180,7 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
     local = target if not target.startswith("cuda") or torch.cuda.is_available() else "cpu"
     specs = expand_grid(sweep, preset, target)
     cells: dict[str, Cell] = {}
+    manifests: dict[Path, dict[str, Any] | None] = {}  # cached artifact manifests, read once per sweep
     for spec in specs:
         prep = prepare(replace(spec, device=local))
         if prep.run_id in cells:
@@ -188,7 +189,7 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
         npz, manifest = artifact_paths(prep.cache, prep.dataset_id, prep.poison)
         rec = None if sweep.force else finished_record(
             prep.record_path, warn, "ignoring unreadable record {path} ({problem}); its cell runs again and rewrites it")
-        stale = rec is not None and _stale(rec, spec, manifest)
+        stale = rec is not None and _stale(rec, spec, manifest, manifests)
         if stale and sweep.rerun_stale:
             spec = replace(spec, force=True)  # the worker rewrites the record instead of skipping it
         cells[prep.run_id] = Cell(
@@ -207,13 +208,16 @@ def plan_sweep(sweep: SweepSpec, device: str | None = None, warn: Warn | None = 
     return Plan(sweep, target, preset, list(cells.values()))
 
 
-def _stale(rec: dict[str, Any], spec: RunSpec, manifest: Path) -> bool:
+def _stale(rec: dict[str, Any], spec: RunSpec, manifest: Path, manifests: dict[Path, dict[str, Any] | None]) -> bool:
     """Whether a finished full-ratio record trained on another poisoned set than the cached artifact (a
-    poison regenerated elsewhere, or by changed code). No cached artifact: nothing to compare with."""
-    if spec.poison == "none" or spec.ratio < 1.0 or spec.clean_only or not manifest.exists():
+    poison regenerated elsewhere, or by changed code). No cached artifact: nothing to compare with.
+    ``manifests``: the artifact manifests read so far (many cells share one poison)."""
+    if spec.poison == "none" or spec.ratio < 1.0 or spec.clean_only:
         return False
-    try:
-        cached = read_json(manifest)
-    except BenchError:
-        return False
-    return not same_poisoned_set(rec.get("poison") or {}, cached)
+    if manifest not in manifests:
+        try:
+            manifests[manifest] = read_json(manifest) if manifest.exists() else None
+        except BenchError:
+            manifests[manifest] = None
+    cached = manifests[manifest]
+    return cached is not None and not same_poisoned_set(rec.get("poison") or {}, cached)
