@@ -145,11 +145,36 @@ def json_safe(data: Any) -> Any:
     return data
 
 
+REPEATS = "repeats"
+"""Folder, inside a results folder, of finished records that a re-run of the same config and seed on
+another machine replaced: kept (not shown as cells) to measure the machine-to-machine spread."""
+
+
+def machine(env: dict[str, Any]) -> str:
+    """The machine a run's float kernels ran on: the accelerator's name, else the CPU model and its kernel
+    set; "" where the record does not say. Two machines give other last digits, which SGD amplifies."""
+    device = str(env.get("device") or "")
+    if device and device != "cpu":
+        return str(env.get("device_name") or device)
+    return f"{env['cpu']} {env.get('cpu_capability') or ''}".strip() if env.get("cpu") else ""
+
+
 def write_record(path: Path, rec: dict[str, Any]) -> None:
+    """Write ``rec`` atomically. A finished record replacing a finished one made on another machine
+    moves that one into ``REPEATS`` beside it first, so a re-run elsewhere never loses a measurement."""
     rec = json_safe(rec)
     problem = validate_record(rec)
     if problem:
         raise BenchError(f"refusing to write invalid record {path}: {problem}")
+    path = Path(path)
+    old = finished_record(path) if rec["status"] == "finished" else None
+    if old is not None:
+        before, now = machine(old.get("environment") or {}), machine(rec.get("environment") or {})
+        if before and now and before != now:
+            stamp = re.sub(r"[^0-9]", "", str(old.get("created") or ""))[:14] or "undated"
+            keep = path.parent / REPEATS / f"{path.stem}-{stamp}.json"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(keep)
     write_json(path, rec)
 
 
@@ -183,10 +208,14 @@ def finished_record(path: Path, warn=None, template: str = RERUN_NOTE) -> dict[s
     return rec if rec is not None and rec.get("status") == "finished" else None
 
 
-def load_records(results: Path, warn=None) -> list[tuple[Path, dict[str, Any]]]:
-    """All valid records under ``results`` (recursively); each bad file is skipped with one warning."""
+def load_records(results: Path, warn=None, repeats: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """All valid records under ``results`` (recursively, without its ``REPEATS`` folder), or with
+    ``repeats`` only those in that folder; each bad file is skipped with one warning."""
+    root = Path(results)
+    paths = (root / REPEATS).rglob("*.json") if repeats else \
+        (p for p in root.rglob("*.json") if p.relative_to(root).parts[0] != REPEATS)
     out = []
-    for path in sorted(Path(results).rglob("*.json")):
+    for path in sorted(paths):
         rec = read_record(path, warn, "skipping {path}: {kind} ({problem})")
         if rec is not None:
             out.append((path, rec))

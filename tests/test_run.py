@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from benchmark.records import validate_record
+from benchmark.records import load_records, validate_record
 from benchmark.runner import RunSpec, execute, prepare_run
 
 
@@ -180,6 +180,39 @@ def test_unreadable_record_is_run_again_with_a_warning(bench_env: dict, capsys: 
     assert code == 0, err
     assert "ignoring unreadable record" in " ".join(out.split()) and "finished record exists" not in out
     assert validate_record(json.loads(path.read_text())) is None
+
+
+def test_a_rerun_on_another_machine_keeps_the_old_record_as_a_repeat(bench_env: dict, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """`--force` on another machine replaces the record but keeps the old one in results/runs/repeats (a
+    measurement is never lost), and the leaderboard reports how far the cell moved between machines; a
+    re-run on the same machine (bit-identical) just replaces it."""
+    args = ["run", "--poison", "cuda", "--preset", "smoke", "--epochs", "1", "--no-baseline"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (path,) = bench_env["results"].glob("*.json")
+    elsewhere = json.loads(path.read_text())
+    elsewhere["environment"].update(cpu="Another CPU", cpu_capability="AVX2")
+    elsewhere["metrics"]["test_acc"] = round(elsewhere["metrics"]["test_acc"] - 1.5, 3)
+    path.write_text(json.dumps(elsewhere))  # as if made on another machine
+    code, _, err = run_cli(args + ["--force"], capsys)
+    assert code == 0, err
+    (kept,) = (bench_env["results"] / "repeats").glob("*.json")
+    assert json.loads(kept.read_text()) == elsewhere
+    here = json.loads(path.read_text())
+    assert here["environment"]["cpu"] != "Another CPU" and here["run_id"] == elsewhere["run_id"]
+    code, _, err = run_cli(args + ["--force"], capsys)  # same machine again: replaced, nothing more kept
+    assert code == 0, err
+    assert len(list((bench_env["results"] / "repeats").glob("*.json"))) == 1
+    assert [p for p, _ in load_records(bench_env["results"])] == [path]
+    code, _, err = run_cli(["leaderboard", "--results", str(bench_env["results"]), "--out", str(tmp_path / "lb.md"),
+                            "--plots", str(tmp_path / "plots"), "--no-samples"], capsys)
+    assert code == 0, err
+    line = next(x for x in (tmp_path / "lb.md").read_text().splitlines() if "Machine-to-machine" in x)
+    assert "measured on 1 cell run on two machines" in line and "Another CPU AVX2" in line
+    assert here["environment"]["cpu"] in line and "(cuda × none, " in line
+    assert f"max {abs(here['metrics']['test_acc'] - elsewhere['metrics']['test_acc']):.2f} points" in line
+    assert "1 of 1 trained on byte-identical poisoned sets" in line  # CUDA's bytes match across CPUs
 
 
 def test_batches_merge_a_tiny_last_batch_only() -> None:

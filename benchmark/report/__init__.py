@@ -21,7 +21,7 @@ from typing import Any
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
 from benchmark.report.build import build_data, to_json
-from benchmark.report.collect import Warn, collect_runs
+from benchmark.report.collect import Warn, collect_repeats, collect_runs
 from benchmark.report.frame import build_frame, load_frame
 from benchmark.report.page import build_document
 from benchmark.report.plots import make_plots
@@ -67,7 +67,7 @@ def write_leaderboard(results: Path | str = "results/runs", out: Path | str | No
     out = Path(out) if out else Path(FORMATS[fmt])
     json_path = Path(json_out) if json_out else out.parent / JSON_NAME
     frame = build_frame(runs)
-    data = build_data(frame, runs, Path(results).as_posix())
+    data = build_data(frame, runs, Path(results).as_posix(), repeats=collect_repeats(Path(results), warn))
     records = {str(p): rec for p, rec in runs}
     source = SampleSource(Path(data_root) if data_root else None, Path(cache_dir) if cache_dir else None, warn) \
         if samples else None

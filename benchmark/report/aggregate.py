@@ -25,7 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.report.collect import CLEAN, NO_DEFENSE, STANDARD_TIER
+from benchmark.records import machine
+from benchmark.report.collect import CLEAN, NO_DEFENSE, STANDARD_TIER, num
 from benchmark.report.frame import RISE_WINDOW
 
 RISE_POINTS = 5.0
@@ -176,6 +177,37 @@ def group_noises(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             best = max(donors, key=lambda s: own[s]["cells"])
             n = {**own[best], "borrowed_from": str(groups[best]["group_title"].iloc[0])}
         out[slug] = n
+    return out
+
+
+def machine_spreads(frame: pd.DataFrame, repeats: list[tuple[Any, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per protocol group: how far a cell moves when the same config and seed run on another machine.
+    ``repeats`` are the finished records a re-run elsewhere replaced (``records.REPEATS``); each is
+    paired with the current record of its run id when the two machines differ."""
+    if frame.empty or not repeats:
+        return {}
+    now = frame.drop_duplicates("run_id").set_index("run_id")
+    rows = []
+    for _path, rec in repeats:
+        rid = rec.get("run_id")
+        before = machine(rec.get("environment") or {})
+        if rid not in now.index or not before or not now.at[rid, "machine"] or before == now.at[rid, "machine"]:
+            continue
+        acc = num((rec.get("metrics") or {}).get("test_acc"))
+        if acc is None or pd.isna(now.at[rid, "test_acc"]):
+            continue
+        digest = str((rec.get("poison") or {}).get("digest") or "")
+        rows.append({"group": now.at[rid, "group"], "delta": float(now.at[rid, "test_acc"]) - acc,
+                     "cell": f"{now.at[rid, 'poison_label']} × {now.at[rid, 'defense_label']}",
+                     "machines": " and ".join(sorted({before, str(now.at[rid, "machine"])})),
+                     "same_bytes": bool(digest) and digest == now.at[rid, "poison_digest"]})
+    out = {}
+    for slug, g in pd.DataFrame(rows, columns=["group", "delta", "cell", "machines", "same_bytes"]).groupby("group"):
+        size = g["delta"].abs()
+        worst = g.loc[size.idxmax()]
+        out[str(slug)] = {"cells": len(g), "median_abs": rnd(size.median()), "max_abs": rnd(size.max()),
+                          "max_cell": str(worst["cell"]), "max_delta": rnd(worst["delta"]),
+                          "machines": sorted(set(g["machines"])), "same_poison_bytes": int(g["same_bytes"].sum())}
     return out
 
 

@@ -84,15 +84,19 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
 
 
 def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], results_label: str,
-               claims_file: Any = None, references_file: Any = None) -> dict[str, Any]:
-    """The whole leaderboard as data."""
+               claims_file: Any = None, references_file: Any = None,
+               repeats: list[tuple[Any, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The whole leaderboard as data (``repeats``: records replaced by a re-run on another machine, for the
+    machine-to-machine spread)."""
     protocols = {str(p): protocol_of(rec["config"]) for p, rec in runs}
     claims_version, claim_rows = claims_mod.load_claims(claims_file)
     refs_version, ref_rows = references.load_references(references_file)
     groups, joined = [], []
     noises = agg.group_noises(frame)
+    spreads = agg.machine_spreads(frame, repeats or [])
     for slug, g in frame.groupby("group", sort=False):
-        data, c = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noises[str(slug)])
+        noise = {**noises[str(slug)], "machine": spreads.get(str(slug))}
+        data, c = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noise)
         groups.append(data)
         joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))
     newest = max((str(d) for d in frame["created"] if d), default="")[:10] or "unknown"

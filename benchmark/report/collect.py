@@ -74,6 +74,13 @@ def collect_runs(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]
     return sorted(runs.values(), key=lambda pr: str(pr[0]))
 
 
+def collect_repeats(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """Finished records a re-run on another machine replaced (``results/repeats``): the machine-to-machine
+    spread is measured on them; they are never cells."""
+    return [(p, r) for p, r in load_records(Path(results), warn=warn, repeats=True)
+            if r["status"] == "finished" and shape_problem(r) is None]
+
+
 def shape_problem(rec: dict[str, Any]) -> str | None:
     """What the report needs beyond ``validate_record``, as one line (None if usable)."""
     cfg = rec["config"]

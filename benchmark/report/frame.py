@@ -21,7 +21,7 @@ import pandas as pd
 
 from benchmark.poisoning import SET_TOLERANCE, same_poisoned_set
 from benchmark.protocol import full_protocol
-from benchmark.records import canonical_json
+from benchmark.records import canonical_json, machine
 from benchmark.records import run_id as config_hash
 from benchmark.report.collect import (
     CLEAN,
@@ -193,7 +193,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "evaluation_s": num(timings.get("evaluation")),
         "wall_s": num(timings.get("wall")), "device": str(env.get("device_name") or env.get("device") or ""),
         "cpu": str(env.get("cpu") or ""),
-        "threads": num(env.get("torch_threads")), "hardware": hardware(env),
+        "threads": num(env.get("torch_threads")), "hardware": hardware(env), "machine": machine(env),
         "generation_s": num(gen.get("generation_seconds")), "generation_device": str(gen.get("generation_device") or ""),
         "surrogate": str((poison.get("params") or {}).get("surrogate") or ""),
         "budget_type": poison_class_info(str(poison["name"]))["budget_type"],

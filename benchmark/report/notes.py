@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.records import REPEATS
 from benchmark.report import aggregate as agg
 from benchmark.report.collect import (
     STANDARD_TIER,
@@ -82,10 +83,22 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
                     f"σ = {noise['sigma']:.2f} points; single-run cells carry that much noise."})
     else:
         out.append({"topic": "noise", "text": "Every cell is a single run: the seed-to-seed spread is not measured."})
+    if noise.get("machine"):
+        out.append({"topic": "noise", "text": machine_text(noise["machine"])})
     envs = sorted({d + (f" {cpu}" if cpu else "") + (f" {threads_text([int(t)])}" if not pd.isna(t) else "")
                    for d, cpu, t in zip(g["device"], g["cpu"], g["threads"], strict=True)})
     out.append({"topic": "hardware", "text": "Runs made on: " + ", ".join(envs) + " (record environment)."})
     return out
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """The machine-to-machine spread (:func:`aggregate.machine_spreads`) in one sentence."""
+    n = m["cells"]
+    return (f"Machine-to-machine spread measured on {n} cell{'' if n == 1 else 's'} run on two machines "
+            f"({'; '.join(m['machines'])}), same config and seed, each machine making its own poison and backbone "
+            f"({m['same_poison_bytes']} of {n} trained on byte-identical poisoned sets): "
+            f"median |Δ| {m['median_abs']:.2f}, max {m['max_abs']:.2f} points ({m['max_cell']}, "
+            f"{m['max_delta']:+.2f}); the older run of each pair is kept in the results' `{REPEATS}` folder.")
 
 
 def _short_json(text: str) -> str:
