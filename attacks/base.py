@@ -55,6 +55,15 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
+@dataclass(frozen=True)
+class SplitRows:
+    """Where the images being poisoned sit in the dataset's whole training split (a preset's victim
+    subset): a poison made elsewhere for the whole split is cut to these rows."""
+
+    indices: torch.Tensor  # positions, in the whole split, of the images being poisoned, in their order
+    split_size: int  # images in the whole training split
+
+
 @dataclass
 class PoisonContext:
     """What a poison may use besides its params: device, key, ratio, seeds, progress, work dir."""
@@ -69,6 +78,8 @@ class PoisonContext:
     #: where a poisoned set too big to hold twice is written as it is made (a ``.npy``; set by the cache
     #: above the store threshold, for generation on the CPU), or None
     images_file: Path | None = None
+    #: where the images being poisoned sit in the whole training split, or None (they are the split)
+    split_rows: SplitRows | None = None
     _memmap: Any = field(default=None, repr=False)  # the np.memmap behind images_like's tensor
 
     def images_like(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,11 @@
   dict with it under ``x_train`` / ``x`` / ``data`` and optional labels under ``y_train`` / ``y`` /
   ``targets`` / ``labels``.
 
+The file holds either the run's training images or the dataset's whole training split (as poisons
+are published, e.g. all 50k CIFAR-10 images); for a preset that trains on a subset of the split, a
+whole-split file is cut to the subset's images (PNG folders: only those files are decoded), so one
+export serves every preset.
+
 What can be checked without the clean set (the file exists and reads, its layout, dtype and value
 range) is checked when the run is set up, before any training; shape and labels against the clean
 training set (same order, same labels) and, for an npz, that images outside its
@@ -35,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.base import Poison, PoisonContext, PoisonedSet, exact_subset
+from attacks.base import Poison, PoisonContext, PoisonedSet, SplitRows, exact_subset
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import read_npz
@@ -156,26 +161,38 @@ def png_files(path: Path) -> list[tuple[str, int, Path]]:
     return out
 
 
-def read_png_folder(path: Path, clean: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, H, W) and folder labels of a PNG export, in training-set order."""
+def read_png_folder(path: Path, clean: ImageSet, rows: SplitRows | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Images (N, C, H, W) and folder labels of a PNG export, in training-set order, and how many images
+    the folder holds. A folder of the whole training split, for a run on a subset of it, is read at
+    ``rows`` only."""
     from PIL import Image
 
     n, c, h, w = clean.x.shape
     names = {name: i for i, name in enumerate(clean.classes)}
     files = png_files(path)
+    whole = rows is not None and len(files) == rows.split_size != n
+    size = rows.split_size if whole and rows is not None else n
+    position = list(range(n))  # index in the folder -> position in the clean set (-1: not trained on)
+    if whole and rows is not None:
+        position = [-1] * size
+        for at, index in enumerate(rows.indices.tolist()):
+            position[index] = at
     labels = torch.full((n,), -1, dtype=torch.long)
     order: list[Path | None] = [None] * n
+    seen = bytearray(size)
     for folder, index, f in files:
         label = names.get(folder, int(folder) if folder.isdigit() else -1)
         if not 0 <= label < max(len(names), clean.num_classes):
             raise _fail(path, f"train/{folder} is not a class of the dataset (valid: {', '.join(clean.classes)} "
                               f"or 0..{clean.num_classes - 1})")
-        if not 0 <= index < n:
-            raise _fail(path, f"train/{folder}/{f.name}: index {index} is outside the training set (0..{n - 1})")
-        if order[index] is not None:
+        if not 0 <= index < size:
+            raise _fail(path, f"train/{folder}/{f.name}: index {index} is outside the training set (0..{size - 1})")
+        if seen[index]:
             raise _fail(path, f"image index {index} appears twice (train/{folder}/{f.name})")
-        order[index] = f
-        labels[index] = label
+        seen[index] = 1
+        if (at := position[index]) >= 0:
+            order[at] = f
+            labels[at] = label
     missing = [i for i, f in enumerate(order) if f is None]
     if missing:
         raise _fail(path, f"has {n - len(missing)} of the {n} training images; first missing index {missing[0]}")
@@ -191,7 +208,7 @@ def read_png_folder(path: Path, clean: ImageSet) -> tuple[torch.Tensor, torch.Te
     with ThreadPoolExecutor(max_workers=4) as pool:
         arrays = list(pool.map(decode, order))  # type: ignore[arg-type]
     x = torch.from_numpy(np.stack(arrays).reshape(n, h, w, c)).permute(0, 3, 1, 2).contiguous()
-    return x, labels
+    return x, labels, len(files)
 
 
 def file_sha256(path: Path) -> str:
@@ -208,6 +225,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def cut_to_rows(path: Path, x: torch.Tensor, y: torch.Tensor | None, declared: torch.Tensor | None, n: int,
+                rows: SplitRows | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A file of the whole training split, for a run on a subset of it (a preset's victim subset): its
+    rows of those images, in the subset's order, and its declared poisoned indices renumbered. Any other
+    file is returned as it is (the shape check names what it should hold)."""
+    if rows is None or len(x) == n or len(x) != rows.split_size:
+        return x, y, declared
+    if declared is not None:
+        if declared.numel() and (int(declared.min()) < 0 or int(declared.max()) >= rows.split_size):
+            raise _fail(path, "poisoned_indices must be 1-D integer indices into the training set")
+        marked = torch.zeros(rows.split_size, dtype=torch.bool)
+        marked[declared] = True
+        declared = torch.nonzero(marked[rows.indices]).flatten()
+    y = None if y is None else torch.as_tensor(y).flatten()[rows.indices]
+    return x[rows.indices], y, declared
+
+
 def check_against_clean(path: Path, x: torch.Tensor, y: torch.Tensor | None, clean: ImageSet,
                         layout: str = "nchw") -> torch.Tensor:
     """(N, C, H, W) uint8 images after the checks against the clean set: shape and labels in order."""
@@ -216,7 +250,7 @@ def check_against_clean(path: Path, x: torch.Tensor, y: torch.Tensor | None, cle
         x = x.permute(0, 3, 1, 2)
     if tuple(x.shape) != (n, c, h, w):
         raise _fail(path, f"holds images of shape {tuple(x.shape)}; the clean training set is {n} x {c} x {h} x {w} "
-                          f"(N x C x H x W)")
+                          f"(N x C x H x W), or the whole training split when a preset trains on a subset of it")
     if y is not None:
         yt = torch.as_tensor(y).to(torch.long).flatten()
         clean_y = clean.y.cpu()
@@ -251,9 +285,10 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
             self._sha256 = file_sha256(self.path)
         return {"sha256": self._sha256}
 
-    def load(self, clean: ImageSet) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    def load(self, clean: ImageSet, rows: SplitRows | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str, int]:
         """The file's images (N, C, H, W) uint8 checked against ``clean``, the indices it declares
-        poisoned (npz) and its kind."""
+        poisoned (npz), its kind and how many images it holds (a file of the whole training split is cut
+        to ``rows``)."""
         path = self.path
         kind = file_kind(path)
         declared = None
@@ -262,22 +297,28 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
             x = torch.from_numpy(arrays["x_train"])
             if x.dtype != torch.uint8:
                 raise _fail(path, f"x_train is {arrays['x_train'].dtype}; the `bench poison` format is uint8")
-            x = check_against_clean(path, x, torch.from_numpy(np.asarray(arrays["y_train"])), clean, layout="nhwc")
             idx = np.asarray(arrays["poisoned_indices"])
-            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (idx.size and (idx.min() < 0 or idx.max() >= len(x))):
+            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
                 raise _fail(path, "poisoned_indices must be 1-D integer indices into the training set")
-            declared = torch.from_numpy(idx.astype(np.int64))
+            held = len(x)
+            x, y, declared = cut_to_rows(path, x, torch.from_numpy(np.asarray(arrays["y_train"])),
+                                         torch.from_numpy(idx.astype(np.int64)), len(clean), rows)
+            x = check_against_clean(path, x, y, clean, layout="nhwc")
+            if declared.numel() and (int(declared.min()) < 0 or int(declared.max()) >= len(x)):
+                raise _fail(path, "poisoned_indices must be 1-D integer indices into the training set")
         elif kind == "pt":
             raw, labels = read_pt(path)
+            held = len(raw)
+            raw, labels, _ = cut_to_rows(path, raw, labels, None, len(clean), rows)
             x = check_against_clean(path, to_uint8(path, raw), labels, clean, layout="auto")
         else:
-            x, labels = read_png_folder(path, clean)
+            x, labels, held = read_png_folder(path, clean, rows)
             x = check_against_clean(path, x, labels, clean)
-        return x, declared, kind
+        return x, declared, kind, held
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         path = self.path
-        x, declared, kind = self.load(train)
+        x, declared, kind, held = self.load(train, ctx.split_rows)
         clean = train.x.cpu()
         differs = (x != clean).flatten(1).any(1)
         if declared is not None:
@@ -297,6 +338,7 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
             "format": kind,
             "sha256": self.cache_identity()["sha256"],
             "images": len(train),
+            "file_images": held,
             "images_changed": int(indices.numel()),
             "declared_poisoned": None if declared is None else int(declared.numel()),
             "l0_max": int(changed_pixels.max()) if indices.numel() else 0,

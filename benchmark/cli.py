@@ -151,7 +151,7 @@ def poison_cmd(**kw: Any) -> None:
         data_root=kw["data_root"], cache_dir=kw["cache_dir"], download=kw["download"], device=kw["device"]))
     with poison_progress(console, prep.poison.name) as progress:
         _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
-                                           prep.protocol.preset, progress=progress)
+                                           prep.protocol.preset, progress=progress, split_rows=prep.split_rows)
     sidecar = export_artifact(Path(manifest["artifact"]), manifest, out)
     show_poison_export(console, prep, manifest, out, sidecar)
 

@@ -26,6 +26,7 @@ from attacks.base import (
     Poison,
     PoisonContext,
     PoisonedSet,
+    SplitRows,
     budget_metrics,
     check_key,
     check_ratio,
@@ -202,7 +203,8 @@ def load_artifact(npz: Path, clean: ImageSet, budget_255: int | None = None) -> 
 
 
 def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path,
-                      device: torch.device, preset: str, progress: Any) -> tuple[PoisonedSet, dict[str, Any]]:
+                      device: torch.device, preset: str, progress: Any,
+                      split_rows: SplitRows | None = None) -> tuple[PoisonedSet, dict[str, Any]]:
     """The cached artifact of exactly ``spec`` (validated), or a fresh generation written to the cache."""
     npz, manifest_path = _paths(cache, dataset_id, spec)
     budget = spec.poison.budget_255()
@@ -215,7 +217,7 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
     big = train.x.numel() > mmap_threshold() and device.type == "cpu"
     ctx = PoisonContext(key=spec.key, ratio=spec.ratio, device=device, preset=preset, workdir=work,
                         progress=progress, num_classes=train.num_classes,
-                        images_file=npz.with_suffix(".x.part.npy") if big else None)
+                        images_file=npz.with_suffix(".x.part.npy") if big else None, split_rows=split_rows)
     t0 = time.perf_counter()
     poisoned = spec.poison.generate(train.to(device), ctx)
     if device.type == "cuda":
@@ -278,31 +280,34 @@ def poisoned_digest(poisoned: PoisonedSet) -> str:
 
 
 def get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
-                 preset: str = "cpu", progress: Any = None) -> tuple[PoisonedSet, dict[str, Any]]:
+                 preset: str = "cpu", progress: Any = None,
+                 split_rows: SplitRows | None = None) -> tuple[PoisonedSet, dict[str, Any]]:
     """Return the poisoned training set and its manifest (with ``digest``, :func:`poisoned_digest` of the
     set: hashed when generated, hashed again from the bytes when loaded from the cache), generating and
     caching it if needed.
 
     A ratio derived from the full-ratio noise (:func:`derives_from_full`) is cached under its own id
     (``derived_artifact`` in the returned manifest); ``artifact`` names the full-ratio artifact it
-    comes from, which is what sweeps ship between workers."""
-    poisoned, manifest = _get_poisoned(train, dataset_id, spec, cache, device, preset, progress)
+    comes from, which is what sweeps ship between workers. ``split_rows`` says where ``train`` sits in
+    the whole training split (:class:`attacks.base.SplitRows`)."""
+    poisoned, manifest = _get_poisoned(train, dataset_id, spec, cache, device, preset, progress, split_rows)
     if manifest.get("cached") or not manifest.get("digest"):  # what was read, not what a manifest says
         manifest = dict(manifest, digest=poisoned_digest(poisoned))
     return poisoned, manifest
 
 
 def _get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
-                  preset: str, progress: Any) -> tuple[PoisonedSet, dict[str, Any]]:
+                  preset: str, progress: Any, split_rows: SplitRows | None) -> tuple[PoisonedSet, dict[str, Any]]:
     if not derives_from_full(spec):
-        return _load_or_generate(train, dataset_id, spec, cache, device, preset, progress)
+        return _load_or_generate(train, dataset_id, spec, cache, device, preset, progress, split_rows)
     own_npz, own_json = _paths(cache, dataset_id, spec)
     full_npz, _ = _paths(cache, dataset_id, storage_spec(spec))
     if own_npz.exists() and own_json.exists():
         poisoned = load_artifact(own_npz, train, spec.poison.budget_255())
         artifact = full_npz if full_npz.exists() else own_npz
         return poisoned, dict(read_json(own_json), cached=True, artifact=str(artifact), derived_artifact=str(own_npz))
-    full, full_manifest = _load_or_generate(train, dataset_id, storage_spec(spec), cache, device, preset, progress)
+    full, full_manifest = _load_or_generate(train, dataset_id, storage_spec(spec), cache, device, preset, progress,
+                                            split_rows)
     clean = ImageSet(train.x.cpu(), train.y.cpu(), train.classes)
     poisoned = spec.poison.derive(full, clean, spec.ratio, spec.key)
     manifest = {

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from attacks.base import SplitRows
 from benchmark import paths
 from benchmark.data import (
     Dataset,
@@ -93,6 +94,11 @@ class PreparedRun:
     @property
     def dataset_id(self) -> dict[str, Any]:
         return poison_dataset_id(self.data, self.train, self.protocol.train_subset, self.protocol.subset_seed)
+
+    @property
+    def split_rows(self) -> SplitRows:
+        """Where the victim's images sit in the whole training split (an imported file may hold it all)."""
+        return SplitRows(self.train_indices, len(self.data.train))
 
     @property
     def checkpoint_path(self) -> Path:
@@ -178,7 +184,8 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
     poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
                                       prep.protocol.preset,
                                       progress=lambda step, total, info: emit("poison_progress",
-                                                                              {"step": step, "total": total, **info}))
+                                                                              {"step": step, "total": total, **info}),
+                                      split_rows=prep.split_rows)
     emit("poison_done", manifest)
     train = poisoned.as_imageset(prep.train.classes)
     keep = torch.ones(len(train), dtype=torch.bool)

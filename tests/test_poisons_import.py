@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_images, run_cli
 
-from attacks.base import PoisonContext
+from attacks.base import PoisonContext, SplitRows
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import read_npz, write_npz
@@ -83,6 +83,64 @@ def test_import_roundtrips_a_bench_poison_export_bit_exactly(bench_env: dict, ca
     assert rec["config"]["poison"]["params"]["name"] == "ops-export"
     assert rec["config"]["poison"]["identity"]["sha256"] == prep2.config["poison"]["identity"]["sha256"]
     assert rec["poison"]["info"]["sha256"] == rec["config"]["poison"]["identity"]["sha256"]
+
+
+def test_a_whole_split_file_is_cut_to_the_presets_subset(bench_env: dict, capsys, tmp_path: Path) -> None:
+    """Poisons are published for the whole training split (all 50k CIFAR-10 images); a preset that trains
+    on a subset takes that file's rows of its images: the same bytes as an export of the subset."""
+    whole, subset = tmp_path / "cuda-50k.npz", tmp_path / "cuda-512.npz"
+    for out, extra in ((whole, []), (subset, ["--train-subset", "512"])):
+        code, _, err = run_cli(["poison", "--poison", "cuda", "--preset", "smoke", "--out", str(out), *extra], capsys)
+        assert code == 0, err
+    assert read_npz(whole)["x_train"].shape[0] == 50000
+    expected = read_npz(subset)
+    spec = RunSpec(poison="import", poison_params={"path": str(whole)}, preset="smoke",
+                   data_root=str(bench_env["data_root"]), cache_dir=str(bench_env["cache"]),
+                   results=str(bench_env["results"]))
+    prep = prepare_run(spec)
+    poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
+                                      split_rows=prep.split_rows)
+    assert np.array_equal(poisoned.x.permute(0, 2, 3, 1).numpy(), expected["x_train"])
+    assert np.array_equal(poisoned.poisoned_indices.numpy(), expected["poisoned_indices"])
+    assert manifest["info"]["file_images"] == 50000 and manifest["info"]["images"] == 512
+    code, out, err = run_cli(["run", "--poison", "import", "--poison-param", f"path={whole}", "--preset", "smoke",
+                              "--epochs", "1", "--no-baseline"], capsys)
+    assert code == 0, err
+    # without the split's positions (a file of neither size) the shape check says what would fit
+    with pytest.raises(BenchError, match="or the whole training split"):
+        get_poisoned(prep.train, prep.dataset_id, build_poison("import", {"path": str(whole)}), tmp_path / "c",
+                     prep.device)
+
+
+def test_whole_split_png_folder_and_tensor_are_cut_and_only_the_subsets_files_decoded(tmp_path: Path) -> None:
+    from PIL import Image
+
+    split = make_images(n=24, num_classes=4, size=8)
+    x, idx = poisoned_copy(split, every=3)
+    rows = SplitRows(torch.tensor([2, 3, 9, 10, 15, 16, 21, 23]), len(split))
+    clean = split.subset(rows.indices)
+    root = tmp_path / "pngs"
+    for i in range(len(split)):
+        folder = root / "train" / split.classes[int(split.y[i])]
+        folder.mkdir(parents=True, exist_ok=True)
+        if i in rows.indices.tolist():
+            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+        else:
+            (folder / f"{i}.png").write_bytes(b"not decoded: outside the victim subset")
+    pt = tmp_path / "poison.pt"
+    torch.save({"x_train": x, "y_train": split.y}, pt)
+    npz = export_npz(tmp_path / "poison.npz", x, split.y, idx)
+    ctx = PoisonContext(num_classes=4, split_rows=rows)
+    for path in (root, pt, npz):
+        out = build_poison("import", {"path": str(path)}).poison.generate(clean, ctx)
+        assert torch.equal(out.x, x[rows.indices]), path
+        assert out.poisoned_indices.tolist() == [i for i, j in enumerate(rows.indices.tolist()) if j % 3 == 0]
+        assert out.info["file_images"] == 24 and out.info["images"] == 8
+    wrong = split.y.clone()
+    wrong[rows.indices[1]] = (wrong[rows.indices[1]] + 1) % 4
+    torch.save({"x_train": x, "y_train": wrong}, pt)
+    with pytest.raises(BenchError, match="labels differ from the clean training set's at 1 of 8 positions"):
+        build_poison("import", {"path": str(pt)}).poison.generate(clean, ctx)
 
 
 def test_import_png_folder_and_tensor_files(tmp_path: Path) -> None:

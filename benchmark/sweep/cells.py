@@ -49,7 +49,7 @@ def generate_poison(spec: RunSpec) -> dict[str, Any]:
     """Generate (or find cached) the poison artifact of ``spec``; runs in a worker."""
     prep = prepare(spec)
     _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
-                                       prep.protocol.preset)
+                                       prep.protocol.preset, split_rows=prep.split_rows)
     return {"artifact": manifest["artifact"], "cached": bool(manifest.get("cached")),
             "generation_seconds": manifest.get("generation_seconds")}
 
