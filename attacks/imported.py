@@ -49,6 +49,7 @@ from benchmark.registry import register_poison
 
 X_KEYS = ("x_train", "x", "data")
 Y_KEYS = ("y_train", "y", "targets", "labels")
+BAD_INDICES = "poisoned_indices must be 1-D integer indices into the training set"
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def cut_to_rows(path: Path, x: torch.Tensor, y: torch.Tensor | None, declared: t
         return x, y, declared
     if declared is not None:
         if declared.numel() and (int(declared.min()) < 0 or int(declared.max()) >= rows.split_size):
-            raise _fail(path, "poisoned_indices must be 1-D integer indices into the training set")
+            raise _fail(path, BAD_INDICES)
         marked = torch.zeros(rows.split_size, dtype=torch.bool)
         marked[declared] = True
         declared = torch.nonzero(marked[rows.indices]).flatten()
@@ -299,13 +300,13 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
                 raise _fail(path, f"x_train is {arrays['x_train'].dtype}; the `bench poison` format is uint8")
             idx = np.asarray(arrays["poisoned_indices"])
             if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-                raise _fail(path, "poisoned_indices must be 1-D integer indices into the training set")
+                raise _fail(path, BAD_INDICES)
             held = len(x)
             x, y, declared = cut_to_rows(path, x, torch.from_numpy(np.asarray(arrays["y_train"])),
                                          torch.from_numpy(idx.astype(np.int64)), len(clean), rows)
             x = check_against_clean(path, x, y, clean, layout="nhwc")
             if declared.numel() and (int(declared.min()) < 0 or int(declared.max()) >= len(x)):
-                raise _fail(path, "poisoned_indices must be 1-D integer indices into the training set")
+                raise _fail(path, BAD_INDICES)
         elif kind == "pt":
             raw, labels = read_pt(path)
             held = len(raw)
