@@ -13,6 +13,7 @@ from benchmark.report import aggregate as agg
 from benchmark.report import build_data, build_frame, collect_runs, load_frame
 from benchmark.report import document as doc
 from benchmark.report.claims import (
+    check_pair,
     claims_unrecorded,
     evaluate,
     load_claims,
@@ -86,12 +87,13 @@ other = { poison = { name = "cuda", clean_only = true } }
 
 
 def claim_records() -> list[dict]:
-    """Noise from clean/none (80, 82): sigma = sqrt(2), tolerance 2.83."""
+    """Noise from clean/none (80, 82): sigma = sqrt(2); a verdict between two single runs needs a margin of
+    2·sigma·sqrt(2) = 4.0, against the 2-seed clean reference 3.46."""
     return [make_record("none", "none", 80.0, seed=0), make_record("none", "none", 82.0, seed=1),
             make_record("none", "mixup", 78.0), make_record("cuda", "none", 20.0), make_record("cuda", "mixup", 22.0),
             make_record("em", "mixup", 30.0), make_record("rem", "mixup", 72.0), make_record("rem", "none", 40.0),
             make_record("sem", "none", 10.0), make_record("cuda", "dat", 35.0, train_acc=40.0),
-            make_record("cuda", "none", 68.0, ratio=0.5), make_record("cuda", "none", 70.0, ratio=0.5, clean_only=True)]
+            make_record("cuda", "none", 72.0, ratio=0.5), make_record("cuda", "none", 70.0, ratio=0.5, clean_only=True)]
 
 
 @pytest.fixture
@@ -104,9 +106,9 @@ def claims_file(tmp_path: Path) -> Path:
 def test_claim_verdicts(tmp_path: Path, claims_file: Path) -> None:
     frame = load_frame(write_all(tmp_path / "runs", claim_records()))
     version, rows = load_claims(claims_file)
-    tol = agg.noise(agg.cells(frame))["tolerance"]
-    assert version == 3 and tol == pytest.approx(2 * 2 ** 0.5, abs=1e-3)
-    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), tol)}
+    sigma = agg.noise(agg.cells(frame))["sigma"]
+    assert version == 3 and sigma == pytest.approx(2 ** 0.5, abs=1e-3)
+    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), sigma)}
     assert {k: c["verdict"] for k, c in got.items()} == {
         "holds": "holds", "fails": "fails", "noise": "within noise", "absent": "not run", "unconverged": "not run",
         "other": "holds", "partial": "holds"}
@@ -114,22 +116,40 @@ def test_claim_verdicts(tmp_path: Path, claims_file: Path) -> None:
     assert (pair["cell"]["mean"], pair["reference"]["mean"], pair["threshold"], pair["margin"]) == (22.0, 81.0, 51.0, -29.0)
     assert pair["reference"]["seeds"] == [0, 1] and pair["cell"]["seeds"] == [0]
     assert got["noise"]["pairs"][0]["margin"] == -1.0  # 72 vs 78 - 5: closer than the tolerance
+    assert got["noise"]["pairs"][0]["tolerance"] == pytest.approx(4.0, abs=1e-3)  # two single runs
+    assert pair["tolerance"] == pytest.approx(2 * 2 ** 0.5 * 1.5 ** 0.5, abs=1e-3)  # against 2 seeds
     assert got["unconverged"]["pairs"][0]["verdict"] == "not converged" and "not converged" in got["unconverged"]["note"]
     assert got["absent"]["pairs"][0]["cell"] is None
-    assert got["partial"]["pairs"][0]["reference"]["clean_only"] and got["partial"]["pairs"][0]["margin"] == 3.0
+    assert got["partial"]["pairs"][0]["reference"]["clean_only"] and got["partial"]["pairs"][0]["margin"] == 7.0
     # the threshold is shown as reference + offset, so it never reads as a cell with the reference's seeds
-    assert pair_text(pair) == "cuda × mixup 22.0 (seed 0) vs 51.0 = 81.0 − 30 (seeds 0, 1): holds"
-    assert pair_text(got["other"]["pairs"][0]) == "sem × none 10.0 (seed 0) vs 40.0 (seed 0): holds"
+    assert pair_text(pair) == "cuda × mixup 22.0 (seed 0) vs 51.0 = 81.0 − 30 (seeds 0, 1, ±3.5): holds"
+    assert pair_text(got["other"]["pairs"][0]) == "sem × none 10.0 (seed 0) vs 40.0 (seed 0, ±4.0): holds"
     # a cell trained on another poisoned set than its column's no-defense cell says so, as the matrix does
     other_set = {**pair, "cell": {**pair["cell"], "poison_sets": [2]}}
-    assert pair_text(other_set) == "cuda × mixup 22.0 (seed 0; poisoned set 2 ‡) vs 51.0 = 81.0 − 30 (seeds 0, 1): holds"
+    assert pair_text(other_set) == "cuda × mixup 22.0 (seed 0; poisoned set 2 ‡) vs 51.0 = 81.0 − 30 (seeds 0, 1, ±3.5): holds"
+
+
+def test_more_seeds_narrow_the_margin_a_verdict_needs() -> None:
+    """A cell 3 points above its threshold is within noise as one run against one run (2 standard errors of
+    their difference: 2·sigma·sqrt(2) = 4.0 at sigma = sqrt(2)), and holds as 3 seeds against 3 (2.31)."""
+    test = (">=", "clean", -5.0)
+
+    def cell(mean: float, n: int) -> dict:
+        return {"mean": mean, "n": n, "converged": True}
+
+    single = check_pair(cell(76.0, 1), cell(78.0, 1), test, 2 ** 0.5)
+    seeded = check_pair(cell(76.0, 3), cell(78.0, 3), test, 2 ** 0.5)
+    assert (single["margin"], single["verdict"]) == (3.0, "within noise")
+    assert seeded["verdict"] == "holds" and seeded["tolerance"] == pytest.approx(2 * 2 ** 0.5 * (2 / 3) ** 0.5, abs=1e-3)
+    assert check_pair(cell(70.0, 3), cell(78.0, 3), test, 2 ** 0.5)["verdict"] == "fails"
+    assert check_pair(cell(76.0, 1), cell(78.0, 1), test, None)["verdict"] == "holds"  # no noise measured
 
 
 def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pytest.CaptureFixture) -> None:
     results = write_all(tmp_path / "runs", claim_records())
     code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(claims_file)], capsys)
     assert code == 1, err  # a claim that was run fails
-    assert "3 holds, 1 fails, 1 within noise, 2 not run" in out and "noise tolerance 2.83 points" in out
+    assert "3 holds, 1 fails, 1 within noise, 2 not run" in out and "seed-to-seed σ 1.41 points" in out
     assert "Not run, no record for any of its cells (1): cutout neutralises SEM" in " ".join(out.split())
     assert "│ cutout neutralises" not in out  # listed in that line, not as a table row
     only_holds = tmp_path / "holds.toml"
@@ -209,7 +229,7 @@ def test_a_claim_never_averages_two_configurations(tmp_path: Path, claims_file: 
                               make_record("none", "mixup", 79.0, defense_params={"alpha": 0.2})]
     frame = load_frame(write_all(tmp_path / "runs", recs))
     _v, rows = load_claims(claims_file)
-    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), 1.0)}
+    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), 0.5)}
     cell = got["holds"]["pairs"][0]["cell"]
     assert (cell["defense"], cell["mean"], cell["n"]) == ("mixup (alpha=1)", 22.0, 1)
 
@@ -226,7 +246,7 @@ def test_a_single_run_protocol_variant_borrows_its_presets_noise(tmp_path: Path,
     frame = build_frame(runs)
     noises = agg.group_noises(frame)
     main, longer = (noises[str(s)] for s in frame["group"].unique())
-    assert main["tolerance"] == pytest.approx(2 * 2 ** 0.5, abs=1e-3) and "borrowed_from" not in main
+    assert main["tolerance"] == pytest.approx(4.0, abs=1e-3) and "borrowed_from" not in main
     assert longer["tolerance"] == main["tolerance"] and longer["borrowed_from"].endswith("preset smoke · epochs=3")
     data = build_data(frame, runs, "runs", claims_file=claims_file)
     variant_group = data["groups"][1]

@@ -60,18 +60,20 @@ def test_tidy_frame_and_cells_match_hand_computed_values(results: Path) -> None:
     assert ("sem", "mixup") not in c.index and ("cuda", "none") in c.index
     assert len(c) == 7  # the two partial runs are not cells of the matrix
     noise = agg.noise(c)  # pooled over the two multi-seed cells: sqrt((2 + 8) / 2)
-    assert noise["sigma"] == pytest.approx(math.sqrt(5), abs=1e-4) and noise["tolerance"] == pytest.approx(2 * math.sqrt(5), abs=1e-3)
+    assert noise["sigma"] == pytest.approx(math.sqrt(5), abs=1e-4) and noise["tolerance"] == pytest.approx(2 * math.sqrt(10), abs=1e-3)
     assert frame.loc[frame["defense.robust_acc"].notna(), "defense.robust_acc"].tolist() == [12.5]
 
 
 def test_tie_ranks_share_a_rank_within_tolerance() -> None:
-    assert agg.tie_ranks([40.0, 39.0, 30.0, 29.5, 20.0], 2.0) == [1, 1, 3, 3, 5]
-    assert agg.tie_ranks([40.0, 38.5, 37.0], 2.0) == [1, 1, 3]  # compared with the first of the run, no chaining
-    assert agg.tie_ranks([40.0, 39.0], 0.0) == [1, 2]
+    sigma = 1 / 2 ** 0.5  # two single runs: 2·sigma·sqrt(2) = 2.0 points
+    assert agg.tie_ranks([40.0, 39.0, 30.0, 29.5, 20.0], sigma) == [1, 1, 3, 3, 5]
+    assert agg.tie_ranks([40.0, 38.5, 37.0], sigma) == [1, 1, 3]  # compared with the first of the run, no chaining
+    assert agg.tie_ranks([40.0, 39.0], None) == [1, 2]
+    assert agg.tie_ranks([40.0, 38.5], sigma, [4, 4]) == [1, 2]  # 4 seeds each: 1.0 point is enough
 
 
 def ranking_set(backbone: Path) -> list[dict]:
-    """Three comparable poisons; noise from clean/none (80, 84): sigma = 2.83, tolerance 5.66."""
+    """Three comparable poisons; noise from clean/none (80, 84): sigma = 2.83, two single runs tie within 8.0."""
     acc = {("none", "none"): [80.0, 84.0], ("cuda", "none"): [20.0], ("em", "none"): [15.0], ("rem", "none"): [30.0],
            ("none", "mixup"): [78.0], ("cuda", "mixup"): [40.0], ("em", "mixup"): [45.0], ("rem", "mixup"): [50.0],
            ("none", "cutout"): [77.0], ("cuda", "cutout"): [36.0], ("em", "cutout"): [60.0], ("rem", "cutout"): [55.0],
@@ -91,14 +93,14 @@ def ranking_set(backbone: Path) -> list[dict]:
 def test_rankings_ties_statuses_and_tiers(tmp_path: Path) -> None:
     frame = group_frame(write_all(tmp_path / "runs", ranking_set(tmp_path / "backbone.safetensors")))
     c = agg.cells(frame)
-    tol = agg.noise(c)["tolerance"]
-    assert tol == pytest.approx(2 * math.sqrt(8), abs=1e-3)
+    tol = agg.noise(c)["sigma"]
+    assert tol == pytest.approx(math.sqrt(8), abs=1e-3) and agg.noise(c)["tolerance"] == pytest.approx(8.0, abs=1e-3)
     ft = frame.loc[frame["defense"] == "finetune", "defense_label"].iloc[0]
     assert agg.defense_tiers(c)[ft] == "extra-clean-data"  # derived from the holdout backbone
     std = agg.defense_ranking(c, "poisoned-only", tol)
     assert std["poisons"] == ["cuda", "em", "rem"]
     by = {e["defense"]: e for e in std["entries"]}
-    # worst cases: mixup 40 (cuda), cutout 36 (cuda, within 5.66 of 40: tied), cutmix 25 (cuda)
+    # worst cases: mixup 40 (cuda), cutout 36 (cuda, within 8.0 of 40: tied), cutmix 25 (cuda)
     assert [(e["defense"], e.get("rank")) for e in std["entries"] if e["status"] == "ranked"] == \
         [("mixup", 1), ("cutout", 1), ("cutmix", 3)]
     assert (by["mixup"]["worst"]["mean"], by["mixup"]["worst_poison"], by["mixup"]["mean"]) == (40.0, "cuda", 45.0)
@@ -114,7 +116,7 @@ def test_rankings_ties_statuses_and_tiers(tmp_path: Path) -> None:
     assert (poisons["em"]["worst"]["mean"], poisons["em"]["best_defense"]) == (60.0, "cutout")
     assert "dat (official)" not in agg.poison_ranking(c, tol, std)["defenses"]
     assert poisons["random-noise"]["status"] == "incomplete" and "rank" not in poisons["random-noise"]
-    # ranks: cuda 45, rem 55, em 60 (within 5.66 of 55: tied)
+    # ranks: cuda 45, rem 55, em 60 (within 8.0 of 55: tied)
     assert [(p, poisons[p]["rank"]) for p in ("cuda", "rem", "em")] == [("cuda", 1), ("rem", 2), ("em", 2)]
 
 
@@ -133,11 +135,11 @@ def test_convergence_flags_exclude_cells_from_verdicts(tmp_path: Path) -> None:
     assert not c.loc[("clean", "dat"), "converged"]
     assert "train accuracy 44.0 % vs 90.0 %" in c.loc[("cuda", "dat"), "not_converged"]
     assert c.loc[("em", "mixup"), "converged"] and c.loc[("clean", "none"), "converged"]
-    std = agg.defense_ranking(c, "poisoned-only", 0.0)
+    std = agg.defense_ranking(c, "poisoned-only", None)
     by = {e["defense"]: e for e in std["entries"]}
     assert by["mixup"]["worst"]["mean"] == 30.0 and by["mixup"]["not_converged"] == ["cuda"]  # 45 is not used
     assert by["dat"]["status"] == "not converged"
-    poisons = {e["poison"]: e for e in agg.poison_ranking(c, 0.0, std)["entries"]}
+    poisons = {e["poison"]: e for e in agg.poison_ranking(c, None, std)["entries"]}
     assert poisons["cuda"]["worst"]["mean"] == 20.0 and poisons["cuda"]["not_converged"] == ["mixup"]
 
 

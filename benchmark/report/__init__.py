@@ -127,5 +127,5 @@ def claims_report(results: Path | str, warn: Warn | None = None,
     for slug, g in frame.groupby("group", sort=False):
         noise = noises[str(slug)]
         out.append({"group": slug, "title": str(g["group_title"].iloc[0]), "noise": noise,
-                    "claims": evaluate(rows, g, agg.run_flags(g), noise["tolerance"])})
+                    "claims": evaluate(rows, g, agg.run_flags(g), noise["sigma"])})
     return out, max((exit_code(g["claims"]) for g in out), default=0)

@@ -11,8 +11,9 @@ may be used for is a constant here and is stated on the page:
   run diverged. Such a cell is shown, marked, and never used as a verdict (rankings,
   worst cases, claims).
 * noise: sigma = pooled seed-to-seed std (root mean square of the std of every cell run with several
-  seeds); two values are within noise when they differ by less than ``TIE_SIGMAS`` x sigma. Ranks
-  within noise of the first of their run share its rank.
+  seeds); two cells are within noise when their means differ by less than ``TIE_SIGMAS`` standard
+  errors of the difference, sigma·sqrt(1/n_a + 1/n_b) (:func:`margin_tolerance`). Ranks within noise
+  of the first of their run share its rank; claims use the same rule.
 * a defense whose clean accuracy is below ``FAILS_CLEAN_FRACTION`` of plain training's fails on clean
   data; one with converged cells on fewer than ``MIN_COVERAGE`` of the comparable poisons is incomplete.
   Neither is ranked.
@@ -152,13 +153,14 @@ def defense_tiers(c: pd.DataFrame) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- noise
 
 def noise(c: pd.DataFrame) -> dict[str, Any]:
-    """Pooled seed-to-seed std of the group's multi-seed cells and the tie tolerance it implies."""
+    """Pooled seed-to-seed std of the group's multi-seed cells and the tolerance it implies between two
+    single runs (:func:`margin_tolerance`)."""
     multi = c[c["n"] > 1]["std"] if not c.empty else pd.Series(dtype=float)
     if multi.empty:
         return {"cells": 0, "median_std": None, "max_std": None, "sigma": None, "tolerance": 0.0, "tie_sigmas": TIE_SIGMAS}
     sigma = math.sqrt(float((multi ** 2).mean()))
     return {"cells": int(len(multi)), "median_std": rnd(multi.median()), "max_std": rnd(multi.max()),
-            "sigma": rnd(sigma), "tolerance": rnd(TIE_SIGMAS * sigma), "tie_sigmas": TIE_SIGMAS}
+            "sigma": rnd(sigma), "tolerance": rnd(margin_tolerance(sigma, 1, 1)), "tie_sigmas": TIE_SIGMAS}
 
 
 def group_noises(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -211,13 +213,22 @@ def machine_spreads(frame: pd.DataFrame, repeats: list[tuple[Any, dict[str, Any]
     return out
 
 
-def tie_ranks(values: list[float], tolerance: float) -> list[int]:
-    """Competition ranks of ``values`` (already sorted best first) where a value within ``tolerance``
-    of the first value of the current run of ties shares that value's rank (1, 2, 2, 4, ...)."""
+def margin_tolerance(sigma: float | None, n_a: int, n_b: int) -> float:
+    """How far apart two cells' means must be to differ beyond noise: TIE_SIGMAS standard errors of the
+    difference of two means of ``n_a`` and ``n_b`` independent runs, sigma·sqrt(1/n_a + 1/n_b) (two single
+    runs differ by sigma·sqrt(2) on average; more seeds narrow it); 0 when no spread is measured."""
+    return 0.0 if sigma is None else TIE_SIGMAS * sigma * math.sqrt(1 / n_a + 1 / n_b)
+
+
+def tie_ranks(values: list[float], sigma: float | None, runs: list[int] | None = None) -> list[int]:
+    """Competition ranks of ``values`` (already sorted best first; ``runs``: how many seeds each is the
+    mean of, default 1) where a value within :func:`margin_tolerance` of the first value of the current
+    run of ties shares that value's rank (1, 2, 2, 4, ...)."""
+    runs = runs or [1] * len(values)
     ranks: list[int] = []
     leader = None
     for i, v in enumerate(values):
-        if leader is None or abs(values[leader] - v) >= tolerance:
+        if leader is None or abs(values[leader] - v) >= margin_tolerance(sigma, runs[leader], runs[i]):
             leader = i
         ranks.append(leader + 1)
     return ranks
@@ -254,7 +265,7 @@ def comparable_poisons(c: pd.DataFrame, defenses: list[str]) -> list[str]:
     return defended or poisons
 
 
-def defense_ranking(c: pd.DataFrame, tier: str, tolerance: float) -> dict[str, Any]:
+def defense_ranking(c: pd.DataFrame, tier: str, sigma: float | None) -> dict[str, Any]:
     """Defenses of one tier: clean accuracy, cost, worst case and mean over the comparable poisons
     (converged cells only); ranked with ties, or listed with the reason they are not ranked."""
     tiers = defense_tiers(c)
@@ -282,7 +293,8 @@ def defense_ranking(c: pd.DataFrame, tier: str, tolerance: float) -> dict[str, A
         })
     ranked = sorted((e for e in entries if e["status"] == "ranked"),
                     key=lambda e: (-(e["worst"]["mean"] if e["worst"] else -1.0), -(e["mean"] or 0.0), e["defense"]))
-    for e, r in zip(ranked, tie_ranks([e["worst"]["mean"] for e in ranked], tolerance), strict=True):
+    for e, r in zip(ranked, tie_ranks([e["worst"]["mean"] for e in ranked], sigma, [e["worst"]["n"] for e in ranked]),
+                    strict=True):
         e["rank"] = r
     rest = [e for e in entries if e["status"] != "ranked"]
     rest.sort(key=lambda e: (e["status"] != "reference", e["status"], e["defense"]))
@@ -290,7 +302,7 @@ def defense_ranking(c: pd.DataFrame, tier: str, tolerance: float) -> dict[str, A
             + [e for e in rest if e["status"] != "reference"]}
 
 
-def poison_ranking(c: pd.DataFrame, tolerance: float, defenses: dict[str, Any]) -> dict[str, Any]:
+def poison_ranking(c: pd.DataFrame, sigma: float | None, defenses: dict[str, Any]) -> dict[str, Any]:
     """Poisons by their worst case over the standard tier: the highest accuracy any usable defense
     (not failing or unconverged on clean data) recovers on a converged cell; lower = stronger."""
     usable = [e["defense"] for e in defenses["entries"] if e["status"] in ("reference", "ranked", "incomplete")]
@@ -314,7 +326,8 @@ def poison_ranking(c: pd.DataFrame, tolerance: float, defenses: dict[str, Any]) 
             "not_converged": [d for d in run_on_poison if (r := _get(c, p, d)) is not None and not r["converged"]],
         })
     ranked = sorted((e for e in entries if e["status"] == "ranked"), key=lambda e: (e["worst"]["mean"], e["poison"]))
-    for e, r in zip(ranked, tie_ranks([e["worst"]["mean"] for e in ranked], tolerance), strict=True):
+    for e, r in zip(ranked, tie_ranks([e["worst"]["mean"] for e in ranked], sigma, [e["worst"]["n"] for e in ranked]),
+                    strict=True):
         e["rank"] = r
     return {"defenses": run_on_poison, "entries": ranked + sorted((e for e in entries if e["status"] != "ranked"),
                                                                  key=lambda e: e["poison"])}

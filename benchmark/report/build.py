@@ -60,10 +60,10 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
         out["entries"] = [{"poison": p, "defense": d, "tier": tiers[d], **agg.cell_dict(row)}
                           for (p, d), row in c.iterrows()]
         present = [t for t in agg.tier_order() if t in tiers.values()]
-        rankings = {t: agg.defense_ranking(c, t, noise["tolerance"]) for t in present}
+        rankings = {t: agg.defense_ranking(c, t, noise["sigma"]) for t in present}
         out["rankings"] = rankings
         if STANDARD_TIER in rankings:
-            out["poison_ranking"] = agg.poison_ranking(c, noise["tolerance"], rankings[STANDARD_TIER])
+            out["poison_ranking"] = agg.poison_ranking(c, noise["sigma"], rankings[STANDARD_TIER])
             out["highlights"] = agg.highlights(c, rankings[STANDARD_TIER])
         out["peak_notes"] = agg.peak_notes(c)
         out["caveats"] = notes.caveats(g, c, tiers, noise)
@@ -77,7 +77,7 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
     partial_runs = g[~g["full"]]
     out["table_provenance"] = {**out.get("table_provenance", {}), "all": notes.provenance_line(g),
                                "partial": notes.provenance_line(partial_runs) if not partial_runs.empty else ""}
-    out["claims"] = claims_mod.evaluate(claim_rows, g, agg.run_flags(g), noise["tolerance"]) if claim_rows else []
+    out["claims"] = claims_mod.evaluate(claim_rows, g, agg.run_flags(g), noise["sigma"]) if claim_rows else []
     out["provenance"] = notes.provenance(g)
     out.setdefault("caveats", [])
     return out, c

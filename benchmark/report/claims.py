@@ -2,8 +2,10 @@
 
 A claim names a poison, the defenses it is checked under and a test ``acc OP REF [+|- k]``; each named
 cell gets a verdict: *holds* / *fails* when its accuracy clears the threshold, one way or the other, by
-at least the group's noise tolerance (aggregate.TIE_SIGMAS x pooled seed std), *within noise* when it is
-closer than that, *not run* when a cell or its reference has no record, *not converged* when one of them
+at least aggregate.TIE_SIGMAS standard errors of the difference between the cell and its reference,
+sigma·sqrt(1/n_cell + 1/n_ref) with sigma the group's pooled seed-to-seed std (both are means of
+independent runs, so two single runs differ by sigma·sqrt(2) on average, and more seeds on either side
+narrow it), *within noise* when it is closer than that, *not run* when a cell or its reference has no record, *not converged* when one of them
 did not converge (aggregate.run_flags): such a cell is never a verdict. The claim's verdict: fails if a
 cell fails, else within noise if one is, else holds if one holds, else not run.
 """
@@ -20,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.errors import BenchError
-from benchmark.report.aggregate import other_sets, rnd
+from benchmark.report.aggregate import TIE_SIGMAS, margin_tolerance, other_sets, rnd
 from benchmark.report.collect import defense_defaults, flat
 from benchmark.report.select import load_toml, mask, same
 
@@ -98,20 +100,38 @@ def _reference(g: pd.DataFrame, flags: pd.Series, claim: dict[str, Any], kind: s
 
 
 def check_pair(cell: dict[str, Any] | None, ref: dict[str, Any] | None, test: tuple[str, str, float],
-               tolerance: float) -> dict[str, Any]:
+               sigma: float | None) -> dict[str, Any]:
     op, _kind, offset = test
     if cell is None or ref is None:
-        return {"verdict": "not run", "threshold": None, "offset": offset, "margin": None}
+        return {"verdict": "not run", "threshold": None, "offset": offset, "margin": None, "tolerance": None}
     threshold = ref["mean"] + offset
     if not (cell["converged"] and ref["converged"]):
-        return {"verdict": "not converged", "threshold": rnd(threshold), "offset": offset, "margin": None}
+        return {"verdict": "not converged", "threshold": rnd(threshold), "offset": offset, "margin": None,
+                "tolerance": None}
     margin = cell["mean"] - threshold
+    tolerance = margin_tolerance(sigma, cell["n"], ref["n"])
     verdict = "within noise" if abs(margin) < tolerance else ("holds" if OPS[op](cell["mean"], threshold) else "fails")
-    return {"verdict": verdict, "threshold": rnd(threshold), "offset": offset, "margin": rnd(margin)}
+    return {"verdict": verdict, "threshold": rnd(threshold), "offset": offset, "margin": rnd(margin),
+            "tolerance": rnd(tolerance)}
 
 
-def evaluate(claims: list[dict[str, Any]], g: pd.DataFrame, flags: pd.Series, tolerance: float) -> list[dict[str, Any]]:
-    """Every claim's verdict on one protocol group (``g``: its tidy runs; ``flags``: run_flags(g))."""
+def claim_rule_text(noise: dict[str, Any]) -> str:
+    """The verdict rule of :func:`check_pair` with this table's numbers, for the claims legends."""
+    sigma = noise.get("sigma")
+    if sigma is None:
+        return ("No seed-to-seed spread is measured for this table, so a cell holds or fails on which side of "
+                "its threshold it lies.")
+    k = noise.get("tie_sigmas", TIE_SIGMAS)
+    return (f"A cell holds or fails when it clears its threshold, one way or the other, by at least {k:g} standard "
+            f"errors of the difference, {k:g}σ·√(1/n_cell + 1/n_ref) with σ = {sigma:.2f} (the pooled seed-to-seed "
+            f"std): {margin_tolerance(sigma, 1, 1):.2f} points for two single runs, {margin_tolerance(sigma, 1, 3):.2f} "
+            f"against a 3-seed reference, {margin_tolerance(sigma, 3, 3):.2f} for 3 seeds each (± after the seeds), "
+            "and is within noise otherwise.")
+
+
+def evaluate(claims: list[dict[str, Any]], g: pd.DataFrame, flags: pd.Series, sigma: float | None) -> list[dict[str, Any]]:
+    """Every claim's verdict on one protocol group (``g``: its tidy runs; ``flags``: run_flags(g); ``sigma``:
+    its pooled seed-to-seed std, :func:`aggregate.group_noises`)."""
     out = []
     for claim in claims:
         poison = _sel(claim["poison"])
@@ -122,7 +142,7 @@ def evaluate(claims: list[dict[str, Any]], g: pd.DataFrame, flags: pd.Series, to
                 cell = lookup(g, flags, poison, defense, float(ratio))
                 ref = _reference(g, flags, claim, claim["_test"][1], poison, defense, float(ratio))
                 pairs.append({"selector": _selector_text(poison, defense, float(ratio)), "cell": cell, "reference": ref,
-                              **check_pair(cell, ref, claim["_test"], tolerance)})
+                              **check_pair(cell, ref, claim["_test"], sigma)})
         out.append({"id": claim["id"], "claim": claim["claim"], "source": claim["source"], "test": _test_text(claim),
                     "verdict": overall([p["verdict"] for p in pairs]), "pairs": pairs,
                     "note": _note(pairs)})
@@ -183,7 +203,8 @@ def pair_text(pair: dict[str, Any]) -> str:
     offset = pair["offset"]
     against = f"{pair['threshold']:.1f}" if not offset else (
         f"{pair['threshold']:.1f} = {ref['mean']:.1f} {'+' if offset > 0 else '−'} {abs(offset):g}")
-    return text + f" vs {against} ({_seeds(ref)}): {pair['verdict']}"
+    noise = f", ±{pair['tolerance']:.1f}" if pair.get("tolerance") else ""
+    return text + f" vs {against} ({_seeds(ref)}{noise}): {pair['verdict']}"
 
 
 def claims_unrecorded(g: dict[str, Any]) -> list[dict[str, Any]]:

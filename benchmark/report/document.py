@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.report.aggregate import other_sets
-from benchmark.report.claims import claims_unrecorded, pair_text, unrecorded_text
+from benchmark.report.aggregate import margin_tolerance, other_sets
+from benchmark.report.claims import claim_rule_text, claims_unrecorded, pair_text, unrecorded_text
 from benchmark.report.collect import threads_text
 
 NOT_CONVERGED = "†"
@@ -170,10 +170,11 @@ def defense_ranking(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Tabl
                      fmt(e["worst"]), e["worst_poison"] or "–", f"{e['mean']:.1f}" if e["mean"] is not None else "–",
                      f"{e['covered']}/{e['total']}", _status_note(e)])
     noise = g["noise"]
-    tie = (f"Ranks within noise share a rank: a worst case less than {noise['tolerance']:.2f} points "
-           f"({noise['tie_sigmas']:g} σ, σ = {noise['sigma']:.2f}, the pooled seed-to-seed std of "
-           f"{_noise_source(noise)}) below the "
-           "first of its run of ties gets that one's rank." if noise["sigma"] is not None else
+    tie = (f"Ranks within noise share a rank: a worst case less than {noise['tie_sigmas']:g} standard errors of "
+           f"the difference, {noise['tie_sigmas']:g}σ·√(1/n_a + 1/n_b) (σ = {noise['sigma']:.2f}, the pooled "
+           f"seed-to-seed std of {_noise_source(noise)}; {margin_tolerance(noise['sigma'], 1, 1):.2f} points "
+           "between two single runs), below the first of its run of ties gets that one's rank."
+           if noise["sigma"] is not None else
            "No cell has several seeds, so the noise is not measured and only equal values tie.")
     legend = (f"Comparable poisons (K = {len(r['poisons'])}): {', '.join(r['poisons'])}. Worst case = lowest accuracy over "
               "the converged cells of those poisons (k of K, column poisons); mean over the same cells. Cost = "
@@ -236,8 +237,7 @@ def claims_table(g: dict[str, Any]) -> Table | None:
         rows.append([c["claim"], c["source"], c["test"], Cell(cells, records), f"**{c['verdict']}**"])
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
-              f"A cell holds or fails when it clears the threshold by at least {noise['tolerance']:.2f} points (the tie "
-              "tolerance) one way or the other, and is within noise otherwise; cells that did not converge, or whose "
+              + claim_rule_text(noise) + " Cells that did not converge, or whose "
               "reference did not, are never a verdict. A claim fails if one of its cells fails, is within noise if one "
               "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
               "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))

@@ -115,11 +115,12 @@ def show_list(console: Console, what: str | None, name: str | None) -> None:
 def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
     """One table per paper group (claims with a recorded cell; the others in one line), then verdict counts."""
     for g in groups:
-        tol = g["noise"]["tolerance"]
+        sigma = g["noise"]["sigma"]
         borrowed = g["noise"].get("borrowed_from")
         source = f", borrowed from {borrowed}: every cell here is a single run" if borrowed else ""
-        table = Table(title=f"{g['title']} (noise tolerance {tol:.2f} points{source})", show_lines=True,
-                      title_justify="left")
+        scale = f"seed-to-seed σ {sigma:.2f} points{source}; ± = the margin a verdict needs" if sigma is not None \
+            else "no seed-to-seed spread measured"
+        table = Table(title=f"{g['title']} ({scale})", show_lines=True, title_justify="left")
         for col in ("claim", "test", "our cells (seeds)", "verdict"):
             table.add_column(col, overflow="fold")
         unrecorded = claims_unrecorded(g)
