@@ -131,8 +131,6 @@ class Poison(Plugin[P]):
     The optional capabilities below have defaults that fit a poison which declares none of them."""
 
     uses_key: ClassVar[bool] = True
-    #: parameters that change with the protocol preset (e.g. surrogate steps): {preset: {param: value}}
-    preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
     #: algorithm revision: bump it when a code change alters what the poison produces for the same params
     #: and key. Above 1 it is part of ``config.poison`` (so of the run id) and of the cached artifact's id,
     #: so records and artifacts of the old algorithm are never reused or averaged with the new ones.

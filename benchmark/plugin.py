@@ -31,6 +31,9 @@ class Plugin(Generic[P]):
     Params: ClassVar[type] = NoParams
     #: caveats the report prints whenever this plugin is in a table
     notes: ClassVar[tuple[str, ...]] = ()
+    #: parameters that change with the protocol preset (e.g. a poison's surrogate steps, a defense's
+    #: evaluation samples): {preset: {param: value}}; an explicit parameter overrides them
+    preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
 
     params: P
 

@@ -118,7 +118,7 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     proto = resolve_protocol(preset, spec.overrides)
     check_model(proto.model)
     poison = build_poison(spec.poison, spec.poison_params, spec.key, spec.ratio, preset)
-    defense = build_defense(spec.defense, spec.defense_params)
+    defense = build_defense(spec.defense, spec.defense_params, preset)
     if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
         raise BenchError("--clean-only needs a partial poison (--ratio below 1) of a real poison")
     cache = paths.cache_dir(spec.cache_dir)

@@ -342,9 +342,10 @@ class DefenseStack(Defense):
         return {"name": self.spec_name, "params": params, "components": comps}
 
 
-def build_defense(spec: str, params: dict[str, Any] | None = None) -> DefenseStack:
+def build_defense(spec: str, params: dict[str, Any] | None = None, preset: str | None = None) -> DefenseStack:
     """Build ``spec`` (``name`` or ``a+b``) with params; keys may be ``name.param`` to target one
-    component of a composition, or plain ``param`` when exactly one component declares it."""
+    component of a composition, or plain ``param`` when exactly one component declares it. A component's
+    ``preset_params`` for the protocol ``preset`` fill in what ``params`` leaves unset."""
     names = [s.strip() for s in spec.split("+")]
     if not any(names):
         raise BenchError("empty defense name; see 'bench list defenses'")
@@ -366,7 +367,8 @@ def build_defense(spec: str, params: dict[str, Any] | None = None) -> DefenseSta
             per[canon[0]][key] = params[key]  # type: ignore[index]
     components = []
     for name, cls in zip(canon, classes, strict=True):
-        comp = cls(build_params(cls.Params, per[name], owner=f"defense {name}"))
+        comp = cls(build_params(cls.Params, {**cls.preset_params.get(preset or "", {}), **per[name]},
+                                owner=f"defense {name}"))
         comp.name = name
         components.append(comp)
     if canon != ["none"]:

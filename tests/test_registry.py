@@ -153,3 +153,24 @@ def test_plugin_declaration_is_the_class_line() -> None:
     with pytest.raises(TypeError, match="unknown plugin declaration generate="):
         class Shadow(Poison, generate=None):  # noqa: F841
             """A method is not a declaration."""
+
+
+def test_a_defense_preset_fills_in_only_what_params_leave_unset(tmp_path: Path) -> None:
+    """Smoothing's smoke preset shrinks its evaluation (a seconds-long check), an explicit parameter wins,
+    other presets keep the defaults (so cpu run ids never move), and the report labels a smoke run by its
+    preset's defaults, not as a variant."""
+    from report_records import make_record, write_all
+
+    from benchmark.report import load_frame
+    from defenses.base import build_defense
+
+    smoke = build_defense("smoothing", preset="smoke").record()["params"]
+    assert (smoke["n_samples"], smoke["certify_n"], smoke["certify_subset"]) == (32, 200, 100)
+    assert build_defense("smoothing", {"n_samples": "8"}, preset="smoke").record()["params"]["n_samples"] == 8
+    assert build_defense("smoothing", preset="cpu").record() == build_defense("smoothing").record()
+    both = build_defense("smoothing+mixup", preset="smoke").record()["params"]
+    assert both["smoothing"]["certify_n0"] == 32 and both["mixup"] == build_defense("mixup").record()["params"]
+    frame = load_frame(write_all(tmp_path / "runs", [make_record("cuda", "smoothing", 20.0, preset="smoke"),
+                                                     make_record("none", "smoothing", 30.0, preset="smoke")]))
+    assert set(frame["defense_label"]) == {"smoothing"}
+    assert '"n_samples":32' in frame["defense_params"].iloc[0]

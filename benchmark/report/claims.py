@@ -79,7 +79,7 @@ def _one_config(runs: pd.DataFrame) -> pd.DataFrame:
     changed): the cell at today's defaults for the params the selector leaves open, else the one with
     most runs; never an average over different configurations."""
     def at_defaults(row: pd.Series) -> bool:
-        want = defense_defaults(str(row["defense"]))
+        want = defense_defaults(str(row["defense"]), str(row["preset"]))
         have = flat(json.loads(row["defense_params"]))
         return want is not None and all(have.get(k) == v for k, v in want.items())
 

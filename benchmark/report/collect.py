@@ -117,12 +117,13 @@ def fmt_param(key: str, value: Any) -> str:
 
 
 @cache
-def defense_defaults(name: str) -> dict[str, Any] | None:
-    """Flat default parameters of a registered defense (None when it cannot be built without params)."""
+def defense_defaults(name: str, preset: str = "") -> dict[str, Any] | None:
+    """Flat default parameters of a registered defense under a protocol preset (None when it cannot be
+    built without params)."""
     try:
         from defenses.base import build_defense
 
-        return flat(build_defense(name).record()["params"])
+        return flat(build_defense(name, preset=preset).record()["params"])
     except (BenchError, ImportError):
         return None
 

@@ -127,7 +127,8 @@ def build_frame(runs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
         dids = {i: part_id(r["config"]["defense"]) for i, r in recs.items()}
         variants = {dids[i]: infos[frame.at[i, "record"]]["variant"] for i in idx}
         plabels = make_labels(pids.values(), {"none": CLEAN})
-        dlabels = make_labels(dids.values(), {}, defense_defaults, variants)
+        preset = str(frame.at[idx[0], "preset"])
+        dlabels = make_labels(dids.values(), {}, lambda name, p=preset: defense_defaults(name, p), variants)
         frame.loc[idx, "poison_label"] = [plabels[pids[i]] for i in idx]
         frame.loc[idx, "defense_label"] = [dlabels[dids[i]] for i in idx]
     frame["group"] = frame["group_key"].str.split(":", n=1).str[1]
