@@ -505,11 +505,14 @@ def test_cost_ratio_compares_only_runs_on_the_same_hardware(tmp_path: Path) -> N
     costs = {c["defense"]: c for c in agg_costs(build_frame(collect_runs(results, warn=print)))}
     assert (costs["mixup"]["relative"], costs["mixup"]["compared"], costs["mixup"]["runs"]) == (2.5, 1, 2)
     assert costs["cutout"]["relative"] is None and costs["cutout"]["compared"] == 0
+    # absolute minutes are one machine's too: mixup's 20 s elsewhere is not averaged with its 50 s here
+    assert (costs["mixup"]["training_s"], costs["mixup"]["timed_on_reference"]) == (50.0, True)
+    assert costs["cutout"]["timed_on_reference"] is False  # only a run of unknown hardware: shown with *
     write_leaderboard(results, tmp_path / "lb.md", tmp_path / "plots", samples=False)
     cost_section = (tmp_path / "lb.md").read_text().split("### Cost and budgets")[1].split("<sub>")[0]
-    rows = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in cost_section.splitlines()
-            if line.startswith(("| mixup |", "| cutout |"))}
-    assert rows == {"mixup": "2.50× (1 of 2)", "cutout": "–"}
+    rows = {line.split("|")[1].strip(): (line.split("|")[4].strip(), line.split("|")[5].strip())
+            for line in cost_section.splitlines() if line.startswith(("| mixup |", "| cutout |"))}
+    assert rows == {"mixup": ("0.8", "2.50× (1 of 2)"), "cutout": ("0.3*", "–")}
 
 
 def agg_costs(frame):

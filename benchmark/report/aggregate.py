@@ -163,13 +163,15 @@ def noise(c: pd.DataFrame) -> dict[str, Any]:
             "sigma": rnd(sigma), "tolerance": rnd(margin_tolerance(sigma, 1, 1)), "tie_sigmas": TIE_SIGMAS}
 
 
-def group_noises(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def group_noises(frame: pd.DataFrame, group_cells: dict[str, pd.DataFrame] | None = None) -> dict[str, dict[str, Any]]:
     """:func:`noise` of every protocol group of ``frame``. A group with no multi-seed cell (a protocol
     variant run once per cell, e.g. a longer schedule) borrows sigma from the group of the same dataset,
     source, model and preset with the most multi-seed cells, and names it (``borrowed_from``): a verdict
-    needs a noise scale, and one measured under the same preset is the closest there is."""
+    needs a noise scale, and one measured under the same preset is the closest there is. ``group_cells``:
+    each group's :func:`cells`, when the caller has them already."""
     groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)}
-    own = {slug: noise(cells(g)) for slug, g in groups.items()}
+    group_cells = group_cells or {slug: cells(g) for slug, g in groups.items()}
+    own = {slug: noise(group_cells[slug]) for slug in groups}
     sibling_key = {slug: tuple(str(g[k].iloc[0]) for k in ("dataset", "dataset_source", "model", "preset"))
                    for slug, g in groups.items()}
     out = {}

@@ -38,11 +38,10 @@ def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict[str, Any]],
-                noise: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+                noise: dict[str, Any], c: pd.DataFrame) -> dict[str, Any]:
     """Everything one protocol group's section shows, as data (``noise``: the group's, possibly borrowed,
-    from :func:`aggregate.group_noises`)."""
+    from :func:`aggregate.group_noises`; ``c``: its :func:`aggregate.cells`)."""
     meta = group_meta(g, protocol)
-    c = agg.cells(g)
     out: dict[str, Any] = {**meta, "noise": noise}
     if c.empty:
         out.update({"poisons": [], "defenses": [], "entries": [], "rankings": {}, "highlights": {}})
@@ -80,7 +79,7 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
     out["claims"] = claims_mod.evaluate(claim_rows, g, agg.run_flags(g), noise["sigma"]) if claim_rows else []
     out["provenance"] = notes.provenance(g)
     out.setdefault("caveats", [])
-    return out, c
+    return out
 
 
 def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], results_label: str,
@@ -91,20 +90,23 @@ def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], resu
     protocols = {str(p): protocol_of(rec["config"]) for p, rec in runs}
     claims_version, claim_rows = claims_mod.load_claims(claims_file)
     refs_version, ref_rows = references.load_references(references_file)
-    groups, joined = [], []
-    noises = agg.group_noises(frame)
+    built, joined = [], []
+    groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)}
+    group_cells = {slug: agg.cells(g) for slug, g in groups.items()}
+    noises = agg.group_noises(frame, group_cells)
     spreads = agg.machine_spreads(frame, repeats or [])
-    for slug, g in frame.groupby("group", sort=False):
-        noise = {**noises[str(slug)], "machine": spreads.get(str(slug))}
-        data, c = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noise)
-        groups.append(data)
+    for slug, g in groups.items():
+        c = group_cells[slug]
+        noise = {**noises[slug], "machine": spreads.get(slug)}
+        data = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noise, c)
+        built.append(data)
         joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))
     newest = max((str(d) for d in frame["created"] if d), default="")[:10] or "unknown"
     return {
         "schema": SCHEMA, "results": results_label, "records": len(frame), "newest": newest,
         "rules": agg.rules(), "clean_label": CLEAN, "tiers": _tiers(),
         "references_version": refs_version, "claims_version": claims_version,
-        "references": references.join(ref_rows, joined), "groups": groups,
+        "references": references.join(ref_rows, joined), "groups": built,
     }
 
 

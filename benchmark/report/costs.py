@@ -27,23 +27,34 @@ def same_hardware_ratio(runs: pd.DataFrame, plain: pd.DataFrame, column: str) ->
     return (rnd(ratios.mean()) if len(ratios) else None), len(ratios)
 
 
+def reference_hardware(plain: pd.DataFrame) -> str:
+    """The hardware most of plain training's runs were made on ("" when no record names it): absolute
+    times are shown for that machine only, since machines of one kind differ up to ~3x in speed."""
+    named = plain["hardware"][plain["hardware"] != ""]
+    return str(named.value_counts().sort_index().idxmax()) if not named.empty else ""
+
+
 def defense_costs(g: pd.DataFrame, order: list[str]) -> list[dict[str, Any]]:
     """Per defense: mean training wall time of its full-ratio runs and its ratio to plain training's on
     the same hardware, evaluation time, optimiser steps (records that carry them), and where the runs ran."""
     full = g[g["full"]]
     plain = full[full["defense_label"] == NO_DEFENSE]
+    reference = reference_hardware(plain)
     out = []
     for d in order:
         runs = full[full["defense_label"] == d]
-        train = runs["training_s"].dropna()
-        if train.empty:
+        if runs["training_s"].dropna().empty:
             continue
+        here = runs[runs["hardware"] == reference] if reference else runs.iloc[:0]
+        timed = here if not here["training_s"].dropna().empty else runs  # absolute times: one machine's
         steps = runs["steps"].dropna()
         relative, compared = same_hardware_ratio(runs, plain, "training_s")
         # CPU seconds (records that count them): robust to other processes on the machine
         relative_cpu, _ = same_hardware_ratio(runs, plain, "training_cpu_s")
         out.append({
-            "defense": d, "runs": len(runs), "training_s": rnd(train.mean()), "evaluation_s": rnd(runs["evaluation_s"].dropna().mean()),
+            "defense": d, "runs": len(runs), "training_s": rnd(timed["training_s"].dropna().mean()),
+            "evaluation_s": rnd(timed["evaluation_s"].dropna().mean()), "timed_on_reference": timed is here,
+            "reference_hardware": reference or None,
             "relative": relative, "compared": compared, "relative_cpu": relative_cpu,
             "steps": rnd(steps.mean()) if not steps.empty else None,
             "devices": sorted(set(runs["device"]) - {""}),

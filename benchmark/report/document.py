@@ -257,9 +257,11 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
     tiers = {d["label"]: d["tier"] for d in g["defenses"]}
     steps = any(c["steps"] is not None for c in g["defense_costs"])
     cpu = any(c.get("relative_cpu") is not None for c in g["defense_costs"])
+    reference = next((c["reference_hardware"] for c in g["defense_costs"] if c.get("reference_hardware")), None)
     rows: list[list[Cell | str] | Section] = []
     for c in g["defense_costs"]:
-        rows.append([c["defense"], tiers.get(c["defense"], "–"), str(c["runs"]), f"{c['training_s'] / 60:.1f}",
+        mark = "" if c.get("timed_on_reference", True) or not c.get("reference_hardware") else "*"
+        rows.append([c["defense"], tiers.get(c["defense"], "–"), str(c["runs"]), f"{c['training_s'] / 60:.1f}{mark}",
                      (f"{c['relative']:.2f}×" + (f" ({c['compared']} of {c['runs']})" if c["compared"] < c["runs"] else ""))
                      if c["relative"] is not None else "–",
                      *([f"{c['relative_cpu']:.2f}×" if c.get("relative_cpu") is not None else "–"] if cpu else []),
@@ -268,7 +270,9 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
                      ", ".join(c["devices"]) + (f" {threads_text(c['threads'])}" if c["threads"] else "")])
     out = [Table(["defense", "tier", "runs", "training (min)", "× plain", *(["× plain (CPU)"] if cpu else []),
                   "eval (s)", *(["steps"] if steps else []), "device"], rows,
-                 "Mean training wall time per run (record timings.training). × plain: each run's training time over "
+                 "Mean training wall time per run (record timings.training) and evaluation time"
+                 + (f", on {reference} (where most plain-training runs were made; * = no run of that defense there: "
+                    "the mean over its runs elsewhere)" if reference else "") + ". × plain: each run's training time over "
                  "the mean of plain training's runs on the same hardware (record environment: device, CPU model, "
                  "instruction set, threads), averaged over the runs that have one; (n of m): only n of the "
                  "defense's m runs have one; –: none has (runs made elsewhere, or by records that do not name "
