@@ -5,8 +5,9 @@ cell gets a verdict: *holds* / *fails* when its accuracy clears the threshold, o
 at least aggregate.TIE_SIGMAS standard errors of the difference between the cell and its reference,
 sigma·sqrt(1/n_cell + 1/n_ref) with sigma the group's pooled seed-to-seed std (both are means of
 independent runs, so two single runs differ by sigma·sqrt(2) on average, and more seeds on either side
-narrow it), *within noise* when it is closer than that, *not run* when a cell or its reference has no record, *not converged* when one of them
-did not converge (aggregate.run_flags): such a cell is never a verdict. The claim's verdict: fails if a
+narrow it), *within noise* when it is closer than that, *not run* when a cell or its reference has no
+record, *not converged* when one of them did not converge (aggregate.run_flags): such a cell is never a
+verdict. The claim's verdict: fails if a
 cell fails, else within noise if one is, else holds if one holds, else not run.
 """
 
