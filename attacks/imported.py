@@ -229,13 +229,12 @@ def file_sha256(path: Path) -> str:
 def cut_to_rows(path: Path, x: torch.Tensor, y: torch.Tensor | None, declared: torch.Tensor | None, n: int,
                 rows: SplitRows | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """A file of the whole training split, for a run on a subset of it (a preset's victim subset): its
-    rows of those images, in the subset's order, and its declared poisoned indices renumbered. Any other
+    rows of those images, in the subset's order, and its declared poisoned indices (valid indices into the
+    file) renumbered. Any other
     file is returned as it is (the shape check names what it should hold)."""
     if rows is None or len(x) == n or len(x) != rows.split_size:
         return x, y, declared
     if declared is not None:
-        if declared.numel() and (int(declared.min()) < 0 or int(declared.max()) >= rows.split_size):
-            raise _fail(path, BAD_INDICES)
         marked = torch.zeros(rows.split_size, dtype=torch.bool)
         marked[declared] = True
         declared = torch.nonzero(marked[rows.indices]).flatten()
@@ -299,14 +298,12 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
             if x.dtype != torch.uint8:
                 raise _fail(path, f"x_train is {arrays['x_train'].dtype}; the `bench poison` format is uint8")
             idx = np.asarray(arrays["poisoned_indices"])
-            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-                raise _fail(path, BAD_INDICES)
             held = len(x)
+            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (idx.size and (idx.min() < 0 or idx.max() >= held)):
+                raise _fail(path, BAD_INDICES)
             x, y, declared = cut_to_rows(path, x, torch.from_numpy(np.asarray(arrays["y_train"])),
                                          torch.from_numpy(idx.astype(np.int64)), len(clean), rows)
             x = check_against_clean(path, x, y, clean, layout="nhwc")
-            if declared.numel() and (int(declared.min()) < 0 or int(declared.max()) >= len(x)):
-                raise _fail(path, BAD_INDICES)
         elif kind == "pt":
             raw, labels = read_pt(path)
             held = len(raw)

@@ -55,15 +55,16 @@ def final_rise(per_epoch: Any) -> float | None:
 
 
 def hardware(env: dict[str, Any]) -> str:
-    """Where a run's times were measured: the accelerator's name, or the CPU's model, instruction set and
-    thread count; "" where the record does not say (records made before it named the CPU). Times are
+    """Where a run's times were measured: the machine (:func:`benchmark.records.machine`) and, on a CPU,
+    the thread count; "" where the record does not say (records made before it named the CPU). Times are
     only compared between runs of the same hardware."""
+    where = machine(env)
     device = str(env.get("device") or "")
-    if device and device != "cpu":
-        return str(env.get("device_name") or device)
-    if not env.get("cpu") or env.get("torch_threads") is None:
+    if not where or (device and device != "cpu"):
+        return where
+    if env.get("torch_threads") is None:
         return ""
-    return f"{env['cpu']} {env.get('cpu_capability') or ''} {threads_text([int(env['torch_threads'])])}"
+    return f"{where} {threads_text([int(env['torch_threads'])])}"
 
 
 def fit_acc(metrics: dict[str, Any]) -> float | None:
