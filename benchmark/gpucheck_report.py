@@ -29,8 +29,9 @@ def reference(cell: Any) -> dict[str, Any] | None:
     """The CUDA paper's row for ``cell`` (same poison, defense and defense parameters)."""
     for ref in load_references()[1]:
         params = {k: str(v) for k, v in (ref.get("defense_params") or {}).items()}
-        if (ref["paper"], ref["table"], ref["poison"], ref["defense"]) == (
-                REFERENCE_PAPER, REFERENCE_TABLE, cell.poison, cell.defense) and params == dict(cell.defense_params):
+        tables = [t.strip() for t in str(ref["table"]).split("/")]  # "Table 2 / Table 4": in both
+        if (ref["paper"], ref["poison"], ref["defense"]) == (REFERENCE_PAPER, cell.poison, cell.defense) \
+                and REFERENCE_TABLE in tables and params == dict(cell.defense_params):
             return ref
     return None
 
