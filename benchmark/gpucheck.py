@@ -2,11 +2,12 @@
 
 Step 1 measures training speed at the preset: ``bench perf train`` (the trainer against a bare loop and
 a DataLoader + PIL pipeline), one evaluation pass, and the trainer with each cell's defense. Step 2 plans
-from those speeds the most of three cells that fits the rest of the budget, cheapest stage first: plain
-training on clean data and on CUDA (stage 1), then L-inf AT 4/255 on CUDA (stage 2). A stage that cannot
-finish at the full protocol runs a shortened schedule under its own preset label ``<preset>-short-<E>ep``
-(E epochs, a step schedule's decays at the same fractions of training), one E for all its cells, so a
-shortened cell never shares a table with the full protocol. Cells run through the normal runner (records
+from those speeds the most of three cells that fits the rest of the budget, cheapest first: plain training
+on clean data, plain training on CUDA, then L-inf AT 4/255 on CUDA. A cell that cannot finish at the full
+protocol runs the longest shortened schedule that fits, under its own preset label ``<preset>-short-<E>ep``
+(E epochs, a step schedule's decays at the same fractions of training), so a shortened cell never shares
+a table with the full protocol; each full-protocol cell that fits comes first (they are the comparable
+ones), and a later call runs at the full protocol what an earlier one could only shorten. Cells run through the normal runner (records
 in ``OUT/runs``); a cell the budget would overrun stops after an epoch, keeping its checkpoint (in the
 cache folder) and writing no record. ``OUT/summary.md``, ``OUT/perf.md`` and ``OUT/gpu-check.json`` (the
 plan state) are rewritten after every cell. Called again with the same OUT, it resumes: finished records
@@ -50,14 +51,13 @@ MARGIN = 1.15
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the check: a poison, a defense (with its parameters) and the stage it belongs to."""
+    """One cell of the check: a poison and a defense (with its parameters)."""
 
     name: str
     title: str
     poison: str
     defense: str
     defense_params: dict[str, str] = field(default_factory=dict)
-    stage: int = 1
 
     @property
     def defense_key(self) -> str:
@@ -66,10 +66,10 @@ class Cell:
 
 
 CELLS = (
-    Cell("clean", "plain training, clean data", "none", "none", stage=1),
-    Cell("cuda", "plain training, CUDA", "cuda", "none", stage=1),
-    Cell("cuda-at", "L∞ AT 4/255, CUDA", "cuda", "at", {"norm": "linf", "eps": "4/255"}, stage=2),
-)
+    Cell("clean", "plain training, clean data", "none", "none"),
+    Cell("cuda", "plain training, CUDA", "cuda", "none"),
+    Cell("cuda-at", "L∞ AT 4/255, CUDA", "cuda", "at", {"norm": "linf", "eps": "4/255"}),
+)  # cheapest first
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -79,15 +79,14 @@ class CellCost:
     """What the planner knows about a cell: its full schedule, its speed, and what is done already."""
 
     name: str
-    stage: int
     full_epochs: int
     epoch_s: float  # seconds per epoch (training and the per-epoch evaluation)
     fixed_s: float  # seconds per run besides its epochs (setup, final evaluation)
     finished: bool = False  # a finished record at the full protocol exists
-    short_epochs: int | None = None  # epochs of a finished shortened record of this stage's schedule
+    short_epochs: int | None = None  # epochs of the cell's shortened schedule, where a record of it is finished
     done: dict[int, int] = field(default_factory=dict)  # schedule epochs -> epochs its checkpoint holds
     measured: bool = False  # epoch_s timed on this machine (else estimated from throughput)
-    unmeasured: bool = False  # not measured yet: an earlier stage comes first, or no time was left
+    unmeasured: bool = False  # not measured yet: an earlier cell comes first, or no time was left
 
     def cost(self, epochs: int) -> float:
         return self.fixed_s + max(0, epochs - self.done.get(epochs, 0)) * self.epoch_s
@@ -103,45 +102,38 @@ class Step:
     note: str = ""
 
 
-def plan(cells: list[CellCost], seconds_left: float, stage_epochs: dict[int, int]) -> list[Step]:
-    """The most of ``cells`` that fits ``seconds_left``, stage by stage: a stage runs at the full
-    protocol when all of it fits, else every pending cell of it at one shortened schedule (the one
-    ``stage_epochs`` names, where it still fits, so a stopped or half-finished stage keeps its schedule;
-    else the longest that fits), else it is skipped."""
+def plan(cells: list[CellCost], seconds_left: float, short_epochs: dict[str, int]) -> list[Step]:
+    """The most of ``cells`` (cheapest first) that fits ``seconds_left``: each cell at the full protocol
+    where it fits, else at the longest shortened schedule that fits (the one ``short_epochs`` names for
+    it where that still fits, so a stopped shortened run resumes with its schedule; a finished shortened
+    record is kept), else skipped."""
     steps: list[Step] = []
     left = seconds_left
-    for stage in sorted({c.stage for c in cells}):
-        group = [c for c in cells if c.stage == stage]
-        steps += [Step(c.name, "reuse", c.full_epochs, True, note="finished at the full protocol")
-                  for c in group if c.finished]
-        pending = [c for c in group if not c.finished]
-        if not pending:
+    for c in cells:
+        if c.finished:
+            steps.append(Step(c.name, "reuse", c.full_epochs, True, note="finished at the full protocol"))
             continue
-        if any(c.unmeasured for c in pending):
-            steps += [Step(c.name, "skip", 0, False, note="speed not measured: the earlier stages come first, "
-                           "and no time was left after them") for c in pending]
+        if c.unmeasured:
+            steps.append(Step(c.name, "skip", 0, False, note="speed not measured: the cells before it come first, "
+                              "and no time was left after them"))
             continue
-        full = sum(c.cost(c.full_epochs) for c in pending)
+        full = c.cost(c.full_epochs)
         if full <= left:
-            steps += [Step(c.name, "run", c.full_epochs, True, c.cost(c.full_epochs), "full protocol") for c in pending]
+            steps.append(Step(c.name, "run", c.full_epochs, True, full, "full protocol"))
             left -= full
             continue
         why = f"the full protocol needs ~{full / 60:.1f} min, {max(0.0, left) / 60:.1f} min left"
-        prev = stage_epochs.get(stage)
-        longest = min(c.full_epochs for c in pending) - 1
-        for epochs in ([prev] if prev else []) + list(range(longest, 0, -1)):
-            todo = [c for c in pending if c.short_epochs != epochs]
-            need = sum(c.cost(epochs) for c in todo)
-            if not todo or need <= left:
-                steps += [Step(c.name, "reuse", epochs, False, note=f"finished shortened ({why})")
-                          for c in pending if c.short_epochs == epochs]
-                steps += [Step(c.name, "run", epochs, False, c.cost(epochs), f"shortened: {why}") for c in todo]
-                left -= need
+        prev = short_epochs.get(c.name)
+        if prev and c.short_epochs == prev:
+            steps.append(Step(c.name, "reuse", prev, False, note=f"finished shortened; {why}"))
+            continue
+        for epochs in ([prev] if prev else []) + list(range(c.full_epochs - 1, 0, -1)):
+            if c.cost(epochs) <= left:
+                steps.append(Step(c.name, "run", epochs, False, c.cost(epochs), f"shortened: {why}"))
+                left -= c.cost(epochs)
                 break
         else:
-            one = sum(c.cost(1) for c in pending)
-            steps += [Step(c.name, "skip", 0, False, note=f"does not fit: {why}; even 1 epoch needs ~{one:.0f} s")
-                      for c in pending]
+            steps.append(Step(c.name, "skip", 0, False, note=f"does not fit: {why}; 1 epoch needs ~{c.cost(1):.0f} s"))
     return steps
 
 
@@ -257,7 +249,7 @@ class Check:
             raise BenchError(f"--out {opts.out} holds a check of preset {self.state.get('preset')}; give another "
                              f"--out for preset {opts.preset}")
         self.state.update(preset=opts.preset, cells=dict(self.state.get("cells", {})))
-        self.state.setdefault("stage_epochs", {})
+        self.state.setdefault("short_epochs", {})
         self.state.setdefault("calls", []).append({"started": now_iso(), "budget_s": opts.budget})
         self.runs: dict[tuple[str, int | None], PreparedRun] = {}
         self.data: Any = None
@@ -328,7 +320,7 @@ class Check:
 
     def cost(self, cell: Cell, measure: bool = True) -> CellCost:
         """What the planner needs to know about ``cell``; its speed is measured (once) only with
-        ``measure``, so a later stage's measurement never takes an earlier stage's time."""
+        ``measure``, so a later cell's measurement never takes an earlier cell's time."""
         run = self.prep(cell, None)
         n, n_test = len(run.train), len(run.test)
         eval_img_s = self.perf["eval_img_s"]
@@ -340,10 +332,10 @@ class Check:
             epoch_s = measured or MARGIN * (n / speed[0] + n_test / eval_img_s)
             extra = speed[1]
         fixed = SETUP_S + MARGIN * ((n_test + min(n, 10000)) / eval_img_s + extra)
-        cost = CellCost(cell.name, cell.stage, run.protocol.epochs, epoch_s, fixed,
+        cost = CellCost(cell.name, run.protocol.epochs, epoch_s, fixed,
                         finished=existing_record(run) is not None, measured=bool(measured), unmeasured=speed is None)
         cost.done[run.protocol.epochs] = checkpoint_epochs(run.checkpoint_path) or 0
-        short = self.state["stage_epochs"].get(str(cell.stage))
+        short = self.state["short_epochs"].get(cell.name)
         if short:
             srun = self.prep(cell, short)
             cost.short_epochs = short if existing_record(srun) is not None else None
@@ -355,13 +347,13 @@ class Check:
         self.measure()
         attempted: set[str] = set()
         by_name = {c.name: c for c in CELLS}
-        stage_epochs = self.state["stage_epochs"]
+        short_epochs = self.state["short_epochs"]
         while True:
-            # the first stage with a cell still to try is measured; later stages wait for their turn
-            active = min((c.stage for c in CELLS if c.name not in attempted
-                          and existing_record(self.prep(c, None)) is None), default=0)
-            costs = [self.cost(c, measure=c.stage <= active) for c in CELLS]
-            self.steps = plan(costs, self.left(), {int(k): v for k, v in stage_epochs.items()})
+            # cells up to the first one still to try are measured; later ones wait for their turn
+            active = next((i for i, c in enumerate(CELLS) if c.name not in attempted
+                           and existing_record(self.prep(c, None)) is None), len(CELLS))
+            costs = [self.cost(c, measure=i <= active) for i, c in enumerate(CELLS)]
+            self.steps = plan(costs, self.left(), short_epochs)
             self.state["plan"] = [asdict(s) for s in self.steps]
             self.state["cost_model"] = [asdict(c) | {"full_s": c.cost(c.full_epochs)} for c in costs]
             step = next((s for s in self.steps if s.action == "run" and s.name not in attempted), None)
@@ -370,7 +362,7 @@ class Check:
             attempted.add(step.name)
             cell = by_name[step.name]
             if not step.full:
-                stage_epochs[str(cell.stage)] = step.epochs
+                short_epochs[cell.name] = step.epochs
             self.run_cell(cell, step, next(c for c in costs if c.name == cell.name))
             self.write()
         for s in self.steps:

@@ -123,12 +123,12 @@ def write_perf(path: Path, perf: dict[str, Any], cost_model: list[dict[str, Any]
               "final evaluation: " + ", ".join(f"{k} {v:.1f} s" for k, v in perf.get("final_eval_s", {}).items())
               + ".", "",
               "## Cost model of the plan", "",
-              "| cell | stage | epochs (full) | s / epoch | per run (s) | full protocol (min) | checkpoint epochs |",
-              "|---|---|---|---|---|---|---|"]
+              "| cell | epochs (full) | s / epoch | per run (s) | full protocol (min) | checkpoint epochs |",
+              "|---|---|---|---|---|---|"]
     for c in cost_model:
         done = ", ".join(f"{v} of {k}" for k, v in c["done"].items() if v) or "-"
         source = "measured" if c.get("measured") else "estimated"
-        lines.append(f"| {c['name']} | {c['stage']} | {c['full_epochs']} | {c['epoch_s']:.1f} ({source}) | "
+        lines.append(f"| {c['name']} | {c['full_epochs']} | {c['epoch_s']:.1f} ({source}) | "
                      f"{c['fixed_s']:.1f} | {c['full_s'] / 60:.1f} | {done} |")
     lines += ["", "An estimated epoch is (training images / trainer img/s with the cell's defense + test images / "
               "evaluation img/s) x 1.15; once an epoch of that defense has run here, the median measured epoch "

@@ -19,35 +19,38 @@ from benchmark.runner import RunSpec, execute, existing_record, prepare_run
 from benchmark.train import StopTraining, checkpoint_epochs
 
 
-def _cost(name: str, stage: int, epoch_s: float, **kw) -> CellCost:
-    return CellCost(name, stage, 100, epoch_s, 10.0, **kw)
+def _cost(name: str, epoch_s: float, **kw) -> CellCost:
+    return CellCost(name, 100, epoch_s, 10.0, **kw)
 
 
-def test_plan_runs_full_stages_that_fit_cheapest_first() -> None:
-    cells = [_cost("clean", 1, 2.0), _cost("cuda", 1, 2.0), _cost("at", 2, 20.0)]
+def test_plan_runs_what_fits_at_the_full_protocol_first_then_the_longest_shortened_schedule() -> None:
+    cells = [_cost("clean", 2.0), _cost("cuda", 2.0), _cost("at", 20.0)]
     steps = {s.name: s for s in plan(cells, 480, {})}
     assert steps["clean"].action == steps["cuda"].action == "run" and steps["clean"].full
     assert steps["clean"].estimate_s == 210.0  # 10 s + 100 epochs x 2 s
     at = steps["at"]  # 480 - 420 = 60 s left: (60 - 10) / 20 -> 2 epochs of a shortened schedule
     assert (at.action, at.epochs, at.full) == ("run", 2, False)
+    steps = {s.name: s for s in plan(cells, 300, {})}  # clean at the full protocol, cuda shortened, AT skipped
+    assert (steps["clean"].action, steps["clean"].full) == ("run", True)
+    assert (steps["cuda"].action, steps["cuda"].epochs, steps["cuda"].full) == ("run", 40, False)
+    assert steps["at"].action == "skip" and "does not fit" in steps["at"].note
 
 
-def test_plan_shortens_a_stage_to_one_schedule_and_keeps_it_on_resume() -> None:
-    cells = [_cost("clean", 1, 3.0), _cost("cuda", 1, 3.0), _cost("at", 2, 30.0)]
-    steps = {s.name: s for s in plan(cells, 200, {})}
-    # both plain cells share one E: 2 x (10 + 3 E) <= 200 -> E = 30; nothing left for AT
-    assert {(steps[n].action, steps[n].epochs, steps[n].full) for n in ("clean", "cuda")} == {("run", 30, False)}
-    assert steps["at"].action == "skip"
-    # a later call with less time keeps the stage's schedule: clean finished at 30, cuda's checkpoint holds 20
-    cells = [_cost("clean", 1, 3.0, short_epochs=30), _cost("cuda", 1, 3.0, done={30: 20}), _cost("at", 2, 30.0)]
-    steps = {s.name: s for s in plan(cells, 45, {1: 30})}
-    assert (steps["clean"].action, steps["clean"].epochs) == ("reuse", 30)
-    assert (steps["cuda"].action, steps["cuda"].epochs, steps["cuda"].estimate_s) == ("run", 30, 40.0)
-    # a finished full record is reused; a resumed full run costs only its missing epochs
-    cells = [_cost("clean", 1, 3.0, finished=True), _cost("cuda", 1, 3.0, done={100: 90}), _cost("at", 2, 30.0)]
+def test_plan_resumes_what_an_earlier_call_left() -> None:
+    # clean finished at the full protocol; cuda's full run stopped with 90 of 100 epochs in its checkpoint
+    cells = [_cost("clean", 3.0, finished=True), _cost("cuda", 3.0, done={100: 90}), _cost("at", 30.0)]
     steps = {s.name: s for s in plan(cells, 45, {})}
     assert steps["clean"].action == "reuse" and (steps["cuda"].action, steps["cuda"].full) == ("run", True)
-    assert steps["cuda"].estimate_s == 40.0
+    assert steps["cuda"].estimate_s == 40.0  # only its 10 missing epochs
+    # a shortened run keeps its schedule where it still fits; a finished shortened record is kept
+    cells = [_cost("clean", 3.0, finished=True), _cost("cuda", 3.0, short_epochs=30),
+             _cost("at", 30.0, done={3: 1})]
+    steps = {s.name: s for s in plan(cells, 100, {"cuda": 30, "at": 3})}
+    assert (steps["cuda"].action, steps["cuda"].epochs) == ("reuse", 30)
+    assert (steps["at"].action, steps["at"].epochs, steps["at"].estimate_s) == ("run", 3, 70.0)
+    # a cell whose speed could not be measured yet is not planned
+    steps = {s.name: s for s in plan([_cost("at", 1.0, unmeasured=True)], 1e6, {})}
+    assert steps["at"].action == "skip"
 
 
 def test_shortened_schedule_is_its_own_protocol_label() -> None:
