@@ -45,6 +45,10 @@ RESERVE_S = 3.0
 #: per cell, beyond training and evaluation: preparing data, generating the poison (CUDA's is one batched
 #: convolution per image), writing the record; an assumption, refined by nothing (it is small on a GPU)
 SETUP_S = 5.0
+#: sizes (timed steps, warm-up steps, rounds) of the throughput measurement, the largest that fits first
+#: (the first is bench perf train's default); it times this many pipelines
+PERF_SIZES = ((5, 2, 3), (2, 1, 1))
+PERF_PIPELINES = 5
 #: estimates from throughput alone (no epoch of that cell timed yet) are inflated by this factor
 MARGIN = 1.15
 
@@ -285,11 +289,22 @@ class Check:
             self.perf = saved
             self.say(f"speed: reusing the measurement of {saved['measured']} on {where}")
             return
-        gpu = run.device.type == "cuda"
         self.say(f"step 1: bench perf train at preset {self.opts.preset} on {where}")
         t0 = time.perf_counter()
-        perf = measure_train(run.protocol.model, run.device, steps=5 if gpu else 2, warmup=2 if gpu else 1,
-                             preset=self.opts.preset, rounds=3 if gpu else 1)
+        # a two-step probe sizes the measurement: bench perf train's defaults where they take under a
+        # minute (and a quarter of the budget), fewer steps where not, none where even those would not
+        step_s = run.protocol.batch_size / trainer_rate(run, steps=1)
+        limit = min(60.0, self.left() / 4)
+        need = [PERF_PIPELINES * (warmup + steps * rounds) * step_s * 2 for steps, warmup, rounds in PERF_SIZES]
+        sizes = [size for size, seconds in zip(PERF_SIZES, need, strict=True) if seconds <= limit]
+        if not sizes:
+            raise BenchError(f"one training step at preset {self.opts.preset} takes {step_s:.1f} s on {where}: "
+                             f"measuring the speed would take ~{need[-1]:.0f} s, more than a minute or a quarter of "
+                             f"the {max(0.0, self.left()):.0f} s left of --budget {self.opts.budget:g}; give a "
+                             "larger budget or a smaller preset (cpu, smoke)")
+        steps, warmup, rounds = sizes[0]
+        perf = measure_train(run.protocol.model, run.device, steps=steps, warmup=warmup, preset=self.opts.preset,
+                             rounds=rounds)
         self.perf = {"machine": where, "device": str(run.device), "measured": now_iso(), "train": asdict(perf),
                      "eval_img_s": eval_rate(run), "trainer_img_s": {"none": perf.rows[0].images_per_second},
                      "epoch_s": {}}
