@@ -145,7 +145,23 @@ def checkpoint_epochs(path: Path) -> int | None:
     return int(state["epoch"]) if state is not None and "epoch" in state else None
 
 
-def train_model(
+def train_model(model: nn.Module, train: ImageSet, test: ImageSet, proto: Protocol, defense: DefenseStack,
+                ctx: TrainContext, checkpoint: Path | None = None, on_epoch: EpochCallback | None = None,
+                total_steps: int | None = None, val: ImageSet | None = None, patience: int = 0) -> TrainResult:
+    """Train ``model`` on ``train`` (uint8, on ctx.device) and evaluate on ``test`` every epoch, under the
+    protocol's numerics (:func:`numerics`).
+
+    ``total_steps``: train for exactly this many optimizer steps (the learning-rate schedule spans
+    them) instead of ``proto.epochs`` epochs; the last epoch may stop part-way.
+    ``val``: a clean validation split, evaluated every epoch; the model of the epoch with the best
+    validation accuracy (the earliest on ties) is restored at the end, and its test accuracy is the
+    result. The test set never takes part in the choice. ``patience`` > 0 stops training after that
+    many epochs without a better validation accuracy."""
+    with numerics(proto):
+        return _train(model, train, test, proto, defense, ctx, checkpoint, on_epoch, total_steps, val, patience)
+
+
+def _train(
     model: nn.Module,
     train: ImageSet,
     test: ImageSet,
@@ -158,14 +174,6 @@ def train_model(
     val: ImageSet | None = None,
     patience: int = 0,
 ) -> TrainResult:
-    """Train ``model`` on ``train`` (uint8, on ctx.device) and evaluate on ``test`` every epoch.
-
-    ``total_steps``: train for exactly this many optimizer steps (the learning-rate schedule spans
-    them) instead of ``proto.epochs`` epochs; the last epoch may stop part-way.
-    ``val``: a clean validation split, evaluated every epoch; the model of the epoch with the best
-    validation accuracy (the earliest on ties) is restored at the end, and its test accuracy is the
-    result. The test set never takes part in the choice. ``patience`` > 0 stops training after that
-    many epochs without a better validation accuracy."""
     device = ctx.device
     gen = ctx.generator
     assert gen is not None
