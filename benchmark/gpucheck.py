@@ -33,7 +33,7 @@ from benchmark.evaluate import evaluate
 from benchmark.io import read_json, write_json
 from benchmark.models import build_model
 from benchmark.perf import measure_train
-from benchmark.protocol import PRESETS, Protocol, resolve_protocol
+from benchmark.protocol import PRESETS, Protocol, protocol_dict, resolve_protocol
 from benchmark.records import environment, json_safe, machine, now_iso
 from benchmark.runner import PreparedRun, RunSpec, execute, existing_record, prepare_run
 from benchmark.train import StopTraining, checkpoint_epochs, numerics, prepare_model, train_model
@@ -307,7 +307,7 @@ class Check:
                              rounds=rounds)
         self.perf = {"machine": where, "device": str(run.device), "measured": now_iso(), "train": asdict(perf),
                      "eval_img_s": eval_rate(run), "trainer_img_s": {"none": perf.rows[0].images_per_second},
-                     "epoch_s": {}}
+                     "epoch_s": {}, "protocol": protocol_dict(run.protocol)}
         self.perf["seconds"] = round(time.perf_counter() - t0, 1)
         self.state["perf"] = self.perf
         self.say(f"  trainer {perf.rows[0].images_per_second:.0f} img/s, evaluation {self.perf['eval_img_s']:.0f} "

@@ -106,7 +106,8 @@ def write_perf(path: Path, perf: dict[str, Any], cost_model: list[dict[str, Any]
     lines = [f"# gpu-check: speed at preset `{train['preset']}`", "",
              f"{perf['machine']} ({perf['device']}), measured {perf['measured']}"
              + (f" in {perf['seconds']:g} s" if "seconds" in perf else "") + ".", "",
-             f"## Training throughput (`bench perf train`): {train['model']}, batch {train['batch_size']}", "",
+             f"## Training throughput (`bench perf train`): {train['model']}, batch {train['batch_size']}"
+             + (f", {_numerics(perf['protocol'])}" if "protocol" in perf else ""), "",
              "| pipeline | img/s | ms / step | GFLOP/s |", "|---|---|---|---|"]
     for r in rows:
         mark = " *" if r["trainer_format"] and not r["name"].startswith("trainer") else ""
