@@ -128,3 +128,22 @@ def test_gpu_check_rejects_bad_input_before_any_work(tmp_path: Path, capsys: pyt
     assert not (tmp_path / "o").exists()
     code, _, err = run_cli(["gpu-check", "--out", str(tmp_path / "o"), "--preset", "huge", "--device", "cpu"], capsys)
     assert code == 2 and "huge" in err
+
+
+def test_shortened_records_get_their_own_table_and_are_never_compared(run_env: dict) -> None:
+    from benchmark.report import build_frame, collect_runs
+    from benchmark.report.references import differences
+
+    base = dict(data_root=str(run_env["data_root"]), cache_dir=str(run_env["cache"]), results=str(run_env["results"]))
+    small = {"train_subset": 128, "test_subset": 100}
+    for overrides in ({"epochs": 2}, short_overrides(resolve_protocol("smoke"), 1)):
+        execute(prepare_run(RunSpec(preset="smoke", overrides={**small, **overrides}, **base)))
+    frame = build_frame(collect_runs(Path(run_env["results"]), warn=print))
+    titles = {p: set(frame[frame["preset"] == p]["group_title"]) for p in frame["preset"].unique()}
+    assert set(titles) >= {"smoke", "smoke-short-1ep"}
+    assert not titles["smoke"] & titles["smoke-short-1ep"]  # never one table
+    ref = reference(CELLS[0])
+    group = {"dataset": "cifar10", "dataset_source": "torchvision", "model": "resnet18", "epochs": 100,
+             "preset": short_label("paper", 100)}
+    assert differences(ref, group) == ["preset paper-short-100ep vs paper"]
+    assert differences(ref, dict(group, preset="paper")) == []
