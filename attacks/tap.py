@@ -172,7 +172,8 @@ class TAP(SteppedNoisePoison[TAPParams]):
         p = self.params
         over: dict[str, Any] = dict(model=p.surrogate, epochs=p.surrogate_epochs, batch_size=p.surrogate_batch_size,
                                     lr=p.surrogate_lr, momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=0.0,
-                                    augment=True, train_subset=0, test_subset=0, schedule=p.surrogate_schedule)
+                                    augment=True, train_subset=0, test_subset=0, schedule=p.surrogate_schedule,
+                                    amp="off", tf32=False, memory_format="auto")  # the official fp32 numerics
         if p.surrogate_schedule == "step":
             over.update(lr_step=max(1, round(p.surrogate_epochs / 2.667)), lr_gamma=0.1, warmup=0.0)
         return resolve_protocol("paper" if p.surrogate_schedule == "step" else "cpu", over)

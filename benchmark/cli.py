@@ -26,6 +26,7 @@ from benchmark.cli_options import (
 )
 from benchmark.device import default_preset, resolve_device
 from benchmark.errors import BenchError
+from benchmark.gpucheck import gpu_check_cmd
 from benchmark.models import check_model
 from benchmark.params import parse_kv
 from benchmark.perf import measure_rem_sem, measure_train, perf_table, train_perf_table
@@ -357,6 +358,9 @@ def sweep_cmd(**kw: Any) -> None:
     show_summary(console, summary)
     if summary.failed:
         sys.exit(1)
+
+
+cli.add_command(gpu_check_cmd)  # bench gpu-check: benchmark/gpucheck.py
 
 
 # ------------------------------------------------------------------------------------------ entry

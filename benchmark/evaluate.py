@@ -31,7 +31,7 @@ def forward_in_slices(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predictions(model: nn.Module, images: ImageSet, predict: Predict | None = None, batch_size: int = 1000,
                 device: torch.device | None = None) -> torch.Tensor:
-    """Predicted labels for every image (model in eval mode, inputs in [0,1])."""
+    """Predicted labels for every image (model in eval mode, inputs in [0,1]), read back to the host once."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -39,9 +39,9 @@ def predictions(model: nn.Module, images: ImageSet, predict: Predict | None = No
     for start in range(0, len(images), batch_size):
         x = images.x[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
         logits = predict(model, x) if predict else forward_in_slices(model, x)
-        out.append(logits.argmax(dim=1).cpu())
+        out.append(logits.argmax(dim=1))
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.long)
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, list[float]]:

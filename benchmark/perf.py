@@ -36,7 +36,7 @@ from benchmark.models import build_model
 from benchmark.noise import derived_generator
 from benchmark.params import build_params
 from benchmark.protocol import Protocol, resolve_protocol
-from benchmark.train import train_model
+from benchmark.train import autocast, channels_last, numerics, train_model
 from defenses.base import TrainContext, build_defense, soft_cross_entropy
 
 
@@ -173,7 +173,8 @@ def _optimizer(model: nn.Module, proto: Protocol) -> torch.optim.Optimizer:
 
 def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer, proto: Protocol, x: torch.Tensor,
               y: torch.Tensor) -> None:
-    loss = soft_cross_entropy(model(x), y)
+    with autocast(proto, x.device):  # the protocol's numerics, as the trainer
+        loss = soft_cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if proto.grad_clip > 0:
@@ -213,17 +214,24 @@ def measure_train(model: str = "small-cnn", device: torch.device | str = "cpu", 
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure_train(model, torch.device(device), batch_size, steps, warmup, workers, preset, rounds,
-                              num_classes, image_shape)
+        device = torch.device(device)
+        proto = _train_protocol(model, device, batch_size, preset)
+        with numerics(proto):
+            return _measure_train(model, device, proto, steps, warmup, workers, rounds, num_classes, image_shape)
     finally:
         torch.set_num_threads(before)
 
 
-def _measure_train(model: str, device: torch.device, batch_size: int | None, steps: int, warmup: int,
-                   workers: int | None, preset: str | None, rounds: int, num_classes: int,
+def _train_protocol(model: str, device: torch.device, batch_size: int | None, preset: str | None) -> Protocol:
+    """The preset's protocol (optimizer, batch, numerics) for one timed epoch of ``model``."""
+    return resolve_protocol(preset or default_preset(device),
+                            {"model": model, "epochs": 1, **({"batch_size": batch_size} if batch_size else {})})
+
+
+def _measure_train(model: str, device: torch.device, proto: Protocol, steps: int, warmup: int,
+                   workers: int | None, rounds: int, num_classes: int,
                    image_shape: tuple[int, int, int]) -> TrainPerf:
-    preset = preset or default_preset(device)
-    proto = resolve_protocol(preset, {"model": model, "epochs": 1, **({"batch_size": batch_size} if batch_size else {})})
+    preset = proto.preset
     bs = proto.batch_size
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     c, h, w = image_shape
@@ -233,11 +241,12 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
                       torch.randint(0, num_classes, (n,), generator=gen), [str(i) for i in range(num_classes)])
     torch.manual_seed(0)
     base = build_model(model, num_classes, c).to(device)
-    trainer_cl = device.type == "cpu"  # benchmark.runner trains channels_last on the CPU
+    trainer_cl = channels_last(proto, device)  # the layout benchmark.runner trains the model in
+    input_cl = proto.memory_format == "channels_last"  # and its batches
 
-    def fresh(channels_last: bool) -> nn.Module:
+    def fresh(cl: bool) -> nn.Module:
         m = copy.deepcopy(base)
-        return m.to(memory_format=torch.channels_last) if channels_last else m
+        return m.to(memory_format=torch.channels_last) if cl else m
 
     def repeat(step: Callable[[], None], k: int) -> Callable[[], None]:
         def run() -> None:
@@ -262,15 +271,15 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
     # (b) bare steps on one random batch, in each memory format
     x = torch.rand((bs, c, h, w), generator=gen).to(device)
     y = F.one_hot(torch.randint(0, num_classes, (bs,), generator=gen), num_classes).float().to(device)
-    for label, model_cl, input_cl in (("NCHW model + input", False, False),
+    for label, model_cl, batch_cl in (("NCHW model + input", False, False),
                                       ("channels_last model", True, False),
                                       ("channels_last + input", True, True)):
         bare = fresh(model_cl)
         opt = _optimizer(bare, proto)
-        xb = x.contiguous(memory_format=torch.channels_last) if input_cl else x
+        xb = x.contiguous(memory_format=torch.channels_last) if batch_cl else x
         step = partial(_sgd_step, bare, opt, proto, xb, y)
         pipelines.append(Pipeline(f"bare, {label}", repeat(step, warmup), repeat(step, steps),
-                                   model_cl == trainer_cl and not input_cl))
+                                   model_cl == trainer_cl and batch_cl == input_cl))
 
     # (c) DataLoader + PIL transforms, batches moved to the device, the trainer's model format
     transform = T.Compose([T.RandomCrop((h, w), padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
@@ -284,6 +293,8 @@ def _measure_train(model: str, device: torch.device, batch_size: int | None, ste
     def loader_step() -> None:
         xb, yb = next(batches["it"])
         xb = xb.to(device, non_blocking=True)
+        if input_cl:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         yb = F.one_hot(yb.to(device, non_blocking=True), num_classes).float()
         _sgd_step(fed, fed_opt, proto, xb, yb)
 
@@ -327,8 +338,8 @@ def train_perf_table(perf: TrainPerf) -> Table:
         table.add_row(label, f"{a.images_per_second / b.images_per_second:.2f}x", "", "", "", style="bold")
     table.caption = (f"img/s, ratios and GFLOP/s from wall time; CPU ms: this process's CPU time, all its threads, "
                      f"without DataLoader workers (on a busy machine, compare those). "
-                     f"bare: forward/backward/SGD on one random batch; * the trainer's memory format (model "
-                     f"channels_last on the CPU, as benchmark.runner; input NCHW). FLOPs per image (torch.utils.flop_counter, convolutions and "
+                     f"bare: forward/backward/SGD on one random batch, the protocol's numerics; * the trainer's "
+                     f"memory format (the protocol's memory_format, as benchmark.runner). FLOPs per image (torch.utils.flop_counter, convolutions and "
                      f"matmuls): forward {perf.forward_flops / 1e6:.1f} M, training step {perf.train_flops / 1e6:.1f} M. "
                      f"Best of {perf.rounds} rounds of {perf.steps} steps, after {perf.warmup} warm-up steps; random images.")
     table.caption_justify = "left"

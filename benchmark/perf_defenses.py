@@ -29,7 +29,7 @@ from benchmark.errors import BenchError
 from benchmark.evaluate import forward_in_slices
 from benchmark.protocol import Protocol, resolve_protocol
 from benchmark.registry import DEFENSES
-from benchmark.train import random_crop_flip
+from benchmark.train import prepare_model, random_crop_flip
 from defenses.base import Defense, DefenseStack, TrainContext, build_defense
 
 #: defenses left out of the default list, and why (they can still be named with --defenses)
@@ -60,9 +60,7 @@ class _Setup:
         self.ctx = TrainContext(device=device, num_classes=k, in_channels=c, image_size=(h, w), protocol=proto,
                                 generator=torch.Generator().manual_seed(0))
         torch.manual_seed(0)
-        self.model = stack.build_model(arch, k, c, self.ctx).to(device)
-        if device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)  # as benchmark.runner trains
+        self.model = prepare_model(stack.build_model(arch, k, c, self.ctx), proto, device)  # as benchmark.runner
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(trainable, lr=proto.lr, momentum=proto.momentum, weight_decay=proto.weight_decay)
         self.onehot = F.one_hot(self.train.y, k).float()

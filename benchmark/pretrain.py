@@ -65,7 +65,7 @@ def train_backbone(data: Dataset, indices: torch.Tensor, model: str, proto: Prot
                    dev: torch.device, split: str, victim_subset: int, on_epoch: Any = None) -> tuple[dict, dict]:
     """Train ``model`` on ``data.train[indices]`` (clean); (state dict, metadata)."""
     # imported here: the trainer imports the defenses, and the finetune defense imports this module
-    from benchmark.train import train_model
+    from benchmark.train import prepare_model, train_model
     from defenses.base import TrainContext, build_defense
 
     train = data.train.subset(indices)
@@ -74,9 +74,7 @@ def train_backbone(data: Dataset, indices: torch.Tensor, model: str, proto: Prot
         test = test.subset(stratified_subset(test.y, proto.test_subset, proto.subset_seed))
     c, h, w = data.shape
     gen = seed_everything(seed)
-    net = build_model(model, data.num_classes, c).to(dev)
-    if dev.type == "cpu":
-        net = net.to(memory_format=torch.channels_last)
+    net = prepare_model(build_model(model, data.num_classes, c), proto, dev)
     ctx = TrainContext(device=dev, num_classes=data.num_classes, in_channels=c, image_size=(h, w),
                        protocol=proto, seed=seed, generator=gen)
     result = train_model(net, train.to(dev), test.to(dev), proto, build_defense("none"), ctx, on_epoch=on_epoch)

@@ -5,6 +5,12 @@ CIFAR-10 subset, minutes on two cores), ``paper`` is the CUDA victim protocol (S
 et al., CVPR 2023; official code vinusankars/Convolution-based-Unlearnability, cifar10_train.py:
 ResNet-18, 100 epochs, batch 512, SGD 0.1/0.9/5e-4, StepLR 40 x0.1, grad clip 5).
 Every field can be overridden; records store the resolved values.
+
+Numerics are protocol fields too (``amp``, ``tf32``, ``memory_format``), so runs of other numerics never
+share a record id or a table. Deviation (named here and in ``bench list presets``): the ``paper`` preset
+trains with bf16 autocast, TF32 and channels-last tensors, a speed choice for a GPU (about twice the
+throughput of fp32); the official code trains in fp32 (with PyTorch's default TF32 convolutions on
+Ampere and later GPUs). ``--protocol-param amp=off`` gives the official numerics as a protocol variant.
 """
 
 from __future__ import annotations
@@ -41,11 +47,17 @@ class Protocol:
     eval_batch_size: int = param(1000, "evaluation batch size", ge=1)
     amp: str = param("off", "bf16: training forward passes under bf16 autocast (GPUs; ~8x slower on "
                      "AVX2 CPUs); evaluation stays fp32", choices=("off", "bf16"))
+    tf32: bool = param(False, "let fp32 convolutions and matmuls use TF32 tensor cores (GPUs from Ampere on; "
+                       "no effect on a CPU); off = strict fp32")
+    memory_format: str = param("auto", "tensor layout of the model and its training batches: channels_last, "
+                               "contiguous (NCHW), or auto (the model channels_last on a CPU, ~2x faster "
+                               "convolutions there; NCHW on a GPU)",
+                               choices=("auto", "channels_last", "contiguous"))
 
 
 #: fields added after records existed, left out of a record's protocol (so of its run id) while they hold
 #: this value: old records keep their ids, and a record that sets one differs from them
-ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"amp": "off"}
+ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"amp": "off", "tf32": False, "memory_format": "auto"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,13 +66,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="cpu", model="small-cnn", epochs=15, batch_size=256, lr=0.2, nesterov=True,
                 schedule="onecycle", weight_decay=5e-4, train_subset=20000),
     "paper": dict(preset="paper", model="resnet18", epochs=100, batch_size=512, lr=0.1, momentum=0.9,
-                  weight_decay=5e-4, schedule="step", lr_step=40, lr_gamma=0.1, grad_clip=5.0, warmup=0.0),
+                  weight_decay=5e-4, schedule="step", lr_step=40, lr_gamma=0.1, grad_clip=5.0, warmup=0.0,
+                  amp="bf16", tf32=True, memory_format="channels_last"),
 }
 
 PRESET_HELP = {
     "smoke": "tests: 512 train / 500 test images, 3 epochs, seconds",
     "cpu": "default without a GPU: small-cnn, fixed 20k CIFAR-10 subset, 15 epochs one-cycle, minutes on 2 cores",
-    "paper": "default with a GPU: CUDA official protocol, ResNet-18, full data, 100 epochs, bs 512, StepLR 40",
+    "paper": "default with a GPU: CUDA official protocol, ResNet-18, full data, 100 epochs, bs 512, StepLR 40; "
+             "numerics bf16 autocast + TF32 + channels_last (the official code: fp32)",
 }
 
 

@@ -42,7 +42,7 @@ from benchmark.records import (
     run_id,
     write_record,
 )
-from benchmark.train import batch_bounds, train_model
+from benchmark.train import StopTraining, batch_bounds, numerics, prepare_model, train_model
 from defenses.base import DefenseStack, TrainContext, Validation, build_defense
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -197,73 +197,13 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         val_set = prep.train.subset(prep.val_positions).to(prep.device)
     if not keep.all():
         train = train.subset(torch.nonzero(keep).flatten())
-    num_classes = prep.data.num_classes
-    c = prep.data.shape[0]
     gen = seed_everything(prep.spec.seed)
     ctx = make_context(prep, gen, emit=lambda text: emit("note", {"text": text}))
     ckpt = prep.checkpoint_path
     try:
-        proto = prep.defense.adjust_protocol(prep.protocol)
-        total_steps = None
-        if prep.spec.clean_only and prep.spec.match_steps:
-            total_steps = proto.epochs * len(batch_bounds(len(prep.train), proto.batch_size))
-        train_dev = prep.defense.prepare(train, ctx).to(prep.device)
-        model = prep.defense.build_model(proto.model, num_classes, c, ctx).to(prep.device)
-        if prep.device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
-        test_dev = prep.test.to(prep.device)
-        epochs = math.ceil(total_steps / len(batch_bounds(len(train_dev), proto.batch_size))) if total_steps \
-            else proto.epochs
-        emit("train_start", {"epochs": epochs, "resume": ckpt.exists()})
-        result = train_model(model, train_dev, test_dev, proto, prep.defense, ctx, ckpt,
-                             on_epoch=lambda e: emit("epoch", e), total_steps=total_steps, val=val_set,
-                             patience=prep.validation.patience if prep.validation else 0)
-        t_eval = time.perf_counter()
-        if prep.defense.cheap_epoch_predictor:  # the per-epoch curve was an approximation: measure again
-            result.test_acc, result.per_class_test_acc = evaluate(
-                model, test_dev, num_classes, prep.defense.predictor(ctx, final=True), proto.eval_batch_size)
-        # a stratified probe: datasets are stored sorted by class, so the first 10k are a few classes
-        probe = train_dev if len(train_dev) <= 10000 else train_dev.subset(
-            stratified_subset(train_dev.y.cpu(), 10000, 0).to(train_dev.y.device))
-        train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predictor(ctx, final=False),
-                                proto.eval_batch_size)
-        extra = prep.defense.evaluate(model, test_dev, ctx)
-        eval_extra = time.perf_counter() - t_eval
-        per_epoch = result.per_epoch
-        peak = max(per_epoch, key=lambda e: e["test_acc"])
-        diverged = not all(math.isfinite(e["train_loss"]) for e in per_epoch)
-        metrics = {
-            "test_acc": round(result.test_acc, 3),
-            "peak_test_acc": peak["test_acc"],
-            "peak_epoch": peak["epoch"],
-            "train_acc": round(train_acc, 3),
-            "per_class_test_acc": result.per_class_test_acc,
-            "per_epoch": per_epoch,
-            "defense": extra,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "diverged": diverged,
-        }
-        epoch_eval = prep.defense.epoch_eval_info()
-        if epoch_eval:
-            metrics["per_epoch_eval"] = epoch_eval
-        training = {"steps": result.steps, "epochs": result.epochs_run, "images": len(train_dev),
-                    "batch_size": proto.batch_size, "lr": proto.lr, "schedule": proto.schedule,
-                    "step_matched": total_steps is not None}
-        if val_set is not None:
-            metrics.update({"selected_epoch": result.selected_epoch, "selected_val_acc": round(result.selected_val_acc, 3),
-                            "stopped_early": result.stopped_early})
-            training["validation_images"] = len(val_set)
-        timings = {
-            "poison_generation": manifest.get("generation_seconds"),
-            "poison_cached": bool(manifest.get("cached")),
-            "training": round(result.train_seconds, 3),
-            "training_cpu": round(result.train_cpu_seconds, 3) if result.train_cpu_seconds is not None else None,
-            "evaluation": round(result.eval_seconds + eval_extra, 3),
-            "wall": round(time.perf_counter() - t_start, 3),
-        }
-        rec = build_record(prep, manifest, status="finished", metrics=metrics, timings=timings, training=training)
-        write_record(prep.record_path, rec)
-    except (KeyboardInterrupt, BenchError):
+        with numerics(prep.protocol):
+            rec = _train_and_record(prep, manifest, train, val_set, ctx, t_start, emit)
+    except (KeyboardInterrupt, BenchError, StopTraining):
         raise
     except Exception as exc:
         rec = build_record(prep, manifest, status="failed", error=f"{type(exc).__name__}: {exc}",
@@ -272,6 +212,73 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
         raise
     ckpt.unlink(missing_ok=True)
     emit("done", rec)
+    return rec
+
+
+def _train_and_record(prep: PreparedRun, manifest: dict[str, Any], train: ImageSet, val_set: ImageSet | None,
+                      ctx: TrainContext, t_start: float, emit: Event) -> dict[str, Any]:
+    """Train, evaluate and write the finished record (``execute`` handles failures)."""
+    num_classes = prep.data.num_classes
+    c = prep.data.shape[0]
+    ckpt = prep.checkpoint_path
+    proto = prep.defense.adjust_protocol(prep.protocol)
+    total_steps = None
+    if prep.spec.clean_only and prep.spec.match_steps:
+        total_steps = proto.epochs * len(batch_bounds(len(prep.train), proto.batch_size))
+    train_dev = prep.defense.prepare(train, ctx).to(prep.device)
+    model = prepare_model(prep.defense.build_model(proto.model, num_classes, c, ctx), proto, prep.device)
+    test_dev = prep.test.to(prep.device)
+    epochs = math.ceil(total_steps / len(batch_bounds(len(train_dev), proto.batch_size))) if total_steps \
+        else proto.epochs
+    emit("train_start", {"epochs": epochs, "resume": ckpt.exists()})
+    result = train_model(model, train_dev, test_dev, proto, prep.defense, ctx, ckpt,
+                         on_epoch=lambda e: emit("epoch", e), total_steps=total_steps, val=val_set,
+                         patience=prep.validation.patience if prep.validation else 0)
+    t_eval = time.perf_counter()
+    if prep.defense.cheap_epoch_predictor:  # the per-epoch curve was an approximation: measure again
+        result.test_acc, result.per_class_test_acc = evaluate(
+            model, test_dev, num_classes, prep.defense.predictor(ctx, final=True), proto.eval_batch_size)
+    # a stratified probe: datasets are stored sorted by class, so the first 10k are a few classes
+    probe = train_dev if len(train_dev) <= 10000 else train_dev.subset(
+        stratified_subset(train_dev.y.cpu(), 10000, 0).to(train_dev.y.device))
+    train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predictor(ctx, final=False),
+                            proto.eval_batch_size)
+    extra = prep.defense.evaluate(model, test_dev, ctx)
+    eval_extra = time.perf_counter() - t_eval
+    per_epoch = result.per_epoch
+    peak = max(per_epoch, key=lambda e: e["test_acc"])
+    diverged = not all(math.isfinite(e["train_loss"]) for e in per_epoch)
+    metrics = {
+        "test_acc": round(result.test_acc, 3),
+        "peak_test_acc": peak["test_acc"],
+        "peak_epoch": peak["epoch"],
+        "train_acc": round(train_acc, 3),
+        "per_class_test_acc": result.per_class_test_acc,
+        "per_epoch": per_epoch,
+        "defense": extra,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "diverged": diverged,
+    }
+    epoch_eval = prep.defense.epoch_eval_info()
+    if epoch_eval:
+        metrics["per_epoch_eval"] = epoch_eval
+    training = {"steps": result.steps, "epochs": result.epochs_run, "images": len(train_dev),
+                "batch_size": proto.batch_size, "lr": proto.lr, "schedule": proto.schedule,
+                "step_matched": total_steps is not None}
+    if val_set is not None:
+        metrics.update({"selected_epoch": result.selected_epoch, "selected_val_acc": round(result.selected_val_acc, 3),
+                        "stopped_early": result.stopped_early})
+        training["validation_images"] = len(val_set)
+    timings = {
+        "poison_generation": manifest.get("generation_seconds"),
+        "poison_cached": bool(manifest.get("cached")),
+        "training": round(result.train_seconds, 3),
+        "training_cpu": round(result.train_cpu_seconds, 3) if result.train_cpu_seconds is not None else None,
+        "evaluation": round(result.eval_seconds + eval_extra, 3),
+        "wall": round(time.perf_counter() - t_start, 3),
+    }
+    rec = build_record(prep, manifest, status="finished", metrics=metrics, timings=timings, training=training)
+    write_record(prep.record_path, rec)
     return rec
 
 

@@ -4,15 +4,18 @@ The training set is one uint8 tensor on the training device; crop (pad 4) and fl
 ops there. All randomness after model init comes from the run's seeded CPU ``torch.Generator`` (epoch
 order) and, on a GPU, a generator of that device seeded from it (per-batch draws, no host copies); both
 states are checkpointed, so an interrupted run resumes to the same numbers. The step loop reads nothing
-back to the host (loss and accuracy are summed on the device). ``amp=bf16`` runs forward passes under
-bf16 autocast (a protocol field, so bf16 and fp32 records never share a table).
+back to the host (loss and accuracy are summed on the device; the host reads them once per epoch).
+The numerics are protocol fields (so records of other numerics never share a table): ``amp=bf16`` runs
+forward passes under bf16 autocast, ``tf32`` lets fp32 kernels use TF32 (:func:`numerics`), and
+``memory_format`` sets the layout of the model and its batches (:func:`prepare_model`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,34 @@ def random_crop_flip(x: torch.Tensor, ctx: TrainContext, pad: int = 4) -> torch.
 def autocast(proto: Protocol, device: torch.device) -> torch.autocast:
     """The protocol's mixed precision for a training forward pass (a disabled context under ``amp=off``)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=proto.amp == "bf16")
+
+
+def channels_last(proto: Protocol, device: torch.device) -> bool:
+    """Whether the model trains in channels-last layout (``auto``: on a CPU only, as runs always have)."""
+    return proto.memory_format == "channels_last" or (proto.memory_format == "auto" and device.type == "cpu")
+
+
+def prepare_model(model: nn.Module, proto: Protocol, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` in the protocol's memory format."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last(proto, device) else model
+
+
+@contextmanager
+def numerics(proto: Protocol) -> Iterator[None]:
+    """The protocol's TF32 choice for fp32 convolutions and matmuls while training and evaluating (the
+    flags are process-wide: the previous values come back afterwards)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = proto.tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` callback to stop a run after its epoch checkpoint is written (a time
+    budget ran out): the run writes no record, and the same run later resumes from the checkpoint."""
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -114,7 +145,23 @@ def checkpoint_epochs(path: Path) -> int | None:
     return int(state["epoch"]) if state is not None and "epoch" in state else None
 
 
-def train_model(
+def train_model(model: nn.Module, train: ImageSet, test: ImageSet, proto: Protocol, defense: DefenseStack,
+                ctx: TrainContext, checkpoint: Path | None = None, on_epoch: EpochCallback | None = None,
+                total_steps: int | None = None, val: ImageSet | None = None, patience: int = 0) -> TrainResult:
+    """Train ``model`` on ``train`` (uint8, on ctx.device) and evaluate on ``test`` every epoch, under the
+    protocol's numerics (:func:`numerics`).
+
+    ``total_steps``: train for exactly this many optimizer steps (the learning-rate schedule spans
+    them) instead of ``proto.epochs`` epochs; the last epoch may stop part-way.
+    ``val``: a clean validation split, evaluated every epoch; the model of the epoch with the best
+    validation accuracy (the earliest on ties) is restored at the end, and its test accuracy is the
+    result. The test set never takes part in the choice. ``patience`` > 0 stops training after that
+    many epochs without a better validation accuracy."""
+    with numerics(proto):
+        return _train(model, train, test, proto, defense, ctx, checkpoint, on_epoch, total_steps, val, patience)
+
+
+def _train(
     model: nn.Module,
     train: ImageSet,
     test: ImageSet,
@@ -127,14 +174,6 @@ def train_model(
     val: ImageSet | None = None,
     patience: int = 0,
 ) -> TrainResult:
-    """Train ``model`` on ``train`` (uint8, on ctx.device) and evaluate on ``test`` every epoch.
-
-    ``total_steps``: train for exactly this many optimizer steps (the learning-rate schedule spans
-    them) instead of ``proto.epochs`` epochs; the last epoch may stop part-way.
-    ``val``: a clean validation split, evaluated every epoch; the model of the epoch with the best
-    validation accuracy (the earliest on ties) is restored at the end, and its test accuracy is the
-    result. The test set never takes part in the choice. ``patience`` > 0 stops training after that
-    many epochs without a better validation accuracy."""
     device = ctx.device
     gen = ctx.generator
     assert gen is not None
@@ -175,6 +214,8 @@ def train_model(
     labels_onehot = F.one_hot(train.y.to(device), ctx.num_classes).float()
     if proto.label_smoothing:
         labels_onehot = labels_onehot * (1 - proto.label_smoothing) + proto.label_smoothing / ctx.num_classes
+    # auto keeps NCHW batches (a channels-last CPU model converts them in its first layer, as ever)
+    batch_layout = torch.channels_last if proto.memory_format == "channels_last" else None
     for epoch in range(start_epoch, epochs):
         ctx.epoch = epoch
         t0, c0 = time.perf_counter(), time.process_time()
@@ -196,6 +237,8 @@ def train_model(
             if proto.augment:
                 x = random_crop_flip(x, ctx)  # on the uint8 images: the same pixels, a quarter of the bytes
             x = x.float().div_(255)
+            if batch_layout is not None:
+                x = x.contiguous(memory_format=batch_layout)
             y = labels_onehot[idx]
             with autocast(proto, device):
                 x, y = defense.batch(x, y, ctx)

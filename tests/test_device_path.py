@@ -120,3 +120,50 @@ def test_cudnn_autotuning_only_when_determinism_is_not_requested(monkeypatch: py
     finally:
         monkeypatch.delenv("BENCH_DETERMINISTIC")
         seed_everything(0)
+
+
+def test_numerics_fields_keep_every_committed_run_id() -> None:
+    """tf32 and memory_format are protocol fields left out of a record at their neutral defaults, so
+    the cpu and smoke presets resolve to the protocols the committed records hold, under the same ids,
+    while the paper preset states its numerics."""
+    from benchmark.protocol import full_protocol
+    from benchmark.records import load_records, run_id
+
+    runs = load_records(Path(__file__).resolve().parents[1] / "results" / "runs")
+    assert runs, "no committed records to check"
+    for path, rec in runs:
+        cfg = rec["config"]
+        proto = resolve_protocol(cfg["preset"], cfg["protocol"])
+        assert protocol_dict(proto) == cfg["protocol"], path
+        assert run_id(dict(cfg, protocol=protocol_dict(proto))) == rec["run_id"], path
+    for preset in ("cpu", "smoke"):
+        assert not {"tf32", "memory_format", "amp"} & set(protocol_dict(resolve_protocol(preset)))
+    paper = protocol_dict(resolve_protocol("paper"))
+    assert (paper["amp"], paper["tf32"], paper["memory_format"]) == ("bf16", True, "channels_last")
+    assert full_protocol(protocol_dict(resolve_protocol("cpu")))["memory_format"] == "auto"
+
+
+def test_numerics_context_sets_and_restores_tf32() -> None:
+    from benchmark.train import numerics
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    for tf32 in (True, False):
+        with numerics(resolve_protocol("smoke", {"tf32": tf32})):
+            assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_channels_last_protocol_trains_model_and_batches_in_that_layout() -> None:
+    from benchmark.train import prepare_model
+
+    cpu = torch.device("cpu")
+    for fmt, expect in (("auto", True), ("channels_last", True), ("contiguous", False)):
+        model = prepare_model(build_model("small-cnn", 4, 3), resolve_protocol("smoke", {"memory_format": fmt}), cpu)
+        weight = next(p for p in model.parameters() if p.dim() == 4)
+        assert weight.is_contiguous(memory_format=torch.channels_last) is expect, fmt
+    seen = []
+    proto = resolve_protocol("smoke", {"epochs": 1, "batch_size": 16, "memory_format": "channels_last"})
+    model = prepare_model(build_model("small-cnn", 4, 3), proto, cpu)
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    train_model(model, make_images(32, seed=1), make_images(16, seed=2), proto, build_defense("none"), _ctx(proto))
+    assert seen and all(seen[:2])  # the two training batches; evaluation batches stay NCHW

@@ -108,3 +108,39 @@ def test_early_stop_run_holds_out_clean_images_and_records_the_choice(run_env: d
     assert m["test_acc"] == m["per_epoch"][m["selected_epoch"] - 1]["test_acc"]
     with pytest.raises(Exception, match="val_size"):
         prepare_run(RunSpec(**{**spec.__dict__, "defense_params": {"val_size": 300}}))
+
+
+#: the Tensor methods that read a value back to the host (on a GPU each one waits for the device)
+HOST_READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
+
+
+def _host_reads(monkeypatch: pytest.MonkeyPatch, steps: int, proto_overrides: dict) -> int:
+    """Host reads during a real 2-epoch CPU run of ``steps`` optimizer steps per epoch."""
+    proto = resolve_protocol("smoke", {"epochs": 2, "batch_size": 8, "grad_clip": 5.0, **proto_overrides})
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 4, 3)
+    ctx = TrainContext(torch.device("cpu"), 4, 3, (16, 16), protocol=proto, generator=torch.Generator().manual_seed(0))
+    train, test = make_images(8 * steps, seed=1), make_images(40, seed=3)
+    count = {"n": 0}
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _original=original, **kwargs):
+                count["n"] += 1
+                return _original(self, *args, **kwargs)
+
+            patch.setattr(torch.Tensor, name, counted)
+        result = train_model(model, train, test, proto, build_defense("none"), ctx)
+    assert result.steps == 2 * steps and len(result.per_epoch) == 2
+    return count["n"]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"memory_format": "channels_last", "tf32": True}],
+                         ids=["smoke", "paper-numerics"])
+def test_step_loop_never_reads_back_to_the_host(monkeypatch: pytest.MonkeyPatch, overrides: dict) -> None:
+    """Loss and accuracy accumulate on the device; the host reads them once per epoch, so the number
+    of host reads does not grow with the number of steps (each one would stall a GPU's queue)."""
+    few, many = _host_reads(monkeypatch, 3, overrides), _host_reads(monkeypatch, 12, overrides)
+    assert few > 0  # the counter sees the per-epoch reads (loss, accuracy, evaluation)
+    assert many == few, f"{few} host reads with 3 steps per epoch, {many} with 12: the step loop syncs"
