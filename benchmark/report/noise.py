@@ -4,8 +4,8 @@ A seed varies the victim (initialisation, batch order); a poison instance varies
 randomness too (another key or surrogate run, so other bytes); a machine varies the arithmetic (and a
 surrogate-trained poison's bytes). Each source is pooled on its own cells and shown with its count:
 
-* **victim**: multi-seed cells whose runs all trained on one poisoned set (one key fingerprint, one set
-  in ``frame.poison_sets``; clean cells have none) — the pooled std of those cells;
+* **victim**: multi-seed cells whose runs all trained on one poisoned set (one key fingerprint, one
+  poisoned-set digest where records carry one, one set in ``frame.poison_sets``) — the pooled std;
 * **poison instance**: multi-seed cells whose runs trained on different keys or sets of one poison config;
 * **machine**: pairs of one config and seed run on two machines (``records.REPEATS``): σ = rms(Δ)/√2,
   since a difference of two runs has variance 2σ².
@@ -56,7 +56,8 @@ def cell_spreads(g: pd.DataFrame) -> pd.DataFrame:
             continue
         keys = set(runs["key_fingerprint"]) - {""}
         sets = set(runs["poison_set"].astype(int)) - {0}
-        source = INSTANCE if len(keys) > 1 or len(sets) > 1 else VICTIM
+        digests = set(runs["poison_digest"]) - {""}
+        source = INSTANCE if len(keys) > 1 or len(sets) > 1 or len(digests) > 1 else VICTIM
         rows.append({"poison": p, "defense": d, "std": float(acc.std(ddof=1)), "n": len(acc), "source": source})
     return pd.DataFrame(rows, columns=["poison", "defense", "std", "n", "source"])
 
