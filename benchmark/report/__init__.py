@@ -132,8 +132,8 @@ def claims_report(results: Path | str, warn: Warn | None = None,
     noises = agg.group_noises(frame, repeats=collect_repeats(Path(results), warn))
     for slug, g in frame.groupby("group", sort=False):
         noise = noises[str(slug)]
-        flags = agg.run_flags(g, noise["curve_sigma"])
-        claims = evaluate(rows, g, flags, noise["sigma"])
-        annotate_claims(claims, flags, g)
+        labels = agg.run_labels(g, noise["curve_sigma"])
+        claims = evaluate(rows, g, agg.flags_of(labels), noise["sigma"])
+        annotate_claims(claims, labels, g)
         out.append({"group": slug, "title": str(g["group_title"].iloc[0]), "noise": noise, "claims": claims})
     return out, max((exit_code(g["claims"]) for g in out), default=0)

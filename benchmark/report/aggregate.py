@@ -100,10 +100,14 @@ def run_labels(g: pd.DataFrame, sigma: float | None = None) -> pd.DataFrame:
 
 def run_flags(g: pd.DataFrame, sigma: float | None = None) -> pd.Series:
     """Why each run of the group is not a verdict ("" when it is), ``label: reason``."""
-    labels = run_labels(g, sigma)
+    return flags_of(run_labels(g, sigma))
+
+
+def flags_of(labels: pd.DataFrame) -> pd.Series:
+    """:func:`run_flags` from :func:`run_labels` already computed."""
     return pd.Series([f"{lab}: {why}" if lab in NOT_VERDICT else "" for lab, why in zip(labels["label"], labels["reason"],
                                                                                          strict=True)],
-                     index=g.index, dtype=object)
+                     index=labels.index, dtype=object)
 
 
 def _reasons(rows: pd.DataFrame, labels: tuple[str, ...]) -> str:

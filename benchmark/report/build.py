@@ -83,9 +83,9 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
     partial_runs = g[~g["full"]]
     out["table_provenance"] = {**out.get("table_provenance", {}), "all": notes.provenance_line(g),
                                "partial": notes.provenance_line(partial_runs) if not partial_runs.empty else ""}
-    flags = agg.run_flags(g, noise["curve_sigma"])
-    out["claims"] = claims_mod.evaluate(claim_rows, g, flags, noise["sigma"]) if claim_rows else []
-    annotate_claims(out["claims"], flags, g)
+    labels = agg.run_labels(g, noise["curve_sigma"])
+    out["claims"] = claims_mod.evaluate(claim_rows, g, agg.flags_of(labels), noise["sigma"]) if claim_rows else []
+    annotate_claims(out["claims"], labels, g)
     out["multiplicity"] = multiplicity(out["claims"], noise["sigma"])
     out["provenance"] = notes.provenance(g)
     out.setdefault("caveats", [])

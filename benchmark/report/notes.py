@@ -77,7 +77,7 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
     under = c[c["caveat"] != ""] if not c.empty else c
     if not under.empty:
         cells = "; ".join(f"{d} on {p} ({row['mean']:.1f}" + (f" vs its own clean cell {c.loc[(CLEAN_LABEL, d), 'mean']:.1f}"
-                          if (CLEAN_LABEL, d) in c.index else "") + f"): {row['caveat']}"
+                          if (CLEAN_LABEL, d) in c.index and p != CLEAN_LABEL else "") + f"): {row['caveat']}"
                           for (p, d), row in under.sort_index(level=1).iterrows())
         out.append({"topic": "fit", "text": f"{len(under)} cells converged at a high cost in fit (a verdict, with this "
                     "caveat): the defense keeps the model from fitting its training set, so its cells say how much of the "

@@ -122,7 +122,7 @@ def budget_label(b: dict[str, Any] | None, cls: str | None) -> str:
         return cls or ""
     m = {k: (v or {}).get("mean") for k, v in b["budget"].items()}
     parts = [cls or b["budget_type"]]
-    if m.get("linf_255") is not None:
+    if m.get("linf_255") is not None and not parts[0].startswith("L∞ ≤"):
         parts.append(f"L∞ {m['linf_255']:.0f}/255")
     if m.get("psnr") is not None:
         parts.append(f"{m['psnr']:.1f} dB")

@@ -61,13 +61,13 @@ def record_status(results: Path | str, record: Path | str, warn: Warn | None = N
     return out
 
 
-def annotate_claims(claims: list[dict[str, Any]], flags: pd.Series, g: pd.DataFrame) -> None:
-    """Give each claim pair whose cell or reference is not a verdict the reason, as the page states it
-    (``why``), from the same flags the claims were evaluated with."""
-    by_record = dict(zip(g["record"], flags, strict=True))
+def annotate_claims(claims: list[dict[str, Any]], labels: pd.DataFrame, g: pd.DataFrame) -> None:
+    """Give each claim pair whose cell or reference is not a verdict, or is one with a caveat (underfits),
+    the label and reason as the page states them (``why``; ``labels``: :func:`aggregate.run_labels` of ``g``)."""
+    by_record = {r: f"{lab}: {why}" for r, lab, why in zip(g["record"], labels["label"], labels["reason"], strict=True) if lab}
     for c in claims:
         for p in c["pairs"]:
             why = [f"{side} {by_record[r]}" for side in ("cell", "reference") if p.get(side)
-                   for r in p[side]["records"] if by_record.get(r)]
+                   for r in p[side]["records"] if r in by_record]
             if why:
                 p["why"] = "; ".join(dict.fromkeys(why))
