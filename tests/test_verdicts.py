@@ -191,3 +191,24 @@ def test_bench_results_and_run_status_carry_the_page_label(tmp_path: Path, capsy
     # a record kept as a repeat is no run of the folder: nothing to say
     write(results / REPEATS, make_record("cuda", "mixup", 30.0))
     assert record_status(results, results / REPEATS / "x.json") is None
+
+
+def test_a_real_bench_run_prints_the_label_the_page_and_bench_results_give(bench_env: dict, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """End to end on the smoke preset: the run summary's page status is the label `bench results` and
+    `leaderboard.json` give the same run and cell."""
+    code, out, err = run_cli(["run", "--poison", "cuda", "--defense", "none", "--preset", "smoke"], capsys)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "leaderboard: tier poisoned-only; this run: " in text
+    code, rows_text, err = run_cli(["results", "--format", "json"], capsys)
+    assert code == 0, err
+    (row,) = [r for r in json.loads(rows_text) if r["poison"] == "cuda"]
+    expected = "stable: a verdict on the leaderboard" if not row["stability"] else f"{row['stability']}: "
+    assert f"this run: {expected}" in text
+    from benchmark.report import write_leaderboard
+
+    summary = write_leaderboard(bench_env["results"], tmp_path / "lb.md", tmp_path / "plots", samples=False)
+    (g,) = json.loads(summary.json.read_text())["groups"]
+    cell = next(e for e in g["entries"] if e["poison"] == "cuda")
+    assert (cell["stability"] or "") == row["stability"] and cell["converged"] == v.is_verdict(row["stability"])

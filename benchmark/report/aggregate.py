@@ -291,6 +291,7 @@ def defense_ranking(c: pd.DataFrame, tier: str, sigma: float | None) -> dict[str
             "covered": len(usable), "total": len(poisons),
             "not_run": [p for p in poisons if _get(c, p, d) is None],
             "not_converged": [p for p, r in run if not r["converged"]],
+            "labels": {p: str(r["stability"]) for p, r in run if not r["converged"]},
         })
     ranked = sorted((e for e in entries if e["status"] == "ranked"),
                     key=lambda e: (-(e["worst"]["mean"] if e["worst"] else -1.0), -(e["mean"] or 0.0), e["defense"]))
@@ -343,6 +344,8 @@ def poison_ranking(c: pd.DataFrame, sigma: float | None, defenses: dict[str, Any
             "covered": len(got), "run": sum(_get(c, p, d) is not None for d in run_on_poison), "total": len(run_on_poison),
             "not_run": [d for d in run_on_poison if _get(c, p, d) is None],
             "not_converged": [d for d in run_on_poison if (r := _get(c, p, d)) is not None and not r["converged"]],
+            "labels": {d: str(r["stability"]) for d in run_on_poison if (r := _get(c, p, d)) is not None
+                       and not r["converged"]},
         })
     order = {k: i for i, k in enumerate(BUDGET_CLASSES)}
     ranked = sorted((e for e in entries if e["status"] == "ranked"),

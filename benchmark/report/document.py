@@ -168,7 +168,8 @@ def _status_note(e: dict[str, Any]) -> str:
     if e["not_run"]:
         parts.append(f"not run on {', '.join(e['not_run'])}")
     if e["not_converged"]:
-        parts.append(f"not converged on {', '.join(e['not_converged'])}")
+        labels = e.get("labels") or {}
+        parts.append("not a verdict on " + ", ".join(f"{x} ({labels[x]})" if labels.get(x) else x for x in e["not_converged"]))
     return "; ".join(parts) or "–"
 
 
@@ -287,8 +288,8 @@ def claims_table(g: dict[str, Any]) -> Table | None:
         rows.append([c["claim"], c["source"], c["test"], Cell(cells, records), f"**{c['verdict']}**"])
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
-              + claim_rule_text(noise) + " Cells that did not converge, or whose "
-              "reference did not, are never a verdict. A claim fails if one of its cells fails, is within noise if one "
+              + claim_rule_text(noise) + " Cells that are not a verdict (stability rule in the matrix legend), or whose "
+              "reference is not, are never a verdict; an underfitting cell is one, with its caveat. A claim fails if one of its cells fails, is within noise if one "
               "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
               "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
     if not rows:
@@ -419,7 +420,7 @@ def references_table(data: dict[str, Any]) -> Table:
                  "comparable only with the same dataset (from a source comparable to papers), model, epochs and "
                  "protocol preset, and then shows ours minus the paper's; otherwise it is greyed (italics here) and "
                  "marked different, with what differs, and no difference is computed. Papers' protocols: "
-                 + "; ".join(protocols) + f" (`paper` = this benchmark's paper preset). {NOT_CONVERGED} = did not converge.",
+                 + "; ".join(protocols) + f" (`paper` = this benchmark's paper preset). {NOT_CONVERGED} = not a verdict (stability rule in the matrix legend).",
                  align="llrrll")
 
 

@@ -169,8 +169,8 @@ def plot_pareto(g: dict[str, Any], tier: str, path: Path) -> Path | None:
 
 
 def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
-    """Defenses (rows, tiers after the standard one) x poisons; † and a box = did not converge, ‡ = another
-    poisoned set than the column's no-defense cell."""
+    """Defenses (rows, tiers after the standard one) x poisons; † and a box = not a verdict, § = underfits,
+    ‡ = another poisoned set than the column's no-defense cell."""
     plt, sns = pyplot()
     import numpy as np
 
@@ -187,7 +187,8 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
             if e is not None:
                 data[i, j] = e["test_acc"]["mean"]
                 other = bool(other_sets(e.get("poison_sets")))
-                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + ("‡" if other else "")
+                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + \
+                    ("§" if e.get("caveat") else "") + ("‡" if other else "")
                 marked_other = marked_other or other
                 if not e["converged"]:
                     bad.append((i, j))
@@ -211,7 +212,8 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
     own = any(not d["final_epoch"] for d in defenses)
     ax.set_title(wrap(f"{g['title']} — clean test accuracy (%), final epoch"
                       + (" (* = the defense's own headline, e.g. a vote or a chosen epoch)" if own else "")
-                      + "; grey = not run; † orange box = did not converge (never a verdict)"
+                      + "; grey = not run; † orange box = not a verdict (still rising, collapsed, unstable, still "
+                      "learning or diverged); § = underfits (a verdict with a caveat)"
                       + ("; ‡ = another poisoned set than the column's no-defense cell" if marked_other else "")
                       + "; rows below the white line use extra data", 75), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
