@@ -263,13 +263,13 @@ def highlight_items(h: dict[str, Any], within: float) -> list[str]:
         out.append(f"**No effect** even without defense (within {within:g} points of clean): {', '.join(h['no_effect'])}.")
     if h["neutralised"]:
         out.append(f"**Neutralised** by a standard-tier defense (within {within:g} points of the same defense on clean "
-                   "data, converged cells): " + "; ".join(
+                   "data, verdict cells): " + "; ".join(
                        f"{n['poison']} by " + ", ".join(f"{b['defense']} ({b['acc']:.1f} vs {b['clean']:.1f})" for b in n["by"])
                        for n in h["neutralised"]) + ".")
     if h["standing"]:
         out.append("**Not neutralised by any standard-tier defense run:** " + "; ".join(
             f"{s['poison']} (closest: {s['closest']}, {s['acc']:.1f} vs {s['clean']:.1f} on clean data; {s['run']} of "
-            f"{s['usable']} usable defenses run and converged)" for s in h["standing"]) + ".")
+            f"{s['usable']} usable defenses run with a verdict cell)" for s in h["standing"]) + ".")
     if h["costly"]:
         out.append(f"**Costly on clean data** (more than {within:g} points below plain training): "
                    + ", ".join(f"{c['defense']} {c['cost']:+.1f}" for c in h["costly"]) + ".")

@@ -146,16 +146,20 @@ def plot_pareto(g: dict[str, Any], tier: str, path: Path) -> Path | None:
     xs = sorted((e["clean"]["mean"], e["worst"]["mean"]) for e in points if e["defense"] in front)
     if len(xs) > 1:
         ax.plot([x for x, _ in xs], [y for _, y in xs], color="#2ca02c", linewidth=1.5, zorder=1, label="Pareto front")
-    for e in points:
+    placed: list[tuple[float, float]] = []
+    for e in sorted(points, key=lambda e: (e["worst"]["mean"], e["clean"]["mean"])):
         x, y = e["clean"]["mean"], e["worst"]["mean"]
         on = e["defense"] in front
+        crowd = sum(abs(x - px) < 3.0 and abs(y - py) < 1.5 for px, py in placed)  # stack labels of close points
+        placed.append((x, y))
         if e["status"] == "reference":
             ax.scatter([x], [y], marker="x", color="#555", s=60, zorder=3)
         else:
             ax.scatter([x], [y], s=55, zorder=3, color="#2ca02c" if on else "none",
                        edgecolors="#2ca02c" if on else "#888", linewidths=1.4)
         label = e["defense"] + (" (incomplete)" if e["status"] == "incomplete" else "")
-        ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7.5,
+        ax.annotate(label, (x, y), xytext=(4, 4 + 10 * crowd), textcoords="offset points", fontsize=7.5,
+                    arrowprops={"arrowstyle": "-", "color": "#aaa", "linewidth": 0.6} if crowd else None,
                     color="#1e6e1e" if on else "#555")
     ax.scatter([], [], s=55, color="#2ca02c", label="on the front")
     ax.scatter([], [], s=55, color="none", edgecolors="#888", label="dominated")
