@@ -130,7 +130,8 @@ def run_cmd(**kw: Any) -> None:
     console.print(summary_table(main_rec, base_rec))
     console.print(f"record: {main_rec.get('_path', main_rec['run_id'])}")
     if main_rec.get("_path") and main_rec.get("status") == "finished":
-        show_page_status(console, paths.results_dir(kw["results"]), main_rec["_path"])
+        base_path = base_rec.get("_path") if base_rec and base_rec is not main_rec else None
+        show_page_status(console, paths.results_dir(kw["results"]), main_rec["_path"], base_path)
 
 
 # ----------------------------------------------------------------------------------------- poison
