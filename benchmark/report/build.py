@@ -26,7 +26,7 @@ from benchmark.report.collect import (
 from benchmark.report.status import annotate_claims
 from benchmark.verdicts import settle_threshold
 
-SCHEMA = "unlearnable-bench/leaderboard/2"
+SCHEMA = "unlearnable-bench/leaderboard/3"  # 3: noise by source, stability labels, budget classes, Pareto
 
 
 def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
