@@ -50,6 +50,7 @@ from benchmark.ui import (
     note,
     poison_progress,
     run_with_display,
+    show_page_status,
     show_poison_export,
     show_pretrain_epoch,
     show_pretrained,
@@ -129,6 +130,9 @@ def run_cmd(**kw: Any) -> None:
     main_rec, base_rec = run_with_display(spec, baseline=kw["baseline"], console=console)
     console.print(summary_table(main_rec, base_rec))
     console.print(f"record: {main_rec.get('_path', main_rec['run_id'])}")
+    if main_rec.get("_path") and main_rec.get("status") == "finished":
+        base_path = base_rec.get("_path") if base_rec and base_rec is not main_rec else None
+        show_page_status(console, paths.results_dir(kw["results"]), main_rec["_path"], base_path)
 
 
 # ----------------------------------------------------------------------------------------- poison

@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
+from benchmark.report import aggregate as agg
 from benchmark.report.build import build_data, to_json
 from benchmark.report.collect import Warn, collect_repeats, collect_runs
 from benchmark.report.frame import build_frame, load_frame
@@ -27,6 +28,7 @@ from benchmark.report.page import build_document
 from benchmark.report.plots import make_plots
 from benchmark.report.render import render_html, render_latex, render_markdown
 from benchmark.report.samples import SampleSource, sample_grids
+from benchmark.report.status import annotate_claims, with_status
 
 __all__ = ["Summary", "build_data", "build_frame", "collect_runs", "load_frame", "write_leaderboard",
            "write_results", "claims_report"]
@@ -92,7 +94,8 @@ RESULT_FORMATS = ("csv", "parquet", "json")
 
 
 def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: Warn | None = None) -> tuple[str | None, int]:
-    """The tidy frame of the records as csv / parquet / json: written to ``out``, or returned as text
+    """The tidy frame of the records as csv / parquet / json, with each run's stability label and reason as
+    the leaderboard reads it (``stability``, ``stability_reason``): written to ``out``, or returned as text
     (csv, json) when ``out`` is None. Returns (text or None, rows)."""
     if fmt not in RESULT_FORMATS:
         raise BenchError(f"unknown format '{fmt}'; valid: {', '.join(RESULT_FORMATS)}")
@@ -103,7 +106,10 @@ def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: W
             raise BenchError("--format parquet needs pyarrow: pip install pyarrow") from None
         if out is None:
             raise BenchError("--format parquet writes a binary file: give --out FILE.parquet")
-    frame = build_frame(_runs(results, warn or (lambda msg: None)))
+    warn = warn or (lambda msg: None)
+    runs = _runs(results, warn)
+    frame = build_frame(runs)
+    frame = with_status(frame, agg.group_noises(frame, repeats=collect_repeats(Path(results), warn)))
     if fmt == "parquet":
         atomic_write(Path(out), lambda p: frame.to_parquet(p, index=False))
         return None, len(frame)
@@ -117,15 +123,17 @@ def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: W
 def claims_report(results: Path | str, warn: Warn | None = None,
                   claims_file: Path | str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Every claim's verdict per protocol group: ([{group, title, noise, claims}], exit code)."""
-    from benchmark.report import aggregate as agg
     from benchmark.report.claims import evaluate, exit_code, load_claims
 
     _version, rows = load_claims(Path(claims_file) if claims_file else None)
-    frame = build_frame(_runs(results, warn or (lambda msg: None)))
+    warn = warn or (lambda msg: None)
+    frame = build_frame(_runs(results, warn))
     out = []
-    noises = agg.group_noises(frame)
+    noises = agg.group_noises(frame, repeats=collect_repeats(Path(results), warn))
     for slug, g in frame.groupby("group", sort=False):
         noise = noises[str(slug)]
-        out.append({"group": slug, "title": str(g["group_title"].iloc[0]), "noise": noise,
-                    "claims": evaluate(rows, g, agg.run_flags(g), noise["sigma"])})
+        labels = agg.run_labels(g, noise["curve_sigma"])
+        claims = evaluate(rows, g, agg.flags_of(labels), noise["sigma"])
+        annotate_claims(claims, labels, g)
+        out.append({"group": slug, "title": str(g["group_title"].iloc[0]), "noise": noise, "claims": claims})
     return out, max((exit_code(g["claims"]) for g in out), default=0)

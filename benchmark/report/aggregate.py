@@ -1,42 +1,53 @@
-"""Stage 3 of the report: the tidy frame of one protocol group -> cells, noise, rankings, costs (pandas).
+"""Stage 3 of the report: the tidy frame of one protocol group -> cells, rankings (pandas).
 
 A *cell* is one (poison, defense) pair of full-ratio runs: mean, sample std and n of the final test
-accuracy over seeds, the oracle peak, and whether it converged. Every rule that decides what a number
-may be used for is a constant here and is stated on the page:
+accuracy over seeds, the oracle peak, and its stability label. Every rule that decides what a number
+may be used for is a constant here or in :mod:`benchmark.verdicts` and is stated on the page:
 
-* convergence: a cell did not converge when a run's final test accuracy is more than ``RISE_POINTS``
-  above every one of the ``RISE_WINDOW`` epochs before it (still climbing or jumping when training
-  stopped), when its train accuracy is more than ``TRAIN_GAP_POINTS`` below plain training's on clean
-  data (for a defense that selects an earlier epoch: the last epoch's, :func:`frame.fit_acc`), or when a
-  run diverged. Such a cell is shown, marked, and never used as a verdict (rankings,
-  worst cases, claims).
-* noise: sigma = pooled seed-to-seed std (root mean square of the std of every cell run with several
-  seeds); two cells are within noise when their means differ by less than ``TIE_SIGMAS`` standard
-  errors of the difference, sigma·sqrt(1/n_a + 1/n_b) (:func:`margin_tolerance`). Ranks within noise
-  of the first of their run share its rank; claims use the same rule.
+* stability (:func:`benchmark.verdicts.run_status`): a run still rising, collapsed, unstable, still
+  learning or diverged is shown, marked, and never a verdict (rankings, worst cases, claims); one that
+  *underfits* (low fit, flat end) is a verdict with a caveat against the defense's own clean cell. A cell
+  takes the most serious label of its runs.
+* noise (:mod:`benchmark.report.noise`): σ by random source; two cells are within noise when their means
+  differ by less than ``TIE_SIGMAS`` standard errors of the difference, σ·sqrt(1/n_a + 1/n_b)
+  (:func:`margin_tolerance`). Ranks within noise of the first of their run share its rank; claims use the
+  same rule. :func:`holm` adjusts a table's p-values for multiplicity.
 * a defense whose clean accuracy is below ``FAILS_CLEAN_FRACTION`` of plain training's fails on clean
-  data; one with converged cells on fewer than ``MIN_COVERAGE`` of the comparable poisons is incomplete.
-  Neither is ranked.
+  data; one with verdict cells on fewer than ``MIN_COVERAGE`` of the comparable poisons is incomplete.
+  Neither is ranked. Poisons are ranked within budget classes (:func:`budget_class`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import pandas as pd
 
-from benchmark.records import machine
-from benchmark.report.collect import CLEAN, NO_DEFENSE, STANDARD_TIER, num
-from benchmark.report.frame import RISE_WINDOW
+from benchmark.report import noise as noise_mod
+from benchmark.report.collect import CLEAN, NO_DEFENSE, STANDARD_TIER
+from benchmark.verdicts import (
+    FLAT_EPOCHS,
+    LABELS,
+    NOT_VERDICT,
+    RISE_WINDOW,
+    SETTLE_POINTS,
+    TIE_SIGMAS,
+    TRAIN_GAP_POINTS,
+    UNDERFITS,
+    is_verdict,
+    margin_tolerance,
+    run_status,
+)
 
-RISE_POINTS = 5.0
-TRAIN_GAP_POINTS = 30.0
-TIE_SIGMAS = 2.0
+__all__ = ["TIE_SIGMAS", "margin_tolerance", "run_flags", "run_labels", "cells", "holm", "budget_class"]
+
 FAILS_CLEAN_FRACTION = 0.5
 MIN_COVERAGE = 0.5
 PEAK_NOTE_POINTS = 3.0
 NEUTRALISED_WITHIN = 5.0
+LINF_SMALL = 8.0  # /255: the common L-inf budget of the field; a larger measured L-inf is its own class
 DIGITS = 4
 
 
@@ -69,34 +80,54 @@ def tier_order() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- cells
 
-def run_flags(g: pd.DataFrame) -> pd.Series:
-    """Why each run of the group did not converge ("" when it did), by the rules of this module."""
+def _own_sigma(g: pd.DataFrame) -> float | None:
+    return noise_mod.source_noise(g)[noise_mod.VICTIM]["sigma"]
+
+
+def run_labels(g: pd.DataFrame, sigma: float | None = None) -> pd.DataFrame:
+    """Per run of the group: stability ``label`` and one-line ``reason`` (:func:`benchmark.verdicts.run_status`;
+    ``sigma``: the victim σ the thresholds scale with, default the group's own)."""
+    sigma = _own_sigma(g) if sigma is None else sigma
     base_runs = g[g["full"] & (g["poison_label"] == CLEAN) & (g["defense_label"] == NO_DEFENSE)]["train_acc"].dropna()
     base = float(base_runs.mean()) if not base_runs.empty else None
-    reasons = []
+    out = []
     for _i, run in g.iterrows():
-        why = []
-        if not pd.isna(run["final_rise"]) and run["final_rise"] > RISE_POINTS:
-            why.append(f"final epoch {run['final_rise']:.1f} points above the {RISE_WINDOW} before it")
-        if base is not None and not pd.isna(run["fit_acc"]) and base - run["fit_acc"] > TRAIN_GAP_POINTS:
-            why.append(f"train accuracy {run['fit_acc']:.1f} % vs {base:.1f} % for plain training on clean data")
-        if run["diverged"]:
-            why.append("diverged (non-finite loss)")
-        reasons.append("; ".join(why))
-    return pd.Series(reasons, index=g.index, dtype=object)
+        curve = json.loads(run["test_curve"]) if run.get("test_curve") else []
+        fit = None if pd.isna(run["fit_acc"]) else float(run["fit_acc"])
+        out.append(run_status(curve, fit, base, bool(run["diverged"]), sigma))
+    return pd.DataFrame(out, index=g.index, columns=["label", "reason"])
 
 
-def _reasons(rows: pd.DataFrame) -> str:
-    """One line for a cell's runs that did not converge: ``seed 0: ...; seed 1: ...``."""
-    bad = rows[rows["flag"] != ""].sort_values("seed")
+def run_flags(g: pd.DataFrame, sigma: float | None = None) -> pd.Series:
+    """Why each run of the group is not a verdict ("" when it is), ``label: reason``."""
+    return flags_of(run_labels(g, sigma))
+
+
+def flags_of(labels: pd.DataFrame) -> pd.Series:
+    """:func:`run_flags` from :func:`run_labels` already computed."""
+    return pd.Series([f"{lab}: {why}" if lab in NOT_VERDICT else "" for lab, why in zip(labels["label"], labels["reason"],
+                                                                                         strict=True)],
+                     index=labels.index, dtype=object)
+
+
+def _reasons(rows: pd.DataFrame, labels: tuple[str, ...]) -> str:
+    """One line for a cell's runs with one of ``labels``: ``seed 0: ...; seed 1: ...``."""
+    bad = rows[rows["label"].isin(labels)].sort_values("seed")
     if len(rows) == 1:
-        return str(bad["flag"].iloc[0]) if not bad.empty else ""
-    return "; ".join(f"seed {int(r['seed'])}: {r['flag']}" for _i, r in bad.iterrows())
+        return f"{bad['label'].iloc[0]}: {bad['reason'].iloc[0]}" if not bad.empty else ""
+    return "; ".join(f"seed {int(r['seed'])}: {r['label']}: {r['reason']}" for _i, r in bad.iterrows())
 
 
-def cells(g: pd.DataFrame) -> pd.DataFrame:
-    """One row per (poison_label, defense_label) of the group's full-ratio runs."""
-    full = g[g["full"]].assign(flag=run_flags(g)[g["full"]])
+def _cell_label(labels: pd.Series) -> str:
+    found = [lab for lab in labels if lab]
+    return min(found, key=LABELS.index) if found else ""
+
+
+def cells(g: pd.DataFrame, sigma: float | None = None) -> pd.DataFrame:
+    """One row per (poison_label, defense_label) of the group's full-ratio runs (``sigma``: the victim σ the
+    stability rules scale with, default the group's own)."""
+    labels = run_labels(g, sigma)
+    full = g[g["full"]].assign(label=labels["label"][g["full"]], reason=labels["reason"][g["full"]])
     if full.empty:
         return pd.DataFrame()
     grouped = full.groupby(["poison_label", "defense_label"], sort=True)
@@ -112,8 +143,10 @@ def cells(g: pd.DataFrame) -> pd.DataFrame:
     out["commits"] = grouped["commit"].agg(lambda s: sorted(set(s) - {""}))
     out["poison_sets"] = grouped["poison_set"].agg(lambda s: sorted({int(v) for v in s} - {0}))
     out["peak_epoch"] = grouped["peak_epoch"].agg(lambda s: int(s.dropna().iloc[0]) if s.notna().any() else None)
-    out["not_converged"] = grouped[["seed", "flag"]].apply(_reasons)
-    out["converged"] = out["not_converged"] == ""
+    out["stability"] = grouped["label"].agg(_cell_label)
+    out["not_converged"] = grouped[["seed", "label", "reason"]].apply(lambda r: _reasons(r, NOT_VERDICT))
+    out["caveat"] = grouped[["seed", "label", "reason"]].apply(lambda r: _reasons(r, (UNDERFITS,)))
+    out["converged"] = out["stability"].map(is_verdict)
     return out
 
 
@@ -127,7 +160,8 @@ def cell_dict(row: pd.Series) -> dict[str, Any]:
     return {"test_acc": {"mean": rnd(row["mean"]), "std": rnd(row["std"]), "n": int(row["n"])},
             "seeds": list(row["seeds"]), "peak_test_acc": rnd(row["peak"]), "peak_epoch": row["peak_epoch"],
             "train_acc": rnd(row["train"]), "final_rise": rnd(row["rise"]), "converged": bool(row["converged"]),
-            "not_converged": row["not_converged"] or None, "poison_sets": list(row["poison_sets"]),
+            "stability": row["stability"] or None, "not_converged": row["not_converged"] or None,
+            "caveat": row["caveat"] or None, "poison_sets": list(row["poison_sets"]),
             "records": list(row["records"]),
             "commits": list(row["commits"])}
 
@@ -153,73 +187,38 @@ def defense_tiers(c: pd.DataFrame) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- noise
 
 def noise(c: pd.DataFrame) -> dict[str, Any]:
-    """Pooled seed-to-seed std of the group's multi-seed cells and the tolerance it implies between two
-    single runs (:func:`margin_tolerance`)."""
+    """Pooled seed-to-seed std of the multi-seed cells of ``c`` (all sources together) and the tolerance it
+    implies between two single runs (:func:`margin_tolerance`)."""
     multi = c[c["n"] > 1]["std"] if not c.empty else pd.Series(dtype=float)
-    if multi.empty:
-        return {"cells": 0, "median_std": None, "max_std": None, "sigma": None, "tolerance": 0.0, "tie_sigmas": TIE_SIGMAS}
-    sigma = math.sqrt(float((multi ** 2).mean()))
-    return {"cells": int(len(multi)), "median_std": rnd(multi.median()), "max_std": rnd(multi.max()),
-            "sigma": rnd(sigma), "tolerance": rnd(margin_tolerance(sigma, 1, 1)), "tie_sigmas": TIE_SIGMAS}
+    out = noise_mod.pooled(multi)
+    return {**out, "tolerance": rnd(margin_tolerance(out["sigma"], 1, 1)), "tie_sigmas": TIE_SIGMAS}
 
 
-def group_noises(frame: pd.DataFrame, group_cells: dict[str, pd.DataFrame] | None = None) -> dict[str, dict[str, Any]]:
-    """:func:`noise` of every protocol group of ``frame``. A group with no multi-seed cell (a protocol
-    variant run once per cell, e.g. a longer schedule) borrows sigma from the group of the same dataset,
-    source, model and preset with the most multi-seed cells, and names it (``borrowed_from``): a verdict
-    needs a noise scale, and one measured under the same preset is the closest there is. ``group_cells``:
-    each group's :func:`cells`, when the caller has them already."""
-    groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)}
-    group_cells = group_cells or {slug: cells(g) for slug, g in groups.items()}
-    own = {slug: noise(group_cells[slug]) for slug in groups}
-    sibling_key = {slug: tuple(str(g[k].iloc[0]) for k in ("dataset", "dataset_source", "model", "preset"))
-                   for slug, g in groups.items()}
-    out = {}
-    for slug, n in own.items():
-        donors = [s for s in own if s != slug and sibling_key[s] == sibling_key[slug] and own[s]["sigma"] is not None]
-        if n["sigma"] is None and donors:
-            best = max(donors, key=lambda s: own[s]["cells"])
-            n = {**own[best], "borrowed_from": str(groups[best]["group_title"].iloc[0])}
-        out[slug] = n
-    return out
+def group_noises(frame: pd.DataFrame, group_cells: Any = None,
+                 repeats: list[tuple[Any, dict[str, Any]]] | None = None) -> dict[str, dict[str, Any]]:
+    """σ by source and the σ verdicts use, per protocol group (:func:`benchmark.report.noise.group_noises`;
+    ``group_cells`` is accepted for callers that have them and not needed)."""
+    return noise_mod.group_noises(frame, repeats)
 
 
-def machine_spreads(frame: pd.DataFrame, repeats: list[tuple[Any, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per protocol group: how far a cell moves when the same config and seed run on another machine.
-    ``repeats`` are the finished records a re-run elsewhere replaced (``records.REPEATS``); each is
-    paired with the current record of its run id when the two machines differ."""
-    if frame.empty or not repeats:
-        return {}
-    now = frame.drop_duplicates("run_id").set_index("run_id")
-    rows = []
-    for _path, rec in repeats:
-        rid = rec.get("run_id")
-        before = machine(rec.get("environment") or {})
-        if rid not in now.index or not before or not now.at[rid, "machine"] or before == now.at[rid, "machine"]:
-            continue
-        acc = num((rec.get("metrics") or {}).get("test_acc"))
-        if acc is None or pd.isna(now.at[rid, "test_acc"]):
-            continue
-        digest = str((rec.get("poison") or {}).get("digest") or "")
-        rows.append({"group": now.at[rid, "group"], "delta": float(now.at[rid, "test_acc"]) - acc,
-                     "cell": f"{now.at[rid, 'poison_label']} × {now.at[rid, 'defense_label']}",
-                     "machines": " and ".join(sorted({before, str(now.at[rid, "machine"])})),
-                     "same_bytes": bool(digest) and digest == now.at[rid, "poison_digest"]})
-    out = {}
-    for slug, g in pd.DataFrame(rows, columns=["group", "delta", "cell", "machines", "same_bytes"]).groupby("group"):
-        size = g["delta"].abs()
-        worst = g.loc[size.idxmax()]
-        out[str(slug)] = {"cells": len(g), "median_abs": rnd(size.median()), "max_abs": rnd(size.max()),
-                          "max_cell": str(worst["cell"]), "max_delta": rnd(worst["delta"]),
-                          "machines": sorted(set(g["machines"])), "same_poison_bytes": int(g["same_bytes"].sum())}
-    return out
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (same order as given): the family-wise error rate of a table of
+    claims stays at alpha when a claim is decided only where its adjusted p-value is below alpha."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted = [1.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
-def margin_tolerance(sigma: float | None, n_a: int, n_b: int) -> float:
-    """How far apart two cells' means must be to differ beyond noise: TIE_SIGMAS standard errors of the
-    difference of two means of ``n_a`` and ``n_b`` independent runs, sigma·sqrt(1/n_a + 1/n_b) (two single
-    runs differ by sigma·sqrt(2) on average; more seeds narrow it); 0 when no spread is measured."""
-    return 0.0 if sigma is None else TIE_SIGMAS * sigma * math.sqrt(1 / n_a + 1 / n_b)
+def pair_pvalue(margin: float, sigma: float | None, n_a: int, n_b: int) -> float | None:
+    """Two-sided p-value of a margin between two means of ``n_a`` and ``n_b`` runs under noise σ (normal)."""
+    if sigma is None or sigma <= 0:
+        return None
+    z = abs(margin) / (sigma * math.sqrt(1 / n_a + 1 / n_b))
+    return math.erfc(z / math.sqrt(2))
 
 
 def tie_ranks(values: list[float], sigma: float | None, runs: list[int] | None = None) -> list[int]:
@@ -292,6 +291,7 @@ def defense_ranking(c: pd.DataFrame, tier: str, sigma: float | None) -> dict[str
             "covered": len(usable), "total": len(poisons),
             "not_run": [p for p in poisons if _get(c, p, d) is None],
             "not_converged": [p for p, r in run if not r["converged"]],
+            "labels": {p: str(r["stability"]) for p, r in run if not r["converged"]},
         })
     ranked = sorted((e for e in entries if e["status"] == "ranked"),
                     key=lambda e: (-(e["worst"]["mean"] if e["worst"] else -1.0), -(e["mean"] or 0.0), e["defense"]))
@@ -304,9 +304,25 @@ def defense_ranking(c: pd.DataFrame, tier: str, sigma: float | None) -> dict[str
             + [e for e in rest if e["status"] != "reference"]}
 
 
-def poison_ranking(c: pd.DataFrame, sigma: float | None, defenses: dict[str, Any]) -> dict[str, Any]:
+BUDGET_CLASSES = ("L∞ ≤ 8/255", "L∞ > 8/255", "L2", "L0", "unbounded / perceptual", "unknown")
+
+
+def budget_class(budget_type: str, linf_255: float | None) -> str:
+    """A poison's threat-model class from its declared budget type and measured L∞ (of 255): an L∞ poison
+    whose images move more than ``LINF_SMALL``/255 (rounding aside) is not in the 8/255 class."""
+    if budget_type == "linf":
+        return BUDGET_CLASSES[0] if linf_255 is not None and linf_255 <= LINF_SMALL + 0.5 else BUDGET_CLASSES[1]
+    return {"l2": "L2", "l0": "L0", "unbounded": "unbounded / perceptual"}.get(budget_type, "unknown")
+
+
+def poison_ranking(c: pd.DataFrame, sigma: float | None, defenses: dict[str, Any],
+                   classes: dict[str, str] | None = None) -> dict[str, Any]:
     """Poisons by their worst case over the standard tier: the highest accuracy any usable defense
-    (not failing or unconverged on clean data) recovers on a converged cell; lower = stronger."""
+    (not failing or unstable on clean data) recovers on a verdict cell; lower = stronger. Ranked within
+    budget classes (``classes``: poison label -> :func:`budget_class`; one class when not given). Beside
+    the worst case: the defenses within noise of it (``within_noise``), how many defenses ran, and whether
+    the worst case rests on one run."""
+    classes = classes or {}
     usable = [e["defense"] for e in defenses["entries"] if e["status"] in ("reference", "ranked", "incomplete")]
     run_on_poison = [d for d in usable if any(_get(c, p, d) is not None for p in ordered_poisons(c) if p != CLEAN)]
     base_row = _get(c, CLEAN, NO_DEFENSE)
@@ -319,20 +335,37 @@ def poison_ranking(c: pd.DataFrame, sigma: float | None, defenses: dict[str, Any
             continue
         best = max(got, key=lambda dr: (dr[1]["mean"], -run_on_poison.index(dr[0]))) if got else None
         status = "ranked" if len(got) >= MIN_COVERAGE * len(run_on_poison) and best else "incomplete"
+        within = [d for d, r in got if best and d != best[0]
+                  and best[1]["mean"] - r["mean"] < margin_tolerance(sigma, int(best[1]["n"]), int(r["n"]))]
         entries.append({
-            "poison": p, "status": status, "worst": _mini(best[1]) if best else None,
-            "best_defense": best[0] if best else None, "undefended": _mini(_get(c, p, NO_DEFENSE)),
+            "poison": p, "status": status, "class": classes.get(p, "unknown"), "worst": _mini(best[1]) if best else None,
+            "best_defense": best[0] if best else None, "within_noise": within, "undefended": _mini(_get(c, p, NO_DEFENSE)),
             "drop": rnd(base_row["mean"] - best[1]["mean"]) if best and base_row is not None else None,
-            "covered": len(got), "total": len(run_on_poison),
+            "covered": len(got), "run": sum(_get(c, p, d) is not None for d in run_on_poison), "total": len(run_on_poison),
             "not_run": [d for d in run_on_poison if _get(c, p, d) is None],
             "not_converged": [d for d in run_on_poison if (r := _get(c, p, d)) is not None and not r["converged"]],
+            "labels": {d: str(r["stability"]) for d in run_on_poison if (r := _get(c, p, d)) is not None
+                       and not r["converged"]},
         })
-    ranked = sorted((e for e in entries if e["status"] == "ranked"), key=lambda e: (e["worst"]["mean"], e["poison"]))
-    for e, r in zip(ranked, tie_ranks([e["worst"]["mean"] for e in ranked], sigma, [e["worst"]["n"] for e in ranked]),
-                    strict=True):
-        e["rank"] = r
-    return {"defenses": run_on_poison, "entries": ranked + sorted((e for e in entries if e["status"] != "ranked"),
-                                                                 key=lambda e: e["poison"])}
+    order = {k: i for i, k in enumerate(BUDGET_CLASSES)}
+    ranked = sorted((e for e in entries if e["status"] == "ranked"),
+                    key=lambda e: (order.get(e["class"], len(order)), e["worst"]["mean"], e["poison"]))
+    for cls in dict.fromkeys(e["class"] for e in ranked):
+        members = [e for e in ranked if e["class"] == cls]
+        for e, r in zip(members, tie_ranks([e["worst"]["mean"] for e in members], sigma,
+                                           [e["worst"]["n"] for e in members]), strict=True):
+            e["rank"] = r
+    return {"defenses": run_on_poison, "classes": [k for k in BUDGET_CLASSES if any(e["class"] == k for e in entries)],
+            "entries": ranked + sorted((e for e in entries if e["status"] != "ranked"), key=lambda e: e["poison"])}
+
+
+def pareto(points: dict[str, tuple[float, float]]) -> dict[str, list[str]]:
+    """Defenses on the Pareto front of (clean accuracy, worst case), both higher = better, and for each
+    dominated one the defenses that dominate it (at least as good on both, better on one)."""
+    dominated = {d: sorted(o for o, (oc, ow) in points.items() if o != d and oc >= c and ow >= w and (oc > c or ow > w))
+                 for d, (c, w) in points.items()}
+    return {"front": sorted(d for d, by in dominated.items() if not by),
+            "dominated": {d: by for d, by in sorted(dominated.items()) if by}}
 
 
 # ------------------------------------------------------------------------------------------ notes
@@ -381,7 +414,8 @@ def highlights(c: pd.DataFrame, ranking: dict[str, Any]) -> dict[str, Any]:
 
 
 def rules() -> dict[str, Any]:
-    return {"rise_window": RISE_WINDOW, "rise_points": RISE_POINTS, "train_gap_points": TRAIN_GAP_POINTS,
+    return {"rise_window": RISE_WINDOW, "settle_points": SETTLE_POINTS, "train_gap_points": TRAIN_GAP_POINTS,
+            "flat_epochs": FLAT_EPOCHS, "min_noise_cells": noise_mod.MIN_NOISE_CELLS, "linf_small": LINF_SMALL,
             "tie_sigmas": TIE_SIGMAS, "fails_clean_fraction": FAILS_CLEAN_FRACTION, "min_coverage": MIN_COVERAGE,
             "peak_note_points": PEAK_NOTE_POINTS, "neutralised_within": NEUTRALISED_WITHIN,
             "standard_tier": STANDARD_TIER}

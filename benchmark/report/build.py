@@ -23,8 +23,10 @@ from benchmark.report.collect import (
     poison_class_info,
     protocol_of,
 )
+from benchmark.report.status import annotate_claims
+from benchmark.verdicts import settle_threshold
 
-SCHEMA = "unlearnable-bench/leaderboard/2"
+SCHEMA = "unlearnable-bench/leaderboard/3"  # 3: noise by source, stability labels, budget classes, Pareto
 
 
 def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
@@ -49,8 +51,12 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
         tiers = agg.defense_tiers(c)
         fam = c.reset_index().groupby("defense_label")[["family", "defense", "variant"]].first()
         heads = g.groupby("defense_label")["headline"].first().to_dict()
+        budgets = {b["poison"]: b for b in costs.poison_costs(g, meta["preset"])}
+        classes = {p: agg.budget_class(b["budget_type"], (b["budget"].get("linf_255") or {}).get("mean"))
+                   for p, b in budgets.items()}
         out["poisons"] = [{"label": p, "name": str(c.xs(p, level=0)["poison"].iloc[0]),
-                           "budget_type": poison_class_info(str(c.xs(p, level=0)["poison"].iloc[0]))["budget_type"]}
+                           "budget_type": poison_class_info(str(c.xs(p, level=0)["poison"].iloc[0]))["budget_type"],
+                           "class": classes.get(p)}
                           for p in agg.ordered_poisons(c)]
         out["defenses"] = [{"label": d, "name": str(fam.at[d, "defense"]), "family": str(fam.at[d, "family"]),
                             "tier": tiers[d], "variant": str(fam.at[d, "variant"]) or None,
@@ -62,13 +68,14 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
         rankings = {t: agg.defense_ranking(c, t, noise["sigma"]) for t in present}
         out["rankings"] = rankings
         if STANDARD_TIER in rankings:
-            out["poison_ranking"] = agg.poison_ranking(c, noise["sigma"], rankings[STANDARD_TIER])
+            out["poison_ranking"] = agg.poison_ranking(c, noise["sigma"], rankings[STANDARD_TIER], classes)
             out["highlights"] = agg.highlights(c, rankings[STANDARD_TIER])
         out["peak_notes"] = agg.peak_notes(c)
         out["caveats"] = notes.caveats(g, c, tiers, noise)
         out["table_provenance"] = {t: notes.provenance_line(g[g["full"] & g["defense_label"].isin(
             [d for d, tt in tiers.items() if tt == t])]) for t in present}
     out["defense_costs"] = costs.defense_costs(g, [d["label"] for d in out["defenses"]])
+    _add_costs(out)
     out["poison_costs"] = costs.poison_costs(g, meta["preset"])
     out["defense_metrics"] = costs.defense_metrics(g, [d["label"] for d in out["defenses"]],
                                                    [p["label"] for p in out["poisons"]])
@@ -76,10 +83,39 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
     partial_runs = g[~g["full"]]
     out["table_provenance"] = {**out.get("table_provenance", {}), "all": notes.provenance_line(g),
                                "partial": notes.provenance_line(partial_runs) if not partial_runs.empty else ""}
-    out["claims"] = claims_mod.evaluate(claim_rows, g, agg.run_flags(g), noise["sigma"]) if claim_rows else []
+    labels = agg.run_labels(g, noise["curve_sigma"])
+    out["claims"] = claims_mod.evaluate(claim_rows, g, agg.flags_of(labels), noise["sigma"]) if claim_rows else []
+    annotate_claims(out["claims"], labels, g)
+    out["multiplicity"] = multiplicity(out["claims"], noise["sigma"])
     out["provenance"] = notes.provenance(g)
     out.setdefault("caveats", [])
     return out
+
+
+def _add_costs(out: dict[str, Any]) -> None:
+    """Compute cost (× plain training's time) beside each ranked defense, and per tier the Pareto front of
+    (clean accuracy, worst case) over the ranked and incomplete defenses with both."""
+    relative = {c["defense"]: c["relative"] for c in out["defense_costs"]}
+    for ranking in out.get("rankings", {}).values():
+        points = {}
+        for e in ranking["entries"]:
+            e["compute"] = relative.get(e["defense"])
+            if e["status"] in ("ranked", "incomplete", "reference") and e["clean"] and e["worst"]:
+                points[e["defense"]] = (e["clean"]["mean"], e["worst"]["mean"])
+        ranking["pareto"] = agg.pareto(points)
+
+
+def multiplicity(claims: list[dict[str, Any]], sigma: float | None, alpha: float = 0.05) -> dict[str, Any]:
+    """Holm across the decided cells (holds / fails) of a table of claims: how many stay decided at
+    family-wise level ``alpha`` (two-sided normal p-values of each cell's margin under the table's σ)."""
+    decided = [(c["id"], p) for c in claims for p in c["pairs"] if p["verdict"] in ("holds", "fails")
+               and p.get("margin") is not None and p["cell"] and p["reference"]]
+    pvals = [agg.pair_pvalue(p["margin"], sigma, p["cell"]["n"], p["reference"]["n"]) for _c, p in decided]
+    if not decided or any(v is None for v in pvals):
+        return {"decided": len(decided), "alpha": alpha, "kept": None, "lost": []}
+    adjusted = agg.holm([float(v) for v in pvals])
+    lost = [f"{cid}: {p['selector']}" for (cid, p), a in zip(decided, adjusted, strict=True) if a >= alpha]
+    return {"decided": len(decided), "alpha": alpha, "kept": len(decided) - len(lost), "lost": lost}
 
 
 def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], results_label: str,
@@ -92,12 +128,11 @@ def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], resu
     refs_version, ref_rows = references.load_references(references_file)
     built, joined = [], []
     groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)}
-    group_cells = {slug: agg.cells(g) for slug, g in groups.items()}
-    noises = agg.group_noises(frame, group_cells)
-    spreads = agg.machine_spreads(frame, repeats or [])
+    noises = agg.group_noises(frame, repeats=repeats or [])
+    group_cells = {slug: agg.cells(g, noises[slug]["curve_sigma"]) for slug, g in groups.items()}
     for slug, g in groups.items():
         c = group_cells[slug]
-        noise = {**noises[slug], "machine": spreads.get(slug)}
+        noise = {**noises[slug], "settle_threshold": agg.rnd(settle_threshold(noises[slug]["curve_sigma"]))}
         data = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noise, c)
         built.append(data)
         joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))

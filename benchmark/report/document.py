@@ -15,6 +15,7 @@ from benchmark.report.claims import claim_rule_text, claims_unrecorded, pair_tex
 from benchmark.report.collect import threads_text
 
 NOT_CONVERGED = "†"
+UNDERFITS_MARK = "§"
 OTHER_SET = "‡"
 
 
@@ -95,11 +96,20 @@ def protocol_legend(g: dict[str, Any]) -> str:
     return text + (f" Differs from the other groups in: {g['protocol_variant']}." if g["protocol_variant"] else "")
 
 
-def _convergence_rule(rules: dict[str, Any]) -> str:
-    return (f"{NOT_CONVERGED} = did not converge (final epoch more than {rules['rise_points']:g} points above each of "
-            f"the {rules['rise_window']} before it, train accuracy more than {rules['train_gap_points']:g} points below "
-            "plain training's on clean data (for a defense that selects an earlier epoch, the last epoch's), or a "
-            "diverged run): shown, never used as a verdict.")
+def _convergence_rule(rules: dict[str, Any], g: dict[str, Any]) -> str:
+    """The stability rule (benchmark.verdicts) with this table's numbers."""
+    noise = g["noise"]
+    t, cs = noise.get("settle_threshold"), noise.get("curve_sigma")
+    scale = (f"T = {rules['settle_points']:g} points + {rules['tie_sigmas']:g}σ√2 with the victim σ = {cs:.2f}, "
+             f"i.e. T = {t:.1f} points" if cs is not None else f"T = {rules['settle_points']:g} points (no σ measured)")
+    return (f"{NOT_CONVERGED} = not a verdict: *still rising* (final epoch more than T above each of the "
+            f"{rules['rise_window']} before it), *collapsed* (more than T below the peak of the last third of the "
+            f"schedule), *unstable* (the last {rules['rise_window'] + 1} epochs swing more than T down and up), *still "
+            f"learning* (train accuracy more than {rules['train_gap_points']:g} points below plain training's on clean "
+            f"data, for a defense that selects an earlier epoch the last epoch's, and the last {rules['flat_epochs']} "
+            f"epochs span more than T) or *diverged*; {scale}. Shown, never a verdict, worst case, claim cell or "
+            f"ranking input. {UNDERFITS_MARK} = underfits: the same fit gap with a flat end (converged at a high cost "
+            "in fit): a verdict, read against the defense's own clean cell (caveat `fit`).")
 
 
 def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
@@ -120,7 +130,8 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
             if e is None:
                 row.append("–")
                 continue
-            mark = ("" if e["converged"] else NOT_CONVERGED) + (OTHER_SET if other_sets(e.get("poison_sets")) else "")
+            mark = ("" if e["converged"] else NOT_CONVERGED) + (UNDERFITS_MARK if e.get("caveat") else "") \
+                + (OTHER_SET if other_sets(e.get("poison_sets")) else "")
             row.append(Cell(fmt(e["test_acc"]) + mark, _links(e["records"], e["seeds"])))
         rows.append(row)
     n_values = {e["test_acc"]["n"] for e in g["entries"]}
@@ -129,7 +140,7 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
              if any(other_sets(e.get("poison_sets")) for e in g["entries"]) else "")
     legend = (f"{_headline_text(g, tier)}; rows: defenses by family, columns: poisons (clean = "
               f"no poison). Lower = stronger poison, higher = better defense. {_seeds_text(n_values)} "
-              f"{_convergence_rule(rules)}{other} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
+              f"{_convergence_rule(rules, g)}{other} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
     return Table(["defense", *poisons], rows, legend)
 
 
@@ -157,8 +168,26 @@ def _status_note(e: dict[str, Any]) -> str:
     if e["not_run"]:
         parts.append(f"not run on {', '.join(e['not_run'])}")
     if e["not_converged"]:
-        parts.append(f"not converged on {', '.join(e['not_converged'])}")
+        labels = e.get("labels") or {}
+        parts.append("not a verdict on " + ", ".join(f"{x} ({labels[x]})" if labels.get(x) else x for x in e["not_converged"]))
     return "; ".join(parts) or "–"
+
+
+def _pareto_note(r: dict[str, Any], defense: str) -> str:
+    par = r.get("pareto") or {}
+    if defense in par.get("front", []):
+        return "front"
+    by = par.get("dominated", {}).get(defense)
+    return f"dominated by {', '.join(by[:2])}" + (f" +{len(by) - 2}" if len(by) > 2 else "") if by else "–"
+
+
+def _tie_text(noise: dict[str, Any]) -> str:
+    if noise["sigma"] is None:
+        return "No cell has several seeds, so the noise is not measured and only equal values tie."
+    return (f"Ranks within noise share a rank: a worst case less than {noise['tie_sigmas']:g} standard errors of "
+            f"the difference, {noise['tie_sigmas']:g}σ·√(1/n_a + 1/n_b) (σ = {noise['sigma']:.2f}, {_noise_source(noise)}; "
+            f"{margin_tolerance(noise['sigma'], 1, 1):.2f} points between two single runs), below the first of its run "
+            "of ties gets that one's rank.")
 
 
 def defense_ranking(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
@@ -166,41 +195,63 @@ def defense_ranking(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Tabl
     rows: list[list[Cell | str] | Section] = []
     for e in r["entries"]:
         rank = "ref" if e["status"] == "reference" else str(e["rank"]) if "rank" in e else "–"
-        rows.append([rank, e["defense"], fmt(e["clean"]), f"{e['cost']:+.1f}" if e["cost"] is not None else "–",
+        compute = f"{e['compute']:.2f}×" if e.get("compute") is not None else "–"
+        rows.append([rank, e["defense"], fmt(e["clean"]), f"{e['cost']:+.1f}" if e["cost"] is not None else "–", compute,
                      fmt(e["worst"]), e["worst_poison"] or "–", f"{e['mean']:.1f}" if e["mean"] is not None else "–",
-                     f"{e['covered']}/{e['total']}", _status_note(e)])
-    noise = g["noise"]
-    tie = (f"Ranks within noise share a rank: a worst case less than {noise['tie_sigmas']:g} standard errors of "
-           f"the difference, {noise['tie_sigmas']:g}σ·√(1/n_a + 1/n_b) (σ = {noise['sigma']:.2f}, the pooled "
-           f"seed-to-seed std of {_noise_source(noise)}; {margin_tolerance(noise['sigma'], 1, 1):.2f} points "
-           "between two single runs), below the first of its run of ties gets that one's rank."
-           if noise["sigma"] is not None else
-           "No cell has several seeds, so the noise is not measured and only equal values tie.")
+                     f"{e['covered']}/{e['total']}", _pareto_note(r, e["defense"]), _status_note(e)])
     legend = (f"Comparable poisons (K = {len(r['poisons'])}): {', '.join(r['poisons'])}. Worst case = lowest accuracy over "
-              "the converged cells of those poisons (k of K, column poisons); mean over the same cells. Cost = "
-              "clean accuracy minus plain training's. Ranked by worst case, higher = better. " + tie + " Not ranked: "
+              "the verdict cells of those poisons (k of K, column poisons; cells marked † in the matrix are never "
+              "used); mean over the same cells. Cost = clean accuracy minus plain training's; compute = training time "
+              "over plain training's on the same hardware (cost table). Pareto = on the front of (clean accuracy, worst "
+              "case), or dominated by the defenses named (at least as good on both, better on one; figure below). Ranked "
+              "by worst case, higher = better. " + _tie_text(g["noise"]) + " Not ranked: "
               f"`none` (reference), **fails on clean** (clean accuracy below {rules['fails_clean_fraction']:.0%} of plain "
-              "training's), **not converged** (its clean cell did not converge), **incomplete** (converged cells on fewer "
+              "training's), **not converged** (its clean cell is not a verdict), **incomplete** (verdict cells on fewer "
               f"than {rules['min_coverage']:.0%} of the comparable poisons). " + g["table_provenance"].get(tier, ""))
-    return Table(["rank", "defense", "clean", "cost", "worst case", "worst poison", "mean", "poisons", "note"],
-                 rows, legend, align="rlrrrlrrl")
+    return Table(["rank", "defense", "clean", "cost", "compute", "worst case", "worst poison", "mean", "poisons",
+                  "Pareto", "note"], rows, legend, align="rlrrrrlrrll")
+
+
+def _budget_text(b: dict[str, Any] | None) -> str:
+    if not b:
+        return "–"
+    m = {k: (v or {}).get("mean") for k, v in b["budget"].items()}
+    eps = f"L∞ {m['linf_255']:.0f}/255" if m.get("linf_255") is not None else ""
+    l2 = f"L2 {m['l2_mean']:.2f}" if m.get("l2_mean") is not None else ""
+    psnr = f"{m['psnr']:.1f} dB" if m.get("psnr") is not None else ""
+    ssim = f"SSIM {m['ssim']:.2f}" if m.get("ssim") is not None else ""
+    return f"{b['budget_type']}: " + ", ".join(x for x in (eps, l2, psnr, ssim) if x)
 
 
 def poison_ranking(g: dict[str, Any], rules: dict[str, Any]) -> Table:
     r = g["poison_ranking"]
+    budgets = {b["poison"]: b for b in g["poison_costs"]}
     rows: list[list[Cell | str] | Section] = []
+    cls = None
     for e in r["entries"]:
-        rows.append([str(e["rank"]) if "rank" in e else "–", e["poison"], fmt(e["worst"]), e["best_defense"] or "–",
-                     fmt(e["undefended"]), f"{e['drop']:.1f}" if e["drop"] is not None else "–",
-                     f"{e['covered']}/{e['total']}", _status_note(e)])
-    legend = ("Worst case of a poison = the highest accuracy any standard-tier defense recovers on a converged cell "
-              f"(defenses that fail or do not converge on clean data excluded; D = {len(r['defenses'])}: "
-              f"{', '.join(r['defenses'])}); lower = stronger poison. Drop = plain training's clean accuracy minus the "
-              "worst case. Same tie rule as the defense ranking; a poison run under fewer than "
-              f"{rules['min_coverage']:.0%} of D is **incomplete** and not ranked. "
-              + g["table_provenance"].get(rules["standard_tier"], ""))
-    return Table(["rank", "poison", "worst case", "best defense", "no defense", "drop", "defenses", "note"], rows,
-                 legend, align="rlrlrrrl")
+        if e.get("rank") is not None and e["class"] != cls:
+            cls = e["class"]
+            rows.append(Section(f"budget class: {cls}"))
+        elif e.get("rank") is None and cls != "":
+            cls = ""
+            rows.append(Section("not ranked"))
+        within = ", ".join(e["within_noise"]) if e.get("within_noise") else "–"
+        single = " (1 run)" if e["worst"] and e["worst"]["n"] == 1 else ""
+        rows.append([str(e["rank"]) if "rank" in e else "–", e["poison"], _budget_text(budgets.get(e["poison"])),
+                     fmt(e["worst"]) + single, e["best_defense"] or "–", within, fmt(e["undefended"]),
+                     f"{e['drop']:.1f}" if e["drop"] is not None else "–", f"{e['covered']}/{e['total']}", _status_note(e)])
+    legend = ("Ranked within budget classes (declared budget type and measured L∞: an L∞ poison moving pixels more than "
+              f"{rules['linf_small']:g}/255 is not in the 8/255 class; L2, L0 and unbounded/perceptual poisons answer other "
+              "threat models, so ranks never cross a class). Worst case of a poison = the highest accuracy any "
+              "standard-tier defense recovers on a verdict cell (defenses that fail or are not a verdict on clean data "
+              f"excluded; D = {len(r['defenses'])}: {', '.join(r['defenses'])}); lower = stronger poison. Within noise = "
+              "the other defenses whose cell is within the tie margin of the worst case (the best defense is one of "
+              "them, not a single winner); (1 run) = a single seed. Defenses = verdict cells of the D defenses (the rest "
+              "not run or not a verdict: note). Drop = plain training's clean accuracy minus the worst case. Same tie "
+              f"rule as the defense ranking; a poison with verdict cells under fewer than {rules['min_coverage']:.0%} of D "
+              "is **incomplete** and not ranked. " + g["table_provenance"].get(rules["standard_tier"], ""))
+    return Table(["rank", "poison", "budget", "worst case", "best defense", "within noise", "no defense", "drop",
+                  "defenses", "note"], rows, legend, align="rllrllrrrl")
 
 
 def highlight_items(h: dict[str, Any], within: float) -> list[str]:
@@ -212,13 +263,13 @@ def highlight_items(h: dict[str, Any], within: float) -> list[str]:
         out.append(f"**No effect** even without defense (within {within:g} points of clean): {', '.join(h['no_effect'])}.")
     if h["neutralised"]:
         out.append(f"**Neutralised** by a standard-tier defense (within {within:g} points of the same defense on clean "
-                   "data, converged cells): " + "; ".join(
+                   "data, verdict cells): " + "; ".join(
                        f"{n['poison']} by " + ", ".join(f"{b['defense']} ({b['acc']:.1f} vs {b['clean']:.1f})" for b in n["by"])
                        for n in h["neutralised"]) + ".")
     if h["standing"]:
         out.append("**Not neutralised by any standard-tier defense run:** " + "; ".join(
             f"{s['poison']} (closest: {s['closest']}, {s['acc']:.1f} vs {s['clean']:.1f} on clean data; {s['run']} of "
-            f"{s['usable']} usable defenses run and converged)" for s in h["standing"]) + ".")
+            f"{s['usable']} usable defenses run with a verdict cell)" for s in h["standing"]) + ".")
     if h["costly"]:
         out.append(f"**Costly on clean data** (more than {within:g} points below plain training): "
                    + ", ".join(f"{c['defense']} {c['cost']:+.1f}" for c in h["costly"]) + ".")
@@ -232,25 +283,38 @@ def claims_table(g: dict[str, Any]) -> Table | None:
     unrecorded = claims_unrecorded(g)
     rows: list[list[Cell | str] | Section] = []
     for c in (c for c in g["claims"] if c not in unrecorded):
-        cells = "; ".join(pair_text(p) for p in c["pairs"])
+        cells = "; ".join(pair_text(p) + (f" ({p['why']})" if p.get("why") else "") for p in c["pairs"])
         records = [(f"{p['selector']}", r) for p in c["pairs"] if p["cell"] for r in p["cell"]["records"]]
         rows.append([c["claim"], c["source"], c["test"], Cell(cells, records), f"**{c['verdict']}**"])
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
-              + claim_rule_text(noise) + " Cells that did not converge, or whose "
-              "reference did not, are never a verdict. A claim fails if one of its cells fails, is within noise if one "
+              + claim_rule_text(noise) + " Cells that are not a verdict (stability rule in the matrix legend), or whose "
+              "reference is not, are never a verdict; an underfitting cell is one, with its caveat. A claim fails if one of its cells fails, is within noise if one "
               "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
               "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
     if not rows:
         return None
+    legend += " " + multiplicity_text(g.get("multiplicity"))
     if unrecorded:
         legend += " " + unrecorded_text(unrecorded)
     return Table(["claim", "source", "test", "our cells", "verdict"], rows, legend, align="lllpl")
 
 
+def multiplicity_text(m: dict[str, Any] | None) -> str:
+    """How the table handles multiplicity: Holm across its decided cells (build.multiplicity)."""
+    if not m or not m["decided"]:
+        return "Multiplicity: no cell is decided, so there is nothing to correct."
+    if m["kept"] is None:
+        return "Multiplicity: not corrected (no σ measured)."
+    lost = f": {'; '.join(m['lost'])} would be within noise after it" if m["lost"] else ""
+    return (f"Multiplicity: each cell is tested at about 5 % (two-sided, 2σ); across this table's {m['decided']} decided "
+            f"cells, Holm's correction at family-wise α = {m['alpha']:g} keeps {m['kept']} of them decided{lost}.")
+
+
 def _noise_source(noise: dict[str, Any]) -> str:
     borrowed = noise.get("borrowed_from")
-    return f"{borrowed}, borrowed: every cell of this table is a single run" if borrowed else "this table"
+    where = f"borrowed from {borrowed}: every cell of this table is a single run" if borrowed else "this table"
+    return f"the {noise.get('source') or 'pooled'} σ of {where}, the largest measured source (caveat `noise`)"
 
 
 def cost_tables(g: dict[str, Any]) -> list[Table]:
@@ -356,7 +420,7 @@ def references_table(data: dict[str, Any]) -> Table:
                  "comparable only with the same dataset (from a source comparable to papers), model, epochs and "
                  "protocol preset, and then shows ours minus the paper's; otherwise it is greyed (italics here) and "
                  "marked different, with what differs, and no difference is computed. Papers' protocols: "
-                 + "; ".join(protocols) + f" (`paper` = this benchmark's paper preset). {NOT_CONVERGED} = did not converge.",
+                 + "; ".join(protocols) + f" (`paper` = this benchmark's paper preset). {NOT_CONVERGED} = not a verdict (stability rule in the matrix legend).",
                  align="llrrll")
 
 

@@ -5,7 +5,7 @@ Every table of the leaderboard is a groupby / pivot of this frame, and ``bench r
 Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
 model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
-test_acc, peak_test_acc, peak_epoch, train_acc, fit_acc, final_rise, diverged, steps, training_s, training_cpu_s, evaluation_s,
+test_acc, peak_test_acc, peak_epoch, train_acc, fit_acc, final_rise, test_curve, diverged, steps, training_s, training_cpu_s, evaluation_s,
 wall_s, device, cpu, threads, hardware, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
 psnr, ssim, num_poisoned, poison_digest, poison_set, per_epoch_eval, backbone, and ``defense.<key>`` for each numeric
 metric a defense reports.
@@ -52,6 +52,11 @@ def final_rise(per_epoch: Any) -> float | None:
     if len(accs) <= RISE_WINDOW:
         return None
     return round(accs[-1] - max(accs[-1 - RISE_WINDOW:-1]), 4)
+
+
+def test_curve(per_epoch: Any) -> str:
+    """The per-epoch test accuracies as a JSON list (the stability rules of :mod:`benchmark.verdicts` read it)."""
+    return canonical_json([v for e in per_epoch or [] if isinstance(e, dict) and (v := num(e.get("test_acc"))) is not None])
 
 
 def hardware(env: dict[str, Any]) -> str:
@@ -190,6 +195,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
         "test_acc": num(metrics.get("test_acc")), "peak_test_acc": num(metrics.get("peak_test_acc")),
         "peak_epoch": num(metrics.get("peak_epoch")), "train_acc": num(metrics.get("train_acc")),
         "fit_acc": fit_acc(metrics), "final_rise": final_rise(metrics.get("per_epoch")), "diverged": bool(metrics.get("diverged")),
+        "test_curve": test_curve(metrics.get("per_epoch")),
         "steps": num(training.get("steps")) if training else None,
         "training_s": num(timings.get("training")), "training_cpu_s": num(timings.get("training_cpu")),
         "evaluation_s": num(timings.get("evaluation")),

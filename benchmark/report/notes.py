@@ -21,6 +21,7 @@ import pandas as pd
 
 from benchmark.records import REPEATS
 from benchmark.report import aggregate as agg
+from benchmark.report.collect import CLEAN as CLEAN_LABEL
 from benchmark.report.collect import (
     STANDARD_TIER,
     dataset_sources,
@@ -71,28 +72,49 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
     bad = c[~c["converged"]] if not c.empty else c
     if not bad.empty:
         cells = "; ".join(f"{d} on {p}: {row['not_converged']}" for (p, d), row in bad.sort_index(level=1).iterrows())
-        out.append({"topic": "convergence", "text": f"{len(bad)} cells did not converge (rule in the matrix legend) and "
-                    f"are never used as a verdict (rankings, worst cases, claims): {cells}."})
-    if noise.get("borrowed_from"):
-        out.append({"topic": "noise", "text": f"Every cell of this table is a single run; its noise scale is borrowed "
-                    f"from {noise['borrowed_from']} (same dataset, model and preset): pooled σ = {noise['sigma']:.2f} "
-                    f"points over its {noise['cells']} multi-seed cells."})
-    elif noise["sigma"] is not None:
-        out.append({"topic": "noise", "text": f"Seed-to-seed spread measured on the {noise['cells']} cells run with "
-                    f"several seeds: median std {noise['median_std']:.2f}, max {noise['max_std']:.2f}, pooled "
-                    f"σ = {noise['sigma']:.2f} points; single-run cells carry that much noise."})
-    else:
-        out.append({"topic": "noise", "text": "Every cell is a single run: the seed-to-seed spread is not measured."})
-    if noise.get("machine"):
-        out.append({"topic": "noise", "text": machine_text(noise["machine"])})
+        out.append({"topic": "stability", "text": f"{len(bad)} cells are not a verdict (rule in the matrix legend): shown, "
+                    f"never a verdict, a worst case, a claim cell or a ranking input: {cells}."})
+    under = c[c["caveat"] != ""] if not c.empty else c
+    if not under.empty:
+        cells = "; ".join(f"{d} on {p} ({row['mean']:.1f}" + (f" vs its own clean cell {c.loc[(CLEAN_LABEL, d), 'mean']:.1f}"
+                          if (CLEAN_LABEL, d) in c.index and p != CLEAN_LABEL else "") + f"): {row['caveat']}"
+                          for (p, d), row in under.sort_index(level=1).iterrows())
+        out.append({"topic": "fit", "text": f"{len(under)} cells converged at a high cost in fit (a verdict, with this "
+                    "caveat): the defense keeps the model from fitting its training set, so its cells say how much of the "
+                    f"defense's own clean accuracy survives the poison, not that the poison is defeated: {cells}."})
+    out += noise_notes(noise)
     envs = sorted({d + (f" {cpu}" if cpu else "") + (f" {threads_text([int(t)])}" if not pd.isna(t) else "")
                    for d, cpu, t in zip(g["device"], g["cpu"], g["threads"], strict=True)})
     out.append({"topic": "hardware", "text": "Runs made on: " + ", ".join(envs) + " (record environment)."})
     return out
 
 
+def noise_notes(noise: dict[str, Any]) -> list[dict[str, str]]:
+    """σ by random source (:mod:`benchmark.report.noise`), which one the verdicts use, and the machine spread."""
+    from benchmark.report.noise import SOURCES
+
+    src = noise.get("sources") or {}
+    parts = []
+    for s in SOURCES:
+        v = src.get(s)
+        if v and v.get("sigma") is not None:
+            parts.append(f"{s} σ = {v['sigma']:.2f} over {v['cells']} {'pairs' if s == 'machine' else 'cells'}")
+        else:
+            parts.append(f"{s}: not measured")
+    where = f" (borrowed from {noise['borrowed_from']}: every cell of this table is a single run)" if noise.get("borrowed_from") else ""
+    used = (f"Verdicts use σ = {noise['sigma']:.2f} ({noise['source']}), the largest measured on at least "
+            f"{noise['min_cells']} cells" if noise.get("sigma") is not None else "No σ is measured: verdicts use the sign alone")
+    out = [{"topic": "noise", "text": "Noise by random source" + where + ": " + "; ".join(parts) + ". victim = seeds of one "
+            "poisoned set (init, batch order); poison instance = runs on other keys or bytes of one poison config; "
+            "machine = one config and seed on two machines (σ = rms(Δ)/√2). " + used
+            + (f"; {noise['caveat']}" if noise.get("caveat") else "") + "."}]
+    if noise.get("machine"):
+        out.append({"topic": "noise", "text": machine_text(noise["machine"])})
+    return out
+
+
 def machine_text(m: dict[str, Any]) -> str:
-    """The machine-to-machine spread (:func:`aggregate.machine_spreads`) in one sentence."""
+    """The machine-to-machine spread (:func:`noise.machine_spreads`) in one sentence."""
     n = m["cells"]
     return (f"Machine-to-machine spread measured on {n} cell{'' if n == 1 else 's'} run on two machines "
             f"({'; '.join(m['machines'])}), same config and seed, each machine making its own poison and backbone "

@@ -53,6 +53,8 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
         out += [Heading(3, f"Tier {tier}: {data['tiers'][tier]}"), doc.matrix(g, tier, rules)]
     if std in tiers:
         out += [Heading(3, "Defenses ranked by worst case (standard tier)"), doc.defense_ranking(g, std, rules)]
+        if "pareto" in gp:
+            out.append(Image(gp["pareto"], "worst case vs clean accuracy per defense, Pareto front marked"))
         if g.get("poison_ranking"):
             out += [Heading(3, "Poisons ranked by worst case (standard tier)"), doc.poison_ranking(g, rules)]
     for tier in (t for t in tiers if t != std):

@@ -102,7 +102,9 @@ def plot_summary(g: dict[str, Any], path: Path) -> Path | None:
                            label="that defense on clean data" if i == 0 else None)
             ax.annotate(f"{r['best_defense']} ({r['covered']}/{r['total']} defenses run)", (best, i), xytext=(0, 7),
                         textcoords="offset points", ha="center", fontsize=8, color="#1e6e1e")
-    ax.set_yticks(range(len(rows)), rows)
+    budgets = {b["poison"]: b for b in g.get("poison_costs") or []}
+    ax.set_yticks(range(len(rows)), [f"{p}\n{budget_label(budgets.get(p), ranking[p].get('class'))}" for p in rows],
+                  fontsize=8)
     ax.set_ylim(len(rows) - 0.4, -0.8)
     ax.set_xlim(0, 100)
     ax.set_xlabel("clean test accuracy (%)")
@@ -114,9 +116,65 @@ def plot_summary(g: dict[str, Any], path: Path) -> Path | None:
     return save(fig, path)
 
 
+def budget_label(b: dict[str, Any] | None, cls: str | None) -> str:
+    """A poison's budget in a few words for a figure: class, L-inf, PSNR, SSIM."""
+    if not b:
+        return cls or ""
+    m = {k: (v or {}).get("mean") for k, v in b["budget"].items()}
+    parts = [cls or b["budget_type"]]
+    if m.get("linf_255") is not None and not parts[0].startswith("L∞ ≤"):
+        parts.append(f"L∞ {m['linf_255']:.0f}/255")
+    if m.get("psnr") is not None:
+        parts.append(f"{m['psnr']:.1f} dB")
+    if m.get("ssim") is not None:
+        parts.append(f"SSIM {m['ssim']:.2f}")
+    return ", ".join(parts)
+
+
+def plot_pareto(g: dict[str, Any], tier: str, path: Path) -> Path | None:
+    """Worst case vs clean accuracy of the defenses of one tier, the Pareto front joined and labelled,
+    dominated defenses hollow; the reference (plain training) as a cross."""
+    r = (g.get("rankings") or {}).get(tier)
+    if not r:
+        return None
+    points = [e for e in r["entries"] if e["clean"] and e["worst"] and e["status"] in ("ranked", "incomplete", "reference")]
+    if len(points) < 2:
+        return None
+    plt, _sns = pyplot()
+    front = set(r.get("pareto", {}).get("front", []))
+    fig, ax = plt.subplots(figsize=(8.0, 6.0))
+    xs = sorted((e["clean"]["mean"], e["worst"]["mean"]) for e in points if e["defense"] in front)
+    if len(xs) > 1:
+        ax.plot([x for x, _ in xs], [y for _, y in xs], color="#2ca02c", linewidth=1.5, zorder=1, label="Pareto front")
+    placed: list[tuple[float, float]] = []
+    for e in sorted(points, key=lambda e: (e["worst"]["mean"], e["clean"]["mean"])):
+        x, y = e["clean"]["mean"], e["worst"]["mean"]
+        on = e["defense"] in front
+        crowd = sum(abs(x - px) < 3.0 and abs(y - py) < 1.5 for px, py in placed)  # stack labels of close points
+        placed.append((x, y))
+        if e["status"] == "reference":
+            ax.scatter([x], [y], marker="x", color="#555", s=60, zorder=3)
+        else:
+            ax.scatter([x], [y], s=55, zorder=3, color="#2ca02c" if on else "none",
+                       edgecolors="#2ca02c" if on else "#888", linewidths=1.4)
+        label = e["defense"] + (" (incomplete)" if e["status"] == "incomplete" else "")
+        ax.annotate(label, (x, y), xytext=(4, 4 + 10 * crowd), textcoords="offset points", fontsize=7.5,
+                    arrowprops={"arrowstyle": "-", "color": "#aaa", "linewidth": 0.6} if crowd else None,
+                    color="#1e6e1e" if on else "#555")
+    ax.scatter([], [], s=55, color="#2ca02c", label="on the front")
+    ax.scatter([], [], s=55, color="none", edgecolors="#888", label="dominated")
+    ax.scatter([], [], marker="x", color="#555", label="plain training (reference)")
+    ax.set_xlabel("clean accuracy of the defense (%)  — higher = cheaper on clean data")
+    ax.set_ylabel("worst case over the poisons (%)  — higher = better")
+    ax.set_title(wrap(f"{g['title']} — tier {tier}: worst case vs clean accuracy per defense (verdict cells only); "
+                      "a defense is dominated when another is at least as good on both", 80), fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    return save(fig, path)
+
+
 def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
-    """Defenses (rows, tiers after the standard one) x poisons; † and a box = did not converge, ‡ = another
-    poisoned set than the column's no-defense cell."""
+    """Defenses (rows, tiers after the standard one) x poisons; † and a box = not a verdict, § = underfits,
+    ‡ = another poisoned set than the column's no-defense cell."""
     plt, sns = pyplot()
     import numpy as np
 
@@ -133,7 +191,8 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
             if e is not None:
                 data[i, j] = e["test_acc"]["mean"]
                 other = bool(other_sets(e.get("poison_sets")))
-                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + ("‡" if other else "")
+                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + \
+                    ("§" if e.get("caveat") else "") + ("‡" if other else "")
                 marked_other = marked_other or other
                 if not e["converged"]:
                     bad.append((i, j))
@@ -157,7 +216,8 @@ def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
     own = any(not d["final_epoch"] for d in defenses)
     ax.set_title(wrap(f"{g['title']} — clean test accuracy (%), final epoch"
                       + (" (* = the defense's own headline, e.g. a vote or a chosen epoch)" if own else "")
-                      + "; grey = not run; † orange box = did not converge (never a verdict)"
+                      + "; grey = not run; † orange box = not a verdict (still rising, collapsed, unstable, still "
+                      "learning or diverged); § = underfits (a verdict with a caveat)"
                       + ("; ‡ = another poisoned set than the column's no-defense cell" if marked_other else "")
                       + "; rows below the white line use extra data", 75), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
@@ -261,6 +321,8 @@ def make_plots(g: dict[str, Any], records: dict[str, dict[str, Any]], plots_dir:
         if (p := plot_summary(g, Path(f"{stem}-summary.png"))) is not None:
             out["summary"] = p
         out["heatmap"] = plot_heatmap(g, standard, Path(f"{stem}-heatmap.png"))
+        if (p := plot_pareto(g, standard, Path(f"{stem}-pareto.png"))) is not None:
+            out["pareto"] = p
         if (p := plot_curves(g, records, Path(f"{stem}-curves.png"))) is not None:
             out["curves"] = p
     if (p := plot_ratio(g, Path(f"{stem}-ratio.png"))) is not None:

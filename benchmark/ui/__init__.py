@@ -191,6 +191,24 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
     return table
 
 
+def show_page_status(console: Console, results: Any, record: str, baseline: str | None = None) -> None:
+    """How the leaderboard reads this run (and its clean baseline): tier and stability label with the reason
+    (the page's rule, computed on every record of the results folder), one line per run and cell."""
+    from benchmark.report.status import record_status, status_text
+
+    for what, path in (("this run", record), ("its clean baseline", baseline)):
+        try:
+            st = record_status(results, path) if path else None
+        except BenchError:
+            st = None
+        if st is None:
+            continue
+        console.print(f"leaderboard: tier {st['tier']}; {what}: {status_text(st['label'], st['reason'])}")
+        if st.get("cell") and len(st.get("seeds", [])) > 1:
+            console.print(f"leaderboard cell {st['cell']} (seeds {', '.join(map(str, st['seeds']))}): "
+                          f"{status_text(st['cell_label'], st['cell_reason'])}")
+
+
 @contextlib.contextmanager
 def poison_progress(console: Console, name: str) -> Iterator[Any]:
     live = console.is_terminal

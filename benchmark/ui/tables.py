@@ -118,14 +118,16 @@ def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
         sigma = g["noise"]["sigma"]
         borrowed = g["noise"].get("borrowed_from")
         source = f", borrowed from {borrowed}: every cell here is a single run" if borrowed else ""
-        scale = f"seed-to-seed σ {sigma:.2f} points{source}; ± = the margin a verdict needs" if sigma is not None \
-            else "no seed-to-seed spread measured"
+        kind = {"poison instance": "poison-instance", "machine": "machine-to-machine"}.get(g["noise"].get("source"),
+                                                                                             "seed-to-seed")
+        scale = (f"{kind} σ {sigma:.2f} points, the largest measured source{source}; ± = the margin a verdict needs"
+                 if sigma is not None else "no seed-to-seed spread measured")
         table = Table(title=f"{g['title']} ({scale})", show_lines=True, title_justify="left")
         for col in ("claim", "test", "our cells (seeds)", "verdict"):
             table.add_column(col, overflow="fold")
         unrecorded = claims_unrecorded(g)
         for c in (c for c in g["claims"] if c not in unrecorded):
-            cells = "\n".join(pair_text(p) for p in c["pairs"])
+            cells = "\n".join(pair_text(p) + (f"\n[dim]  ({p['why']})[/dim]" if p.get("why") else "") for p in c["pairs"])
             table.add_row(f"{c['claim']}\n[dim]{c['source']}[/dim]", c["test"], cells, c["verdict"])
         if table.row_count:
             console.print(table)
