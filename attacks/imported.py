@@ -108,7 +108,7 @@ class ImportParams:
         if self.indices:
             if kind == "npz":
                 raise imp.fail(path, "an npz carries its own poisoned_indices; leave out --poison-param indices")
-            imp.file_kind(Path(self.indices).expanduser())
+            imp.check_index_file(Path(self.indices).expanduser())
 
 
 @dataclass
@@ -191,8 +191,8 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
         """PNG folders: names, headers and labels of every file checked; only the run's rows decoded."""
         files = content.pngs or {}
         flat = content.kind == "png-flat"
-        size = (rows.split_size if rows is not None and rows.split_size != len(clean) else len(clean)) if flat \
-            else content.count
+        whole = rows is not None and (flat or len(files) == rows.split_size or max(files) >= len(clean))
+        size = rows.split_size if whole and rows is not None else len(clean)  # rows of the split, or of the run
         ref = imp.reference(path, size, clean, rows)
         outside = [i for i in files if not 0 <= i < size]
         if outside:

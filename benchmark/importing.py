@@ -136,20 +136,27 @@ def as_labels(path: Path, labels: object) -> torch.Tensor:
     return y.to(torch.long)
 
 
+def check_index_file(path: Path) -> None:
+    """An index file exists and is a .npy, .pt/.pth or .txt (a pickle gets the conversion one-liner)."""
+    if not path.exists() or path.suffix.lower() in (".pkl", ".pickle"):
+        file_kind(path)
+    if path.suffix.lower() not in (".npy", ".pt", ".pth", ".txt"):
+        raise fail(path, "an index file is a .npy, .pt or .txt of row numbers")
+
+
 def read_indices(path: Path) -> torch.Tensor:
     """A partial poison's index file (.npy, .pt or whitespace-separated .txt): 1-D integer row numbers."""
-    kind = file_kind(path)
-    if kind == "npy":
-        idx = torch.from_numpy(np.array(read_npy(path)))
-    elif kind == "pt":
-        idx, _ = read_pt(path)
-    elif path.suffix.lower() == ".txt":
+    check_index_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        idx = torch.from_numpy(np.array(read_npy(path)))  # a copy: the memory map is read-only
+    elif suffix == ".txt":
         try:
             idx = torch.from_numpy(np.loadtxt(path, dtype=np.int64, ndmin=1))
         except ValueError as exc:
             raise fail(path, f"an index file holds whole numbers: {exc}") from None
     else:
-        raise fail(path, "an index file is a .npy, .pt or .txt of row numbers")
+        idx, _ = read_pt(path)
     if idx.dim() != 1 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
         raise fail(path, f"indices must be 1-D integers, got {idx.dtype} of shape {tuple(idx.shape)}")
     return idx.to(torch.long)
@@ -248,7 +255,7 @@ def images_uint8(path: Path, x: object, rows: torch.Tensor) -> torch.Tensor:
     for lo in range(0, len(rows), CHUNK):
         sel = rows[lo:lo + CHUNK]
         part = x[sel.numpy()] if isinstance(x, np.ndarray) else x[sel]
-        parts.append(torch.as_tensor(np.ascontiguousarray(part)) if isinstance(part, np.ndarray) else part)
+        parts.append(torch.from_numpy(np.array(part)) if isinstance(part, np.ndarray) else part)
     dtype = parts[0].dtype if parts else torch.uint8
     if dtype == torch.uint8:
         return torch.cat(parts) if parts else out
@@ -410,7 +417,7 @@ NOISE_FORMATS = ("em", "em-signed", "rem")
 
 def check_noise(path: Path, noise: object, fmt: str) -> torch.Tensor:
     """The whole noise tensor's dtype and range for ``fmt``, as a torch tensor."""
-    t = torch.as_tensor(np.asarray(noise)) if isinstance(noise, np.ndarray) else noise
+    t = torch.from_numpy(np.array(noise)) if isinstance(noise, np.ndarray) else noise  # a copy of the memory map
     if fmt == "rem":
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise fail(path, f"REM noise is int8 grey levels (round(255 * delta)), got {t.dtype}; a float noise in [0, 1] "
