@@ -131,6 +131,7 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
     def __init__(self, params: Any) -> None:
         super().__init__(params)
         self._identity: dict[str, Any] | None = None
+        self._validated: tuple[tuple[Any, ...], Loaded] | None = None  # (images validated, result)
 
     @property
     def path(self) -> Path:
@@ -147,8 +148,13 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
 
     def validate(self, train: ImageSet, rows: SplitRows | None = None) -> None:
         """Every check of the file against the clean training set, without training (``bench run``
-        calls it when the run is prepared, before the clean baseline)."""
-        self.load(train, rows)
+        calls it when the run is prepared, before the clean baseline). The result is kept for the
+        ``generate`` of the same images, so the file is read once per run."""
+        self._validated = (self._key(train, rows), self.load(train, rows))
+
+    @staticmethod
+    def _key(train: ImageSet, rows: SplitRows | None) -> tuple[Any, ...]:
+        return (train.x.data_ptr(), tuple(train.x.shape), None if rows is None else (rows.split_size, rows.indices.data_ptr()))
 
     def load(self, clean: ImageSet, rows: SplitRows | None = None) -> Loaded:
         path, p = self.path, self.params
@@ -241,7 +247,10 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
         return Loaded(x, None if marked is None else sel, info)
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
-        loaded = self.load(train, ctx.split_rows)
+        key, loaded = self._validated or (None, None)
+        self._validated = None
+        if loaded is None or key != self._key(train, ctx.split_rows):
+            loaded = self.load(train, ctx.split_rows)
         x, declared = loaded.x, loaded.declared
         clean = train.x.cpu()
         other = self.params.clean_reference == "other"

@@ -246,35 +246,40 @@ def layout_nchw(path: Path, x: object, shape: tuple[int, int, int], what: str = 
     raise fail(path, f"holds {what} of shape {tuple(x.shape)}; expected N x {c} x {h} x {w} or N x {h} x {w} x {c}")
 
 
+def _rows_chunk(x: object, sel: torch.Tensor) -> torch.Tensor:
+    part = x[sel.numpy()] if isinstance(x, np.ndarray) else x[sel]
+    return torch.from_numpy(np.array(part)) if isinstance(part, np.ndarray) else part
+
+
 def images_uint8(path: Path, x: object, rows: torch.Tensor) -> torch.Tensor:
     """The file's images at ``rows`` (N x C x H x W) as uint8: stored uint8, float in [0, 1] (rounded to
     grey levels), or float holding whole grey levels 0..255 (TAP's --save numpy keeps uint8 pixels as
-    float64). The scale is read from all those rows at once; a bad value is reported by its file row."""
+    float64). A float file is read twice in chunks (its scale from all rows, then converted), so a 1.2 GB
+    memory-mapped export is never in memory at once; a bad value is reported by its file row."""
     out = torch.empty((len(rows), *x.shape[1:]), dtype=torch.uint8)
-    parts = []
-    for lo in range(0, len(rows), CHUNK):
-        sel = rows[lo:lo + CHUNK]
-        part = x[sel.numpy()] if isinstance(x, np.ndarray) else x[sel]
-        parts.append(torch.from_numpy(np.array(part)) if isinstance(part, np.ndarray) else part)
-    dtype = parts[0].dtype if parts else torch.uint8
+    starts = range(0, len(rows), CHUNK)
+    dtype = _rows_chunk(x, rows[:1]).dtype if len(rows) else torch.uint8
     if dtype == torch.uint8:
-        return torch.cat(parts) if parts else out
+        for lo in starts:
+            out[lo:lo + CHUNK] = _rows_chunk(x, rows[lo:lo + CHUNK])
+        return out
     if not dtype.is_floating_point:
         raise fail(path, f"images are {dtype}; expected uint8, float in [0, 1], or float grey levels 0..255")
     lo_v, hi_v, whole = float("inf"), float("-inf"), True
-    for at, part in zip(range(0, len(rows), CHUNK), parts, strict=True):
+    for lo in starts:
+        part = _rows_chunk(x, rows[lo:lo + CHUNK])
         bad = ~torch.isfinite(part).flatten(1).all(1)
         if bool(bad.any()):
-            raise fail(path, f"file row {int(rows[at + int(bad.nonzero()[0])])} holds NaN or inf")
+            raise fail(path, f"file row {int(rows[lo + int(bad.nonzero()[0])])} holds NaN or inf")
         lo_v, hi_v = min(lo_v, float(part.min())), max(hi_v, float(part.max()))
         whole = whole and bool((part == part.round()).all())
     unit = lo_v >= 0.0 and hi_v <= 1.0
     if not unit and (lo_v < 0.0 or hi_v > 255.0 or not whole):
         raise fail(path, f"float images must lie in [0, 1] or hold whole grey levels 0..255 (TAP --save numpy); "
                          f"found values in [{lo_v:g}, {hi_v:g}]{'' if whole else ', not whole numbers'}")
-    for at, part in zip(range(0, len(rows), CHUNK), parts, strict=True):
-        levels = torch.round(part.to(torch.float64) * 255.0) if unit else part
-        out[at:at + len(part)] = levels.to(torch.uint8)
+    for lo in starts:
+        part = _rows_chunk(x, rows[lo:lo + CHUNK])
+        out[lo:lo + CHUNK] = (torch.round(part.to(torch.float64) * 255.0) if unit else part).to(torch.uint8)
     return out
 
 
