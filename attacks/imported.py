@@ -29,7 +29,7 @@ what the path holds               who publishes it, and how it is read
 Error-minimizing repositories publish the noise, not the images: ``noise=FORMAT`` reads PATH (a
 ``.pt`` or ``.npy``) as a perturbation, sample-wise (one row per image) or class-wise (one row per
 class, indexed by the clean label), N x C x H x W or N x H x W x C, and adds it to the clean set as
-that repository's dataset code does (:data:`benchmark.importing.NOISE_KERNELS`):
+that repository's dataset code does (:data:`benchmark.importing.NOISE_FORMATS`):
 
 * ``em``: HanxunH/Unlearnable-Examples' ``perturbation.pt`` (float, [-eps, eps] in [0, 1] pixel units)
   as its ``PoisonCIFAR10`` adds it: ``noise * 255`` clamped to [0, 255] in float32 (negative noise is
@@ -242,8 +242,9 @@ class Imported(Poison[ImportParams], budget_type="unbounded"):
         per_image = noise[ref.run_rows[sel]] if samplewise else noise[clean.y.cpu()[sel]]
         x = clean.x.cpu().clone()
         x[sel] = imp.add_noise(x[sel], per_image, fmt)
+        largest = float(noise.to(torch.float64).abs().max()) * imp.NOISE_FORMATS[fmt].unit
         info = {"format": f"noise-{fmt}", "noise": "sample-wise" if samplewise else "class-wise",
-                "file_images": content.count, "noise_max_255": round(float(noise.to(torch.float64).abs().max()) * (1 if fmt == "rem" else 255), 3)}
+                "file_images": content.count, "noise_max_255": round(largest, 3)}
         return Loaded(x, None if marked is None else sel, info)
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:

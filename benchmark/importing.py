@@ -11,6 +11,7 @@ the file and, where it is about one image, its file row.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,20 +418,8 @@ def check_clean_rows(path: Path, x_checked: torch.Tensor, ref: Reference, marked
 
 # ------------------------------------------------------------------------------------ published noise
 
-NOISE_FORMATS = ("em", "em-signed", "rem")
-
-
-def check_noise(path: Path, noise: object, fmt: str) -> torch.Tensor:
-    """The whole noise tensor's dtype and range for ``fmt``, as a torch tensor."""
-    t = torch.from_numpy(np.array(noise)) if isinstance(noise, np.ndarray) else noise  # a copy of the memory map
-    if fmt == "rem":
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise fail(path, f"REM noise is int8 grey levels (round(255 * delta)), got {t.dtype}; a float noise in [0, 1] "
-                             f"pixel units is EM's format: noise=em")
-        lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
-        if lo < -128 or hi > 127:
-            raise fail(path, f"REM noise is int8 grey levels; found values in [{lo}, {hi}]")
-        return t
+def check_float_noise(path: Path, t: torch.Tensor) -> None:
+    """EM's perturbation.pt: float, finite, in [0, 1] pixel units (|noise| <= 1, e.g. 8/255)."""
     if not t.dtype.is_floating_point:
         raise fail(path, f"EM noise is float in [0, 1] pixel units (perturbation.pt), got {t.dtype}; int8 grey levels "
                          f"are REM's format: noise=rem")
@@ -440,37 +429,61 @@ def check_noise(path: Path, noise: object, fmt: str) -> torch.Tensor:
     if lo < -1.0 or hi > 1.0:
         raise fail(path, f"EM noise is in [0, 1] pixel units (|noise| <= 1, e.g. 8/255); found values in "
                          f"[{lo:g}, {hi:g}]; grey-level noise is REM's format: noise=rem")
-    return t
 
 
-def _add_em(x: torch.Tensor, noise: torch.Tensor, low: float) -> torch.Tensor:
+def check_level_noise(path: Path, t: torch.Tensor) -> None:
+    """REM's noise: integer grey levels round(255 * delta) in the int8 range."""
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise fail(path, f"REM noise is int8 grey levels (round(255 * delta)), got {t.dtype}; a float noise in [0, 1] "
+                         f"pixel units is EM's format: noise=em")
+    lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+    if lo < -128 or hi > 127:
+        raise fail(path, f"REM noise is int8 grey levels; found values in [{lo}, {hi}]")
+
+
+def add_em(x: torch.Tensor, noise: torch.Tensor, low: float) -> torch.Tensor:
     n255 = noise.to(torch.float32).mul(255).clamp_(low, 255)
     return (x.to(torch.float32) + n255).clamp_(0, 255).to(torch.uint8)
 
 
-def _add_levels(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def add_levels(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.int16) + noise.to(torch.int16)).clamp_(0, 255).to(torch.uint8)
 
 
-#: each repository's arithmetic for adding its published noise to the clean uint8 images:
-#: ``em`` (HanxunH/Unlearnable-Examples, ``PoisonCIFAR10``): float32 ``noise * 255`` clamped to [0, 255]
-#: (negative noise becomes 0: that repository's issue #13), added to the float32 image, clipped to
-#: [0, 255], cast to uint8 (truncation); ``em-signed``: the same with the noise clamped to [-255, 255]
-#: (how AR's ``UnlearnablePoison`` reads EM's perturbation.pt, and what #13 says was meant); ``rem``
-#: (fshp971/robust-unlearnable-examples and SEM, ``utils/generic.py``): int8 levels added in int16,
-#: clipped to [0, 255], cast to uint8
-NOISE_KERNELS = {
-    "em": lambda x, n: _add_em(x, n, 0.0),
-    "em-signed": lambda x, n: _add_em(x, n, -255.0),
-    "rem": _add_levels,
+@dataclass(frozen=True)
+class NoiseFormat:
+    """How a repository publishes its noise (``check``) and how its dataset code adds it to the clean
+    uint8 images (``add``); ``unit``: grey levels per unit of the stored noise."""
+
+    check: Callable[[Path, torch.Tensor], None]
+    add: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    unit: float
+
+
+NOISE_FORMATS = {
+    # HanxunH/Unlearnable-Examples, dataset.py PoisonCIFAR10: float32 noise * 255 clamped to [0, 255] (negative
+    # noise becomes 0: that repository's issue #13), added to the float32 image, clipped, cast to uint8 (truncation)
+    "em": NoiseFormat(check_float_noise, lambda x, n: add_em(x, n, 0.0), 255.0),
+    # the same noise clamped to [-255, 255]: how AR's UnlearnablePoison reads EM's perturbation.pt, and what #13
+    # says was meant
+    "em-signed": NoiseFormat(check_float_noise, lambda x, n: add_em(x, n, -255.0), 255.0),
+    # fshp971/robust-unlearnable-examples and SEM, utils/generic.py: int8 levels added in int16, clipped, uint8
+    "rem": NoiseFormat(check_level_noise, add_levels, 1.0),
 }
+
+
+def check_noise(path: Path, noise: object, fmt: str) -> torch.Tensor:
+    """The whole noise tensor's dtype and range for ``fmt``, as a torch tensor."""
+    t = torch.from_numpy(np.array(noise)) if isinstance(noise, np.ndarray) else noise  # a copy of the memory map
+    NOISE_FORMATS[fmt].check(path, t)
+    return t
 
 
 def add_noise(x: torch.Tensor, noise: torch.Tensor, fmt: str) -> torch.Tensor:
     """Clean uint8 images plus a repository's published noise, in that repository's arithmetic
-    (:data:`NOISE_KERNELS`), in chunks of ``CHUNK`` images."""
-    kernel = NOISE_KERNELS[fmt]
+    (:data:`NOISE_FORMATS`), in chunks of ``CHUNK`` images."""
+    add = NOISE_FORMATS[fmt].add
     out = torch.empty_like(x)
     for lo in range(0, len(x), CHUNK):
-        out[lo:lo + CHUNK] = kernel(x[lo:lo + CHUNK], noise[lo:lo + CHUNK])
+        out[lo:lo + CHUNK] = add(x[lo:lo + CHUNK], noise[lo:lo + CHUNK])
     return out
