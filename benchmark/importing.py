@@ -409,8 +409,8 @@ def check_clean_rows(path: Path, x_checked: torch.Tensor, ref: Reference, marked
     if k >= MISMATCH_SHARE * len(positions) and mean <= MISMATCH_MEAN_255:
         raise fail(path, f"{k} of the {len(positions)} images outside its poisoned_indices differ from the clean training "
                          f"set by {mean:.1f} grey levels on average (first: file row {first}): the file was made from "
-                         f"another copy of the data set than the clean set here ({source}; e.g. the original CIFAR-10 "
-                         f"files against the JPEG copy), so its budget would measure that difference. Point --data-root "
+                         f"another copy of the data set than the clean set here ({source + '; ' if source else ''}e.g. the "
+                         f"original CIFAR-10 files against the JPEG copy), so its budget would measure that difference. Point --data-root "
                          f"at the copy it was made from (the original CIFAR-10: torchvision's cifar-10-batches-py/), or "
                          f"pass --poison-param clean_reference=other to train on it with its budget marked as not measured")
     raise fail(path, f"changes {k} image(s) outside its poisoned_indices (first: file row {first})")
