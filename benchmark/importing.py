@@ -35,6 +35,7 @@ FOLDER_LAYOUTS = (f"train/<class>/<index>.png (class folders), data/<index>.png 
 MISMATCH_SHARE = 0.5
 MISMATCH_MEAN_255 = 12.0
 CHUNK = 4096
+NOISE_HINT = " (a published noise? add --poison-param noise=em, em-signed or rem)"
 
 
 def fail(path: Path, what: str) -> BenchError:
@@ -265,7 +266,7 @@ def images_uint8(path: Path, x: object, rows: torch.Tensor) -> torch.Tensor:
             out[lo:lo + CHUNK] = _rows_chunk(x, rows[lo:lo + CHUNK])
         return out
     if not dtype.is_floating_point:
-        raise fail(path, f"images are {dtype}; expected uint8, float in [0, 1], or float grey levels 0..255")
+        raise fail(path, f"images are {dtype}; expected uint8, float in [0, 1], or float grey levels 0..255{NOISE_HINT}")
     lo_v, hi_v, whole = float("inf"), float("-inf"), True
     for lo in starts:
         part = _rows_chunk(x, rows[lo:lo + CHUNK])
@@ -277,7 +278,8 @@ def images_uint8(path: Path, x: object, rows: torch.Tensor) -> torch.Tensor:
     unit = lo_v >= 0.0 and hi_v <= 1.0
     if not unit and (lo_v < 0.0 or hi_v > 255.0 or not whole):
         raise fail(path, f"float images must lie in [0, 1] or hold whole grey levels 0..255 (TAP --save numpy); "
-                         f"found values in [{lo_v:g}, {hi_v:g}]{'' if whole else ', not whole numbers'}")
+                         f"found values in [{lo_v:g}, {hi_v:g}]{'' if whole else ', not whole numbers'}"
+                         f"{NOISE_HINT if lo_v < 0 else ''}")
     for lo in starts:
         part = _rows_chunk(x, rows[lo:lo + CHUNK])
         out[lo:lo + CHUNK] = (torch.round(part.to(torch.float64) * 255.0) if unit else part).to(torch.uint8)
