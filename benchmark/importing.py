@@ -29,10 +29,12 @@ Y_KEYS = ("y_train", "y", "targets", "labels")
 TAP_IMAGES, TAP_LABELS = "poisoned_training_data.npy", "poisoned_training_labels.npy"
 FOLDER_LAYOUTS = (f"train/<class>/<index>.png (class folders), data/<index>.png (AR, TAP --save poison_dataset, "
                   f"APBench) or {TAP_IMAGES} (TAP --save numpy)")
-#: rows declared clean that differ: when at least this share of them does, by a mean of at most
-#: ``MISMATCH_MEAN_255`` grey levels, the file was made from another copy of the data set (a JPEG
-#: re-encoding of CIFAR-10 differs from the original by 2-5 levels on average in every image)
+#: rows declared clean that differ: when at least this share of them (and ``MISMATCH_MIN_ROWS``) does, by a
+#: mean of at most ``MISMATCH_MEAN_255`` grey levels, the file was made from another copy of the data set
+#: (a lossy re-encoding changes every natural image by a few grey levels on average; unrelated images,
+#: e.g. rows out of order, differ by tens)
 MISMATCH_SHARE = 0.5
+MISMATCH_MIN_ROWS = 10
 MISMATCH_MEAN_255 = 12.0
 CHUNK = 4096
 NOISE_HINT = " (a published noise? add --poison-param noise=em, em-signed or rem)"
@@ -408,7 +410,7 @@ def check_clean_rows(path: Path, x_checked: torch.Tensor, ref: Reference, marked
         return
     first = ref.row(int(positions[differs.nonzero()[0]]))
     mean = float(diff_mean[differs].mean())
-    if k >= MISMATCH_SHARE * len(positions) and mean <= MISMATCH_MEAN_255:
+    if k >= max(MISMATCH_SHARE * len(positions), MISMATCH_MIN_ROWS) and mean <= MISMATCH_MEAN_255:
         raise fail(path, f"{k} of the {len(positions)} images outside its poisoned_indices differ from the clean training "
                          f"set by {mean:.1f} grey levels on average (first: file row {first}): the file was made from "
                          f"another copy of the data set than the clean set here ({source + '; ' if source else ''}e.g. the "
