@@ -154,7 +154,11 @@ def test_whole_split_png_folder_and_tensor_are_cut_and_only_the_subsets_files_de
         with pytest.raises(BenchError, match=f"labels differ from the clean training set's in 1 of 24 file rows "
                                              f"\\(first: file row {row},"):
             build_poison("import", {"path": str(pt)}).poison.validate(clean, rows)
-    truncated_png(x[0], root / "train" / "c0" / "0.png")
+    moved = root / "train" / split.classes[(int(split.y[5]) + 1) % 4] / "5.png"  # row 5: outside the subset
+    (root / "train" / split.classes[int(split.y[5])] / "5.png").rename(moved)
+    with pytest.raises(BenchError, match="in 1 of 24 file rows \\(first: file row 5,"):
+        build_poison("import", {"path": str(root)}).poison.validate(clean, rows)
+    moved.rename(root / "train" / split.classes[int(split.y[5])] / "5.png")
     (root / "train" / "c0" / "0.png").write_bytes(b"not a png")
     with pytest.raises(BenchError, match="train/c0/0.png is not a readable image"):
         build_poison("import", {"path": str(root)}).poison.validate(clean, rows)
