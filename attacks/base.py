@@ -62,6 +62,17 @@ class SplitRows:
 
     indices: torch.Tensor  # positions, in the whole split, of the images being poisoned, in their order
     split_size: int  # images in the whole training split
+    #: the whole data set (``Dataset``: its training split and source), so a file of the whole split can be
+    #: checked row by row (labels, clean rows) beyond the run's subset; None where only the subset is known
+    dataset: Any = None
+
+    @property
+    def split(self) -> ImageSet | None:
+        return None if self.dataset is None else self.dataset.train
+
+    @property
+    def source(self) -> str:
+        return "" if self.dataset is None else f"{self.dataset.name} from source '{self.dataset.source}'"
 
 
 @dataclass
@@ -146,6 +157,11 @@ class Poison(Plugin[P]):
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         raise NotImplementedError
+
+    def validate(self, train: ImageSet, rows: SplitRows | None = None) -> None:
+        """Checks of the poison's input that need the clean training set (an imported file's shape, labels,
+        indices), run by the spine when a run is prepared, before any training; raise a one-line
+        :class:`BenchError`. ``rows``: where ``train`` sits in the whole split. Default: nothing to check."""
 
     def cache_identity(self) -> dict[str, Any]:
         """What identifies this poison's output beyond its params and key (e.g. the sha256 of an

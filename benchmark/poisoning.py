@@ -243,6 +243,9 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         manifest["generation_sessions"] = session.sessions
         manifest["resumed"] = manifest["generation_sessions"] > 1
     manifest["budget"] = budget_metrics(train.x.cpu(), poisoned.x, poisoned.poisoned_indices)
+    if poisoned.info.get("budget_not_measured"):  # e.g. an imported file made from another copy of the data
+        manifest["budget"] = {"num_poisoned": manifest["budget"]["num_poisoned"],
+                              "not_measured": poisoned.info["budget_not_measured"]}
     manifest["digest"] = poisoned_digest(poisoned)
     manifest["info"] = poisoned.info
     written = ctx.wrote_images_file(poisoned.x)

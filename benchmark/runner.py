@@ -98,7 +98,7 @@ class PreparedRun:
     @property
     def split_rows(self) -> SplitRows:
         """Where the victim's images sit in the whole training split (an imported file may hold it all)."""
-        return SplitRows(self.train_indices, len(self.data.train))
+        return SplitRows(self.train_indices, len(self.data.train), self.data)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -155,7 +155,15 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     prep.validation = defense.validation()
     if prep.validation is not None:
         prep.val_positions = stratified_subset(train.y, prep.validation.size, prep.validation.seed)
+    validate_poison(prep)
     return prep
+
+
+def validate_poison(prep: PreparedRun) -> None:
+    """The poison's checks against the clean training set (:meth:`attacks.base.Poison.validate`: an
+    imported file's shape, labels, indices, clean rows), before any training, the clean baseline's
+    included: a bad file is a one-line BenchError here, never after hours of training."""
+    prep.poison.poison.validate(prep.train, prep.split_rows)
 
 
 def make_context(prep: PreparedRun, generator: torch.Generator | None = None,

@@ -12,7 +12,7 @@ import torch
 from conftest import make_images, run_cli
 
 from attacks.base import PoisonContext, SplitRows
-from benchmark.data import ImageSet
+from benchmark.data import Dataset, ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import read_npz, write_npz
 from benchmark.poisoning import artifact_id, build_poison, get_poisoned
@@ -112,12 +112,22 @@ def test_a_whole_split_file_is_cut_to_the_presets_subset(bench_env: dict, capsys
                      prep.device)
 
 
+def truncated_png(image: torch.Tensor, path: Path) -> None:
+    """A PNG whose header is valid but whose pixel data is cut short: it passes the header check and
+    fails when decoded."""
+    from PIL import Image
+
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 20])
+
+
 def test_whole_split_png_folder_and_tensor_are_cut_and_only_the_subsets_files_decoded(tmp_path: Path) -> None:
     from PIL import Image
 
     split = make_images(n=24, num_classes=4, size=8)
     x, idx = poisoned_copy(split, every=3)
-    rows = SplitRows(torch.tensor([2, 3, 9, 10, 15, 16, 21, 23]), len(split))
+    rows = SplitRows(torch.tensor([2, 3, 9, 10, 15, 16, 21, 23]), len(split), Dataset("tiny", "generated", split, split))
     clean = split.subset(rows.indices)
     root = tmp_path / "pngs"
     for i in range(len(split)):
@@ -125,8 +135,8 @@ def test_whole_split_png_folder_and_tensor_are_cut_and_only_the_subsets_files_de
         folder.mkdir(parents=True, exist_ok=True)
         if i in rows.indices.tolist():
             Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
-        else:
-            (folder / f"{i}.png").write_bytes(b"not decoded: outside the victim subset")
+        else:  # every file's header is checked, only the subset's files are decoded
+            truncated_png(x[i], folder / f"{i}.png")
     pt = tmp_path / "poison.pt"
     torch.save({"x_train": x, "y_train": split.y}, pt)
     npz = export_npz(tmp_path / "poison.npz", x, split.y, idx)
@@ -136,11 +146,22 @@ def test_whole_split_png_folder_and_tensor_are_cut_and_only_the_subsets_files_de
         assert torch.equal(out.x, x[rows.indices]), path
         assert out.poisoned_indices.tolist() == [i for i, j in enumerate(rows.indices.tolist()) if j % 3 == 0]
         assert out.info["file_images"] == 24 and out.info["images"] == 8
-    wrong = split.y.clone()
-    wrong[rows.indices[1]] = (wrong[rows.indices[1]] + 1) % 4
-    torch.save({"x_train": x, "y_train": wrong}, pt)
-    with pytest.raises(BenchError, match="labels differ from the clean training set's at 1 of 8 positions"):
-        build_poison("import", {"path": str(pt)}).poison.generate(clean, ctx)
+    # labels are checked over the whole file, rows outside the subset included, and named by file row
+    for row in (int(rows.indices[1]), 5):
+        wrong = split.y.clone()
+        wrong[row] = (wrong[row] + 1) % 4
+        torch.save({"x_train": x, "y_train": wrong}, pt)
+        with pytest.raises(BenchError, match=f"labels differ from the clean training set's in 1 of 24 file rows "
+                                             f"\\(first: file row {row},"):
+            build_poison("import", {"path": str(pt)}).poison.validate(clean, rows)
+    moved = root / "train" / split.classes[(int(split.y[5]) + 1) % 4] / "5.png"  # row 5: outside the subset
+    (root / "train" / split.classes[int(split.y[5])] / "5.png").rename(moved)
+    with pytest.raises(BenchError, match="in 1 of 24 file rows \\(first: file row 5,"):
+        build_poison("import", {"path": str(root)}).poison.validate(clean, rows)
+    moved.rename(root / "train" / split.classes[int(split.y[5])] / "5.png")
+    (root / "train" / "c0" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(BenchError, match="train/c0/0.png is not a readable image"):
+        build_poison("import", {"path": str(root)}).poison.validate(clean, rows)
 
 
 def test_import_png_folder_and_tensor_files(tmp_path: Path) -> None:
@@ -187,9 +208,11 @@ def test_import_refuses_malformed_files(tmp_path: Path) -> None:
     assert "float32" in refused(tmp_path / "float.npz", clean)
     torch.save(x.to(torch.int64), tmp_path / "int.pt")
     assert "torch.int64" in refused(tmp_path / "int.pt", clean)
-    # value range: float images must be in [0, 1]
-    torch.save(x.float(), tmp_path / "range.pt")
-    assert "[0, 1]" in refused(tmp_path / "range.pt", clean)
+    # value range: float images lie in [0, 1] or hold whole grey levels 0..255 (TAP's numpy export)
+    torch.save(x.float() + 0.5, tmp_path / "range.pt")
+    assert "[0, 1] or hold whole grey levels" in refused(tmp_path / "range.pt", clean)
+    torch.save(x.float() - 1, tmp_path / "negative.pt")
+    assert "found values in [-1, " in refused(tmp_path / "negative.pt", clean)
     # label order: a shuffled set with its labels
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(0))
     msg = refused(export_npz(tmp_path / "order.npz", x[perm], clean.y[perm], idx), clean)

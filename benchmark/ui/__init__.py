@@ -179,8 +179,9 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
         table.add_row("poisoned images", f"{b.get('num_poisoned')} of {cfg['train_size']}"
                       + (f"; {held} of them held out as their clean originals for validation, not trained on"
                          if held else ""))
-        table.add_row("budget", f"L-inf {b.get('linf_255')}/255 · mean L2 {_fmt(b.get('l2_mean'), '', 3)} · "
-                                f"PSNR {_fmt(b.get('psnr'), ' dB')} · SSIM {_fmt(b.get('ssim'), '', 4)}")
+        table.add_row("budget", f"not measured: {b['not_measured']}" if b.get("not_measured") else
+                      f"L-inf {b.get('linf_255')}/255 · mean L2 {_fmt(b.get('l2_mean'), '', 3)} · "
+                      f"PSNR {_fmt(b.get('psnr'), ' dB')} · SSIM {_fmt(b.get('ssim'), '', 4)}")
         if rec["poison"].get("digest"):
             table.add_row("poisoned set digest", str(rec["poison"]["digest"]))
     if cfg["poison"].get("key_fingerprint"):
@@ -234,8 +235,11 @@ def show_poison_export(console: Console, prep: PreparedRun, manifest: dict[str, 
     console.print(f"[bold]{prep.poison.name}[/] on {prep.data.name} ({prep.data.source}, {len(prep.train)} images): "
                   f"{state}, {b['num_poisoned']} poisoned, generation {manifest['generation_seconds']:.3f} s on "
                   f"{manifest['generation_device']}")
-    console.print(f"budget: L-inf {b['linf_255']}/255, mean L2 {b['l2_mean']:.3f}, PSNR {b['psnr']:.2f} dB, "
-                  f"SSIM {b['ssim']:.4f}")
+    if b.get("not_measured"):
+        console.print(f"budget: not measured: {b['not_measured']}")
+    else:
+        console.print(f"budget: L-inf {b['linf_255']}/255, mean L2 {b['l2_mean']:.3f}, PSNR {b['psnr']:.2f} dB, "
+                      f"SSIM {b['ssim']:.4f}")
     console.print(f"wrote {out} and {sidecar}")
 
 
