@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from benchmark import paths
+from benchmark.audit.command import audit_cmd
 from benchmark.cli_options import (
     check_device,
     check_folder,
@@ -357,6 +358,9 @@ def sweep_cmd(**kw: Any) -> None:
     show_summary(console, summary)
     if summary.failed:
         sys.exit(1)
+
+
+cli.add_command(audit_cmd)  # bench audit: benchmark/audit/
 
 
 # ------------------------------------------------------------------------------------------ entry
