@@ -78,7 +78,7 @@ def audit_cmd(**kw: Any) -> None:
         suite, written = recompute_quick(load_frame(leaderboard, warn), kw["preset"] or "cpu")
         console.print(f"quick suite {suite.path}: version {suite.version} "
                       f"({'rewritten' if written else 'unchanged'}); defenses "
-                      f"{', '.join(f'{e.text()} [{e.tier}]' for e in suite.defenses)}; poisons "
+                      f"{', '.join(f'{e.text()} ({e.tier})' for e in suite.defenses)}; poisons "
                       f"{', '.join(e.text() for e in suite.poisons)}", soft_wrap=True)
         return
     if bool(kw["poison"]) == bool(kw["defense"]):

@@ -91,7 +91,7 @@ def markdown(data: dict[str, Any]) -> str:
                    f"**{r['verdict']}** | {cost} | {time} | {r['reason'] or ''} |")
     out.append("")
     if data["settle"]:
-        out += ["## Verdicts resting on one seed", ""]
+        out += ["## Verdicts resting on too few seeds", ""]
         out += [f"- {s['cell']}: {s['why']}" for s in data["settle"]]
         out += ["", "Run the missing seeds (only what is missing runs), then the same `bench audit` again:", "",
                 "```", data["settle"][0]["command"], "```", ""]

@@ -303,18 +303,19 @@ def _defense_answer(c: pd.DataFrame, sigma: float | None, rows: list[dict[str, A
 
 
 def _settle(audit: AuditPlan, data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Verdicts that rest on one seed: the worst case, and every cell within noise; each with the
-    command that runs the seeds to settle it."""
+    """Verdicts that rest on too few seeds: a worst case on fewer than ``SETTLE_SEEDS``, a cell within noise
+    on one; each with the command that runs the seeds to settle it."""
     out = []
     need: list[tuple[str, tuple[Entry, Entry]]] = []
     worst_cells = {(w["cell"]["poison"], w["cell"]["defense"]) for w in data["worst_case"].values() if w.get("acc")}
     for (pair, row) in zip(audit.pairs, data["cells"], strict=True):
         acc = row["acc"]
-        if acc is None or acc["n"] > 1:
+        if acc is None:
             continue
-        if (row["poison"], row["defense"]) in worst_cells:
-            need.append(("the worst case rests on one seed", pair))
-        elif row["verdict"] == "within noise":
+        if (row["poison"], row["defense"]) in worst_cells and acc["n"] < SETTLE_SEEDS:
+            need.append((f"the worst case rests on {acc['n']} seed{'s' if acc['n'] > 1 else ''} (a worst case needs "
+                         f"{SETTLE_SEEDS})", pair))
+        elif row["verdict"] == "within noise" and acc["n"] == 1:
             need.append(("within noise on one seed", pair))
     if need:
         seeds = sorted(set(audit.request.seeds) | set(range(SETTLE_SEEDS)))
