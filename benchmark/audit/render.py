@@ -42,7 +42,7 @@ def worst_lines(data: dict[str, Any]) -> list[str]:
         if rank.get("rank"):
             judged = len(rank.get("judged_by") or rank.get("judged_on") or [])
             cls = f" in budget class {rank['budget_class']}" if rank.get("budget_class") else ""
-            text += (f"; rank {rank['rank']} of {rank['of']}{cls} on the leaderboard's records, judged by the "
+            text += (f"; rank {rank['rank']} of {rank['of']} ranked {'poisons' if data['kind'] == 'poison' else 'defenses'}{cls} in these records (results and leaderboard), judged by the "
                      f"same {judged} {'defenses' if data['kind'] == 'poison' else 'poisons'}")
         else:
             text += f"; not ranked ({w['status']}: {w['covered']} of {w['total']} cells usable)"

@@ -51,22 +51,31 @@ def show_plan(console: Console, audit: AuditPlan) -> None:
 def show_answer(console: Console, data: dict[str, Any], files: list[Any]) -> None:
     """The terminal summary: worst case per tier, every cell with its verdict, what rests on one seed."""
     console.print(f"\n[bold]audit of {subject_text(data)}[/] · suite {data['suite']['name']} "
-                  f"v{data['suite']['version']} · preset {data['preset']} · {data['protocol']['group'] or ''}")
+                  f"v{data['suite']['version']} · preset {data['preset']} · {data['protocol']['group'] or ''} · "
+                  f"commit {', '.join(c[:12] for c in data['commit']) or 'unknown'} · "
+                  f"{', '.join(data['hardware']['records']) or data['hardware']['this_machine']}", soft_wrap=True)
     for line in worst_lines(data):
         console.print(f"  [bold]{line}[/]")
     table = Table(show_lines=False, title_justify="left")
-    for col in ("poison", "defense", "tier", "accuracy %", "clean %", "verdict", "note"):
+    for col in ("poison", "defense", "tier", "accuracy %", "same defense, clean %", "verdict", "clean cost",
+                "train time", "note"):
         table.add_column(col, overflow="fold")
     for r in data["cells"]:
         style = VERDICT_STYLE.get(r["verdict"], "")
+        comp = r.get("compute") or {}
         table.add_row(r["poison"], r["defense"], tier_text(r["tier"]), acc_text(r["acc"]), acc_text(r["clean"]),
-                      f"[{style}]{r['verdict']}[/]" if style else r["verdict"], r["reason"] or "")
+                      f"[{style}]{r['verdict']}[/]" if style else r["verdict"],
+                      f"{r['clean_cost']:+.1f}" if r.get("clean_cost") is not None else "–",
+                      (f"{comp['relative']:.2f}× plain" if comp.get("relative") else "–"), r["reason"] or "")
     console.print(table)
     budget = data.get("budget")
     if budget and budget["budget"]:
         b = budget["budget"]
+        gen = budget.get("generation_s")
         console.print("budget: " + ", ".join(
-            [f"type {budget['budget_type']}"] + [f"{k} {v['mean']:.4g}" for k, v in b.items() if k != "num_poisoned"]))
+            [f"type {budget['budget_type']}"] + [f"{k} {v['mean']:.4g}" for k, v in b.items() if k != "num_poisoned"]
+            + ([f"L0 {budget['l0_mean']:.0f} px/image"] if budget.get("l0_mean") is not None else [])
+            + [f"generation {gen['mean']:.1f} s" if gen else "generation not timed"]))
     for s in data["settle"]:
         console.print(f"[yellow]{s['cell']}: {s['why']}[/]")
     if data["settle"]:
