@@ -176,6 +176,17 @@ def test_audit_resumes_then_reuses_everything_without_training(bench_env: dict, 
     # a worst case on one seed says so, with the sweep that settles it into the same results folder
     assert data["settle"] and "--seeds 0,1,2" in data["settle"][0]["command"]
     assert f"--results {results}" in data["settle"][0]["command"]
+    # another results folder, with these records as the leaderboard: every cell is reused from there (still
+    # no training) and copied, so the new folder alone holds the records behind its audit
+    mine = tmp_path / "mine"
+    code, stdout, err = run_cli([*base, "--suite", str(full), "--results", str(mine), "--leaderboard", str(results)],
+                                capsys)
+    assert code == 0, err
+    assert "0 of 6 cells to run, 6 reused from finished records (6 from the leaderboard's" in stdout
+    assert {p.name: p.read_text() for p in mine.glob("*.json")} == {p.name: p.read_text() for p in results.glob("*.json")}
+    again = json.loads((out / "audit.json").read_text())
+    assert [(c["verdict"], c["acc"]) for c in again["cells"]] == [(c["verdict"], c["acc"]) for c in data["cells"]]
+    assert again["leaderboard"] == [str(results)]
 
 
 def test_audit_json_schema(bench_env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

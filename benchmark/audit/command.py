@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from benchmark.audit.plan import AuditRequest, build_plan, default_leaderboard
+from benchmark.audit.plan import AuditRequest, build_plan, copy_borrowed, default_leaderboard
 from benchmark.audit.quick import recompute_quick
 from benchmark.audit.render import markdown
 from benchmark.audit.report import build_audit
@@ -98,6 +98,7 @@ def audit_cmd(**kw: Any) -> None:
     show_plan(console, audit)
     if kw["dry_run"]:
         return
+    copy_borrowed(audit)
     summary = None
     if audit.plan.todo:
         with SweepDisplay(console) as display:

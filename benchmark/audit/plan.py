@@ -17,7 +17,8 @@ from typing import Any
 from benchmark import paths
 from benchmark.audit.suites import Entry, Suite
 from benchmark.errors import BenchError
-from benchmark.records import environment, machine
+from benchmark.io import read_json, write_json
+from benchmark.records import environment, find_record, finished_record, machine
 from benchmark.registry import DEFENSES, POISONS
 from benchmark.sweep import Plan, SweepSpec, generate_poison, plan_sweep
 from benchmark.sweep.estimate import Estimate, estimate
@@ -62,6 +63,9 @@ class AuditPlan:
     out: Path
     generated: dict[str, Any] | None = None  # the subject poison, made while validating
     out_given: bool = False
+    #: run id -> the finished record in a leaderboard folder a cell reuses (copied into the results folder
+    #: when the audit runs, so that folder alone holds every record behind the audit)
+    borrowed: dict[str, Path] = field(default_factory=dict)
 
     @property
     def results(self) -> Path:
@@ -144,8 +148,32 @@ def build_plan(req: AuditRequest, out: str | None, warn: Warn | None = None, job
                       Path(out) if out else default_out(paths.results_dir(req.results), slug_of(req, plan.preset)),
                       out_given=bool(out))
     validate_subject_poison(audit)
+    borrow(audit)
     audit.estimate = estimate(plan, jobs, on_machine=here, more=audit.leaderboard_folders())
     return audit
+
+
+def borrow(audit: AuditPlan) -> None:
+    """Cells without a finished record in the results folder that have one (same run id, so the same
+    config and seed) in a leaderboard folder: reused from there, e.g. the clean rows of the repository's
+    records. Nothing is written here (a dry run writes nothing); :func:`copy_borrowed` copies them."""
+    for cell in audit.plan.cells:
+        if cell.finished:
+            continue
+        for folder in audit.leaderboard_folders():
+            found = find_record(folder, cell.run_id)
+            if found is not None and finished_record(found) is not None:
+                audit.borrowed[cell.run_id] = found
+                cell.finished = True
+                break
+
+
+def copy_borrowed(audit: AuditPlan) -> None:
+    """The borrowed records, copied as they are (atomically) to their cells' paths in the results folder."""
+    for cell in audit.plan.cells:
+        source = audit.borrowed.get(cell.run_id)
+        if source is not None and finished_record(cell.record_path) is None:
+            write_json(cell.record_path, read_json(source))
 
 
 def validate_subject_poison(audit: AuditPlan) -> None:

@@ -28,9 +28,11 @@ def show_plan(console: Console, audit: AuditPlan) -> None:
     for cell in plan.cells:
         poison, ratio, defense = describe(cell.spec)
         if cell.finished:
-            rec = finished_record(cell.record_path)
+            rec = finished_record(audit.borrowed.get(cell.run_id, cell.record_path))
             acc = rec["metrics"]["test_acc"] if rec else None
-            state, cost = (f"[green]reused[/] ({acc:.2f} %)" if acc is not None else "[green]reused[/]"), "-"
+            where = " from " + str(audit.borrowed[cell.run_id].parent) if cell.run_id in audit.borrowed else ""
+            state = f"[green]reused[/]{where}" + (f" ({acc:.2f} %)" if acc is not None else "")
+            cost = "-"
         else:
             seconds = est.cell_seconds.get(cell.run_id)
             started = est.started.get(cell.run_id)
@@ -39,7 +41,8 @@ def show_plan(console: Console, audit: AuditPlan) -> None:
         table.add_row(poison, defense, str(cell.spec.seed), state, cost)
     console.print(table)
     reused = len(plan.cells) - len(plan.todo)
-    console.print(f"{len(plan.todo)} of {len(plan.cells)} cells to run, {reused} reused from finished records; "
+    borrowed = f" ({len(audit.borrowed)} from the leaderboard's, copied into the results folder)" if audit.borrowed else ""
+    console.print(f"{len(plan.todo)} of {len(plan.cells)} cells to run, {reused} reused from finished records{borrowed}; "
                   f"{estimate_text(est)} (timings of records made on this hardware: {audit.machine or 'unknown'})")
     if audit.generated is not None:
         console.print(f"poison {req.name}: made while validating, before anything trains "
