@@ -206,3 +206,26 @@ def test_audit_json_schema(bench_env: dict, tmp_path: Path, capsys: pytest.Captu
     assert set(data["worst_case"]) == {"poisoned-only"} and "standard tier: worst case" in stdout
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**data, "cells": [{**data["cells"][0], "verdict": "fine"}]}, schema)
+
+
+def test_cell_verdicts_follow_the_claims_check_against_the_same_defense_on_clean(tmp_path: Path) -> None:
+    """threshold = the defense's clean accuracy - 5; sigma 0.707 from plain training's two seeds, so two
+    single runs are within noise closer than 2.0 points to it."""
+    from benchmark.audit.report import VERDICTS, verdict
+    from benchmark.report import aggregate as agg
+
+    acc = {"none": (80.0, 20.0), "grayscale": (78.0, 60.0), "jpeg": (77.0, 75.0), "cutout": (79.0, 73.0),
+           "mixup": (79.0, 70.0), "at": (70.0, None)}
+    recs = [make_record("none", "none", 81.0, seed=1)]
+    for d, (clean, cuda) in acc.items():
+        recs.append(make_record("none", d, clean))
+        if cuda is not None:  # mixup's cuda run fits its training set at 20 % (plain training: 90): not converged
+            recs.append(make_record("cuda", d, cuda, train_acc=20.0 if d == "mixup" else 90.0))
+    frame = load_frame(write_all(tmp_path / "r", recs))
+    c = agg.cells(frame)
+    sigma = agg.group_noises(frame)[str(frame["group"].iloc[0])]["sigma"]
+    got = {d: VERDICTS[verdict(c, ("cuda", d), ("clean", d), sigma)["verdict"]] for d in acc if d != "at"}
+    assert got == {"none": "survives", "grayscale": "survives", "jpeg": "neutralised", "cutout": "within noise",
+                   "mixup": "unstable"}
+    assert VERDICTS[verdict(c, None, ("clean", "at"), sigma)["verdict"]] == "not run"
+    assert "train accuracy 20.0" in verdict(c, ("cuda", "mixup"), ("clean", "mixup"), sigma)["reason"]

@@ -29,7 +29,7 @@ from benchmark.report.collect import (
     Warn,
     collect_runs,
 )
-from benchmark.report.frame import build_frame
+from benchmark.report.frame import build_frame, hardware
 
 SCHEMA = "unlearnable-bench/audit/1"
 #: claims-check verdict -> audit verdict, for a defense's cell and for plain training's (the poison alone)
@@ -37,6 +37,8 @@ VERDICTS = {"holds": "neutralised", "fails": "survives", "within noise": "within
             "not run": "not run"}
 REFERENCE_VERDICTS = {"holds": "no effect", "fails": "effective", "within noise": "within noise",
                       "not converged": "unstable", "not run": "not run"}
+#: a defense the report does not judge (aggregate.defense_status), in words
+UNJUDGED = {"fails on clean": "fails on clean data", "not converged": "did not converge on clean data"}
 SETTLE_SEEDS = 3  # a worst case needs 3 seeds (issue of the verdict rules)
 
 
@@ -167,15 +169,15 @@ def build_audit(audit: AuditPlan, summary: Any, warn: Warn) -> dict[str, Any]:
             "poison": lab[0] if lab else poison.text(), "defense": dlabel,
             "tier": tiers.get(dlabel) or defense.tier or STANDARD_TIER,
             "acc": _stat(_get(c, *lab)) if lab else None, "clean": _stat(_get(c, *clean)) if clean else None,
-            "verdict": names[check["verdict"]],
+            "verdict": names.get(check["verdict"], check["verdict"]),
             "reason": "; ".join(t for t in (check["reason"], f"failed: {error}" if error else "",
-                                            f"the defense {unjudged[dlabel]} data: the report neither ranks it nor "
-                                            "takes a worst case from it" if dlabel in unjudged else "") if t),
+                                            f"the defense {UNJUDGED[unjudged[dlabel]]}: the report neither ranks "
+                                            "it nor takes a worst case from it" if dlabel in unjudged else "") if t),
             "threshold": check.get("threshold"), "margin": check.get("margin"), "tolerance": check.get("tolerance"),
             "clean_cost": clean_cost.get(dlabel), "compute": _compute(cost_by.get(dlabel)),
             "records": list(_get(c, *lab)["records"]) if lab and _get(c, *lab) is not None else [],
         })
-    subject = _subject_label(audit, labels, rows)
+    subject = _subject_label(audit, labels)
     data: dict[str, Any] = {
         "schema": SCHEMA, "created": now_iso(), "kind": req.kind,
         "subject": {"name": req.name, "params": {k: v for k, v in req.params.items()}, "label": subject},
@@ -201,7 +203,7 @@ def _compute(entry: dict[str, Any] | None) -> dict[str, Any] | None:
             "hardware": entry["reference_hardware"]}
 
 
-def _subject_label(audit: AuditPlan, labels: dict, rows: list[dict[str, Any]]) -> str | None:
+def _subject_label(audit: AuditPlan, labels: dict) -> str | None:
     for i, _pair in enumerate(audit.pairs):
         if labels[(i, 0)]:
             return labels[(i, 0)][0] if audit.request.kind == "poison" else labels[(i, 0)][1]
@@ -213,8 +215,6 @@ def _commits(recs: list[dict[str, Any] | None]) -> list[str]:
 
 
 def _hardware(recs: list[dict[str, Any] | None], here: str) -> dict[str, Any]:
-    from benchmark.report.frame import hardware
-
     return {"this_machine": here, "records": sorted({hardware(r.get("environment") or {}) or "unknown"
                                                      for r in recs if r and r.get("status") == "finished"})}
 
@@ -258,14 +258,10 @@ def _poison_answer(audit: AuditPlan, g: pd.DataFrame, c: pd.DataFrame, sigma: fl
                                    "not_run": entry["not_run"], "not_converged": entry["not_converged"],
                                    "drop": entry["drop"], "undefended": entry["undefended"]}
         out["rank"][tier] = {"rank": entry.get("rank"), "of": len(ranked), "budget_class": entry.get("budget_class"),
-                             "judged_by": sorted(ranking_defenses(pr)), "above": _neighbours(ranked, entry)}
+                             "judged_by": list(pr["defenses"]), "above": _neighbours(ranked, entry)}
     own = [r for r in records if r and r.get("status") == "finished" and r["config"]["poison"]["name"] != "none"]
     out["budget"] = budget_info(g, subject, audit.plan.preset, own)
     return out
-
-
-def ranking_defenses(pr: dict[str, Any]) -> list[str]:
-    return list(pr["defenses"])
 
 
 def _neighbours(ranked: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
