@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from benchmark import paths
+from benchmark.audit.command import audit_cmd
 from benchmark.cli_options import (
     check_device,
     check_folder,
@@ -365,6 +366,7 @@ def sweep_cmd(**kw: Any) -> None:
 
 
 cli.add_command(gpu_check_cmd)  # bench gpu-check: benchmark/gpucheck.py
+cli.add_command(audit_cmd)  # bench audit: benchmark/audit/
 
 
 # ------------------------------------------------------------------------------------------ entry

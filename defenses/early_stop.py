@@ -13,6 +13,8 @@ validation accuracy (the learning-rate schedule still spans the full budget, as 
 Threat model: the defender owns clean in-distribution data the poisoner never touched, so the
 defense is ranked in the ``extra-clean-data`` tier, never with poisoned-only defenses. The victim
 trains on ``val_size`` fewer images than plain training (19,000 instead of 20,000 at the cpu preset).
+The smoke preset (512 training images) holds out 50 (``preset_params``), so the defense runs there at
+its defaults too (an audit's suite runs every defense at its defaults).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class EarlyStopParams:
 
 
 @register_defense("early-stop")
-class EarlyStop(Defense[EarlyStopParams], family="model-selection", default_tier="extra-clean-data"):
+class EarlyStop(Defense[EarlyStopParams], family="model-selection", default_tier="extra-clean-data",
+                preset_params={"smoke": {"val_size": 50}}):
     """Early stopping (Sandoval-Segura et al. 2022, peak without the oracle): keep the epoch with the best
     accuracy on a held-out clean validation split."""
 

@@ -22,7 +22,7 @@ from benchmark.errors import BenchError
 from benchmark.io import read_json
 from benchmark.poisoning import get_poisoned
 from benchmark.records import finished_record, write_record
-from benchmark.runner import PreparedRun, RunSpec, build_record, execute, prepare_run
+from benchmark.runner import Event, PreparedRun, RunSpec, build_record, execute, prepare_run
 
 if TYPE_CHECKING:  # plan.py imports this module
     from benchmark.sweep.plan import Cell
@@ -70,8 +70,10 @@ def failed_record(prep: PreparedRun, exc: BaseException) -> dict[str, Any]:
     return rec
 
 
-def run_cell(spec: RunSpec) -> dict[str, Any]:
-    """Train one cell unless its finished record exists; errors become a failed record, not a raise."""
+def run_cell(spec: RunSpec, on_event: Event | None = None) -> dict[str, Any]:
+    """Train one cell unless its finished record exists; errors become a failed record, not a raise.
+    ``on_event``: the run's events (``train_start``, ``epoch``, ...) as ``execute`` tells them (in-process
+    cells only: a worker process cannot call back)."""
     t0 = time.perf_counter()
     prep = prepare(spec)
     # planning already warned about an unreadable record; here it just counts as missing
@@ -79,7 +81,7 @@ def run_cell(spec: RunSpec) -> dict[str, Any]:
         return {"run_id": prep.run_id, "status": "skipped", "test_acc": rec["metrics"].get("test_acc"),
                 "seconds": 0.0, "error": None}
     try:
-        rec = execute(prep)
+        rec = execute(prep, on_event)
     except KeyboardInterrupt:
         raise
     except Exception as exc:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark import paths
-from benchmark.records import load_records
+from benchmark.records import load_records, machine
 from benchmark.sweep.plan import Plan
 from benchmark.train import checkpoint_epochs
 
@@ -26,39 +27,52 @@ class Estimate:
     jobs: int
 
 
-def past_costs(results: Path) -> tuple[dict[tuple, float], dict[tuple, float]]:
+def past_costs(results: Path, on_machine: str | None = None,
+               more: Sequence[Path] = ()) -> tuple[dict[tuple, float], dict[tuple, float]]:
     """Mean seconds per epoch of a cell (its training plus evaluation time, which add up across the
     sessions of a resumed run, over the epochs it trained; wall minus fresh poison generation for records
     without them) by preset/model/defense/train size, so a 40-epoch cell is estimated from 15-epoch
     records too; and
     mean poison generation seconds by preset/dataset/poison/train size, from the finished records in
-    ``results``."""
+    ``results`` (and the folders ``more``; a run id found twice counts once). ``on_machine``: only records
+    made on that machine (:func:`benchmark.records.machine`), since machines of one kind differ in speed."""
     cells: dict[tuple, list[float]] = defaultdict(list)
     poisons: dict[tuple, list[float]] = defaultdict(list)
-    for _path, rec in load_records(results):
-        if rec["status"] != "finished":
-            continue
-        cfg, t = rec["config"], rec["timings"]
-        wall = t.get("wall")
-        epochs = (rec.get("training") or {}).get("epochs") or (cfg.get("protocol") or {}).get("epochs")
-        spent = t.get("training"), t.get("evaluation")
-        if all(isinstance(v, (int, float)) for v in spent):
-            seconds: float | None = float(sum(spent))
-        elif isinstance(wall, (int, float)):
-            seconds = max(0.0, wall - ((t.get("poison_generation") or 0.0) if not t.get("poison_cached") else 0.0))
-        else:
-            seconds = None
-        if seconds is not None and isinstance(epochs, int) and epochs > 0:
-            cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"))].append(seconds / epochs)
-        gen_s = (rec.get("poison") or {}).get("generation_seconds")
-        if isinstance(gen_s, (int, float)):
-            poisons[(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg.get("train_size"))].append(gen_s)
+    seen: set[str] = set()
+    for folder in (results, *more):
+        for _path, rec in load_records(folder) if Path(folder).is_dir() else []:
+            if rec["status"] != "finished" or rec["run_id"] in seen:
+                continue
+            if on_machine is not None and machine(rec.get("environment") or {}) != on_machine:
+                continue
+            seen.add(rec["run_id"])
+            _add_costs(rec, cells, poisons)
     return ({k: sum(v) / len(v) for k, v in cells.items()}, {k: sum(v) / len(v) for k, v in poisons.items()})
 
 
-def estimate(plan: Plan, jobs: int = 1) -> Estimate:
-    """The cost of the cells still to run and of the poisons not yet in the cache."""
-    cell_cost, poison_cost = past_costs(paths.results_dir(plan.sweep.results))
+def _add_costs(rec: dict, cells: dict[tuple, list[float]], poisons: dict[tuple, list[float]]) -> None:
+    """One record's seconds per epoch and poison generation seconds, under their cost keys."""
+    cfg, t = rec["config"], rec["timings"]
+    wall = t.get("wall")
+    epochs = (rec.get("training") or {}).get("epochs") or (cfg.get("protocol") or {}).get("epochs")
+    spent = t.get("training"), t.get("evaluation")
+    if all(isinstance(v, (int, float)) for v in spent):
+        seconds: float | None = float(sum(spent))
+    elif isinstance(wall, (int, float)):
+        seconds = max(0.0, wall - ((t.get("poison_generation") or 0.0) if not t.get("poison_cached") else 0.0))
+    else:
+        seconds = None
+    if seconds is not None and isinstance(epochs, int) and epochs > 0:
+        cells[(cfg["preset"], cfg["model"], cfg["defense"]["name"], cfg.get("train_size"))].append(seconds / epochs)
+    gen_s = (rec.get("poison") or {}).get("generation_seconds")
+    if isinstance(gen_s, (int, float)):
+        poisons[(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg.get("train_size"))].append(gen_s)
+
+
+def estimate(plan: Plan, jobs: int = 1, on_machine: str | None = None, more: Sequence[Path] = ()) -> Estimate:
+    """The cost of the cells still to run and of the poisons not yet in the cache (``on_machine``, ``more``:
+    as :func:`past_costs`)."""
+    cell_cost, poison_cost = past_costs(paths.results_dir(plan.sweep.results), on_machine, more)
     started = {c.run_id: done for c in plan.todo if c.checkpoint is not None
                and (done := checkpoint_epochs(c.checkpoint))}
     per_cell: dict[str, float | None] = {}

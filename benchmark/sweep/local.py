@@ -31,7 +31,8 @@ def _cores() -> int:
 
 
 def run_inprocess(plan: Plan, emit: SweepEvent) -> None:
-    """jobs=1: each poison, then its cells, in this process (no spawn cost, Ctrl-C stops at once)."""
+    """jobs=1: each poison, then its cells, in this process (no spawn cost, Ctrl-C stops at once); each
+    cell's training events are told as ``progress`` events."""
     for cells in plan.poison_jobs().values():
         try:
             info = work.generate_poison(cells[0].spec)
@@ -40,7 +41,10 @@ def run_inprocess(plan: Plan, emit: SweepEvent) -> None:
             continue
         poison_done(cells, emit, info)
         for cell in cells:
-            emit("cell", {"cell": cell, "result": work.run_cell(cell.spec)})
+            def progress(kind: str, data: dict[str, Any], cell: Any = cell) -> None:
+                emit("progress", {"cell": cell, "kind": kind, "data": data})
+
+            emit("cell", {"cell": cell, "result": work.run_cell(cell.spec, progress)})
 
 
 def run_local(plan: Plan, jobs: int, emit: SweepEvent) -> None:

@@ -22,14 +22,15 @@ def duration(seconds: float) -> str:
 
 
 class SweepDisplay:
-    """One overall progress bar plus a line per finished poison and cell; ``on_event`` is what
-    ``run_sweep`` calls."""
+    """One overall progress bar, an epoch bar for a cell training in this process, and a line per finished
+    poison and cell; ``on_event`` is what ``run_sweep`` calls."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = progress_bar(console, info=False)
         self.task: Any = None
         self.summary: SweepSummary | None = None
+        self.running: dict[str, Any] = {}  # run id -> its epoch bar, while it trains
 
     def __enter__(self) -> SweepDisplay:
         return self
@@ -57,7 +58,16 @@ class SweepDisplay:
         elif info and not info["cached"]:
             self.console.print(f"poison {name}: generated in {info['generation_seconds']:.2f} s")
 
+    def _progress(self, cell: Any, kind: str, data: dict[str, Any]) -> None:
+        """A bar of the running cell's epochs (cells run in this process tell their epochs)."""
+        if kind == "train_start":
+            self.running[cell.run_id] = self.progress.add_task(f"  {cell.label}", total=data["epochs"])
+        elif kind == "epoch" and cell.run_id in self.running:
+            self.progress.update(self.running[cell.run_id], completed=data["epoch"])
+
     def _cell(self, cell: Any, result: dict[str, Any]) -> None:
+        if cell.run_id in self.running:
+            self.progress.remove_task(self.running.pop(cell.run_id))
         status = result["status"]
         if status == "finished":
             self.console.print(f"[green]done[/] {cell.label}: {result['test_acc']:.2f} % ({result['seconds']:.1f} s)")
