@@ -248,16 +248,16 @@ def _poison_answer(audit: AuditPlan, g: pd.DataFrame, c: pd.DataFrame, sigma: fl
     sub = _sub(c, "defense_label", suite)
     for tier in [t for t in agg.tier_order() if t in agg.defense_tiers(sub).values()]:
         ranking = agg.defense_ranking(sub, tier, sigma)
-        pr = agg.poison_ranking(sub, sigma, ranking)
+        pr = agg.poison_ranking(sub, sigma, ranking, costs.budget_classes(g, audit.plan.preset))
         entry = next((e for e in pr["entries"] if e["poison"] == subject), None)
         if entry is None:
             continue
-        ranked = [e for e in pr["entries"] if e["status"] == "ranked"]
+        ranked = [e for e in pr["entries"] if e["status"] == "ranked" and e.get("class") == entry.get("class")]
         out["worst_case"][tier] = {"acc": entry["worst"], "cell": {"poison": subject, "defense": entry["best_defense"]},
                                    "status": entry["status"], "covered": entry["covered"], "total": entry["total"],
                                    "not_run": entry["not_run"], "not_converged": entry["not_converged"],
                                    "drop": entry["drop"], "undefended": entry["undefended"]}
-        out["rank"][tier] = {"rank": entry.get("rank"), "of": len(ranked), "budget_class": entry.get("budget_class"),
+        out["rank"][tier] = {"rank": entry.get("rank"), "of": len(ranked), "budget_class": entry.get("class"),
                              "judged_by": list(pr["defenses"]), "above": _neighbours(ranked, entry)}
     own = [r for r in records if r and r.get("status") == "finished" and r["config"]["poison"]["name"] != "none"]
     out["budget"] = budget_info(g, subject, audit.plan.preset, own)

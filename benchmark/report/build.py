@@ -51,9 +51,7 @@ def build_group(g: pd.DataFrame, protocol: dict[str, Any], claim_rows: list[dict
         tiers = agg.defense_tiers(c)
         fam = c.reset_index().groupby("defense_label")[["family", "defense", "variant"]].first()
         heads = g.groupby("defense_label")["headline"].first().to_dict()
-        budgets = {b["poison"]: b for b in costs.poison_costs(g, meta["preset"])}
-        classes = {p: agg.budget_class(b["budget_type"], (b["budget"].get("linf_255") or {}).get("mean"))
-                   for p, b in budgets.items()}
+        classes = costs.budget_classes(g, meta["preset"])
         out["poisons"] = [{"label": p, "name": str(c.xs(p, level=0)["poison"].iloc[0]),
                            "budget_type": poison_class_info(str(c.xs(p, level=0)["poison"].iloc[0]))["budget_type"],
                            "class": classes.get(p)}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.report.aggregate import rnd, stat
+from benchmark.report.aggregate import budget_class, rnd, stat
 from benchmark.report.collect import (
     CLEAN,
     NO_DEFENSE,
@@ -143,3 +143,10 @@ def defense_metrics(g: pd.DataFrame, order: list[str], poisons: list[str]) -> di
                 rows.append({"defense": d, "poison": p, "values": values})
     names = [k.split(".", 1)[1] for k in varying]
     return {"keys": names, "constants": constants, "rows": rows, "help": metrics_help(names + list(constants))}
+
+
+def budget_classes(g: pd.DataFrame, preset: str) -> dict[str, str]:
+    """Poison label -> its budget class (:func:`aggregate.budget_class`) from the declared budget type and
+    the measured L∞ of the group's records: the one mapping the page and ``bench audit`` rank within."""
+    return {b["poison"]: budget_class(b["budget_type"], (b["budget"].get("linf_255") or {}).get("mean"))
+            for b in poison_costs(g, preset)}
