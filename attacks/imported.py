@@ -19,7 +19,8 @@ what the path holds               who publishes it, and how it is read
 ``train/<class>/<index>.png``     class folders (TAP's ``--save full``, ImageFolder layouts):
                                   ``<class>`` a class name or label number, ``<index>`` the row.
 ``.npz``                          the ``bench poison`` export: ``x_train`` uint8 N x H x W x C,
-                                  ``y_train``, ``poisoned_indices``.
+                                  ``y_train``, optional ``poisoned_indices`` (without it every row
+                                  counts as poisoned).
 ``.pt`` / ``.pth`` / ``.npy``     an image tensor N x C x H x W or N x H x W x C, uint8, float in
                                   [0, 1] or float grey levels; a ``.pt`` may be a dict with images
                                   under ``x_train`` / ``x`` / ``data`` and labels under ``y_train`` /

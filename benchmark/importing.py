@@ -210,10 +210,12 @@ def read_rows(path: Path, kind: str, clean: ImageSet, noise: bool = False) -> Fi
         x = read_pt(path)[0] if kind == "pt" else read_npy(path)
         return FileRows("noise", int(x.shape[0]) if x.ndim else 0, x=x)
     if kind == "npz":
-        arrays = read_npz(path, required=("x_train", "y_train", "poisoned_indices"))
+        arrays = read_npz(path, required=("x_train", "y_train"))
         x = arrays["x_train"]
         if x.dtype != np.uint8 or x.ndim != 4:
             raise fail(path, f"x_train is {x.dtype} with shape {x.shape}; the `bench poison` format is uint8 N x H x W x C")
+        if "poisoned_indices" not in arrays:  # x_train/y_train alone: every row is a poisoned image
+            return FileRows(kind, len(x), x=x, labels=as_labels(path, arrays["y_train"]))
         idx = np.asarray(arrays["poisoned_indices"])
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise fail(path, "poisoned_indices must be 1-D integer indices into the training set")

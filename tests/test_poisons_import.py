@@ -193,6 +193,21 @@ def test_import_png_folder_and_tensor_files(tmp_path: Path) -> None:
     assert torch.equal(half.x[rest], clean.x[rest])
 
 
+def test_an_npz_of_x_train_and_y_train_alone_is_read_as_a_whole_poison(tmp_path: Path) -> None:
+    """The layout a researcher's own script writes (no poisoned_indices): the changed rows are the poison."""
+    clean = make_images(n=24, num_classes=4, size=8)
+    x, idx = poisoned_copy(clean, every=3)
+    path = tmp_path / "mine.npz"
+    write_npz(path, {"x_train": x.permute(0, 2, 3, 1).contiguous().numpy(), "y_train": clean.y.numpy()})
+    _, out = run_import(path, clean, name="mine")
+    assert torch.equal(out.x, x) and torch.equal(out.poisoned_indices, idx)
+    assert out.info["images_changed"] == len(idx)
+    wrong = clean.y.clone()
+    wrong[5] = (wrong[5] + 1) % 4
+    write_npz(path, {"x_train": x.permute(0, 2, 3, 1).contiguous().numpy(), "y_train": wrong.numpy()})
+    assert "row 5" in refused(path, clean)
+
+
 def test_import_refuses_malformed_files(tmp_path: Path) -> None:
     clean = make_images(n=24, num_classes=4, size=8)
     x, idx = poisoned_copy(clean)
