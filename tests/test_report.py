@@ -15,10 +15,10 @@ from conftest import run_cli
 from report_records import CUDA_PARAMS, make_record, write, write_all
 
 from attacks.base import key_fingerprint
-from benchmark.records import load_frame as records_load_frame
 from benchmark.records import run_id
 from benchmark.report import aggregate as agg
 from benchmark.report import build_frame, collect_runs, load_frame, write_leaderboard
+from benchmark.report import load_frame as records_load_frame
 from benchmark.report.collect import threads_text
 
 HOLDOUT = {"finetune": {"pretrained_on": {"model": "small-cnn", "dataset": "cifar10", "split": "holdout",

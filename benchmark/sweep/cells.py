@@ -10,9 +10,9 @@ import functools
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,8 +24,25 @@ from benchmark.poisoning import get_poisoned
 from benchmark.records import finished_record, write_record
 from benchmark.runner import PreparedRun, RunSpec, build_record, execute, prepare_run
 
-if TYPE_CHECKING:  # plan.py imports this module
-    from benchmark.sweep.plan import Cell
+
+@dataclass
+class Cell:
+    """One run of the grid, validated; ``artifact`` names the poison artifact it trains on."""
+
+    spec: RunSpec
+    run_id: str
+    record_path: Path
+    artifact: str
+    finished: bool
+    label: str
+    cost_key: tuple
+    poison_cost_key: tuple
+    #: where an interrupted run of this cell left its checkpoint, and the epochs it trains in all
+    checkpoint: Path | None = None
+    epochs: int = 0
+    #: finished on another poisoned set than the cached artifact of its poison (same poison, params, key)
+    stale: bool = False
+
 
 #: a finished poison job or cell, for the display and the summary counts: (kind, data)
 SweepEvent = Callable[[str, dict[str, Any]], None]
