@@ -267,7 +267,7 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
               f"**no effect** = within {within:g} points of clean data without defense, **stands** = no standard-tier "
               "defense run neutralises it. Rows: strongest poison (without defense) first. Details: the matrix and "
               "the rankings below.")
-    return Table(["poison", "no defense", "best defense", "accuracy", "it on clean", "verdict"], rows, legend,
+    return Table(["poison", "no defense", "best defense", "with it", "it on clean data", "verdict"], rows, legend,
                  align="lrlrrl")
 
 

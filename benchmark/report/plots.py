@@ -155,7 +155,8 @@ def plot_curves(g: dict[str, Any], records: dict[str, dict[str, Any]], path: Pat
     ncols = min(4, len(poisons))
     nrows = math.ceil(len(poisons) / ncols)
     height = 3.3 * nrows + 0.6
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, height), squeeze=False, sharey=True)
+    width = max(7.0, 4.2 * ncols)  # one panel alone gets room for its legend
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, sharey=True, layout="constrained")
     reference = _curve(cells.get((CLEAN, NO_DEFENSE), []))
     colours = palette(CURVE_DEFENSES + 1)
     colours = [(0.84, 0.15, 0.16), *[c for c in colours if c != colours[3]][:CURVE_DEFENSES]]
@@ -182,11 +183,10 @@ def plot_curves(g: dict[str, Any], records: dict[str, dict[str, Any]], path: Pat
             ax.set_ylabel("test accuracy (%)", fontsize=9)
     for k in range(len(poisons), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
-    fig.suptitle(wrap(f"{g['title']} — test accuracy per epoch, one panel per poison: no defense and the "
-                      f"{CURVE_DEFENSES} standard-tier defenses with the highest final accuracy on it (mean over "
-                      "seeds, band = std); dashed: plain training on clean data; dotted: did not converge",
-                      30 * ncols + 20), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
+    title = wrap(f"{g['title']} — test accuracy per epoch, one panel per poison: no defense and the "
+                 f"{CURVE_DEFENSES} standard-tier defenses with the highest final accuracy on it (mean over seeds, "
+                 "band = std); dashed: plain training on clean data; dotted: did not converge", int(width * 13))
+    fig.suptitle(title, fontsize=10)
     return save(fig, path)
 
 
