@@ -124,3 +124,15 @@ def test_no_import_cycles():
 def test_cycle_finder(graph, expected):
     """The checker itself finds a circle (so the two tests above can fail)."""
     assert cycles(graph) == expected
+
+
+def test_the_run_path_enters_the_poisoned_set_code_from_one_place():
+    """Runs, sweep workers and ``bench poison`` get their poisoned set through ``PreparedRun.poisoned_set``:
+    outside the poisoned-set module itself, only the runner imports ``get_poisoned``."""
+    importers = set()
+    for name, path in package_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "benchmark.poisoning" \
+                    and any(a.name == "get_poisoned" for a in node.names):
+                importers.add(name)
+    assert importers == {"benchmark.runner"}, importers

@@ -20,7 +20,6 @@ from benchmark import paths
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchError
 from benchmark.io import read_json
-from benchmark.poisoning import get_poisoned
 from benchmark.records import finished_record, write_record
 from benchmark.runner import PreparedRun, RunSpec, build_record, execute, prepare_run
 
@@ -65,8 +64,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
 def generate_poison(spec: RunSpec) -> dict[str, Any]:
     """Generate (or find cached) the poison artifact of ``spec``; runs in a worker."""
     prep = prepare(spec)
-    _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
-                                       prep.protocol.preset, split_rows=prep.split_rows)
+    _poisoned, manifest = prep.poisoned_set()
     return {"artifact": manifest["artifact"], "cached": bool(manifest.get("cached")),
             "generation_seconds": manifest.get("generation_seconds")}
 
