@@ -38,7 +38,7 @@ from benchmark.perf_defenses import (
     defense_cost_table,
     measure_defenses,
 )
-from benchmark.poisoning import check_export_path, export_artifact, get_poisoned
+from benchmark.poisoning import check_export_path, export_artifact
 from benchmark.pretrain import pretrain
 from benchmark.protocol import PRESETS
 from benchmark.registry import MODELS
@@ -156,8 +156,7 @@ def poison_cmd(**kw: Any) -> None:
         key=kw["key"], ratio=kw["ratio"], preset=kw["preset"], overrides={"train_subset": kw["train_subset"]},
         data_root=kw["data_root"], cache_dir=kw["cache_dir"], download=kw["download"], device=kw["device"]))
     with poison_progress(console, prep.poison.name) as progress:
-        _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
-                                           prep.protocol.preset, progress=progress, split_rows=prep.split_rows)
+        _poisoned, manifest = prep.poisoned_set(progress=progress)
     sidecar = export_artifact(Path(manifest["artifact"]), manifest, out)
     show_poison_export(console, prep, manifest, out, sidecar)
 

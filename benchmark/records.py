@@ -221,12 +221,3 @@ def load_records(results: Path, warn=None, repeats: bool = False) -> list[tuple[
             out.append((path, rec))
     return out
 
-
-def load_frame(path: Path | str = "results/runs", warn=None):
-    """Every finished record under ``path`` as one tidy pandas DataFrame, one row per run (the frame the
-    leaderboard is built from; columns in benchmark/report/frame.py), for a notebook in one line:
-    ``load_frame("results/runs").groupby(["poison_label", "defense_label"]).test_acc.mean()``. A file that
-    is not a valid record is skipped with one warning (``warn``) each."""
-    from benchmark.report.frame import load_frame as frame_of_records
-
-    return frame_of_records(path, warn)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from attacks.base import SplitRows
+from attacks.base import PoisonedSet, SplitRows
 from benchmark import paths
 from benchmark.data import (
     Dataset,
@@ -99,6 +99,12 @@ class PreparedRun:
     def split_rows(self) -> SplitRows:
         """Where the victim's images sit in the whole training split (an imported file may hold it all)."""
         return SplitRows(self.train_indices, len(self.data.train), self.data)
+
+    def poisoned_set(self, progress: Any = None) -> tuple[PoisonedSet, dict[str, Any]]:
+        """This run's poisoned training set and its manifest, generated or read from the cache: the one
+        place a run, a sweep worker and ``bench poison`` enter the poisoned-set code."""
+        return get_poisoned(self.train, self.dataset_id, self.poison, self.cache, self.device, self.protocol.preset,
+                            progress=progress, split_rows=self.split_rows)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -189,11 +195,8 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
     emit = on_event or (lambda kind, data: None)
     t_start = time.perf_counter()
     emit("poison_start", {"name": prep.poison.name})
-    poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
-                                      prep.protocol.preset,
-                                      progress=lambda step, total, info: emit("poison_progress",
-                                                                              {"step": step, "total": total, **info}),
-                                      split_rows=prep.split_rows)
+    poisoned, manifest = prep.poisoned_set(
+        progress=lambda step, total, info: emit("poison_progress", {"step": step, "total": total, **info}))
     emit("poison_done", manifest)
     train = poisoned.as_imageset(prep.train.classes)
     keep = torch.ones(len(train), dtype=torch.bool)

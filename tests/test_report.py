@@ -15,10 +15,10 @@ from conftest import run_cli
 from report_records import CUDA_PARAMS, make_record, write, write_all
 
 from attacks.base import key_fingerprint
-from benchmark.records import load_frame as records_load_frame
 from benchmark.records import run_id
 from benchmark.report import aggregate as agg
 from benchmark.report import build_frame, collect_runs, load_frame, write_leaderboard
+from benchmark.report import load_frame as records_load_frame
 from benchmark.report.collect import threads_text
 
 HOLDOUT = {"finetune": {"pretrained_on": {"model": "small-cnn", "dataset": "cifar10", "split": "holdout",
@@ -207,14 +207,25 @@ def test_page_json_and_byte_identical_regeneration(results: Path, tmp_path: Path
     # defenses are rows grouped by family, poisons columns with clean first
     assert "| defense | clean | cuda | em | sem |" in text
     assert "| *plain training* |  |  |  |  |" in text and "| *data augmentation* |  |  |  |  |" in text
-    assert "| none | 81.0 ± 1.4 | 22.0 ± 2.8 | 15.0 | 10.0 |" in text
+    # the seed count is spelled out beside the ± (never a superscript)
+    assert "| none | 81.0 ± 1.4 (n=2) | 22.0 ± 2.8 (n=2) | 15.0 | 10.0 |" in text
     assert "| mixup | 78.0 | 50.0 | 30.0 | – |" in text and "‡" not in text  # every column on one poisoned set
-    assert "cuda 30.5 (epoch 3, final 22.0)" in text  # peak more than 3 points above final: a note, not a matrix
-    assert "| cuda | none | mixed | 81.0 ± 1.4 | 60.0 (72 steps) | 22.0 ± 2.8 |" in text
-    assert "| cuda | none | clean-only, steps matched | 81.0 ± 1.4 | 70.0 (72 steps) | – |" in text
+    assert "| none | cuda | 22.0 | 30.5 | 3 |" in text  # peak more than 3 points above final: a caveat table
+    assert "| cuda | none | mixed | 81.0 ± 1.4 (n=2) | 60.0 (72 steps) | 22.0 ± 2.8 (n=2) |" in text
+    assert "| cuda | none | clean-only, steps matched | 81.0 ± 1.4 (n=2) | 70.0 (72 steps) | – |" in text
+    # the summary: one row per poison, strongest first (no defense, best defense, it on clean, verdict)
+    summary_rows = re.findall(r"^\| (\w+) \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| (.+) \|$",
+                              text.split("### Summary")[1].split("###")[0], re.M)
+    assert [(p, v) for p, v in summary_rows if p != "poison"] == [
+        ("sem", "no defense run"), ("em", "**stands** (1 of 1 usable defenses run)"),
+        ("cuda", "**stands** (1 of 1 usable defenses run)")], summary_rows
+    assert "| cuda | 22.0 ± 2.8 (n=2) | mixup | 50.0 | 78.0 |" in text
+    assert "heatmap" not in text  # the coloured matrix replaces it (HTML)
+    # no table of the page is wider than a laptop's screen of markdown
+    assert max(len(line) for line in text.splitlines() if line.startswith("|")) <= 200
     assert "Protocol: preset `smoke`" in text and "Records: " in text and "### Provenance" in text
     assert "### Protocol and caveats" in text and "JPEG re-encoding" in text
-    assert "## Paper vs ours" in text and "different: source cifar10-jpeg" in text
+    assert "## Paper vs ours" in text and "source cifar10-jpeg" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert links and all(lnk.startswith("../plots/") and (out.parent / lnk).is_file() for lnk in links)
     # the same records give the same bytes: page, JSON and every PNG
@@ -231,7 +242,11 @@ def test_html_links_cells_to_records_and_latex(results: Path, tmp_path: Path) ->
     page = html.read_text()
     hrefs = re.findall(r'<a href="([^"#]+\.json)"', page)
     assert hrefs and all((html.parent / h).resolve().is_file() for h in hrefs)
-    assert '<td class="l muted">' in page and "data:image/png;base64," in page
+    assert "data:image/png;base64," in page and "<sup>" not in page
+    # matrix cells coloured by accuracy, several runs named as such under the value
+    assert re.search(r'<td class="r" style="background:#[0-9a-f]{6}"><a href="[^"]+" title="seed 0">22.0 ± 2.8</a>'
+                     r'<span class="runs">n=2: seeds <a', page)
+    assert "<th>`" not in page and "`</th>" not in page
     tex = tmp_path / "lb.tex"
     write_leaderboard(results, tex, tmp_path / "plots", fmt="latex", samples=False)
     body = tex.read_text()
@@ -261,7 +276,7 @@ def test_bad_records_are_skipped_with_one_warning_each(results: Path, tmp_path: 
         assert any(name in w and why in w for w in warnings), (name, err)
     text = out.read_text()
     assert "99.0" not in text and "| cutmix |" not in text and "| cutout |" not in text
-    assert "| none | 81.0 ± 1.4 |" in text and "11 run records" in text and "wrote" in stdout
+    assert "| none | 81.0 ± 1.4 (n=2) |" in text and "11 run records" in text and "wrote" in stdout
 
 
 def test_no_usable_records_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -362,7 +377,7 @@ def test_every_plot_is_written_including_samples(results: Path, tmp_path: Path, 
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     stem = "cifar10-cifar10-jpeg-small-cnn-smoke"
-    for kind in ("summary", "heatmap", "curves", "ratio", "samples-cuda"):
+    for kind in ("summary", "curves", "ratio", "samples-cuda"):
         assert f"{stem}-{kind}.png" in names
     assert all((tmp_path / "plots" / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
     sidecar = json.loads((tmp_path / "plots" / f"{stem}-samples-cuda.png.json").read_text())
@@ -542,3 +557,23 @@ def test_threads_text_counts_threads_in_words() -> None:
     assert threads_text([1, 1]) == "(1 thread)"
     assert threads_text([2, 1]) == "(1/2 threads)"
     assert threads_text([4]) == "(4 threads)"
+
+
+def test_defense_metrics_per_defense_and_paper_ratios(results: Path, tmp_path: Path) -> None:
+    """Each defense's own metrics in its own small table; paper vs ours compares each side's ratio to its own
+    clean accuracy (mixup: no clean mixup number in the paper, so plain training's on both sides)."""
+    write(results, make_record("cuda", "cutout", 35.0, defense_metrics={"robust_acc": 20.0, "flips": 3.0}), "co1.json")
+    write(results, make_record("none", "cutout", 77.0, defense_metrics={"robust_acc": 40.0, "flips": 5.0}), "co2.json")
+    out = tmp_path / "lb.md"
+    write_leaderboard(results, out, tmp_path / "plots", samples=False)
+    text = out.read_text()
+    metrics = text.split("### Defense metrics")[1].split("\n### ")[0]
+    mixup = metrics.split("#### mixup")[1].split("####")[0]
+    cutout = metrics.split("#### cutout")[1].split("####")[0]
+    assert "| poison | robust_acc |" in mixup and "| cuda | 12.5 |" in mixup and "flips" not in mixup
+    assert "| poison | flips | robust_acc |" in cutout and "| cuda | 3.0 | 20.0 |" in cutout
+    assert "`" not in mixup.splitlines()[2]  # a plain header, no literal backticks
+    paper = text.split("## Paper vs ours")[1]
+    assert "| cuda × none | 18.5 / 94.7 = 0.20 | 22.0 ± 2.8 (n=2) / 81.0 = 0.27 | agrees: holds |" in paper
+    assert "| cuda × mixup | 25.5 / 94.7 = 0.27 | 50.0 / 81.0 = 0.62 | agrees: holds |" in paper
+    assert "| none × none |" not in paper  # the clean references are the denominators, not rows

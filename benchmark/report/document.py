@@ -12,7 +12,10 @@ from typing import Any
 
 from benchmark.report.aggregate import margin_tolerance, other_sets
 from benchmark.report.claims import claim_rule_text, claims_unrecorded, pair_text, unrecorded_text
+from benchmark.report.collect import CLEAN as CLEAN_LABEL
+from benchmark.report.collect import NO_DEFENSE as NO_DEFENSE_LABEL
 from benchmark.report.collect import threads_text
+from benchmark.report.references import HOLDS_BELOW
 
 NOT_CONVERGED = "†"
 UNDERFITS_MARK = "§"
@@ -49,6 +52,8 @@ class Cell:
     text: str
     links: list[tuple[str, str]] = field(default_factory=list)  # (label, record path)
     muted: bool = False
+    #: where the value lies between 0 % (0) and plain training on clean data (1); HTML colours the cell by it
+    shade: float | None = None
 
 
 @dataclass
@@ -69,18 +74,28 @@ class Table:
 Block = Heading | Para | Bullets | Image | Table
 
 
-def fmt(stat: dict[str, Any] | None, digits: int = 1) -> str:
+def fmt(stat: dict[str, Any] | None, digits: int = 1, runs: bool = True) -> str:
+    """``mean ± std (n=runs)`` for several runs (the count spelled out, never a superscript), ``mean`` for one."""
     if not stat or stat.get("mean") is None:
         return "–"
     text = f"{stat['mean']:.{digits}f}"
-    return text + (f" ± {stat['std']:.{digits}f}" if stat.get("n", 1) > 1 else "")
+    n = stat.get("n", 1)
+    return text + (f" ± {stat['std']:.{digits}f}" + (f" (n={n})" if runs else "") if n > 1 else "")
+
+
+def shade(value: float | None, g: dict[str, Any]) -> float | None:
+    """``value`` on the colour scale of a group: 0 at 0 %, 1 at plain training on clean data (and above)."""
+    top = (g.get("highlights") or {}).get("clean")
+    if value is None or not top:
+        return None
+    return max(0.0, min(1.0, value / top))
 
 
 def _seeds_text(n_values: set[int]) -> str:
     ns = sorted(n for n in n_values if n > 1)
     if not ns:
         return "Every cell is a single run (one seed)."
-    return f"± = sample std over seeds (cells with ± have {' or '.join(map(str, ns))} runs; the others one)."
+    return "± = sample std over seeds, (n=…) = the number of runs (seeds) behind the cell; the others are one run."
 
 
 def _links(records: list[str], seeds: list[int]) -> list[tuple[str, str]]:
@@ -132,14 +147,16 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
                 continue
             mark = ("" if e["converged"] else NOT_CONVERGED) + (UNDERFITS_MARK if e.get("caveat") else "") \
                 + (OTHER_SET if other_sets(e.get("poison_sets")) else "")
-            row.append(Cell(fmt(e["test_acc"]) + mark, _links(e["records"], e["seeds"])))
+            row.append(Cell(fmt(e["test_acc"]) + mark, _links(e["records"], e["seeds"]),
+                            shade=shade(e["test_acc"]["mean"], g)))
         rows.append(row)
     n_values = {e["test_acc"]["n"] for e in g["entries"]}
     other = (f" {OTHER_SET} = trained on another poisoned set than the column's no-defense cell (same poison, "
              "parameters and key, other bytes; caveat `poison sets`)."
              if any(other_sets(e.get("poison_sets")) for e in g["entries"]) else "")
     legend = (f"{_headline_text(g, tier)}; rows: defenses by family, columns: poisons (clean = "
-              f"no poison). Lower = stronger poison, higher = better defense. {_seeds_text(n_values)} "
+              f"no poison). Lower = stronger poison, higher = better defense; in the HTML page the colour runs from red "
+              f"(0 %) to green (plain training on clean data). {_seeds_text(n_values)} "
               f"{_convergence_rule(rules, g)}{other} {protocol_legend(g)} {g['table_provenance'].get(tier, '')}")
     return Table(["defense", *poisons], rows, legend)
 
@@ -151,14 +168,17 @@ def _headline_text(g: dict[str, Any], tier: str) -> str:
     return text + (f" (except {'; '.join(other)})" if other else "")
 
 
-def peak_para(g: dict[str, Any], rules: dict[str, Any]) -> Para | None:
+def peak_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
+    """The cells whose best epoch (picked on the test set) lies well above the final one: a caveat, not a result."""
     notes = g.get("peak_notes") or []
     if not notes:
         return None
-    items = "; ".join(f"{n['defense']} on {n['poison']} {n['peak']:.1f} (epoch {n['peak_epoch']}, final {n['final']:.1f})"
-                      for n in notes)
-    return Para(f"Peak accuracy (best epoch picked on the test set: an oracle, not a result) more than "
-                f"{rules['peak_note_points']:g} points above the final one: {items}.")
+    rows: list[list[Cell | str] | Section] = [[n["defense"], n["poison"], f"{n['final']:.1f}", f"{n['peak']:.1f}",
+                                               str(n["peak_epoch"])] for n in notes]
+    return Table(["defense", "poison", "final", "peak", "peak epoch"], rows,
+                 f"Cells whose peak accuracy is more than {rules['peak_note_points']:g} points above the final one. The "
+                 "peak is the best epoch picked on the test set: an oracle, not a result; the tables use the final "
+                 "epoch.", align="llrrr")
 
 
 def _status_note(e: dict[str, Any]) -> str:
@@ -254,38 +274,66 @@ def poison_ranking(g: dict[str, Any], rules: dict[str, Any]) -> Table:
                   "defenses", "note"], rows, legend, align="rllrllrrrl")
 
 
-def highlight_items(h: dict[str, Any], within: float) -> list[str]:
-    if not h:
-        return []
-    out = ["**Without defense** (clean data: " + f"{h['clean']:.1f} %): " + ", ".join(
-        f"{u['poison']} {u['acc']:.1f} % ({u['acc'] - h['clean']:+.1f})" for u in h["undefended"]) + "."]
-    if h["no_effect"]:
-        out.append(f"**No effect** even without defense (within {within:g} points of clean): {', '.join(h['no_effect'])}.")
-    if h["neutralised"]:
-        out.append(f"**Neutralised** by a standard-tier defense (within {within:g} points of the same defense on clean "
-                   "data, verdict cells): " + "; ".join(
-                       f"{n['poison']} by " + ", ".join(f"{b['defense']} ({b['acc']:.1f} vs {b['clean']:.1f})" for b in n["by"])
-                       for n in h["neutralised"]) + ".")
-    if h["standing"]:
-        out.append("**Not neutralised by any standard-tier defense run:** " + "; ".join(
-            f"{s['poison']} (closest: {s['closest']}, {s['acc']:.1f} vs {s['clean']:.1f} on clean data; {s['run']} of "
-            f"{s['usable']} usable defenses run with a verdict cell)" for s in h["standing"]) + ".")
-    if h["costly"]:
-        out.append(f"**Costly on clean data** (more than {within:g} points below plain training): "
-                   + ", ".join(f"{c['defense']} {c['cost']:+.1f}" for c in h["costly"]) + ".")
-    if h["unranked"]:
-        out.append("**Not judged**: " + ", ".join(f"{u['defense']} ({u['status']})" for u in h["unranked"]) + ".")
-    return out
+def _no_verdict(r: dict[str, Any], best: str | None) -> str:
+    """The summary's verdict column for a poison the highlights do not judge (the ranking entry says why)."""
+    if best is None:  # the ranking's covered count includes plain training itself
+        return "no defense above plain training" if r["covered"] > 1 else "no defense run"
+    return r["status"] if r["status"] != "ranked" else "–"
 
 
-def claims_table(g: dict[str, Any]) -> Table | None:
-    """The claims with at least one recorded cell (None when there is none); the others in the legend."""
+def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
+    """One row per poison: without defense, the best standard-tier defense (that defense on clean data beside
+    it) and the verdict, from the poison ranking and the highlights (no new judgement here)."""
+    h = g.get("highlights") or {}
+    ranking = (g.get("poison_ranking") or {}).get("entries") or []
+    if not h or not ranking:
+        return None
+    entries = {(e["poison"], e["defense"]): e for e in g["entries"]}
+    within = rules["neutralised_within"]
+    verdicts = {p: "no effect" for p in h.get("no_effect", [])}
+    verdicts.update({n["poison"]: "neutralised by " + ", ".join(b["defense"] for b in n["by"])
+                     for n in h.get("neutralised", [])})
+    verdicts.update({s["poison"]: f"**stands** ({s['run']} of {s['usable']} usable defenses run)"
+                     for s in h.get("standing", [])})
+    order = {u["poison"]: i for i, u in enumerate(h.get("undefended", []))}
+    rows: list[list[Cell | str] | Section] = []
+    for r in sorted(ranking, key=lambda r: (order.get(r["poison"], len(order)), r["poison"])):
+        best = r["best_defense"] if r["best_defense"] not in (None, NO_DEFENSE_LABEL) else None
+        cell = entries.get((r["poison"], best)) if best else None
+        own = entries.get((CLEAN_LABEL, best)) if best else None
+        none = entries.get((r["poison"], NO_DEFENSE_LABEL))
+        rows.append([r["poison"], r.get("class") or "–",
+                     Cell(fmt(r["undefended"]), _links(none["records"], none["seeds"]) if none else [],
+                          shade=shade((r["undefended"] or {}).get("mean"), g)),
+                     best or "–",
+                     Cell(fmt(r["worst"]), _links(cell["records"], cell["seeds"]) if cell else [],
+                          shade=shade((r["worst"] or {}).get("mean"), g)) if best else "–",
+                     fmt(own["test_acc"]) if own else "–",
+                     verdicts.get(r["poison"], _no_verdict(r, best))])
+    clean = entries.get((CLEAN_LABEL, NO_DEFENSE_LABEL))
+    legend = (f"Clean test accuracy (%) per poison; plain training on clean data: {fmt(clean['test_acc']) if clean else '–'}. "
+              "Best defense = the standard-tier defense (the defender has only the poisoned set) with the highest "
+              "accuracy on a converged cell of that poison; beside it the same defense on clean data. Verdict: "
+              f"**neutralised** = within {within:g} points of the same defense on clean data (every such defense named), "
+              f"**no effect** = within {within:g} points of clean data without defense, **stands** = no standard-tier "
+              "defense run neutralises it. Budget class: the threat model the poison is ranked in (poison ranking). "
+              "Rows: strongest poison (without defense) first. Details: the matrix and "
+              "the rankings below.")
+    return Table(["poison", "budget class", "no defense", "best defense", "with it", "it on clean data", "verdict"],
+                 rows, legend, align="llrlrrl")
+
+
+def claims_blocks(g: dict[str, Any]) -> list[Block] | None:
+    """The claims with at least one recorded cell (None when there is none), the others in the legend: a
+    narrow table (claim, test, verdict linked to the records) and, under it, each claim's source and cells."""
     unrecorded = claims_unrecorded(g)
     rows: list[list[Cell | str] | Section] = []
+    details: list[str] = []
     for c in (c for c in g["claims"] if c not in unrecorded):
-        cells = "; ".join(pair_text(p) + (f" ({p['why']})" if p.get("why") else "") for p in c["pairs"])
         records = [(f"{p['selector']}", r) for p in c["pairs"] if p["cell"] for r in p["cell"]["records"]]
-        rows.append([c["claim"], c["source"], c["test"], Cell(cells, records), f"**{c['verdict']}**"])
+        rows.append([c["claim"], c["test"], Cell(f"**{c['verdict']}**", records)])
+        details.append(f"**{c['claim']}** ({c['source']}): " + "; ".join(
+            pair_text(p) + (f" ({p['why']})" if p.get("why") else "") for p in c["pairs"]) + ".")
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
               + claim_rule_text(noise) + " Cells that are not a verdict (stability rule in the matrix legend), or whose "
@@ -297,7 +345,7 @@ def claims_table(g: dict[str, Any]) -> Table | None:
     legend += " " + multiplicity_text(g.get("multiplicity"))
     if unrecorded:
         legend += " " + unrecorded_text(unrecorded)
-    return Table(["claim", "source", "test", "our cells", "verdict"], rows, legend, align="lllpl")
+    return [Table(["claim", "test", "verdict"], rows, legend, align="lll"), Bullets(details)]
 
 
 def multiplicity_text(m: dict[str, Any] | None) -> str:
@@ -364,19 +412,29 @@ def cost_tables(g: dict[str, Any]) -> list[Table]:
     return out
 
 
-def defense_metrics_table(g: dict[str, Any]) -> Table | None:
+def defense_metrics_tables(g: dict[str, Any]) -> list[tuple[str, Table]]:
+    """One small table per defense that reports metrics besides its headline: poisons as rows, only the
+    metrics that defense reports as columns (plain names, the meaning of each in the legend)."""
     m = g["defense_metrics"]
-    if not m["rows"]:
-        return None
-    digits = 1
-    rows: list[list[Cell | str] | Section] = [[r["defense"], r["poison"], *(fmt(r["values"].get(k), digits) for k in m["keys"])]
-                                              for r in m["rows"]]
-    meaning = " ".join(f"`{k}`: {h}." for k, h in m["help"].items())
-    constants = ", ".join(f"`{k}` = {v:g}" for k, v in sorted(m["constants"].items()))
-    return Table(["defense", "poison", *(f"`{k}`" for k in m["keys"])], rows,
-                 "Numbers the defenses report besides the headline (record metrics.defense), final model. " + meaning
-                 + (f" Settings (the same in every run, so not columns): {constants}." if constants else "") + " "
-                 + g["table_provenance"].get("all", ""), align="ll" + "r" * len(m["keys"]))
+    out: list[tuple[str, Table]] = []
+    for defense in dict.fromkeys(r["defense"] for r in m["rows"]):
+        rows_of = [r for r in m["rows"] if r["defense"] == defense]
+        keys = [k for k in m["keys"] if any(r["values"].get(k) is not None for r in rows_of)]
+        if not keys:
+            continue
+        rows: list[list[Cell | str] | Section] = [[r["poison"], *(fmt(r["values"].get(k)) for k in keys)]
+                                                  for r in rows_of]
+        meaning = " ".join(f"{k}: {m['help'][k]}." for k in keys if k in m["help"])
+        out.append((defense, Table(["poison", *keys], rows, meaning, align="l" + "r" * len(keys))))
+    return out
+
+
+def defense_metrics_legend(g: dict[str, Any]) -> Para:
+    m = g["defense_metrics"]
+    constants = ", ".join(f"{k} = {v:g}" for k, v in sorted(m["constants"].items()))
+    return Para("Numbers the defenses report besides the headline (record metrics.defense), final model, one table per "
+                "defense." + (f" Settings (the same in every run, so not columns): {constants}." if constants else "")
+                + " " + g["table_provenance"].get("all", ""))
 
 
 def partial_table(g: dict[str, Any]) -> Table | None:
@@ -398,30 +456,65 @@ def partial_table(g: dict[str, Any]) -> Table | None:
                  "them. " + g["table_provenance"].get("partial", ""), align="lll" + "r" * len(part["ratios"]))
 
 
+def _ratio_text(value: str, clean: float | None, mean: float | None) -> str:
+    if clean is None or mean is None or clean <= 0:
+        return f"{value} / –"
+    return f"{value} / {clean:.1f} = {mean / clean:.2f}"
+
+
+def _names_more(label: str, setting: str) -> bool:
+    """Whether a defense label says more than the setting text (a variant, not just the same parameters)."""
+    inner = label.partition("(")[2].rstrip(")")
+    return bool(inner) and any(part.strip() not in setting for part in inner.split(","))
+
+
+def _direction(paper: float | None, ours: float | None) -> str:
+    if paper is None or ours is None:
+        return "–"
+    says = ["holds" if r < HOLDS_BELOW else "defended" for r in (paper, ours)]
+    return f"agrees: {says[0]}" if says[0] == says[1] else f"**differs**: paper {says[0]}, ours {says[1]}"
+
+
 def references_table(data: dict[str, Any]) -> Table:
+    """Paper vs ours as ratios to each side's own clean accuracy, with the direction each side shows."""
     rows: list[list[Cell | str] | Section] = []
     several = len(data["groups"]) > 1
-    for ref in data["references"]:
+    kinds = {"defense": "same defense, clean data", "plain": "plain training, clean data"}
+    differences: dict[str, list[str]] = {}
+    for ref in (r for r in data["references"] if r["poison"] != "none"):
+        clean = ref.get("clean")
+        paper_ratio = ref["value"] / clean["value"] if clean and clean["value"] > 0 else None
         source = f"{ref['paper']}, {ref['table']}"
-        setting = f"{ref['poison']} × {ref['defense']}"
+        params = ref.get("defense_params") or {}
+        setting = f"{ref['poison']} × {ref['defense']}" + (
+            f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
+        paper = _ratio_text(f"{ref['value']:.1f}", clean["value"] if clean else None, ref["value"])
         if not ref["ours"]:
-            rows.append([source, setting, f"{ref['value']:.2f}", "not run", "–", ref["note"]])
+            rows.append([source, setting, paper, "not run", "–"])
         for o in ref["ours"]:
-            ours = fmt(o) + ("" if o["converged"] else NOT_CONVERGED)
-            ours += (f" ({o['defense']})" if o["defense"] != ref["defense"] else "") + (f" [{o['group']}]" if several else "")
-            verdict = f"comparable, {o['delta']:+.1f}" if o["comparable"] else "different: " + "; ".join(o["differences"])
-            rows.append([source, setting, f"{ref['value']:.2f}",
-                         Cell(ours, _links(o["records"], o["seeds"]), muted=not o["comparable"]),
-                         Cell(verdict, muted=not o["comparable"]), ref["note"]])
+            if not o["comparable"]:
+                differences.setdefault(o["group_title"], o["differences"])
+            ours = _ratio_text(fmt(o) + ("" if o["converged"] else NOT_CONVERGED), o.get("clean"), o["mean"])
+            ours += f" [{o['defense']}]" if _names_more(o["defense"], setting) else ""
+            ours += f" ({o['group_title'].split(' · ')[-1]})" if several else ""
+            ratio = o["mean"] / o["clean"] if o.get("clean") and o["mean"] is not None else None
+            verdict = _direction(paper_ratio, ratio if o["converged"] else None)
+            if o["comparable"]:
+                verdict += f"; same protocol, ours − paper {o['delta']:+.1f}"
+            rows.append([source, setting, paper, Cell(ours, _links(o["records"], o["seeds"])), verdict])
+    used = sorted({kinds[r["clean"]["kind"]] for r in data["references"] if r.get("clean")})
     protocols = sorted({r["protocol"] for r in data["references"]})
-    return Table(["source", "setting", "paper", "ours", "protocol", "paper's setting"], rows,
+    diff_text = "; ".join(f"{title}: {', '.join(d)}" for title, d in differences.items())
+    return Table(["source", "setting", "paper: acc / clean = ratio", "ours: acc / clean = ratio", "direction"], rows,
                  f"Published clean test accuracies (benchmark/report/references.toml, version {data['references_version']}) "
-                 "beside our cells of the same poison and defense (any variant of it, named in brackets). A pair is "
-                 "comparable only with the same dataset (from a source comparable to papers), model, epochs and "
-                 "protocol preset, and then shows ours minus the paper's; otherwise it is greyed (italics here) and "
-                 "marked different, with what differs, and no difference is computed. Papers' protocols: "
-                 + "; ".join(protocols) + f" (`paper` = this benchmark's paper preset). {NOT_CONVERGED} = not a verdict (stability rule in the matrix legend).",
-                 align="llrrll")
+                 "beside our cells of the same poison and defense (another variant of the defense in brackets). Raw "
+                 "accuracies are not comparable across protocols, so each side is divided by its own clean accuracy ("
+                 + " or ".join(used) + ", the same kind on both sides; – where the paper reports none). Direction: the "
+                 f"poison **holds** where the ratio is below {HOLDS_BELOW:g}, else the defense **defended**; cells that "
+                 f"did not converge ({NOT_CONVERGED}) get no direction. Where our protocol is the paper's, ours − paper "
+                 "is given too. Our protocols differ from the papers' in: " + (diff_text or "nothing") + ". Papers' "
+                 "protocols: " + "; ".join(protocols) + " (`paper` = this benchmark's paper preset).",
+                 align="llrrl")
 
 
 def provenance_blocks(g: dict[str, Any]) -> list[Block]:

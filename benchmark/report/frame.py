@@ -1,7 +1,7 @@
 """Stage 2 of the report: run records -> one tidy pandas DataFrame, one row per run.
 
 Every table of the leaderboard is a groupby / pivot of this frame, and ``bench results`` /
-``benchmark.records.load_frame`` hand it to users as it is, so a notebook gets the records in one line.
+``benchmark.report.load_frame`` hand it to users as it is, so a notebook gets the records in one line.
 Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
 model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,

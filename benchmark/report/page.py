@@ -37,21 +37,24 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
                              + (f" **Note:** {g['source_note']}" if g["source_note"] else ""))]
     if not g["entries"]:
         out.append(Para("No full-ratio runs in this group."))
-    if g.get("highlights"):
-        out += [Heading(3, "Summary"), Bullets(doc.highlight_items(g["highlights"], rules["neutralised_within"]))]
+    judged = _any_ranked(g, std)
+    if not judged and std in g["rankings"]:
+        out.append(Para("No standard-tier defense in this group is ranked (each failed on clean data, did not converge "
+                        "or was not run), so it has no summary and no rankings: the matrix shows every cell."))
+    if judged and (summary := doc.summary_table(g, rules)) is not None:
+        out += [Heading(3, "Summary"), summary]
+        if unjudged := (g.get("highlights") or {}).get("unranked"):
+            out.append(Para("Not judged: " + ", ".join(f"{u['defense']} ({u['status']})" for u in unjudged) + "."))
     tiers = [t for t in g["rankings"]]
     if std in tiers:
         out += [Heading(3, f"Clean test accuracy, defense × poison ({std}: the defender has only the poisoned set)"),
                 doc.matrix(g, std, rules)]
-        if (peak := doc.peak_para(g, rules)) is not None:
-            out.append(peak)
-        for key, alt in (("summary", "per poison: accuracy without defense, with the best standard-tier defense, and on "
-                                     "clean data"), ("heatmap", "heatmap of the accuracy matrix")):
-            if key in gp:
-                out.append(Image(gp[key], alt))
+        if "summary" in gp and _judged_poisons(g) > 1:  # one dot on an empty axis tells nothing
+            out.append(Image(gp["summary"], "per poison: accuracy without defense, with the best standard-tier "
+                                            "defense, and on clean data"))
     for tier in (t for t in tiers if t != std):
         out += [Heading(3, f"Tier {tier}: {data['tiers'][tier]}"), doc.matrix(g, tier, rules)]
-    if std in tiers:
+    if std in tiers and judged:
         out += [Heading(3, "Defenses ranked by worst case (standard tier)"), doc.defense_ranking(g, std, rules)]
         if "pareto" in gp:
             out.append(Image(gp["pareto"], "worst case vs clean accuracy per defense, Pareto front marked"))
@@ -60,13 +63,15 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
     for tier in (t for t in tiers if t != std):
         out += [Heading(3, f"Defenses ranked by worst case (tier {tier}, ranked separately)"),
                 doc.defense_ranking(g, tier, rules)]
-    if (metrics := doc.defense_metrics_table(g)) is not None:
-        out += [Heading(3, "Defense metrics"), metrics]
+    if metrics := doc.defense_metrics_tables(g):
+        out += [Heading(3, "Defense metrics"), doc.defense_metrics_legend(g)]
+        for defense, table in metrics:
+            out += [Heading(4, defense), table]
     if g["claims"]:
-        table = doc.claims_table(g)
+        claims = doc.claims_blocks(g)
         out += [Heading(3, "Claims of the papers, checked on these cells"),
-                table or Para(f"None of the {len(g['claims'])} claims (benchmark/report/claims.toml) names a cell "
-                              "run in this table.")]
+                *(claims or [Para(f"None of the {len(g['claims'])} claims (benchmark/report/claims.toml) names a cell "
+                              "run in this table.")])]
     out += [Heading(3, "Cost and budgets"), *doc.cost_tables(g)]
     if (part := doc.partial_table(g)) is not None:
         out += [Heading(3, "Partial poisoning"), part]
@@ -74,7 +79,10 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
             out.append(Image(gp["ratio"], "accuracy vs poison ratio"))
     if "curves" in gp:
         out += [Heading(3, "Test accuracy per epoch"),
-                Image(gp["curves"], "test accuracy per epoch, clean vs poisoned, per defense")]
+                Image(gp["curves"], "test accuracy per epoch, one panel per poison: no defense, the best defenses, "
+                                    "and plain training on clean data")]
+    if (peak := doc.peak_table(g, rules)) is not None:
+        out += [Heading(3, "Peak above final (an oracle, not a result)"), peak]
     samples = gp.get("samples") or {}
     if samples:
         out += [Heading(3, "Samples"),
@@ -87,3 +95,13 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
                 Bullets([f"**{c['topic']}**: {c['text']}" for c in g["caveats"]])]
     out += [Heading(3, "Provenance"), *doc.provenance_blocks(g)]
     return out
+
+
+def _judged_poisons(g: dict[str, Any]) -> int:
+    """Poisons whose best standard-tier defense is a defense (the summary plot draws a bar for each)."""
+    return sum(1 for e in (g.get("poison_ranking") or {}).get("entries", []) if e.get("best_defense") not in (None, "none"))
+
+
+def _any_ranked(g: dict[str, Any], tier: str) -> bool:
+    """Whether a defense other than the reference is ranked in ``tier`` (else rankings and summary say nothing)."""
+    return any(e["status"] == "ranked" for e in g["rankings"].get(tier, {}).get("entries", []))

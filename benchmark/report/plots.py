@@ -3,9 +3,8 @@ per-epoch curves, the records). Deterministic: fixed sizes, no timestamp metadat
 
 * summary: per poison, accuracy without defense, with the best standard-tier defense, and the clean
   references (a dumbbell plot);
-* heatmap: the full defense x poison matrix, tiers and failing defenses marked, cells that did not
-  converge boxed;
-* curves: test accuracy per epoch, one panel per defense;
+* curves: test accuracy per epoch, one panel per poison with the best few defenses on it (the full
+  matrix is a table, coloured in the HTML page);
 * ratio: accuracy against poison ratio (partial poisoning).
 """
 
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.io import atomic_write
-from benchmark.report.aggregate import other_sets
 from benchmark.report.collect import CLEAN, NO_DEFENSE, num
 
 DPI = 110
@@ -172,59 +170,6 @@ def plot_pareto(g: dict[str, Any], tier: str, path: Path) -> Path | None:
     return save(fig, path)
 
 
-def plot_heatmap(g: dict[str, Any], standard: str, path: Path) -> Path:
-    """Defenses (rows, tiers after the standard one) x poisons; † and a box = not a verdict, § = underfits,
-    ‡ = another poisoned set than the column's no-defense cell."""
-    plt, sns = pyplot()
-    import numpy as np
-
-    cells = _entries(g)
-    defenses = [d for d in g["defenses"] if d["tier"] == standard] + [d for d in g["defenses"] if d["tier"] != standard]
-    poisons = [p["label"] for p in g["poisons"]]
-    data = np.full((len(defenses), len(poisons)), np.nan)
-    annot = np.full(data.shape, "", dtype=object)
-    bad = []
-    marked_other = False
-    for i, d in enumerate(defenses):
-        for j, p in enumerate(poisons):
-            e = cells.get((p, d["label"]))
-            if e is not None:
-                data[i, j] = e["test_acc"]["mean"]
-                other = bool(other_sets(e.get("poison_sets")))
-                annot[i, j] = f"{e['test_acc']['mean']:.1f}" + ("" if e["converged"] else "†") + \
-                    ("§" if e.get("caveat") else "") + ("‡" if other else "")
-                marked_other = marked_other or other
-                if not e["converged"]:
-                    bad.append((i, j))
-    status = {e["defense"]: e["status"] for r in g["rankings"].values() for e in r["entries"]}
-    labels = [d["label"] + ("" if d["final_epoch"] else " *") + ("" if d["tier"] == standard else f" [{d['tier']}]")
-              + (f" ({status[d['label']]})" if status.get(d["label"]) in ("fails on clean", "not converged") else "")
-              for d in defenses]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(poisons) + 4.0), 0.34 * len(defenses) + 1.9))
-    sns.heatmap(data, annot=annot, fmt="", cmap="viridis", vmin=0, vmax=100, ax=ax, linewidths=0.5,
-                cbar_kws={"label": "clean test accuracy (%)"}, xticklabels=poisons, yticklabels=labels,
-                annot_kws={"fontsize": 8})
-    for i, j in bad:
-        ax.add_patch(plt.Rectangle((j + 0.04, i + 0.06), 0.92, 0.88, fill=False, edgecolor="#ff7f0e", linewidth=2.2))
-    ax.grid(False)
-    ax.set_facecolor("#f2f2f2")
-    n_std = sum(d["tier"] == standard for d in defenses)
-    if 0 < n_std < len(defenses):
-        ax.axhline(n_std, color="white", linewidth=4)
-    ax.set_xlabel("poison")
-    ax.set_ylabel("defense")
-    own = any(not d["final_epoch"] for d in defenses)
-    ax.set_title(wrap(f"{g['title']} — clean test accuracy (%), final epoch"
-                      + (" (* = the defense's own headline, e.g. a vote or a chosen epoch)" if own else "")
-                      + "; grey = not run; † orange box = not a verdict (still rising, collapsed, unstable, still "
-                      "learning or diverged); § = underfits (a verdict with a caveat)"
-                      + ("; ‡ = another poisoned set than the column's no-defense cell" if marked_other else "")
-                      + "; rows below the white line use extra data", 75), fontsize=10)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    plt.setp(ax.get_yticklabels(), rotation=0)
-    return save(fig, path)
-
-
 def _curve(recs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
     per: dict[int, list[float]] = defaultdict(list)
     for r in recs:
@@ -238,49 +183,68 @@ def _curve(recs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[flo
     return epochs, means, stds
 
 
-def plot_curves(g: dict[str, Any], records: dict[str, dict[str, Any]], path: Path) -> Path | None:
-    """One panel per defense: test accuracy per epoch of each poison (mean over seeds, band = std)."""
+#: defenses drawn per panel of the curves besides no defense: the best ones on that poison
+CURVE_DEFENSES = 3
+
+
+def curve_defenses(g: dict[str, Any], poison: str, standard: str) -> list[str]:
+    """No defense, then the ``CURVE_DEFENSES`` standard-tier defenses with the highest final accuracy on
+    ``poison`` (converged cells first, ties by name)."""
+    tier = {d["label"]: d["tier"] for d in g["defenses"]}
+    cells = [e for e in g["entries"] if e["poison"] == poison and e["defense"] != NO_DEFENSE
+             and tier.get(e["defense"]) == standard]
+    best = sorted(cells, key=lambda e: (not e["converged"], -e["test_acc"]["mean"], e["defense"]))[:CURVE_DEFENSES]
+    return [NO_DEFENSE, *(e["defense"] for e in best)]
+
+
+def plot_curves(g: dict[str, Any], records: dict[str, dict[str, Any]], path: Path,
+                standard: str = "poisoned-only") -> Path | None:
+    """Small multiples, one panel per poison: test accuracy per epoch without defense and under the best
+    few standard-tier defenses on it (mean over seeds, band = std), plain training on clean data dashed."""
     plt, _sns = pyplot()
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    cells = {k: [records[r] for r in e["records"] if r in records] for k, e in _entries(g).items()}
-    if not any(_curve(v)[0] for v in cells.values()):
+    entries = _entries(g)
+    cells = {k: [records[r] for r in e["records"] if r in records] for k, e in entries.items()}
+    poisons = [p["label"] for p in g["poisons"] if p["label"] != CLEAN and _curve(cells.get((p["label"], NO_DEFENSE), []))[0]]
+    if not poisons:
         return None
-    defenses = [d["label"] for d in g["defenses"]]
-    poisons = [p["label"] for p in g["poisons"]]
-    ncols = min(3, len(defenses))
-    nrows = math.ceil(len(defenses) / ncols)
-    legend_rows = math.ceil(len(poisons) / 6)
-    height = 2.9 * nrows + 1.0 + 0.2 * legend_rows
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, height), squeeze=False, sharey=True)
-    colors = dict(zip(poisons, palette(len(poisons)), strict=True))
-    colors[CLEAN] = (0.1, 0.1, 0.1)
-    for k, d in enumerate(defenses):
+    ncols = min(4, len(poisons))
+    nrows = math.ceil(len(poisons) / ncols)
+    height = 3.3 * nrows + 0.6
+    width = max(7.0, 4.2 * ncols)  # one panel alone gets room for its legend
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, sharey=True, layout="constrained")
+    reference = _curve(cells.get((CLEAN, NO_DEFENSE), []))
+    colours = palette(CURVE_DEFENSES + 1)
+    colours = [(0.84, 0.15, 0.16), *[c for c in colours if c != colours[3]][:CURVE_DEFENSES]]
+    for k, poison in enumerate(poisons):
         ax = axes[k // ncols][k % ncols]
-        for p in poisons:
-            epochs, mean, std = _curve(cells.get((p, d), []))
+        if reference[0]:
+            ax.plot(reference[0], reference[1], color="#777", linestyle="--", linewidth=1.2, label="clean, no defense")
+        for colour, d in zip(colours, curve_defenses(g, poison, standard), strict=False):
+            epochs, mean, std = _curve(cells.get((poison, d), []))
             if not epochs:
                 continue
-            style = {"linewidth": 2.2, "linestyle": "-"} if p == CLEAN else {"linewidth": 1.4, "linestyle": "--"}
-            ax.plot(epochs, mean, marker="o", markersize=3, color=colors[p], **style)
+            converged = entries[(poison, d)]["converged"]
+            ax.plot(epochs, mean, marker="o", markersize=2.5, linewidth=1.6, color=colour,
+                    linestyle="-" if converged else ":",
+                    label=("no defense" if d == NO_DEFENSE else d) + ("" if converged else " † not converged"))
             if any(s > 0 for s in std):
-                ax.fill_between(epochs, np.array(mean) - std, np.array(mean) + std, color=colors[p], alpha=0.15)
-        ax.set_title(d, fontsize=10)
-        ax.set_xlabel("epoch")
+                ax.fill_between(epochs, np.array(mean) - std, np.array(mean) + std, color=colour, alpha=0.18)
+        ax.set_title(f"poison: {poison}", fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 100)
+        ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85)
         if k % ncols == 0:
-            ax.set_ylabel("test accuracy (%)")
-    for k in range(len(defenses), nrows * ncols):
+            ax.set_ylabel("test accuracy (%)", fontsize=9)
+    for k in range(len(poisons), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
-    handles = [plt.Line2D([], [], color=colors[p], linewidth=2.2 if p == CLEAN else 1.4,
-                          linestyle="-" if p == CLEAN else "--", marker="o", markersize=3) for p in poisons]
-    fig.legend(handles, poisons, title="poison", loc="lower center", ncol=min(len(poisons), 6), fontsize=8,
-               title_fontsize=9, bbox_to_anchor=(0.5, 0.0), frameon=False)
-    fig.suptitle(wrap(f"{g['title']} — test accuracy per epoch, one panel per defense (mean over seeds, band = std)",
-                      90), fontsize=10)
-    fig.tight_layout(rect=(0, (0.45 + 0.2 * legend_rows) / height, 1, 1 - 0.55 / height))
+    title = wrap(f"{g['title']} — test accuracy per epoch, one panel per poison: no defense and the "
+                 f"{CURVE_DEFENSES} standard-tier defenses with the highest final accuracy on it (mean over seeds, "
+                 "band = std); dashed: plain training on clean data; dotted: did not converge", int(width * 13))
+    fig.suptitle(title, fontsize=10)
     return save(fig, path)
 
 
@@ -320,10 +284,9 @@ def make_plots(g: dict[str, Any], records: dict[str, dict[str, Any]], plots_dir:
     if g["entries"]:
         if (p := plot_summary(g, Path(f"{stem}-summary.png"))) is not None:
             out["summary"] = p
-        out["heatmap"] = plot_heatmap(g, standard, Path(f"{stem}-heatmap.png"))
         if (p := plot_pareto(g, standard, Path(f"{stem}-pareto.png"))) is not None:
             out["pareto"] = p
-        if (p := plot_curves(g, records, Path(f"{stem}-curves.png"))) is not None:
+        if (p := plot_curves(g, records, Path(f"{stem}-curves.png"), standard)) is not None:
             out["curves"] = p
     if (p := plot_ratio(g, Path(f"{stem}-ratio.png"))) is not None:
         out["ratio"] = p

@@ -66,24 +66,49 @@ def _inline_html(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}"
-        "th{background:#f3f3f3}td.r{text-align:right}td.muted,td.muted a{color:#999}tr.section td{background:#fafafa;"
-        "font-style:italic}td a{color:inherit;text-decoration:none;border-bottom:1px dotted #888}sup a{font-size:0.75em}"
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 6px}"
+        "th{background:#f3f3f3}td.r{text-align:right;white-space:nowrap}td.muted,td.muted a{color:#999}tr.section td{background:#fafafa;"
+        "font-style:italic}td a{color:inherit;text-decoration:none;border-bottom:1px dotted #888}"
+        ".runs{display:block;font-size:0.7em;color:#555;white-space:nowrap}.runs a{margin-right:0.4em}"
+        ".scroll{overflow-x:auto;max-width:100%}td{vertical-align:top}"
         ".legend{font-size:0.8em;color:#555;max-width:60em}img{max-width:100%;display:block;margin:1em 0}"
         "code{background:#f3f3f3;padding:0 3px}")
 
 
+def _colour(shade: float) -> str:
+    """Red (0) -> yellow (0.5) -> green (1), light enough for dark text."""
+    stops = ((0.0, (244, 165, 160)), (0.5, (255, 236, 170)), (1.0, (168, 219, 168)))
+    for (x0, c0), (x1, c1) in zip(stops, stops[1:], strict=False):
+        if shade <= x1:
+            t = (shade - x0) / (x1 - x0)
+            return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(c0, c1, strict=True))
+    return "#" + "".join(f"{v:02x}" for v in stops[-1][1])
+
+
+#: the run count ``fmt`` appends to a value, `` (n=3)``
+_RUNS = re.compile(r" \((n=\d+)\)")
+
+
 def _html_cell(cell: Cell | str, align: str, out_dir: Path) -> str:
     cls = ("r" if align == "r" else "l") + (" muted" if _muted(cell) else "")
-    body = _inline_html(_text(cell))
+    style = f' style="background:{_colour(cell.shade)}"' if isinstance(cell, Cell) and cell.shade is not None else ""
+    text = _text(cell)
+    body = _inline_html(text)
     if isinstance(cell, Cell) and cell.links:
         (label0, first), rest = cell.links[0], cell.links[1:]
+        count = _RUNS.search(text) if rest else None
+        if count:  # the run count moves to the line of run links under the value
+            body = _inline_html(text[:count.start()] + text[count.end():])
         body = f'<a href="{html.escape(_rel(first, out_dir))}" title="{html.escape(label0)}">{body}</a>'
-        if rest:
-            body += "<sup>" + " ".join(f'<a href="{html.escape(_rel(p, out_dir))}" title="{html.escape(lab)}">'
-                                       f"{i + 2}</a>" for i, (lab, p) in enumerate(rest)) + "</sup>"
-    return f'<td class="{cls}">{body}</td>'
+        if rest:  # every run, linked under the value: "n=3: seeds 0 1 2" (never a superscript read as an exponent)
+            runs = [(label0, first), *rest]
+            kind = label0.split()[0]
+            compact = kind in ("seed", "record") and all(lab.split()[0] == kind for lab, _ in runs)
+            body += (f'<span class="runs">{count.group(1) + ": " if count else ""}{kind + "s " if compact else ""}'
+                     + " ".join(f'<a href="{html.escape(_rel(p, out_dir))}" title="{html.escape(lab)}">'
+                                f'{html.escape(lab.split()[-1] if compact else lab)}</a>' for lab, p in runs) + "</span>")
+    return f'<td class="{cls}"{style}>{body}</td>'
 
 
 def render_html(blocks: list[Block], out_dir: Path) -> str:
@@ -98,7 +123,7 @@ def render_html(blocks: list[Block], out_dir: Path) -> str:
             parts.append(f"<p>{_inline_html(b.text)}</p>")
         elif isinstance(b, Table):
             align = b.align or "l" + "r" * (len(b.header) - 1)
-            parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+            parts.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_inline_html(h)}</th>" for h in b.header)
                          + "</tr></thead><tbody>")
             for row in b.rows:
                 if isinstance(row, Section):
@@ -106,7 +131,7 @@ def render_html(blocks: list[Block], out_dir: Path) -> str:
                 else:
                     parts.append("<tr>" + "".join(_html_cell(c, a, out_dir) for a, c in zip(align, row, strict=True))
                                  + "</tr>")
-            parts.append(f'</tbody></table><p class="legend">{_inline_html(b.legend)}</p>')
+            parts.append(f'</tbody></table></div><p class="legend">{_inline_html(b.legend)}</p>')
         elif isinstance(b, Image):
             data = base64.b64encode(Path(b.path).read_bytes()).decode()
             parts.append(f'<img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}">')

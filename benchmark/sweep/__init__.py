@@ -10,7 +10,7 @@ argument (the artifact travels with it, so nodes need no shared cache; results a
 exist on every node). ``estimate``: the cost of a dry run; config: CLI options and TOML files.
 """
 
-from benchmark.sweep.cells import generate_poison, run_cell
+from benchmark.sweep.cells import Cell, generate_poison, run_cell
 from benchmark.sweep.config import (
     CONFIG_KEYS,
     EXECUTORS,
@@ -20,7 +20,6 @@ from benchmark.sweep.config import (
 )
 from benchmark.sweep.estimate import Estimate, estimate, past_costs
 from benchmark.sweep.plan import (
-    Cell,
     Plan,
     SweepSpec,
     expand_grid,

@@ -10,9 +10,9 @@ import functools
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -20,12 +20,28 @@ from benchmark import paths
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchError
 from benchmark.io import read_json
-from benchmark.poisoning import get_poisoned
 from benchmark.records import finished_record, write_record
 from benchmark.runner import Event, PreparedRun, RunSpec, build_record, execute, prepare_run
 
-if TYPE_CHECKING:  # plan.py imports this module
-    from benchmark.sweep.plan import Cell
+
+@dataclass
+class Cell:
+    """One run of the grid, validated; ``artifact`` names the poison artifact it trains on."""
+
+    spec: RunSpec
+    run_id: str
+    record_path: Path
+    artifact: str
+    finished: bool
+    label: str
+    cost_key: tuple
+    poison_cost_key: tuple
+    #: where an interrupted run of this cell left its checkpoint, and the epochs it trains in all
+    checkpoint: Path | None = None
+    epochs: int = 0
+    #: finished on another poisoned set than the cached artifact of its poison (same poison, params, key)
+    stale: bool = False
+
 
 #: a finished poison job or cell, for the display and the summary counts: (kind, data)
 SweepEvent = Callable[[str, dict[str, Any]], None]
@@ -48,8 +64,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
 def generate_poison(spec: RunSpec) -> dict[str, Any]:
     """Generate (or find cached) the poison artifact of ``spec``; runs in a worker."""
     prep = prepare(spec)
-    _poisoned, manifest = get_poisoned(prep.train, prep.dataset_id, prep.poison, prep.cache, prep.device,
-                                       prep.protocol.preset, split_rows=prep.split_rows)
+    _poisoned, manifest = prep.poisoned_set()
     return {"artifact": manifest["artifact"], "cached": bool(manifest.get("cached")),
             "generation_seconds": manifest.get("generation_seconds")}
 

@@ -18,7 +18,7 @@ from benchmark.poisoning import artifact_paths, same_poisoned_set
 from benchmark.records import finished_record
 from benchmark.registry import DEFENSES, POISONS
 from benchmark.runner import RunSpec, default_preset, resolve_device
-from benchmark.sweep.cells import prepare
+from benchmark.sweep.cells import Cell, prepare
 
 Warn = Callable[[str], None]
 
@@ -51,25 +51,6 @@ class SweepSpec:
     force: bool = False
     # True: finished cells whose record trained on another poisoned set than the cached artifact run again
     rerun_stale: bool = False
-
-
-@dataclass
-class Cell:
-    """One run of the grid, validated; ``artifact`` names the poison artifact it trains on."""
-
-    spec: RunSpec
-    run_id: str
-    record_path: Path
-    artifact: str
-    finished: bool
-    label: str
-    cost_key: tuple
-    poison_cost_key: tuple
-    #: where an interrupted run of this cell left its checkpoint, and the epochs it trains in all
-    checkpoint: Path | None = None
-    epochs: int = 0
-    #: finished on another poisoned set than the cached artifact of its poison (same poison, params, key)
-    stale: bool = False
 
 
 @dataclass
