@@ -1,7 +1,8 @@
 """The import graph of the package, read from the source (ast): one-directional layers, no cycles.
 
 Layers, bottom to top: the spine (``benchmark.*`` stages, ``attacks``, ``defenses``) <- the report
-(``benchmark.report``) <- the presentation (``benchmark.ui``, ``benchmark.cli``). Every import counts,
+(``benchmark.report``) <- tools built on it (``benchmark.audit``, gpu-check's summary) <- the presentation
+(``benchmark.ui``, ``benchmark.cli`` and the command modules). Every import counts,
 also the ones inside functions and under ``TYPE_CHECKING``: a lazy import is still a dependency.
 """
 
@@ -53,12 +54,18 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported(path, name, modules) for name, path in modules.items()}
 
 
+COMMANDS = ("benchmark.cli", "benchmark.cli_options", "benchmark.gpucheck", "benchmark.audit.command")
+
+
 def layer(module: str) -> int:
-    """0: the spine, 1: the report, 2: the presentation (ui, cli)."""
+    """0: the spine, 1: the report, 2: tools built on the report (``bench audit``'s verdicts, gpu-check's
+    summary), 3: the presentation (ui, cli and the command modules)."""
+    if module in COMMANDS or module.startswith("benchmark.ui"):
+        return 3
+    if module.startswith("benchmark.audit") or module == "benchmark.gpucheck_report":
+        return 2
     if module == "benchmark.report" or module.startswith("benchmark.report."):
         return 1
-    if module in ("benchmark.cli", "benchmark.cli_options") or module.startswith("benchmark.ui"):
-        return 2
     return 0
 
 

@@ -213,13 +213,13 @@ def test_page_json_and_byte_identical_regeneration(results: Path, tmp_path: Path
     assert "| none | cuda | 22.0 | 30.5 | 3 |" in text  # peak more than 3 points above final: a caveat table
     assert "| cuda | none | mixed | 81.0 ± 1.4 (n=2) | 60.0 (72 steps) | 22.0 ± 2.8 (n=2) |" in text
     assert "| cuda | none | clean-only, steps matched | 81.0 ± 1.4 (n=2) | 70.0 (72 steps) | – |" in text
-    # the summary: one row per poison, strongest first (no defense, best defense, it on clean, verdict)
-    summary_rows = re.findall(r"^\| (\w+) \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| (.+) \|$",
+    # the summary: one row per poison, strongest first (class, no defense, best defense, it on clean, verdict)
+    summary_rows = re.findall(r"^\| (\w+) \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| (.+) \|$",
                               text.split("### Summary")[1].split("###")[0], re.M)
     assert [(p, v) for p, v in summary_rows if p != "poison"] == [
         ("sem", "no defense run"), ("em", "**stands** (1 of 1 usable defenses run)"),
         ("cuda", "**stands** (1 of 1 usable defenses run)")], summary_rows
-    assert "| cuda | 22.0 ± 2.8 (n=2) | mixup | 50.0 | 78.0 |" in text
+    assert "| cuda | unbounded / perceptual | 22.0 ± 2.8 (n=2) | mixup | 50.0 | 78.0 |" in text
     assert "heatmap" not in text  # the coloured matrix replaces it (HTML)
     # no table of the page is wider than a laptop's screen of markdown
     assert max(len(line) for line in text.splitlines() if line.startswith("|")) <= 200

@@ -182,14 +182,15 @@ def peak_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
 
 
 def _status_note(e: dict[str, Any]) -> str:
+    """Status and how many comparable cells are missing or not a verdict (which ones: the matrix's – and † marks,
+    and leaderboard.json): counts keep the ranking tables narrow."""
     parts = []
     if e["status"] not in ("ranked", "reference"):
         parts.append(f"**{e['status']}**")
     if e["not_run"]:
-        parts.append(f"not run on {', '.join(e['not_run'])}")
+        parts.append(f"{len(e['not_run'])} not run")
     if e["not_converged"]:
-        labels = e.get("labels") or {}
-        parts.append("not a verdict on " + ", ".join(f"{x} ({labels[x]})" if labels.get(x) else x for x in e["not_converged"]))
+        parts.append(f"{len(e['not_converged'])} not a verdict")
     return "; ".join(parts) or "–"
 
 
@@ -240,7 +241,7 @@ def _budget_text(b: dict[str, Any] | None) -> str:
     l2 = f"L2 {m['l2_mean']:.2f}" if m.get("l2_mean") is not None else ""
     psnr = f"{m['psnr']:.1f} dB" if m.get("psnr") is not None else ""
     ssim = f"SSIM {m['ssim']:.2f}" if m.get("ssim") is not None else ""
-    return f"{b['budget_type']}: " + ", ".join(x for x in (eps, l2, psnr, ssim) if x)
+    return ", ".join(x for x in (eps, l2, psnr, ssim) if x)
 
 
 def poison_ranking(g: dict[str, Any], rules: dict[str, Any]) -> Table:
