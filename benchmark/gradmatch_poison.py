@@ -54,7 +54,7 @@ class MatchingRun(Generation):
     x_u8: torch.Tensor
     y: torch.Tensor
     rows: torch.Tensor  # the images being poisoned, in crafting order
-    lr: torch.Tensor  # per-channel (1, C, 1, 1) step size in pixel units
+    std: torch.Tensor  # per-channel (1, C, 1, 1) std of the clean images: the unit of signAdam's step
     batches: int
     key: int
     restart: int = 0
@@ -93,7 +93,7 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
     def settings(self, run: MatchingRun) -> CraftSettings:
         p = self.params
         if p.optimizer == "signadam":
-            lr: float | torch.Tensor = run.lr * p.tau * (p.batch_size / 512)
+            lr: float | torch.Tensor = run.std * p.tau * (p.batch_size / 512)
         else:
             lr = p.tau * p.eps
         return CraftSettings(eps=p.eps, steps=p.steps, lr=lr, optimizer=p.optimizer, schedule=p.schedule,
@@ -111,7 +111,7 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
         scalars = {"best": torch.zeros(0, dtype=torch.int8), "loss_sum": 0.0, "best_score": math.inf, "scores": []}
         return MatchingRun(torch.zeros(train.x.shape, dtype=torch.int8), p.restarts * batches, scalars=scalars,
                            surrogate=model, surrogate_info=surrogate_info, x_u8=train_dev.x, y=train_dev.y, rows=rows,
-                           lr=channel_std(train_dev.x), batches=batches, key=ctx.key)
+                           std=channel_std(train_dev.x), batches=batches, key=ctx.key)
 
     def craft(self, run: MatchingRun) -> None:
         p = self.params
