@@ -198,8 +198,9 @@ def craft_delta(model: nn.Module, params: Sequence[torch.Tensor], x: torch.Tenso
     before each step, plus after the last one if ``final_objective``: one more forward/backward)."""
     t_norm = grad_norm(target_grad)
     draw_on = gen.device if gen is not None else torch.device("cpu")
-    delta = project_linf(torch.randn(x.shape, generator=gen, device=draw_on).to(x.device) * settings.eps, x,
-                         settings.eps)
+    # forest ``--init randn``: eps x N(0, 1) clipped to the ball only; the first step's projection keeps x + delta in [0, 1]
+    delta = (torch.randn(x.shape, generator=gen, device=draw_on).to(x.device) * settings.eps).clamp(-settings.eps,
+                                                                                                    settings.eps)
     opt = OPTIMIZERS[settings.optimizer](delta)
     trace: list[torch.Tensor] = []
 
