@@ -1,3 +1,16 @@
 """Availability poisons. Importing this package registers every built-in poison."""
 
-from attacks import ar, cuda, em, imported, lsp, none, ops, random_noise, rem, sem, tap  # noqa: F401  (imports register the poisons)
+from attacks import (  # noqa: F401  (imports register the poisons)
+    ar,
+    cuda,
+    em,
+    imported,
+    lsp,
+    none,
+    ops,
+    random_noise,
+    rem,
+    secure_release,
+    sem,
+    tap,
+)

@@ -14,8 +14,9 @@ crafting from fresh starts and keeps the restart whose final-step loss, averaged
 batches, is lowest (official ``--restarts 8``). The stored image rounds x + δ to grey levels half up,
 as the official PNG export, which keeps the L-inf budget exactly.
 
-Surrogate: the benchmark's own trainer (:func:`benchmark.train.train_model`, the one ``bench
-pretrain`` uses) on the clean images handed in, cached as safetensors in ``bench pretrain``'s format
+Surrogate (:class:`benchmark.clean_surrogate.CleanSurrogate`, shared with the gradient-matching
+poisons): the benchmark's own trainer (:func:`benchmark.train.train_model`, the one ``bench pretrain``
+uses) on the clean images handed in, cached as safetensors in ``bench pretrain``'s format
 under ``<cache>/surrogates`` (keyed by the images, the recipe and the key), so targeted and
 untargeted TAP share it; ``backbone=PATH`` uses a ``bench pretrain`` file instead (``--split train``:
 the attacker's clean data). Official recipe (``conservative``): ResNet-18, 40 epochs, batch 128, SGD
@@ -42,31 +43,23 @@ exact key-seeded subset (official ``--budget``: a random subset), derived from t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import PoisonContext, key_fingerprint
-from benchmark.data import ImageSet, stratified_subset
-from benchmark.errors import BenchError
-from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, derived_seed
+from attacks.base import PoisonContext
+from benchmark.clean_surrogate import CleanSurrogate, check_surrogate_params
+from benchmark.data import ImageSet
+from benchmark.gradmatch import random_shift_flip
+from benchmark.noise import Generation, SteppedNoisePoison, derived_generator
 from benchmark.params import param
-from benchmark.pretrain import FORMAT, read_backbone, save_backbone
-from benchmark.protocol import protocol_dict, resolve_protocol
-from benchmark.registry import MODELS, register_poison
-from benchmark.surrogate import build_surrogate, check_surrogate, frozen
-from benchmark.train import train_model
-from defenses.base import TrainContext, build_defense
-
-FORMAT_FAMILY = FORMAT.rsplit(" v", 1)[0]  # "unlearnable-bench backbone": every version holds the weights
+from benchmark.registry import register_poison
+from benchmark.surrogate import frozen
 
 
 @dataclass(frozen=True)
@@ -91,12 +84,7 @@ class TAPParams:
     checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
 
     def validate(self, owner: str) -> None:
-        check_surrogate(owner, self.surrogate)
-        if self.backbone:
-            path = Path(self.backbone).expanduser()
-            if path.suffix != ".safetensors" or not path.is_file():
-                raise BenchError(f"{owner}: backbone '{self.backbone}' must be an existing .safetensors file "
-                                 f"written by `bench pretrain`")
+        check_surrogate_params(owner, self)
 
 
 _TAP_PRESETS: dict[str, dict[str, Any]] = {
@@ -107,41 +95,6 @@ _TAP_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(surrogate="small-cnn", surrogate_epochs=2, surrogate_batch_size=64, surrogate_lr=0.05,
                   surrogate_schedule="onecycle", steps=3, tau=0.4, restarts=1, batch_size=128),
 }
-
-
-def random_shift_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The official differentiable augmentation: per image a bilinear shift of up to size/8 pixels
-    (``shift`` = size/4 grid steps of 2/(size-1), align_corners, zero padding) and, with probability
-    1/2, a horizontal flip; four uniforms per image, as ``RandomTransform``."""
-    n, _, h, w = x.shape
-    r = torch.rand(n, 4, generator=gen, device=gen.device).to(device=x.device, dtype=x.dtype)
-    dx = (r[:, 0] - 0.5) * 2 * ((w // 4) / max(1, w - 1))
-    dy = (r[:, 1] - 0.5) * 2 * ((h // 4) / max(1, h - 1))
-    gx = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx.view(n, 1, 1)
-    gx = torch.where((r[:, 2] > 0.5).view(n, 1, 1), -gx, gx)
-    gy = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy.view(n, 1, 1)
-    grid = torch.stack([gx.expand(n, h, w), gy.expand(n, h, w)], dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def images_digest(train: ImageSet) -> str:
-    h = hashlib.sha256()
-    h.update(train.x.cpu().contiguous().numpy().tobytes())
-    h.update(train.y.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_surrogate(path: Path, num_classes: int, in_channels: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """A surrogate from a ``bench pretrain`` safetensors file (or our own cached one), checked."""
-    state, meta, _indices = read_backbone(path)
-    if not str(meta.get("format", "")).startswith(FORMAT_FAMILY):
-        raise BenchError(f"poison tap: backbone {path} was not written by `bench pretrain` (no '{FORMAT}' metadata)")
-    if meta.get("num_classes") != num_classes or meta.get("in_channels") != in_channels:
-        raise BenchError(f"poison tap: backbone {path} is for {meta.get('num_classes')} classes / "
-                         f"{meta.get('in_channels')} channels; this data set has {num_classes} / {in_channels}")
-    model = build_surrogate(MODELS.canonical(meta["model"]), num_classes, in_channels, 0, device)
-    model.load_state_dict(state)
-    return model, meta
 
 
 @dataclass(kw_only=True)
@@ -161,84 +114,10 @@ class TAPRun(Generation):
 
 
 @register_poison("tap", aliases=("adversarial-poisoning",))
-class TAP(SteppedNoisePoison[TAPParams]):
+class TAP(CleanSurrogate, SteppedNoisePoison[TAPParams]):
     """PGD toward class (y+1) mod K on a clean surrogate; targeted=false: error-maximising (TAP, NeurIPS'21)."""
 
     preset_params = _TAP_PRESETS
-
-    # ---------------------------------------------------------------------------------- surrogate
-
-    def surrogate_protocol(self) -> Any:
-        p = self.params
-        over: dict[str, Any] = dict(model=p.surrogate, epochs=p.surrogate_epochs, batch_size=p.surrogate_batch_size,
-                                    lr=p.surrogate_lr, momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=0.0,
-                                    augment=True, train_subset=0, test_subset=0, schedule=p.surrogate_schedule,
-                                    amp="off", tf32=False, memory_format="auto")  # the official fp32 numerics
-        if p.surrogate_schedule == "step":
-            over.update(lr_step=max(1, round(p.surrogate_epochs / 2.667)), lr_gamma=0.1, warmup=0.0)
-        return resolve_protocol("paper" if p.surrogate_schedule == "step" else "cpu", over)
-
-    def surrogate_id(self, train: ImageSet, key: int) -> str:
-        payload = {"images": images_digest(train), "protocol": protocol_dict(self.surrogate_protocol()),
-                   "num_classes": train.num_classes, "key_fingerprint": key_fingerprint(key)}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-    @staticmethod
-    def surrogate_cache(ctx: PoisonContext) -> Path | None:
-        """``<cache>/surrogates`` when the generation runs under the benchmark's poison cache
-        (``<cache>/poison-work/<artifact>``), else None (no cross-generation caching)."""
-        if ctx.workdir is None or Path(ctx.workdir).parent.name != "poison-work":
-            return None
-        return Path(ctx.workdir).parent.parent / "surrogates"
-
-    def get_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-        """The fixed surrogate and facts about it for the manifest."""
-        p = self.params
-        c = int(train.x.shape[1])
-        if p.backbone:
-            model, meta = load_surrogate(Path(p.backbone).expanduser(), num_classes, c, ctx.device)
-            return model, {"source": "backbone", "path": p.backbone, "model": meta.get("model"),
-                           "split": meta.get("split"), "train_images": meta.get("train_images"), "cached": True}
-        sid = self.surrogate_id(train, ctx.key)
-        cache = self.surrogate_cache(ctx)
-        work = Path(ctx.workdir) if ctx.workdir is not None else None
-        stored = [d / f"tap-{sid}.safetensors" for d in (cache, work) if d is not None]
-        for path in stored:
-            if path.is_file():
-                model, meta = load_surrogate(path, num_classes, c, ctx.device)
-                return model, {"source": "trained", "id": sid, "cached": True, "model": meta["model"],
-                               "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
-                               "train_seconds": meta.get("train_seconds")}
-        model, meta = self.train_surrogate(train, ctx, num_classes, sid, work)
-        if stored:
-            stored[0].parent.mkdir(parents=True, exist_ok=True)
-            save_backbone(stored[0], {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
-        return model, {"source": "trained", "id": sid, "cached": False, "model": meta["model"],
-                       "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
-                       "train_seconds": meta["train_seconds"]}
-
-    def train_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int, sid: str,
-                        work: Path | None) -> tuple[nn.Module, dict[str, Any]]:
-        """A clean surrogate from the benchmark's trainer, evaluated each epoch on a 1000-image
-        stratified probe of its own training images (the attacker has no other labelled data)."""
-        proto = self.surrogate_protocol()
-        n, c, h, w = train.x.shape
-        seed = derived_seed(ctx.key, self.name, "surrogate") % (2**31)
-        model = build_surrogate(proto.model, num_classes, c, seed, ctx.device)
-        probe = train.subset(stratified_subset(train.y.cpu(), min(1000, n), seed).to(train.y.device))
-        tctx = TrainContext(device=ctx.device, num_classes=num_classes, in_channels=c, image_size=(h, w),
-                            protocol=proto, seed=seed, generator=torch.Generator().manual_seed(seed))
-        checkpoint = work / f"tap-{sid}-training.pt" if work is not None else None
-        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            result = train_model(model, train, probe, proto, build_defense("none"), tctx, checkpoint)
-        model.eval()
-        meta = {"format": FORMAT, "model": MODELS.canonical(proto.model), "num_classes": num_classes,
-                "in_channels": c, "dataset": "the poisoned set's clean images", "split": "train",
-                "train_images": n, "epochs": proto.epochs, "seed": seed, "clean_test_acc": round(result.test_acc, 3),
-                "probe": "stratified 1000-image probe of the training images", "protocol": protocol_dict(proto),
-                "train_seconds": round(result.train_seconds + result.eval_seconds, 3)}
-        return model, meta
 
     # ----------------------------------------------------------------------------------- crafting
 

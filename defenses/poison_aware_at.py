@@ -10,7 +10,8 @@ Per training batch: the first ``fraction`` of the images become poisons, the res
 with a fake label (the most frequent label among the poisons). In eval mode, a perturbation delta of
 the poisons (L-inf <= ``eps``, images kept in [0, 1], init N(0, eps^2) clamped to the box) takes
 ``steps`` steps of signed Adam (lr ``tau``) on the Witches' Brew objective
--cos(grad_theta CE(f(x_p + delta), y_p), grad_theta CE(f(x_t), y_fake)): training on the poisons then
+1 - cos(grad_theta CE(f(x_p + delta), y_p), grad_theta CE(f(x_t), y_fake)) (the spine's gradient-matching
+engine, :mod:`benchmark.gradmatch`): training on the poisons then
 pushes the targets towards the fake label. The model then takes its SGD step, in train mode, on the
 poisons (own labels) together with the targets (true labels). The network learns to resist poisons
 crafted against its current state.
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from benchmark.gradmatch import CraftSettings, craft_delta, target_gradient
 from benchmark.modelstate import kept_modes
 from benchmark.params import param
 from benchmark.registry import register_defense
@@ -64,53 +66,22 @@ def fake_labels(y_poison: torch.Tensor, count: int, num_classes: int) -> torch.T
     return nn.functional.one_hot(mode.expand(count), num_classes).to(y_poison.dtype)
 
 
-def gradient_alignment(poison_grad: list[torch.Tensor], target_grad: list[torch.Tensor]) -> torch.Tensor:
-    """-cos(poison_grad, target_grad) over all parameters (forest ``_gradient_matching``)."""
-    dot = sum((p * t).sum() for p, t in zip(poison_grad, target_grad, strict=True))
-    p_norm = sum(p.pow(2).sum() for p in poison_grad).sqrt()
-    t_norm = sum(t.pow(2).sum() for t in target_grad).sqrt()
-    return -dot / (p_norm * t_norm).clamp_min(1e-12)
-
-
 def craft_poisons(model: nn.Module, x_p: torch.Tensor, y_p: torch.Tensor, x_t: torch.Tensor, y_fake: torch.Tensor,
                   p: PoisonAwareATParams, gen: torch.Generator | None,
                   final_objective: bool = False) -> tuple[torch.Tensor, list[float]]:
-    """Perturbations of ``x_p`` aligning its training gradient with the targets' fake-label gradient.
+    """Perturbations of ``x_p`` aligning its training gradient with the targets' fake-label gradient
+    (the engine's :func:`benchmark.gradmatch.craft_delta`: signed Adam, 1 - cos, no step decay).
 
     Leaves the model's mode and parameters untouched (the caller sets eval mode). Returns (delta,
     the alignment objective before each step, plus after the last one if ``final_objective``: an extra
     forward and backward pass that training does not need)."""
     params = [q for q in model.parameters() if q.requires_grad]
-    target_grad = [g.detach() for g in torch.autograd.grad(soft_cross_entropy(model(x_t), y_fake), params)]
-    delta = (torch.randn(x_p.shape, generator=gen).to(x_p.device) * p.eps).clamp(-p.eps, p.eps)
+    target_grad, _ = target_gradient(model, params, x_t, y_fake, soft_cross_entropy)
     lr = (p.tau * x_p.transpose(0, 1).flatten(1).std(dim=1)).view(1, -1, 1, 1)  # per-channel step
-    m = torch.zeros_like(delta)
-    v = torch.zeros_like(delta)
-    beta1, beta2 = 0.9, 0.999
-    trace: list[torch.Tensor] = []
-
-    def objective(d: torch.Tensor, create_graph: bool) -> torch.Tensor:
-        poison_loss = soft_cross_entropy(model(x_p + d), y_p)
-        grads = torch.autograd.grad(poison_loss, params, create_graph=create_graph)
-        return gradient_alignment(list(grads), target_grad)
-
-    for step in range(1, p.steps + 1):
-        delta.requires_grad_(True)
-        loss = objective(delta, create_graph=True)
-        (grad,) = torch.autograd.grad(loss, delta)
-        trace.append(loss.detach())
-        g = grad.sign()
-        with torch.no_grad():
-            m.mul_(beta1).add_(g, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            m_hat = m / (1 - beta1**step)
-            v_hat = v / (1 - beta2**step)
-            delta = delta.detach() - lr * m_hat / (v_hat.sqrt() + 1e-8)
-            delta = delta.clamp(-p.eps, p.eps)
-            delta = (x_p + delta).clamp(0, 1) - x_p
-    if final_objective:
-        trace.append(objective(delta, create_graph=False).detach())
-    return delta.detach(), torch.stack(trace).tolist()  # one device sync per batch, not one per step
+    settings = CraftSettings(eps=p.eps, steps=p.steps, lr=lr, optimizer="signadam", schedule=False)
+    delta, trace = craft_delta(model, params, x_p, y_p, target_grad, settings, gen, criterion=soft_cross_entropy,
+                               final_objective=final_objective)
+    return delta, trace.tolist()
 
 
 @register_defense("poison-aware-at", aliases=("adversarial-poisoning",))
