@@ -117,12 +117,12 @@ def _convergence_rule(rules: dict[str, Any], g: dict[str, Any]) -> str:
     t, cs = noise.get("settle_threshold"), noise.get("curve_sigma")
     scale = (f"T = {rules['settle_points']:g} points + {rules['tie_sigmas']:g}σ√2 with the victim σ = {cs:.2f}, "
              f"i.e. T = {t:.1f} points" if cs is not None else f"T = {rules['settle_points']:g} points (no σ measured)")
-    return (f"{NOT_CONVERGED} = not a verdict: *still rising* (final epoch more than T above each of the "
-            f"{rules['rise_window']} before it), *collapsed* (more than T below the peak of the last third of the "
-            f"schedule), *unstable* (the last {rules['rise_window'] + 1} epochs swing more than T down and up), *still "
-            f"learning* (train accuracy more than {rules['train_gap_points']:g} points below plain training's on clean "
+    return (f"{NOT_CONVERGED} = not a verdict: **still rising** (final epoch more than T above each of the "
+            f"{rules['rise_window']} before it), **collapsed** (more than T below the peak of the last third of the "
+            f"schedule), **unstable** (the last {rules['rise_window'] + 1} epochs swing more than T down and up), **still "
+            f"learning** (train accuracy more than {rules['train_gap_points']:g} points below plain training's on clean "
             f"data, for a defense that selects an earlier epoch the last epoch's, and the last {rules['flat_epochs']} "
-            f"epochs span more than T) or *diverged*; {scale}. Shown, never a verdict, worst case, claim cell or "
+            f"epochs span more than T) or **diverged**; {scale}. Shown, never a verdict, worst case, claim cell or "
             f"ranking input. {UNDERFITS_MARK} = underfits: the same fit gap with a flat end (converged at a high cost "
             "in fit): a verdict, read against the defense's own clean cell (caveat `fit`).")
 
