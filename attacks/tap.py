@@ -220,7 +220,7 @@ class TAP(SteppedNoisePoison[TAPParams]):
             return model, self.surrogate_facts(sid, meta, cached=False)
 
         # one trainer per surrogate across processes: TAP artifacts of other params share it
-        return load_or_make(home / f"tap-{sid}.lock", f"TAP surrogate tap-{sid}", load, make)
+        return load_or_make(path, f"TAP surrogate tap-{sid}", load, make)
 
     @staticmethod
     def surrogate_facts(sid: str, meta: dict[str, Any], cached: bool) -> dict[str, Any]:

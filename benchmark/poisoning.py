@@ -217,7 +217,7 @@ def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonS
         poisoned = load_artifact(npz, train, spec.poison.budget_255())
         return poisoned, dict(manifest, cached=True, artifact=str(npz))
 
-    return load_or_make(npz.with_suffix(".lock"), f"poison artifact {npz.stem}", load,
+    return load_or_make(npz, f"poison artifact {npz.stem}", load,
                         lambda: _generate(train, dataset_id, spec, cache, device, preset, progress, split_rows))
 
 
@@ -324,7 +324,7 @@ def _get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec,
         artifact = full_npz if full_npz.exists() else own_npz
         return poisoned, dict(read_json(own_json), cached=True, artifact=str(artifact), derived_artifact=str(own_npz))
 
-    return load_or_make(own_npz.with_suffix(".lock"), f"poison artifact {own_npz.stem}", load,
+    return load_or_make(own_npz, f"poison artifact {own_npz.stem}", load,
                         lambda: _derive(train, dataset_id, spec, cache, device, preset, progress, split_rows))
 
 

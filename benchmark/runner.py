@@ -183,7 +183,7 @@ def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
     One process at a time runs a config (its checkpoint is the holder's alone): one that waited for
     another running the same config returns that run's finished record (unless ``--force``)."""
     emit = on_event or (lambda kind, data: None)
-    with exclusive(prep.checkpoint_path.with_suffix(".lock"), f"the record of run {prep.record_path.stem}",
+    with exclusive(prep.checkpoint_path, f"the record of run {prep.record_path.stem}",
                    notify=lambda text: emit("note", {"text": text})) as waited:
         if waited and not prep.spec.force and (rec := existing_record(prep)) is not None:
             return rec

@@ -195,7 +195,7 @@ def cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], Mappi
     limit = mmap_threshold()  # a bad $BENCH_MMAP_BYTES fails before any decoding
     stem = cache / "datasets" / f"{tag}-{file_token(sources)}"
     store, path = Path(f"{stem}.mmap"), Path(f"{stem}.npz")
-    return load_or_make(Path(f"{stem}.lock"), f"the decoded dataset {stem.name}", lambda: _read_cached(store, path),
+    return load_or_make(path, f"the decoded dataset {stem.name}", lambda: _read_cached(store, path),
                         lambda: _build(store, path, build, limit))
 
 

@@ -225,7 +225,7 @@ class Finetune(Defense[FinetuneParams], family="transfer", default_tier="extra-c
             checkpoint.unlink(missing_ok=True)
             return path
 
-        return load_or_make(path.with_suffix(".lock"), f"the default {arch} backbone {path.name}",
+        return load_or_make(path, f"the default {arch} backbone {path.name}",
                             lambda: path if path.is_file() else None, make, notify=ctx.emit)
 
     def _load(self, path: Path) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
