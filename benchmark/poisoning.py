@@ -6,7 +6,9 @@ which train a surrogate) are generated once, as the full-ratio artifact; a ratio
 from it by the poison's own seeded subset (:meth:`attacks.base.Poison.derive`, byte-identical to a
 direct generation) and cached beside it with its own manifest, so a sweep over ratios runs the surrogate
 once. CUDA's per-image Bernoulli subset comes from the key's RNG stream and stays
-ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions."""
+ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions.
+Processes that need one artifact at once generate it once: the first takes the artifact's lock
+(:mod:`benchmark.locks`), the others wait and load it; a killed holder's successor resumes its checkpoint."""
 
 from __future__ import annotations
 
