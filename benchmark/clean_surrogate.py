@@ -23,6 +23,7 @@ import torch.nn as nn
 from attacks.base import PoisonContext, key_fingerprint
 from benchmark.data import ImageSet, stratified_subset
 from benchmark.errors import BenchError
+from benchmark.locks import load_or_make
 from benchmark.noise import derived_seed
 from benchmark.pretrain import FORMAT, read_backbone, save_backbone
 from benchmark.protocol import protocol_dict, resolve_protocol
@@ -106,25 +107,36 @@ class CleanSurrogate:
                                   "split": meta.get("split"), "train_images": meta.get("train_images"),
                                   "cached": True}
         sid = self.surrogate_id(train, ctx.key)
-        cache = self.surrogate_cache(ctx)
-        work = Path(ctx.workdir) if ctx.workdir is not None else None
-        stored = [d / f"{self.name}-{sid}.safetensors" for d in (cache, work) if d is not None]
-        for path in stored:
-            if path.is_file():
-                model, meta = load_surrogate(path, num_classes, c, ctx.device, owner)
-                return model.eval(), {"source": "trained", "id": sid, "cached": True, "model": meta["model"],
-                                      "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
-                                      "train_seconds": meta.get("train_seconds")}
-        model, meta = self.train_surrogate(train, ctx, num_classes, sid, work)
-        if stored:
-            stored[0].parent.mkdir(parents=True, exist_ok=True)
-            save_backbone(stored[0], {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
-        return model, {"source": "trained", "id": sid, "cached": False, "model": meta["model"],
-                       "epochs": meta["epochs"], "probe_acc": meta["clean_test_acc"],
-                       "train_seconds": meta["train_seconds"]}
+        home = self.surrogate_cache(ctx) or (Path(ctx.workdir) if ctx.workdir is not None else None)
+        if home is None:  # nowhere to keep it: trained for this generation only
+            model, meta = self.train_surrogate(train, ctx, num_classes, None)
+            return model, self.surrogate_facts(sid, meta, cached=False)
+        path = home / f"{self.name}-{sid}.safetensors"
 
-    def train_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int, sid: str,
-                        work: Path | None) -> tuple[nn.Module, dict[str, Any]]:
+        def load() -> tuple[nn.Module, dict[str, Any]] | None:
+            if not path.is_file():
+                return None
+            model, meta = load_surrogate(path, num_classes, c, ctx.device, owner)
+            return model.eval(), self.surrogate_facts(sid, meta, cached=True)
+
+        def make() -> tuple[nn.Module, dict[str, Any]]:
+            checkpoint = home / f"{self.name}-{sid}-training.pt"  # used only under the lock: a next holder resumes it
+            model, meta = self.train_surrogate(train, ctx, num_classes, checkpoint)
+            save_backbone(path, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
+            checkpoint.unlink(missing_ok=True)
+            return model, self.surrogate_facts(sid, meta, cached=False)
+
+        # one trainer per surrogate across processes: artifacts of other crafting params share it
+        return load_or_make(path, f"{self.name} surrogate {self.name}-{sid}", load, make)
+
+    @staticmethod
+    def surrogate_facts(sid: str, meta: dict[str, Any], cached: bool) -> dict[str, Any]:
+        """What the manifest says about a trained surrogate."""
+        return {"source": "trained", "id": sid, "cached": cached, "model": meta["model"], "epochs": meta["epochs"],
+                "probe_acc": meta["clean_test_acc"], "train_seconds": meta.get("train_seconds")}
+
+    def train_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int,
+                        checkpoint: Path | None) -> tuple[nn.Module, dict[str, Any]]:
         """A clean surrogate from the benchmark's trainer, evaluated each epoch on a 1000-image
         stratified probe of its own training images (the attacker has no other labelled data)."""
         proto = self.surrogate_protocol()
@@ -134,7 +146,6 @@ class CleanSurrogate:
         probe = train.subset(stratified_subset(train.y.cpu(), min(1000, n), seed).to(train.y.device))
         tctx = TrainContext(device=ctx.device, num_classes=num_classes, in_channels=c, image_size=(h, w),
                             protocol=proto, seed=seed, generator=torch.Generator().manual_seed(seed))
-        checkpoint = work / f"{self.name}-{sid}-training.pt" if work is not None else None
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             torch.manual_seed(seed)
             result = train_model(model, train, probe, proto, build_defense("none"), tctx, checkpoint)

@@ -6,7 +6,9 @@ which train a surrogate) are generated once, as the full-ratio artifact; a ratio
 from it by the poison's own seeded subset (:meth:`attacks.base.Poison.derive`, byte-identical to a
 direct generation) and cached beside it with its own manifest, so a sweep over ratios runs the surrogate
 once. CUDA's per-image Bernoulli subset comes from the key's RNG stream and stays
-ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions."""
+ratio-dependent. A generation resumed from a checkpoint reports the seconds of all its sessions.
+Processes that need one artifact at once generate it once: the first takes the artifact's lock
+(:mod:`benchmark.locks`), the others wait and load it; a killed holder's successor resumes its checkpoint."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from attacks.base import (
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write, read_json, read_npz, write_json, write_npz, write_npz_chunked
+from benchmark.locks import load_or_make
 from benchmark.params import build_params, params_dict
 from benchmark.records import canonical_json
 from benchmark.registry import POISONS
@@ -205,14 +208,27 @@ def load_artifact(npz: Path, clean: ImageSet, budget_255: int | None = None) -> 
 def _load_or_generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path,
                       device: torch.device, preset: str, progress: Any,
                       split_rows: SplitRows | None = None) -> tuple[PoisonedSet, dict[str, Any]]:
-    """The cached artifact of exactly ``spec`` (validated), or a fresh generation written to the cache."""
+    """The cached artifact of exactly ``spec`` (validated), or a fresh generation written to the cache:
+    by one process at a time (:func:`benchmark.locks.load_or_make`), the others wait and load it."""
+    npz, manifest_path = _paths(cache, dataset_id, spec)
+
+    def load() -> tuple[PoisonedSet, dict[str, Any]] | None:
+        if not (npz.exists() and manifest_path.exists()):
+            return None
+        manifest = read_json(manifest_path)
+        poisoned = load_artifact(npz, train, spec.poison.budget_255())
+        return poisoned, dict(manifest, cached=True, artifact=str(npz))
+
+    return load_or_make(npz, f"poison artifact {npz.stem}", load,
+                        lambda: _generate(train, dataset_id, spec, cache, device, preset, progress, split_rows))
+
+
+def _generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
+              preset: str, progress: Any, split_rows: SplitRows | None) -> tuple[PoisonedSet, dict[str, Any]]:
+    """Generate ``spec``'s artifact and commit it (manifest last). Only the holder of the artifact's lock
+    runs this, so its work directory (checkpoints a next holder resumes from) is its own."""
     npz, manifest_path = _paths(cache, dataset_id, spec)
     budget = spec.poison.budget_255()
-    if npz.exists() and manifest_path.exists():
-        manifest = read_json(manifest_path)
-        poisoned = load_artifact(npz, train, budget)
-        manifest = dict(manifest, cached=True, artifact=str(npz))
-        return poisoned, manifest
     work = Path(cache) / "poison-work" / npz.stem
     big = train.x.numel() > mmap_threshold() and device.type == "cpu"
     ctx = PoisonContext(key=spec.key, ratio=spec.ratio, device=device, preset=preset, workdir=work,
@@ -305,10 +321,24 @@ def _get_poisoned(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec,
         return _load_or_generate(train, dataset_id, spec, cache, device, preset, progress, split_rows)
     own_npz, own_json = _paths(cache, dataset_id, spec)
     full_npz, _ = _paths(cache, dataset_id, storage_spec(spec))
-    if own_npz.exists() and own_json.exists():
+
+    def load() -> tuple[PoisonedSet, dict[str, Any]] | None:
+        if not (own_npz.exists() and own_json.exists()):
+            return None
         poisoned = load_artifact(own_npz, train, spec.poison.budget_255())
         artifact = full_npz if full_npz.exists() else own_npz
         return poisoned, dict(read_json(own_json), cached=True, artifact=str(artifact), derived_artifact=str(own_npz))
+
+    return load_or_make(own_npz, f"poison artifact {own_npz.stem}", load,
+                        lambda: _derive(train, dataset_id, spec, cache, device, preset, progress, split_rows))
+
+
+def _derive(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cache: Path, device: torch.device,
+            preset: str, progress: Any, split_rows: SplitRows | None) -> tuple[PoisonedSet, dict[str, Any]]:
+    """``spec``'s set derived from its full-ratio artifact (generated first if missing; its lock is taken
+    inside this one's, never the other way round) and committed under its own id."""
+    own_npz, own_json = _paths(cache, dataset_id, spec)
+    full_npz, _ = _paths(cache, dataset_id, storage_spec(spec))
     full, full_manifest = _load_or_generate(train, dataset_id, storage_spec(spec), cache, device, preset, progress,
                                             split_rows)
     clean = ImageSet(train.x.cpu(), train.y.cpu(), train.classes)

@@ -62,8 +62,10 @@ def pretrain_indices(n_train: int, victim: torch.Tensor, split: str) -> torch.Te
 
 
 def train_backbone(data: Dataset, indices: torch.Tensor, model: str, proto: Protocol, seed: int,
-                   dev: torch.device, split: str, victim_subset: int, on_epoch: Any = None) -> tuple[dict, dict]:
-    """Train ``model`` on ``data.train[indices]`` (clean); (state dict, metadata)."""
+                   dev: torch.device, split: str, victim_subset: int, on_epoch: Any = None,
+                   checkpoint: Path | None = None) -> tuple[dict, dict]:
+    """Train ``model`` on ``data.train[indices]`` (clean); (state dict, metadata). ``checkpoint``: the
+    per-epoch checkpoint an interrupted training resumes from (to the same weights)."""
     # imported here: the trainer imports the defenses, and the finetune defense imports this module
     from benchmark.train import prepare_model, train_model
     from defenses.base import TrainContext, build_defense
@@ -77,7 +79,8 @@ def train_backbone(data: Dataset, indices: torch.Tensor, model: str, proto: Prot
     net = prepare_model(build_model(model, data.num_classes, c), proto, dev)
     ctx = TrainContext(device=dev, num_classes=data.num_classes, in_channels=c, image_size=(h, w),
                        protocol=proto, seed=seed, generator=gen)
-    result = train_model(net, train.to(dev), test.to(dev), proto, build_defense("none"), ctx, on_epoch=on_epoch)
+    result = train_model(net, train.to(dev), test.to(dev), proto, build_defense("none"), ctx, checkpoint,
+                         on_epoch=on_epoch)
     metadata = {
         "format": FORMAT,
         "model": MODELS.canonical(model), "num_classes": data.num_classes, "in_channels": c,

@@ -29,6 +29,7 @@ from benchmark.data import (
 from benchmark.device import default_preset, resolve_device, seed_everything
 from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
+from benchmark.locks import exclusive
 from benchmark.models import check_model
 from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
 from benchmark.protocol import Protocol, check_subset_sizes, protocol_dict, resolve_protocol
@@ -191,8 +192,19 @@ def existing_record(prep: PreparedRun, warn: Callable[[str], None] | None = None
 
 
 def execute(prep: PreparedRun, on_event: Event | None = None) -> dict[str, Any]:
-    """Run (or resume) training and write the record. Returns the record."""
+    """Run (or resume) training and write the record. Returns the record.
+
+    One process at a time runs a config (its checkpoint is the holder's alone): one that waited for
+    another running the same config returns that run's finished record (unless ``--force``)."""
     emit = on_event or (lambda kind, data: None)
+    with exclusive(prep.checkpoint_path, f"the record of run {prep.record_path.stem}",
+                   notify=lambda text: emit("note", {"text": text})) as waited:
+        if waited and not prep.spec.force and (rec := existing_record(prep)) is not None:
+            return rec
+        return _execute(prep, emit)
+
+
+def _execute(prep: PreparedRun, emit: Event) -> dict[str, Any]:
     t_start = time.perf_counter()
     emit("poison_start", {"name": prep.poison.name})
     poisoned, manifest = prep.poisoned_set(

@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write, read_npz, write_npz
+from benchmark.locks import load_or_make
 
 #: training images (bytes) above which a dataset is decoded into the memory-mapped store
 MMAP_BYTES = 2 * 1024**3
@@ -189,10 +190,17 @@ def cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], Mappi
 
     A store (``<tag>-<token>.mmap/``) or an npz (``<tag>-<token>.npz``) already there is used, whichever
     exists; a fresh build goes to the store when its training images exceed :func:`mmap_threshold`.
-    A corrupt cache of either kind is rebuilt, not fatal."""
+    A corrupt cache of either kind is rebuilt, not fatal. One process decodes at a time
+    (:func:`benchmark.locks.load_or_make`); the others wait and read what it wrote."""
     limit = mmap_threshold()  # a bad $BENCH_MMAP_BYTES fails before any decoding
     stem = cache / "datasets" / f"{tag}-{file_token(sources)}"
     store, path = Path(f"{stem}.mmap"), Path(f"{stem}.npz")
+    return load_or_make(path, f"the decoded dataset {stem.name}", lambda: _read_cached(store, path),
+                        lambda: _build(store, path, build, limit))
+
+
+def _read_cached(store: Path, path: Path) -> dict[str, np.ndarray] | None:
+    """The store's or the npz's arrays, or None when neither is there (a corrupt one is removed)."""
     if _small_file(store).exists():
         try:
             return read_store(store)
@@ -208,6 +216,10 @@ def cached(cache: Path, tag: str, sources: list[Path], build: Callable[[], Mappi
                 arrays["digest"] = train_digest(arrays["x_train"], arrays["y_train"])
                 write_npz(path, arrays)
             return arrays
+    return None
+
+
+def _build(store: Path, path: Path, build: Callable[[], Mapping[str, Images]], limit: int) -> dict[str, np.ndarray]:
     built = build()
     if built["x_train"].nbytes > limit:
         write_store(store, built)

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from benchmark.errors import BenchError
+from benchmark.locks import load_or_make
 from benchmark.models import build_model
 from benchmark.params import param
 from benchmark.pretrain import (
@@ -203,21 +204,29 @@ class Finetune(Defense[FinetuneParams], family="transfer", default_tier="extra-c
     # ---------------------------------------------------------------------------------- loading
 
     def _default(self, arch: str, ctx: TrainContext) -> Path:
-        """The cached default backbone, pretrained now if it is missing."""
+        """The cached default backbone, pretrained now if it is missing: by one process at a time (the
+        others wait for it), resuming the per-epoch checkpoint that a killed pretraining left."""
         preset = ctx.protocol.preset
         path = default_backbone_path(ctx, arch, preset)
-        if path.is_file():
+
+        def make() -> Path:
+            proto = resolve_protocol(preset, {"model": arch, "train_subset": 0})
+            indices = pretrain_indices(len(ctx.dataset.train), ctx.train_indices, "holdout")
+            checkpoint = path.with_suffix(".training.pt")  # used only under the lock
+            ctx.emit(f"finetune: pretraining the default {arch} backbone on {len(indices)} held-out clean "
+                     f"{ctx.dataset.name} images ({proto.epochs} epochs, once; cached at {path})"
+                     + (" - resuming from its checkpoint" if checkpoint.is_file() else ""))
+            state, meta = train_backbone(ctx.dataset, indices, arch, proto, 0, ctx.device, "holdout",
+                                         len(ctx.train_indices),
+                                         on_epoch=lambda e: ctx.emit(f"  backbone epoch {e['epoch']}/{proto.epochs}: "
+                                                                     f"clean test {e['test_acc']:.2f}%"),
+                                         checkpoint=checkpoint)
+            save_backbone(path, state, meta)
+            checkpoint.unlink(missing_ok=True)
             return path
-        proto = resolve_protocol(preset, {"model": arch, "train_subset": 0})
-        indices = pretrain_indices(len(ctx.dataset.train), ctx.train_indices, "holdout")
-        ctx.emit(f"finetune: pretraining the default {arch} backbone on {len(indices)} held-out clean "
-                 f"{ctx.dataset.name} images ({proto.epochs} epochs, once; cached at {path})")
-        state, meta = train_backbone(ctx.dataset, indices, arch, proto, 0, ctx.device, "holdout",
-                                     len(ctx.train_indices),
-                                     on_epoch=lambda e: ctx.emit(f"  backbone epoch {e['epoch']}/{proto.epochs}: "
-                                                                 f"clean test {e['test_acc']:.2f}%"))
-        save_backbone(path, state, meta)
-        return path
+
+        return load_or_make(path, f"the default {arch} backbone {path.name}",
+                            lambda: path if path.is_file() else None, make, notify=ctx.emit)
 
     def _load(self, path: Path) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
         """(architecture, state dict, provenance) of the backbone."""

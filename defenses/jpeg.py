@@ -25,6 +25,7 @@ from PIL import Image
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.io import read_npz, write_npz
+from benchmark.locks import load_or_make
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import ImageDefense, TrainContext
@@ -82,18 +83,27 @@ class JPEG(ImageDefense[JPEGParams], family="filtering"):
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         q = self.params.quality
-        path = cache_path(ctx.cache_dir, train.x, f"jpeg-q{q}") if ctx.cache_dir is not None else None
-        if path is not None and path.exists():
+        if ctx.cache_dir is None:
+            return super().prepare(train, ctx)
+        path = cache_path(ctx.cache_dir, train.x, f"jpeg-q{q}")
+
+        def load() -> ImageSet | None:
+            if not path.exists():
+                return None
             try:
                 cached = torch.from_numpy(read_npz(path, required=("x",))["x"])
             except BenchError:
-                cached = None  # a corrupt cache file is recomputed and overwritten
-            if cached is not None and cached.shape == train.x.shape and cached.dtype == torch.uint8:
-                return ImageSet(cached.to(train.x.device), train.y, list(train.classes))
-        squeezed = super().prepare(train, ctx)
-        if path is not None:
+                return None  # a corrupt cache file is recomputed and overwritten
+            if cached.shape != train.x.shape or cached.dtype != torch.uint8:
+                return None
+            return ImageSet(cached.to(train.x.device), train.y, list(train.classes))
+
+        def make() -> ImageSet:
+            squeezed = super(JPEG, self).prepare(train, ctx)
             write_npz(path, {"x": np.ascontiguousarray(squeezed.x.cpu().numpy())})
-        return squeezed
+            return squeezed
+
+        return load_or_make(path, f"the JPEG-{q} copy {path.name}", load, make, notify=ctx.emit)
 
     def transform_images(self, x: torch.Tensor) -> torch.Tensor:
         return jpeg_uint8(x, self.params.quality)

@@ -16,6 +16,7 @@ import torch
 from benchmark import paths
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
+from benchmark.locks import load_or_make
 from benchmark.poisoning import images_path
 from benchmark.records import read_record, write_record
 from benchmark.runner import RunSpec
@@ -57,11 +58,16 @@ def _ray_run_cell(spec: RunSpec, poison: dict[str, Any]) -> dict[str, Any]:
     base = paths.cache_dir(spec.cache_dir) / "poisons"
     npz = base / Path(poison["artifact"]).name
     manifest = npz.with_suffix(".json")
-    if not (npz.exists() and manifest.exists()):
+
+    def ship() -> bool:
         if poison.get("images_bytes") is not None:
             atomic_write(images_path(npz), lambda p: p.write_bytes(poison["images_bytes"].tobytes()))
         atomic_write(npz, lambda p: p.write_bytes(poison["npz_bytes"].tobytes()))
         atomic_write(manifest, lambda p: p.write_text(poison["manifest_text"]))  # last: marks it complete
+        return True
+
+    # under the artifact's lock: never mixed with the files of a generation on this node
+    load_or_make(npz, f"poison artifact {npz.stem}", lambda: (npz.exists() and manifest.exists()) or None, ship)
     return work.run_cell(spec)
 
 
