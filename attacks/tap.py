@@ -56,7 +56,7 @@ from attacks.base import PoisonContext
 from benchmark.clean_surrogate import CleanSurrogate, check_surrogate_params
 from benchmark.data import ImageSet
 from benchmark.gradmatch import random_shift_flip
-from benchmark.noise import Generation, SteppedNoisePoison, derived_generator
+from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, score_restart
 from benchmark.params import param
 from benchmark.registry import register_poison
 from benchmark.surrogate import frozen
@@ -190,14 +190,7 @@ class TAP(CleanSurrogate, SteppedNoisePoison[TAPParams]):
         budget = self.budget_255()
         run.noise[sl] = torch.floor(delta * 255 + 0.5).clamp_(-budget, budget).to(torch.int8).cpu()
         run.restart = restart
-        s = run.scalars
-        s["loss_sum"] += run.last_loss
-        if done + 1 == run.batches:
-            score = s["loss_sum"] / run.batches
-            s["scores"].append(round(score, 6))
-            if score < s["best_score"]:
-                s["best_score"], s["best"] = score, (run.noise.clone() if restart + 1 < p.restarts else run.noise)
-            s["loss_sum"] = 0.0
+        score_restart(run.scalars, run.last_loss, done, run.batches, restart, p.restarts, run.noise)
 
     def progress_info(self, run: TAPRun) -> dict[str, Any]:
         return {"restart": run.restart + 1, "loss": round(run.last_loss, 4)}

@@ -37,7 +37,7 @@ from benchmark.gradmatch import (
     parameter_gradient,
     random_shift_flip,
 )
-from benchmark.noise import Generation, SteppedNoisePoison, derived_generator
+from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, score_restart
 from benchmark.plugin import P
 
 # ================================================================== resumable crafting of a poison set
@@ -126,14 +126,7 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
         budget = self.budget_255()
         run.noise[rows.cpu()] = torch.floor(delta * 255 + 0.5).clamp_(-budget, budget).to(torch.int8).cpu()
         run.restart = restart
-        s = run.scalars
-        s["loss_sum"] += run.last_loss
-        if done + 1 == run.batches:
-            score = s["loss_sum"] / run.batches
-            s["scores"].append(round(score, 6))
-            if score < s["best_score"]:
-                s["best_score"], s["best"] = score, (run.noise.clone() if restart + 1 < p.restarts else run.noise)
-            s["loss_sum"] = 0.0
+        score_restart(run.scalars, run.last_loss, done, run.batches, restart, p.restarts, run.noise)
 
     def progress_info(self, run: MatchingRun) -> dict[str, Any]:
         return {"restart": run.restart + 1, "loss": round(run.last_loss, 4)}

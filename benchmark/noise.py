@@ -167,6 +167,20 @@ class Generation:
         self.scalars = {name: state[name] for name in self.scalars}
 
 
+def score_restart(scalars: dict[str, Any], loss: float, done: int, batches: int, restart: int, restarts: int,
+                  noise: torch.Tensor) -> None:
+    """Restart bookkeeping of forest-style crafting (TAP, gradient matching): sum the batch losses of a
+    restart and, after its last batch, keep its noise when its mean loss is the lowest so far (a copy,
+    unless no restart follows to overwrite it)."""
+    scalars["loss_sum"] += loss
+    if done + 1 == batches:
+        score = scalars["loss_sum"] / batches
+        scalars["scores"].append(round(score, 6))
+        if score < scalars["best_score"]:
+            scalars["best_score"], scalars["best"] = score, (noise.clone() if restart + 1 < restarts else noise)
+        scalars["loss_sum"] = 0.0
+
+
 def error_progress(err: float) -> dict[str, float]:
     """Progress facts of a surrogate with train error ``err``."""
     return {"acc": round(100.0 * (1.0 - err), 2), "err": round(err, 4)}
