@@ -319,7 +319,7 @@ def claims_cmd(results: str, claims_file: str | None) -> None:
 @click.option("--ratios", help="comma-separated poison ratios; below 1 also runs the clean-only baseline  [default: 1.0]")
 @click.option("--dataset", help="cifar10, cifar100, svhn, fashion-mnist or imagefolder:PATH  [default: cifar10]")
 @click.option("--preset", help="protocol preset: smoke, cpu (default without GPU), paper (default with GPU)")
-@click.option("--key", type=int, envvar="BENCH_POISON_KEY", help="private poison key; env BENCH_POISON_KEY  [default: 0]")
+@click.option("--key", type=int, envvar="BENCH_POISON_KEY", help="private poison key for every seed; env BENCH_POISON_KEY  [default: each seed draws its own key, seed 0 key 0]")
 @click.option("--poison-param", "poison_params", multiple=True, metavar="[POISON.]NAME=VALUE", help="poison parameter for every poison that declares it, or POISON.NAME for one; repeatable")
 @click.option("--defense-param", "defense_params", multiple=True, metavar="[DEFENSE.]NAME=VALUE", help="defense parameter, as --poison-param; repeatable")
 @click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="protocol override for every cell (epochs=2, train_subset=1000, ...)")

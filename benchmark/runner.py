@@ -30,7 +30,7 @@ from benchmark.device import default_preset, resolve_device, seed_everything
 from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.models import check_model
-from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
+from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned, seed_key
 from benchmark.protocol import Protocol, check_subset_sizes, protocol_dict, resolve_protocol
 from benchmark.records import (
     SCHEMA_VERSION,
@@ -55,7 +55,7 @@ class RunSpec:
     dataset: str = "cifar10"
     poison: str = "none"
     poison_params: dict[str, Any] = field(default_factory=dict)
-    key: int = 0
+    key: int | None = None  # None: drawn from the seed (:func:`benchmark.poisoning.seed_key`)
     ratio: float = 1.0
     clean_only: bool = False  # partial poisoning baseline: train on the unpoisoned part only
     defense: str = "none"
@@ -117,7 +117,7 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     preset = spec.preset or default_preset(device)
     proto = resolve_protocol(preset, spec.overrides)
     check_model(proto.model)
-    poison = build_poison(spec.poison, spec.poison_params, spec.key, spec.ratio, preset)
+    poison = build_poison(spec.poison, spec.poison_params, seed_key(spec.seed, spec.key), spec.ratio, preset)
     defense = build_defense(spec.defense, spec.defense_params, preset)
     if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
         raise BenchError("--clean-only needs a partial poison (--ratio below 1) of a real poison")

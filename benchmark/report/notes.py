@@ -136,9 +136,11 @@ def _set_notes(g: pd.DataFrame) -> list[dict[str, str]]:
     they differ, and which cells used each."""
     out = []
     poisoned = g[g["poison_set"] > 0]
-    for label, rows in poisoned.groupby("poison_label", sort=True):
+    for (label, key), rows in poisoned.groupby(["poison_label", "key_fingerprint"], sort=True):
         if rows["poison_set"].nunique() < 2:
             continue
+        if poisoned.loc[poisoned["poison_label"] == label, "key_fingerprint"].nunique() > 1:
+            label = f"{label} (key #{str(key)[:8]})"  # seeds that drew their own key: sets are numbered per key
         parts = []
         for number, s in rows.groupby("poison_set", sort=True):
             digests = sorted(set(s["poison_digest"]) - {""})
