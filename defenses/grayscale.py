@@ -51,6 +51,9 @@ class Grayscale(ImageDefense[GrayscaleParams], family="filtering"):
     def headline(self) -> str:  # type: ignore[override]
         return "final-epoch accuracy on grayscale test images" if self.params.test else ""
 
+    def test_set(self) -> str:
+        return "grayscale" if self.params.test else "clean"
+
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         return super().prepare(train, ctx) if train.x.shape[1] == 3 else train  # 1 channel: nothing to do
 

@@ -234,13 +234,16 @@ def claims_table(g: dict[str, Any]) -> Table | None:
     for c in (c for c in g["claims"] if c not in unrecorded):
         cells = "; ".join(pair_text(p) for p in c["pairs"])
         records = [(f"{p['selector']}", r) for p in c["pairs"] if p["cell"] for r in p["cell"]["records"]]
-        rows.append([c["claim"], c["source"], c["test"], Cell(cells, records), f"**{c['verdict']}**"])
+        test = c["test"] + (f" (source: {c['protocol']})" if c.get("protocol") else "")
+        rows.append([c["claim"], c["source"], test, Cell(cells, records), f"**{c['verdict']}**"])
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
               + claim_rule_text(noise) + " Cells that did not converge, or whose "
               "reference did not, are never a verdict. A claim fails if one of its cells fails, is within noise if one "
-              "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
-              "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
+              "is, holds if a judged cell holds and none fails, is inconclusive if every cell run is, and is not run "
+              "when none could be judged. The test column names the source's conditions (* = a cell must share it "
+              "for a verdict). Seeds: the runs behind each number, and how many poison instances (keys) they "
+              "trained on. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
     if not rows:
         return None
     if unrecorded:
