@@ -409,3 +409,19 @@ def test_malformed_claims_are_one_line_errors(tmp_path: Path, test: str, extra: 
                     f'test = "{test}"\nother = {{ poison = "cuda" }}\n' + (extra or "protocol = {}") + "\n")
     with pytest.raises(BenchError, match=message):
         load_claims(path)
+
+
+def test_curated_caveats_name_our_cells_with_numbers_from_the_records(tmp_path: Path) -> None:
+    """The APBench disagreements are data (references.toml [[caveat]]); the page adds our number."""
+    from benchmark.report.references import load_caveats
+
+    caveats = load_caveats()
+    assert {("em", "grayscale"), ("tap", "ueraser"), ("ops", "ueraser"), ("lsp", "grayscale")} <= {
+        (c["poison"], c["defense"]) for c in caveats}
+    runs = collect_runs(write_all(tmp_path / "runs", claim_records() + [make_record("em", "grayscale", 41.5),
+                                                                         make_record("none", "grayscale", 75.0)]),
+                        lambda m: None)
+    (g,) = build_data(build_frame(runs), runs, "runs")["groups"]
+    (em,) = [c for c in g["caveats"] if c["topic"] == "APBench: EM × grayscale"]
+    assert em["text"].endswith("Here: em × grayscale 41.5 % (1 seed).")
+    assert not any(c["topic"].startswith("APBench: UEraser") for c in g["caveats"])  # no ueraser cell here

@@ -31,6 +31,7 @@ from benchmark.report.collect import (
     poison_defaults,
     threads_text,
 )
+from benchmark.report.references import load_caveats, source_caveats
 
 PAPER_PRESET = "paper"
 
@@ -68,6 +69,7 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
             out.append({"topic": f"defense {label}", "text": "backbone: " + "; ".join(backbones) + "."})
     out += _tier_notes(tiers)
     out += _set_notes(g)
+    out += source_caveats(c, load_caveats())  # published numbers we disagree with, and why (references.toml)
     bad = c[~c["converged"]] if not c.empty else c
     if not bad.empty:
         cells = "; ".join(f"{d} on {p}: {row['not_converged']}" for (p, d), row in bad.sort_index(level=1).iterrows())
