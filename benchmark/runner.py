@@ -42,6 +42,7 @@ from benchmark.records import (
     run_id,
     write_record,
 )
+from benchmark.registry import POISONS
 from benchmark.train import batch_bounds, train_model
 from defenses.base import DefenseStack, TrainContext, Validation, build_defense
 
@@ -117,7 +118,9 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     preset = spec.preset or default_preset(device)
     proto = resolve_protocol(preset, spec.overrides)
     check_model(proto.model)
-    poison = build_poison(spec.poison, spec.poison_params, seed_key(spec.seed, spec.key), spec.ratio, preset)
+    keyed = POISONS.get(spec.poison).uses_key  # clean data ("none") has no key: one artifact for every seed
+    poison = build_poison(spec.poison, spec.poison_params, seed_key(spec.seed, spec.key) if keyed else spec.key or 0,
+                          spec.ratio, preset)
     defense = build_defense(spec.defense, spec.defense_params, preset)
     if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
         raise BenchError("--clean-only needs a partial poison (--ratio below 1) of a real poison")
