@@ -300,7 +300,14 @@ def claim_rule_text(noise: dict[str, Any]) -> str:
         f"errors of the difference, {k:g}σ·√(1/n_cell + 1/n_ref) with σ = {sigma:.2f} (the pooled seed-to-seed "
         f"std): {margin_tolerance(sigma, 1, 1):.2f} points for two single runs, {margin_tolerance(sigma, 1, 3):.2f} "
         f"against a 3-seed reference, {margin_tolerance(sigma, 3, 3):.2f} for 3 seeds each (± after the seeds), "
-        "and is within noise otherwise.")
+        "and is within noise otherwise. " + (noise.get("multiplicity") or (
+            f"No multiplicity correction is applied: at {k:g} standard errors a cell whose true accuracy sits on its "
+            f"threshold gets a verdict by chance with probability {1 - _normal_cdf(k):.3f}, so among N judged cells "
+            f"about {1 - _normal_cdf(k):.3f}·N verdicts may be noise (each pair keeps its z for a correction).")))
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
 def _chance(g: pd.DataFrame) -> float:
