@@ -103,7 +103,8 @@ PROTOCOL_FLAGS = ("epochs", "batch_size", "lr", "model", "train_subset", "test_s
 @click.option("--train-subset", type=int, help="train on a fixed subset of this many images (0 = all)")
 @click.option("--test-subset", type=int, help="evaluate on a fixed subset of this many test images (0 = all)")
 @click.option("--protocol-param", "protocol_params", multiple=True, metavar="NAME=VALUE", help="any other protocol field")
-@click.option("--seed", type=int, default=0, show_default=True, help="run seed (model init, data order, augmentation)")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="run seed (model init, data order, augmentation; and the poison key unless --key is given)")
 @click.option("--clean-only", is_flag=True, help="partial poisoning baseline: train only on the unpoisoned part")
 @click.option("--match-epochs", is_flag=True, help="with --clean-only: train the preset's epochs on the smaller set "
               "(default: as many optimizer steps as the full run, so the baseline is not under-trained)")
@@ -314,7 +315,7 @@ def claims_cmd(results: str, claims_file: str | None) -> None:
 @click.option("--config", type=click.Path(dir_okay=False), help="TOML sweep file (sweeps/*.toml); flags given here override it")
 @click.option("--poisons", help="comma-separated poisons, e.g. cuda,em,rem,sem (the clean 'none' row is always added)")
 @click.option("--defenses", help="comma-separated defenses or compositions, e.g. none,mixup,at+mixup  [default: none]")
-@click.option("--seeds", help="comma-separated run seeds  [default: 0]")
+@click.option("--seeds", help="comma-separated run seeds; each also draws its poison key unless --key is given  [default: 0]")
 @click.option("--models", help="comma-separated victim models (default: the preset's)")
 @click.option("--ratios", help="comma-separated poison ratios; below 1 also runs the clean-only baseline  [default: 1.0]")
 @click.option("--dataset", help="cifar10, cifar100, svhn, fashion-mnist or imagefolder:PATH  [default: cifar10]")
