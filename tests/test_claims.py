@@ -425,3 +425,16 @@ def test_curated_caveats_name_our_cells_with_numbers_from_the_records(tmp_path: 
     (em,) = [c for c in g["caveats"] if c["topic"] == "APBench: EM × grayscale"]
     assert em["text"].endswith("Here: em × grayscale 41.5 % (1 seed).")
     assert not any(c["topic"].startswith("APBench: UEraser") for c in g["caveats"])  # no ueraser cell here
+
+
+def test_poison_instances_count_distinct_poisoned_sets_not_keys() -> None:
+    import pandas as pd
+
+    from benchmark.report.claims import poison_instances
+
+    def row(key: str, digest: str, l2: float) -> dict:
+        return {"key_fingerprint": key, "poison_digest": digest, "l2_mean": l2, "psnr": 30.0, "ssim": 0.9, "linf_255": 8}
+
+    two = pd.DataFrame([row("k0", "", 1.0), row("k0", "", 1.0), row("k3", "d3", 1.2)])  # a fresh instance
+    same_bytes = pd.DataFrame([row("k0", "", 1.07), row("k1", "d1", 1.07)])  # a deterministic poison: any key, one set
+    assert poison_instances(two) == 2 and poison_instances(same_bytes) == 1

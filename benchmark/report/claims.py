@@ -38,6 +38,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.errors import BenchError
+from benchmark.poisoning import SET_TOLERANCE, same_poisoned_set
 from benchmark.report.aggregate import TIE_SIGMAS, margin_tolerance, other_sets, rnd
 from benchmark.report.collect import defense_defaults, flat, poison_defaults
 from benchmark.report.select import load_toml, mask, same, value_of
@@ -125,10 +126,22 @@ def lookup(g: pd.DataFrame, flags: pd.Series, poison: dict[str, Any], defense: d
             "std": rnd(acc.std(ddof=1) if len(acc) > 1 else 0.0), "n": len(acc),
             "seeds": sorted(int(s) for s in runs["seed"]), "converged": bool((flags[runs.index] == "").all()),
             "poison_sets": sorted({int(s) for s in runs["poison_set"]} - {0}), "records": sorted(runs["record"]),
-            "keys": int(runs["key_fingerprint"].nunique()), "poison_name": str(first["poison"]),
+            "keys": poison_instances(runs), "poison_name": str(first["poison"]),
             "poison_params": str(first["poison_params"]), "defense_name": str(first["defense"]),
             "defense_params": str(first["defense_params"]), "preset": str(first["preset"]),
             "epochs": sorted({int(e) for e in runs["epochs"].dropna()})}
+
+
+def poison_instances(runs: pd.DataFrame) -> int:
+    """How many distinct poisoned sets the runs trained on (by digest, else by measured budget): seeds
+    that drew other keys of a deterministic poison (OPS at ratio 1) share one set."""
+    sets: list[dict[str, Any]] = []
+    for _i, row in runs.iterrows():
+        summary = {"digest": row["poison_digest"],
+                   "budget": {k: row[k] for k in SET_TOLERANCE if k in row and not pd.isna(row[k])}}
+        if not any(same_poisoned_set(s, summary) for s in sets):
+            sets.append(summary)
+    return max(1, len(sets))
 
 
 def _one_config(runs: pd.DataFrame) -> pd.DataFrame:
