@@ -76,8 +76,9 @@ def data_options(f: Callable) -> Callable:
 def poison_options(f: Callable) -> Callable:
     f = click.option("--poison", default="none", show_default=True, help="poison name (bench list poisons)")(f)
     f = click.option("--poison-param", "poison_params", multiple=True, metavar="NAME=VALUE", help="poison parameter, repeatable")(f)
-    f = click.option("--key", type=int, default=0, envvar="BENCH_POISON_KEY", show_default=True,
-                     help="private poison key (CUDA's seed); only its fingerprint is ever written; env BENCH_POISON_KEY")(f)
+    f = click.option("--key", type=int, default=None, envvar="BENCH_POISON_KEY",
+                     help="private poison key (CUDA's seed); only its fingerprint is ever written; env BENCH_POISON_KEY  "
+                          "[default: the run seed, so each seed is a fresh poison instance; seed 0 is key 0]")(f)
     f = click.option("--ratio", type=float, default=1.0, show_default=True, help="fraction of the training set poisoned")(f)
     f = click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100, svhn, fashion-mnist or imagefolder:PATH")(f)
     return f

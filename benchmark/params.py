@@ -26,9 +26,13 @@ def param(
     lt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     odd: bool = False,
+    recorded_at_default: bool = True,
 ) -> Any:
-    """A dataclass field with a help line and validation bounds."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "odd": odd}
+    """A dataclass field with a help line and validation bounds. ``recorded_at_default=False``: a param
+    added to a plugin that has records is left out of :func:`params_dict` while it has its default, so
+    those records keep their run ids (a hash of the config)."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "odd": odd,
+            "recorded_at_default": recorded_at_default}
     return field(default=default, metadata=meta)
 
 
@@ -114,8 +118,11 @@ def build_params(cls: type, overrides: Mapping[str, Any] | None, owner: str) -> 
 
 
 def params_dict(instance: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a params instance."""
-    return dataclasses.asdict(instance)
+    """Plain JSON-ready dict of a params instance (without the params ``recorded_at_default=False`` leaves
+    out while they have their default)."""
+    values = dataclasses.asdict(instance)
+    return {f.name: values[f.name] for f in dataclasses.fields(instance)
+            if f.metadata.get("recorded_at_default", True) or values[f.name] != f.default}
 
 
 _FRACTION_KEYS = ("eps", "rho", "step_size")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from attacks.base import (
+    KEY_MAX,
     Poison,
     PoisonContext,
     PoisonedSet,
@@ -44,6 +45,16 @@ from benchmark.registry import POISONS
 from benchmark.store import mmap_threshold, open_npy, train_digest, write_npy
 
 ARTIFACT_VERSION = 1
+
+
+def seed_key(seed: int, key: int | None = None) -> int:
+    """The poison key of a run: ``key`` when one is given (the same poisoned set for every seed, so seeds
+    vary the victim only), else the run seed itself (taken modulo 2^32), so each seed also draws a fresh
+    poison instance: the key seeds every random choice of the attacker (CUDA's filters, the noise, the
+    surrogate's init and batch order, TAP's surrogate run, the partial subset). Seed 0 keeps key 0, the
+    key of every record made before seeds drew keys. A seed-drawn key is as public as the seed: give
+    ``--key`` for a private one."""
+    return int(key) if key is not None else int(seed) % (KEY_MAX + 1)
 #: images per step when a loaded artifact is checked against the clean set
 LOAD_CHUNK = 1024
 

@@ -31,7 +31,7 @@ from benchmark.errors import BenchError
 from benchmark.evaluate import evaluate
 from benchmark.locks import exclusive
 from benchmark.models import check_model
-from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned
+from benchmark.poisoning import PoisonSpec, build_poison, get_poisoned, seed_key
 from benchmark.protocol import Protocol, check_subset_sizes, protocol_dict, resolve_protocol
 from benchmark.records import (
     SCHEMA_VERSION,
@@ -43,6 +43,7 @@ from benchmark.records import (
     run_id,
     write_record,
 )
+from benchmark.registry import POISONS
 from benchmark.train import StopTraining, batch_bounds, numerics, prepare_model, train_model
 from defenses.base import DefenseStack, TrainContext, Validation, build_defense
 
@@ -56,7 +57,7 @@ class RunSpec:
     dataset: str = "cifar10"
     poison: str = "none"
     poison_params: dict[str, Any] = field(default_factory=dict)
-    key: int = 0
+    key: int | None = None  # None: drawn from the seed (:func:`benchmark.poisoning.seed_key`)
     ratio: float = 1.0
     clean_only: bool = False  # partial poisoning baseline: train on the unpoisoned part only
     defense: str = "none"
@@ -124,7 +125,9 @@ def prepare_run(spec: RunSpec, data: Dataset | None = None) -> PreparedRun:
     preset = spec.preset or default_preset(device)
     proto = resolve_protocol(preset, spec.overrides)
     check_model(proto.model)
-    poison = build_poison(spec.poison, spec.poison_params, spec.key, spec.ratio, preset)
+    keyed = POISONS.get(spec.poison).uses_key  # clean data ("none") has no key: one artifact for every seed
+    poison = build_poison(spec.poison, spec.poison_params, seed_key(spec.seed, spec.key) if keyed else spec.key or 0,
+                          spec.ratio, preset)
     defense = build_defense(spec.defense, spec.defense_params, preset)
     if spec.clean_only and (poison.name == "none" or poison.ratio >= 1.0):
         raise BenchError("--clean-only needs a partial poison (--ratio below 1) of a real poison")

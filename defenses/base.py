@@ -206,6 +206,11 @@ class Defense(Plugin[P]):
         """Threat-model tier of this configured defense (a key of ``TIERS``)."""
         return self.default_tier
 
+    def test_set(self) -> str:
+        """The test images ``test_acc`` is measured on: ``clean`` (the data set's own), or the transform
+        the defense applies to them too (``grayscale``); claims compare it with their source's setting."""
+        return "clean"
+
     def variant(self) -> str | None:
         """Short variant name for tables (``official`` for DAT with the official BN leak); None = default."""
         return None
@@ -319,6 +324,9 @@ class DefenseStack(Defense):
         """The composition is as permissive as its most permissive component."""
         tiers = [c.tier() for c in self.components] or ["poisoned-only"]
         return max(tiers, key=TIER_ORDER.index)
+
+    def test_set(self) -> str:
+        return next((t for c in self.components if (t := c.test_set()) != "clean"), "clean")
 
     def families(self) -> list[str]:
         return [c.family for c in self.components] or ["baseline"]

@@ -1,5 +1,7 @@
-"""Claims checked on our cells (holds / fails / within noise / not run, and never on a cell that did not
-converge), `bench claims` exit codes, and the paper-vs-ours join (comparable vs different protocol)."""
+"""Claims checked on our cells (holds / fails / within noise / inconclusive / not run, and never on a cell
+that did not converge or was measured under other conditions than its source's), thresholds relative to a
+defense's span and from the source's numbers, the two-sided test, `bench claims` exit codes, and the
+paper-vs-ours join (comparable vs different protocol)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import pytest
 from conftest import run_cli
 from report_records import make_record, write_all
 
+from benchmark.errors import BenchError
 from benchmark.report import aggregate as agg
 from benchmark.report import build_data, build_frame, collect_runs, load_frame
 from benchmark.report import document as doc
 from benchmark.report.claims import (
+    TEST,
     check_pair,
     claims_unrecorded,
     evaluate,
@@ -32,6 +36,7 @@ source = "test"
 poison = "cuda"
 defenses = ["mixup"]
 test = "acc <= baseline - 30"
+protocol = { generation = "smoke" }
 
 [[claim]]
 id = "fails"
@@ -40,6 +45,7 @@ source = "test"
 poison = "em"
 defenses = ["mixup"]
 test = "acc >= clean - 5"
+protocol = { generation = "smoke" }
 
 [[claim]]
 id = "noise"
@@ -48,6 +54,7 @@ source = "test"
 poison = "rem"
 defenses = ["mixup"]
 test = "acc >= clean - 5"
+protocol = { generation = "smoke" }
 
 [[claim]]
 id = "absent"
@@ -56,6 +63,7 @@ source = "test"
 poison = "sem"
 defenses = ["cutout"]
 test = "acc >= clean - 5"
+protocol = { generation = "smoke" }
 
 [[claim]]
 id = "unconverged"
@@ -64,6 +72,7 @@ source = "test"
 poison = "cuda"
 defenses = ["dat"]
 test = "acc <= baseline - 30"
+protocol = { generation = "smoke" }
 
 [[claim]]
 id = "other"
@@ -73,6 +82,7 @@ poison = "sem"
 defenses = ["none"]
 test = "acc < other"
 other = { poison = "rem" }
+protocol = { generation = "smoke" }
 
 [[claim]]
 id = "partial"
@@ -83,6 +93,7 @@ ratios = [0.5]
 defenses = ["none"]
 test = "acc >= other - 5"
 other = { poison = { name = "cuda", clean_only = true } }
+protocol = { generation = "smoke" }
 """
 
 
@@ -132,7 +143,7 @@ def test_claim_verdicts(tmp_path: Path, claims_file: Path) -> None:
 def test_more_seeds_narrow_the_margin_a_verdict_needs() -> None:
     """A cell 3 points above its threshold is within noise as one run against one run (2 standard errors of
     their difference: 2·sigma·sqrt(2) = 4.0 at sigma = sqrt(2)), and holds as 3 seeds against 3 (2.31)."""
-    test = (">=", "clean", -5.0)
+    test = {"_test": (">=", "clean", -1.0, 5.0, "points"), "_protocol": {"metric": "final"}}
 
     def cell(mean: float, n: int) -> dict:
         return {"mean": mean, "n": n, "converged": True}
@@ -149,7 +160,7 @@ def test_bench_claims_exit_codes(tmp_path: Path, claims_file: Path, capsys: pyte
     results = write_all(tmp_path / "runs", claim_records())
     code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(claims_file)], capsys)
     assert code == 1, err  # a claim that was run fails
-    assert "3 holds, 1 fails, 1 within noise, 2 not run" in out and "seed-to-seed σ 1.41 points" in out
+    assert "3 holds, 1 fails, 1 within noise, 0 inconclusive, 2 not run" in out and "seed-to-seed σ 1.41 points" in out
     assert "Not run, no record for any of its cells (1): cutout neutralises SEM" in " ".join(out.split())
     assert "│ cutout neutralises" not in out  # listed in that line, not as a table row
     only_holds = tmp_path / "holds.toml"
@@ -272,3 +283,158 @@ def test_claims_without_any_recorded_cell_are_one_line_not_rows(tmp_path: Path, 
     alone = collect_runs(write_all(tmp_path / "alone", [make_record("none", "none", 80.0)]), lambda m: None)
     (g,) = build_data(build_frame(alone), alone, "alone", claims_file=claims_file)["groups"]
     assert doc.claims_blocks(g) is None and unrecorded_text(claims_unrecorded(g)).startswith("Not run")
+
+
+PROTOCOL_CLAIMS = """
+version = 4
+
+[[claim]]
+id = "recipe"
+claim = "mixup neutralises EM (a source that generated EM with the paper recipe)"
+source = "test"
+poison = "em"
+defenses = ["mixup"]
+test = "acc >= clean - 5"
+protocol = { generation = "paper" }
+
+[[claim]]
+id = "gray-test"
+claim = "grayscale (train and test) does not break CUDA"
+source = "test"
+poison = "cuda"
+defenses = [{ name = "grayscale", params = { test = true } }, "grayscale"]
+test = "acc <= clean - 30"
+protocol = { generation = "smoke", test_set = "grayscale" }
+
+[[claim]]
+id = "metric"
+claim = "CUDA stays unlearnable under mixup (number of unknown kind)"
+source = "test"
+poison = "cuda"
+defenses = ["mixup"]
+test = "acc <= baseline - 30"
+protocol = { generation = "smoke", metric = "unspecified" }
+
+[[claim]]
+id = "epochs"
+claim = "CUDA stays unlearnable under mixup at 200 epochs"
+source = "test"
+poison = "cuda"
+defenses = ["mixup"]
+test = "acc <= baseline - 30"
+protocol = { generation = "smoke", epochs = 200, conditions = ["generation", "epochs"] }
+"""
+
+
+def test_a_protocol_mismatch_is_inconclusive_never_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    recs = claim_records() + [make_record("cuda", "grayscale", 22.0), make_record("none", "grayscale", 78.0),
+                              make_record("cuda", "grayscale", 25.0, defense_params={"test": True}),
+                              make_record("none", "grayscale", 70.0, defense_params={"test": True})]
+    results = write_all(tmp_path / "runs", recs)
+    frame = load_frame(results)
+    path = tmp_path / "claims.toml"
+    path.write_text(PROTOCOL_CLAIMS)
+    _v, rows = load_claims(path)
+    got = {c["id"]: c for c in evaluate(rows, frame, agg.run_flags(frame), 2 ** 0.5)}
+    # EM of the smoke recipe against a paper-recipe source: 30 vs 73 would fail, but it is another poison
+    (recipe,) = got["recipe"]["pairs"]
+    assert recipe["would"] == "fails" and got["recipe"]["verdict"] == "inconclusive"
+    assert recipe["verdict"].startswith("inconclusive (protocol differs: generation recipe: preset smoke vs the source's (")
+    assert "would be fails" in pair_text(recipe)
+    # the grayscale-test-set cell is judged against the grayscale-test-set clean cell; train-only is not
+    judged, train_only = got["gray-test"]["pairs"]
+    assert (judged["cell"]["mean"], judged["reference"]["mean"], judged["verdict"]) == (25.0, 70.0, "holds")
+    assert train_only["verdict"] == "inconclusive (protocol differs: test images: clean vs the source's grayscale)"
+    assert got["gray-test"]["verdict"] == "holds"
+    assert got["metric"]["verdict"] == "inconclusive" and got["metric"]["pairs"][0]["verdict"] == "inconclusive (metric unspecified)"
+    assert got["epochs"]["pairs"][0]["verdict"] == "inconclusive (protocol differs: epochs: 3 vs the source's 200)"
+    code, out, err = run_cli(["claims", "--results", str(results), "--claims", str(path)], capsys)
+    assert code == 0, err  # an inconclusive claim is not a failure
+    assert "1 holds, 0 fails, 0 within noise, 3 inconclusive, 0 not run" in out
+
+
+def test_thresholds_relative_to_the_span_and_from_the_source() -> None:
+    """Span thresholds scale with the defense's own clean accuracy above chance; source thresholds take
+    the share of the span the source lost (a resistance half of it, a recovery at least RECOVER_FLOOR)."""
+    def claim(test: str, **kw: float) -> dict:
+        op, kind, sign, amount, span, source = TEST.match(test).groups()
+        unit = "source" if source else ("span" if span else "points")
+        return {"id": "x", "test": test, **kw, "_test": (op, kind, -1.0 if sign == "-" else 1.0, float(amount or 0), unit),
+                "_protocol": {"metric": "final", "conditions": []}}
+
+    def cell(mean: float, n: int = 3) -> dict:
+        return {"mean": mean, "n": n, "converged": True}
+
+    clean = cell(78.0)
+    span = check_pair(cell(70.0), clean, claim("acc >= clean - 0.1 span"), 1.0, clean, 10.0)
+    assert span["threshold"] == pytest.approx(78.0 - 6.8) and span["verdict"] == "within noise"  # 70 vs 71.2
+    # the same 0.1 of the span on a defense whose clean accuracy is 48: a 3.8-point band, not 6.8
+    low = cell(48.0)
+    assert check_pair(cell(40.0), low, claim("acc >= clean - 0.1 span"), 1.0, low, 10.0)["threshold"] == pytest.approx(44.2)
+    resist = check_pair(cell(30.0), clean, claim("acc <= baseline - source", source_acc=26.93, source_ref=94.66),
+                        1.0, clean, 10.0)
+    lost = (94.66 - 26.93) / (94.66 - 10.0)
+    assert resist["offset"] == pytest.approx(-lost / 2 * 68.0, abs=1e-3) and resist["verdict"] == "holds"
+    assert "source 26.93 vs 94.66" in resist["basis"]
+    recover = check_pair(cell(72.0), clean, claim("acc >= clean - source", source_acc=93.01, source_ref=92.41),
+                         1.0, clean, 10.0)
+    assert recover["offset"] == pytest.approx(-0.10 * 68.0)  # the source lost nothing: the recovery floor
+    tight = check_pair(cell(60.0), clean, claim("acc >= clean - source", source_acc=78.53, source_ref=94.34),
+                       1.0, clean, 10.0)
+    assert tight["offset"] == pytest.approx(-(94.34 - 78.53) / 84.34 * 68.0, abs=1e-3) and tight["verdict"] == "fails"
+
+
+def test_two_sided_claims_hold_inside_the_band_and_fail_outside_either_way() -> None:
+    band = {"_test": ("~=", "other", 1.0, 0.05, "span"), "_protocol": {"metric": "final", "conditions": []}}
+    ref, span_ref = {"mean": 70.0, "n": 3, "converged": True}, {"mean": 81.0, "n": 3, "converged": True}
+
+    def verdict(mean: float) -> str:
+        return check_pair({"mean": mean, "n": 3, "converged": True}, ref, band, 1.0, span_ref, 10.0)["verdict"]
+
+    # band 0.05 x 71 = 3.55 points, tolerance 2·sqrt(2/3) = 1.63
+    assert verdict(70.5) == "holds" and verdict(69.0) == "holds"
+    assert verdict(60.0) == "fails" and verdict(80.0) == "fails"  # too low and too high both break "≈"
+    assert verdict(73.0) == "within noise"  # 3 points off: inside the band, but not beyond noise
+
+
+
+@pytest.mark.parametrize(("test", "extra", "message"), [
+    ("acc ~= other - 0.1 span", "", "'~=' takes a band"),
+    ("acc >= clean - source", "", "needs the numbers source_acc and source_ref"),
+    ("acc >= clean - 5", 'protocol = { conditions = ["weather"] }', "unknown protocol condition"),
+])
+def test_malformed_claims_are_one_line_errors(tmp_path: Path, test: str, extra: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[[claim]]\nid = "x"\nclaim = "x"\nsource = "x"\npoison = "cuda"\ndefenses = ["none"]\n'
+                    f'test = "{test}"\nother = {{ poison = "cuda" }}\n' + (extra or "protocol = {}") + "\n")
+    with pytest.raises(BenchError, match=message):
+        load_claims(path)
+
+
+def test_curated_caveats_name_our_cells_with_numbers_from_the_records(tmp_path: Path) -> None:
+    """The APBench disagreements are data (references.toml [[caveat]]); the page adds our number."""
+    from benchmark.report.references import load_caveats
+
+    caveats = load_caveats()
+    assert {("em", "grayscale"), ("tap", "ueraser"), ("ops", "ueraser"), ("lsp", "grayscale")} <= {
+        (c["poison"], c["defense"]) for c in caveats}
+    runs = collect_runs(write_all(tmp_path / "runs", claim_records() + [make_record("em", "grayscale", 41.5),
+                                                                         make_record("none", "grayscale", 75.0)]),
+                        lambda m: None)
+    (g,) = build_data(build_frame(runs), runs, "runs")["groups"]
+    (em,) = [c for c in g["caveats"] if c["topic"] == "APBench: EM × grayscale"]
+    assert em["text"].endswith("Here: em × grayscale 41.5 % (1 seed).")
+    assert not any(c["topic"].startswith("APBench: UEraser") for c in g["caveats"])  # no ueraser cell here
+
+
+def test_poison_instances_count_distinct_poisoned_sets_not_keys() -> None:
+    import pandas as pd
+
+    from benchmark.report.claims import poison_instances
+
+    def row(key: str, digest: str, l2: float) -> dict:
+        return {"key_fingerprint": key, "poison_digest": digest, "l2_mean": l2, "psnr": 30.0, "ssim": 0.9, "linf_255": 8}
+
+    two = pd.DataFrame([row("k0", "", 1.0), row("k0", "", 1.0), row("k3", "d3", 1.2)])  # a fresh instance
+    same_bytes = pd.DataFrame([row("k0", "", 1.07), row("k1", "d1", 1.07)])  # a deterministic poison: any key, one set
+    assert poison_instances(two) == 2 and poison_instances(same_bytes) == 1

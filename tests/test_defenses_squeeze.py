@@ -40,6 +40,33 @@ def test_grayscale_is_pil_luma_on_three_equal_channels(images: ImageSet) -> None
     assert build_defense("grayscale").prepare(gray, make_ctx()) is gray  # 1-channel data: nothing to do
 
 
+@torch.no_grad()
+def test_grayscale_test_set_variant_sees_grayscale_test_images(images: ImageSet) -> None:
+    plain, both = build_defense("grayscale"), build_defense("grayscale", {"test": "true"})
+    assert plain.record()["params"] == {}  # the default is left out: records made before the param keep their run ids
+    assert both.record()["params"] == {"test": True}
+    assert "grayscale test images" in both.info()["headline"] and "grayscale" not in plain.info()["headline"]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    x = images.x.float() / 255
+    gray = plain.prepare(images, make_ctx()).x.float() / 255  # the training images' exact grayscale bytes
+    assert torch.equal(both.predict(model, x), model(gray))
+    assert torch.equal(plain.predict(model, x), model(x)) and not torch.equal(model(x), model(gray))
+
+
+def test_grayscale_test_set_variant_runs_and_is_listed(run_env: dict, capsys: pytest.CaptureFixture) -> None:
+    from conftest import run_cli
+
+    train_only = smoke_run(run_env, "grayscale")
+    rec = smoke_run(run_env, "grayscale", {"test": "true"})
+    assert rec["config"]["defense"]["params"] == {"test": True} and rec["run_id"] != train_only["run_id"]
+    assert "grayscale test images" in rec["defense_info"]["headline"]
+    # the same training (same seed and data), evaluated on other test images
+    assert [e["train_loss"] for e in rec["metrics"]["per_epoch"]] == [e["train_loss"] for e in train_only["metrics"]["per_epoch"]]
+    code, out, _err = run_cli(["list", "defenses"], capsys)
+    assert code == 0 and "test=False" in next(line for line in out.splitlines() if "grayscale (greyscale)" in line)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 5])
 def test_bit_depth_keeps_top_bits(images: ImageSet, bits: int) -> None:
     from torchvision.transforms.v2.functional import posterize

@@ -52,7 +52,8 @@ def test_local_parallel_sweep_generates_each_poison_once(bench_env: dict, capsys
     assert code == 0, err
     _check_grid(bench_env["results"], expected)
     artifacts = sorted(p.name.split("-")[1] for p in (bench_env["cache"] / "poisons").glob("*.npz"))
-    assert artifacts == ["cuda", "none", "random"]  # one artifact per poison, shared by 4 cells each
+    # one artifact per poison and seed (each seed draws its own key), shared by that seed's 2 cells; one clean set
+    assert artifacts == ["cuda", "cuda", "none", "random", "random"]
     assert "12 done, 0 skipped, 0 failed" in out
     # idempotent: nothing left to do
     code, out, err = run_cli(["sweep", *GRID, *TINY, "--jobs", "2"], capsys)

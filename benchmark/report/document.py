@@ -332,18 +332,22 @@ def claims_blocks(g: dict[str, Any]) -> list[Block] | None:
     details: list[str] = []
     for c in (c for c in g["claims"] if c not in unrecorded):
         records = [(f"{p['selector']}", r) for p in c["pairs"] if p["cell"] for r in p["cell"]["records"]]
-        rows.append([c["claim"], c["test"], Cell(f"**{c['verdict']}**", records)])
+        test = c["test"] + (f" (source: {c['protocol']})" if c.get("protocol") else "")
+        rows.append([c["claim"], test, Cell(f"**{c['verdict']}**", records)])
         details.append(f"**{c['claim']}** ({c['source']}): " + "; ".join(
             pair_text(p) + (f" ({p['why']})" if p.get("why") else "") for p in c["pairs"]) + ".")
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
-              + claim_rule_text(noise) + " Cells that are not a verdict (stability rule in the matrix legend), or whose "
-              "reference is not, are never a verdict; an underfitting cell is one, with its caveat. A claim fails if one of its cells fails, is within noise if one "
-              "is, holds if every judged cell holds, and is not run when none could be judged. Seeds: the runs behind "
-              "each number. " + protocol_legend(g) + " " + g["table_provenance"].get("all", ""))
+              + claim_rule_text({**noise, "multiplicity": multiplicity_text(g.get("multiplicity"))})
+              + " Cells that are not a verdict (stability rule in the matrix legend), or whose "
+              "reference is not, are never a verdict; an underfitting cell is one, with its caveat. A claim fails if one "
+              "of its cells fails, is within noise if one is, holds if a judged cell holds and none fails, is "
+              "inconclusive if every cell run is, and is not run when none could be judged. The test column names the "
+              "source's conditions (* = a cell must share it for a verdict). Seeds: the runs behind each number, and "
+              "how many poison instances (keys) they trained on. " + protocol_legend(g) + " "
+              + g["table_provenance"].get("all", ""))
     if not rows:
         return None
-    legend += " " + multiplicity_text(g.get("multiplicity"))
     if unrecorded:
         legend += " " + unrecorded_text(unrecorded)
     return [Table(["claim", "test", "verdict"], rows, legend, align="lll"), Bullets(details)]

@@ -149,13 +149,15 @@ def _set_summary(row: pd.Series) -> dict[str, Any]:
 
 
 def poison_sets(frame: pd.DataFrame) -> pd.Series:
-    """Which poisoned training set each full-ratio poisoned run trained on, numbered per group and poison
-    label: 1 = the set of the column's no-defense runs (else its most used set), 2, 3, ... other sets; 0
-    for clean and partial runs. One recipe and key give other bytes when a surrogate-trained poison is
-    generated on another CPU, so a column can hold cells of different sets."""
+    """Which poisoned training set each full-ratio poisoned run trained on, numbered per group, poison
+    label and key: 1 = the set of the column's no-defense runs of that key (else its most used set), 2,
+    3, ... other sets; 0 for clean and partial runs. One recipe and key give other bytes when a
+    surrogate-trained poison is generated on another CPU, so a column can hold cells of different sets;
+    another key (a seed's own poison instance, :func:`benchmark.poisoning.seed_key`) is another instance
+    by design, numbered on its own."""
     out = pd.Series(0, index=frame.index, dtype=int)
     rows = frame[frame["full"] & (frame["poison"] != "none")]
-    for _key, g in rows.groupby(["group", "poison_label"], sort=False):
+    for _key, g in rows.groupby(["group", "poison_label", "key_fingerprint"], sort=False):
         summary = {i: _set_summary(row) for i, row in g.iterrows()}
         members: list[list[int]] = []
         for i in g.index:

@@ -32,6 +32,7 @@ from benchmark.report.collect import (
     poison_defaults,
     threads_text,
 )
+from benchmark.report.references import load_caveats, source_caveats
 
 PAPER_PRESET = "paper"
 
@@ -69,6 +70,7 @@ def caveats(g: pd.DataFrame, c: pd.DataFrame, tiers: dict[str, str], noise: dict
             out.append({"topic": f"defense {label}", "text": "backbone: " + "; ".join(backbones) + "."})
     out += _tier_notes(tiers)
     out += _set_notes(g)
+    out += source_caveats(c, load_caveats())  # published numbers we disagree with, and why (references.toml)
     bad = c[~c["converged"]] if not c.empty else c
     if not bad.empty:
         cells = "; ".join(f"{d} on {p}: {row['not_converged']}" for (p, d), row in bad.sort_index(level=1).iterrows())
@@ -158,9 +160,11 @@ def _set_notes(g: pd.DataFrame) -> list[dict[str, str]]:
     they differ, and which cells used each."""
     out = []
     poisoned = g[g["poison_set"] > 0]
-    for label, rows in poisoned.groupby("poison_label", sort=True):
+    for (label, key), rows in poisoned.groupby(["poison_label", "key_fingerprint"], sort=True):
         if rows["poison_set"].nunique() < 2:
             continue
+        if poisoned.loc[poisoned["poison_label"] == label, "key_fingerprint"].nunique() > 1:
+            label = f"{label} (key #{str(key)[:8]})"  # seeds that drew their own key: sets are numbered per key
         parts = []
         for number, s in rows.groupby("poison_set", sort=True):
             digests = sorted(set(s["poison_digest"]) - {""})

@@ -30,6 +30,27 @@ def load_references(path: Path | None = None) -> tuple[int, list[dict[str, Any]]
     return load_toml(path or REFERENCES_FILE, "reference", REQUIRED)
 
 
+def load_caveats(path: Path | None = None) -> list[dict[str, Any]]:
+    """The curated explanations of published numbers our cells disagree with (``[[caveat]]`` rows)."""
+    return load_toml(path or REFERENCES_FILE, "caveat", ("topic", "poison", "defense", "text"))[1]
+
+
+def source_caveats(c: pd.DataFrame, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each curated caveat whose poison × defense has cells in ``c`` (a group's cells), with our number for
+    each of them, computed here from the records (never typed into the caveat)."""
+    out = []
+    for row in rows:
+        if c.empty:
+            break
+        hit = c[mask(c, {"name": row["poison"]}, {"name": row["defense"]}, any_variant=True)]
+        if hit.empty:
+            continue
+        ours = "; ".join(f"{p} × {d} {cell['mean']:.1f} % ({int(cell['n'])} seed{'' if int(cell['n']) == 1 else 's'})"
+                         for (p, d), cell in hit.iterrows())
+        out.append({"topic": str(row["topic"]), "text": f"{row['text']} Here: {ours}."})
+    return out
+
+
 def differences(ref: dict[str, Any], group: dict[str, Any]) -> list[str]:
     """What separates our group's protocol from the paper's, in a few words each (empty = comparable)."""
     out = []

@@ -178,7 +178,7 @@ class SampleSource:
         import torch
 
         from attacks.base import PoisonContext, key_fingerprint
-        from benchmark.poisoning import build_poison
+        from benchmark.poisoning import build_poison, seed_key
         from benchmark.registry import POISONS
 
         try:
@@ -190,7 +190,7 @@ class SampleSource:
             self.warn(f"no sample grid for {label}: no cached poison artifact, and re-creating '{poison['name']}' "
                       "needs surrogate training (keep the cache or run `bench poison` first)")
             return None
-        candidates = [0]
+        candidates = list(dict.fromkeys([seed_key(int(cfg.get("seed") or 0)), 0]))  # the key a seed draws
         if os.environ.get("BENCH_POISON_KEY", "").isdigit():
             candidates.insert(0, int(os.environ["BENCH_POISON_KEY"]))
         fp = poison.get("key_fingerprint")

@@ -143,7 +143,7 @@ def sweep_from_options(values: Mapping[str, Any], explicit: Iterable[str]) -> tu
         poison_params=kv("poison_params", "--poison-param"),
         defense_params=kv("defense_params", "--defense-param"),
         overrides=resolve_overrides(kv("protocol_params", "--protocol-param"), owner="--protocol-param"),
-        key=_integer(get("key") or 0, "--key"),
+        key=_integer(get("key"), "--key") if get("key") is not None else None,
         clean_only_baseline=bool(get("clean_only_baseline") if get("clean_only_baseline") is not None else True),
         clean_row=bool(get("clean_row") if get("clean_row") is not None else True),
         strict_params=not any(key in config and flag not in explicit and list_ in explicit

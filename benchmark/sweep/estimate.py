@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark import paths
+from benchmark.io import read_json
 from benchmark.records import load_records, machine
 from benchmark.sweep.plan import Plan
 from benchmark.train import checkpoint_epochs
@@ -69,6 +70,19 @@ def _add_costs(rec: dict, cells: dict[tuple, list[float]], poisons: dict[tuple, 
         poisons[(cfg["preset"], cfg["dataset"], cfg["poison"]["name"], cfg.get("train_size"))].append(gen_s)
 
 
+def instance_costs(plan: Plan) -> dict[tuple, float]:
+    """Mean generation seconds of the poisons the plan already has in the cache, by preset/dataset/poison/
+    train size: another seed's instance (another key) of a poison costs about as much to generate."""
+    seconds: dict[tuple, list[float]] = defaultdict(list)
+    for artifact, cell in {c.artifact: c for c in plan.cells if c.spec.poison != "none"}.items():
+        manifest = Path(artifact).with_suffix(".json")
+        if Path(artifact).exists() and manifest.exists():
+            gen = read_json(manifest).get("generation_seconds")
+            if isinstance(gen, (int, float)):
+                seconds[cell.poison_cost_key].append(float(gen))
+    return {k: sum(v) / len(v) for k, v in seconds.items()}
+
+
 def estimate(plan: Plan, jobs: int = 1, on_machine: str | None = None, more: Sequence[Path] = ()) -> Estimate:
     """The cost of the cells still to run and of the poisons not yet in the cache (``on_machine``, ``more``:
     as :func:`past_costs`)."""
@@ -82,12 +96,13 @@ def estimate(plan: Plan, jobs: int = 1, on_machine: str | None = None, more: Seq
         per_cell[c.run_id] = per_epoch * max(0, left) if per_epoch is not None and c.epochs else None
     known = sum(s for s in per_cell.values() if s is not None)
     unknown = sum(s is None for s in per_cell.values())
+    instances = instance_costs(plan)
     for cells in plan.poison_jobs().values():
         cell = cells[0]
         npz = Path(cell.artifact)
         if cell.spec.poison == "none" or (npz.exists() and npz.with_suffix(".json").exists()):
             continue
-        gen = poison_cost.get(cell.poison_cost_key)
+        gen = poison_cost.get(cell.poison_cost_key, instances.get(cell.poison_cost_key))
         if gen is None:
             unknown += 1
         else:

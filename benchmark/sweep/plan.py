@@ -37,7 +37,7 @@ class SweepSpec:
     poison_params: dict[str, Any] = field(default_factory=dict)  # "param" or "poison.param"
     defense_params: dict[str, Any] = field(default_factory=dict)  # "param" or "defense.param"
     overrides: dict[str, Any] = field(default_factory=dict)  # protocol fields
-    key: int = 0
+    key: int | None = None  # None: each seed draws its own key (:func:`benchmark.poisoning.seed_key`)
     clean_only_baseline: bool = True
     clean_row: bool = True  # False: only the poisons asked for (e.g. the clean rows are run later)
     # False: params that target no poison/defense of the grid are dropped instead of rejected (a

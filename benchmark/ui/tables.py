@@ -128,7 +128,8 @@ def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
         unrecorded = claims_unrecorded(g)
         for c in (c for c in g["claims"] if c not in unrecorded):
             cells = "\n".join(pair_text(p) + (f"\n[dim]  ({p['why']})[/dim]" if p.get("why") else "") for p in c["pairs"])
-            table.add_row(f"{c['claim']}\n[dim]{c['source']}[/dim]", c["test"], cells, c["verdict"])
+            test = c["test"] + (f"\n[dim]source: {c['protocol']}[/dim]" if c.get("protocol") else "")
+            table.add_row(f"{c['claim']}\n[dim]{c['source']}[/dim]", test, cells, c["verdict"])
         if table.row_count:
             console.print(table)
         else:
@@ -137,5 +138,5 @@ def show_claims(console: Console, groups: list[dict[str, Any]]) -> None:
             console.print(f"[dim]{len(unrecorded)} claims have no record for any of their cells in this table.[/dim]")
         elif unrecorded:
             console.print(f"[dim]{unrecorded_text(unrecorded)}[/dim]")
-    counts = {v: sum(c["verdict"] == v for g in groups for c in g["claims"]) for v in ("holds", "fails", "within noise", "not run")}
+    counts = {v: sum(c["verdict"] == v for g in groups for c in g["claims"]) for v in ("holds", "fails", "within noise", "inconclusive", "not run")}
     console.print(", ".join(f"{n} {v}" for v, n in counts.items()))
