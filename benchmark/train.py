@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from benchmark.data import ImageSet
 from benchmark.evaluate import evaluate
 from benchmark.io import atomic_write
-from benchmark.protocol import Protocol
+from benchmark.protocol import Protocol, milestones
 from defenses.base import DefenseStack, TrainContext
 
 
@@ -77,6 +77,8 @@ def lr_at(proto: Protocol, step: int, steps_per_epoch: int, total_steps: int | N
         return proto.lr
     if proto.schedule == "step":
         return proto.lr * proto.lr_gamma ** ((step // steps_per_epoch) // proto.lr_step)
+    if proto.schedule == "multistep":  # MultiStepLR stepped once per epoch
+        return proto.lr * proto.lr_gamma ** sum(step // steps_per_epoch >= m for m in milestones(proto))
     if proto.schedule == "cosine":
         return 0.5 * proto.lr * (1 + math.cos(math.pi * step / total))
     warm = max(1, int(proto.warmup * total))  # onecycle: linear up, then linear down to 0

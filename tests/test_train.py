@@ -108,3 +108,17 @@ def test_early_stop_run_holds_out_clean_images_and_records_the_choice(run_env: d
     assert m["test_acc"] == m["per_epoch"][m["selected_epoch"] - 1]["test_acc"]
     with pytest.raises(Exception, match="val_size"):
         prepare_run(RunSpec(**{**spec.__dict__, "defense_params": {"val_size": 300}}))
+
+
+def test_multistep_schedule_decays_at_its_milestones_and_rejects_bad_ones() -> None:
+    from benchmark.errors import BenchError
+    from benchmark.protocol import protocol_dict, resolve_protocol
+    from benchmark.train import lr_at
+
+    proto = resolve_protocol("cpu", {"schedule": "multistep", "lr_milestones": "2,5", "lr": 1.0, "lr_gamma": 0.5})
+    assert [lr_at(proto, e * 4 + 1, 4) for e in range(7)] == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert protocol_dict(proto)["lr_milestones"] == "2,5"
+    assert "lr_milestones" not in protocol_dict(resolve_protocol("cpu"))  # old records keep their run ids
+    for bad in ("", "5,2", "a,3", "0,4"):
+        with pytest.raises(BenchError, match="lr_milestones"):
+            resolve_protocol("cpu", {"schedule": "multistep", "lr_milestones": bad})
