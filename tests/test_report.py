@@ -541,3 +541,21 @@ def test_threads_text_counts_threads_in_words() -> None:
     assert threads_text([1, 1]) == "(1 thread)"
     assert threads_text([2, 1]) == "(1/2 threads)"
     assert threads_text([4]) == "(4 threads)"
+
+
+def test_records_from_before_a_new_parameter_read_as_what_they_ran(tmp_path: Path) -> None:
+    """AR's `coefficients` and RSK+FF's `order` were added with new defaults: records made before them
+    lack the parameter and keep their run ids, and the report labels them by the value they ran with
+    (`coefficients=key`, `order=crop-filter`), never as the new default."""
+    old_ar = make_record("ar", acc=30.0, params={"coefficients": "key"})
+    new_ar = make_record("ar", acc=40.0)
+    old_rsk = make_record("cuda", "rsk-ff", acc=50.0, defense_params={"order": "crop-filter"})
+    new_rsk = make_record("cuda", "rsk-ff", acc=55.0)
+    assert "coefficients" not in old_ar["config"]["poison"]["params"]  # what a record of the key draw holds
+    assert "order" not in old_rsk["config"]["defense"]["params"]
+    frame = build_frame(collect_runs(write_all(tmp_path, [make_record("none", acc=81.0), make_record("cuda", acc=21.0),
+                                                          old_ar, new_ar,
+                                                          old_rsk, new_rsk]), warn=print))
+    labels = dict(zip(frame["test_acc"], zip(frame["poison_label"], frame["defense_label"], strict=True), strict=True))
+    assert labels[30.0][0] == "ar (coefficients=key)" and labels[40.0][0] == "ar (coefficients=official)"
+    assert labels[50.0][1] == "rsk-ff (order=crop-filter)" and labels[55.0][1] == "rsk-ff (order=filter-crop)"
