@@ -102,6 +102,31 @@ def test_ueraser_schedule_lite_standard_max() -> None:
     assert build_defense("ueraser", {"adv_fraction": "1"}).variant() == "ueraser (max)"
 
 
+def test_ueraser_paper_preset_is_the_official_recipe_and_cpu_scales() -> None:
+    """paper: the official LSP script's optimisation (200 epochs, batch 128, SGD 0.01 momentum 0.9 without
+    Nesterov, wd 5e-4, lr /10 at epoch 100 and /100 at 150) and its adversarial phase, the first 50 epochs;
+    cpu: the run's protocol, K views in the first ceil(0.25 * 15) = 4 epochs, and its records unchanged."""
+    pytest.importorskip("kornia")
+    from benchmark.train import lr_at
+
+    paper = build_defense("ueraser", preset="paper")
+    assert paper.components[0].params.recipe == "official" and paper.record()["params"]["recipe"] == "official"
+    proto = paper.adjust_protocol(resolve_protocol("paper"))
+    assert (proto.epochs, proto.batch_size, proto.lr, proto.momentum, proto.nesterov, proto.weight_decay,
+            proto.grad_clip) == (200, 128, 0.01, 0.9, False, 5e-4, 0.0)
+    lrs = [lr_at(proto, e * 390 + 7, 390) for e in (0, 99, 100, 149, 150, 199)]
+    assert lrs == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
+    ctx = make_ctx(0, 10)
+    ctx.protocol = resolve_protocol("paper")  # the run's protocol (100 epochs); the recipe trains 200
+    assert paper.components[0].adversarial_epochs(ctx) == 50
+    cpu = build_defense("ueraser", preset="cpu")
+    assert "recipe" not in cpu.record()["params"]  # the earlier records' params: run ids unchanged
+    cpu_proto = resolve_protocol("cpu")
+    assert cpu.adjust_protocol(cpu_proto) == cpu_proto
+    ctx.protocol = cpu_proto
+    assert cpu.components[0].adversarial_epochs(ctx) == 4
+
+
 def test_ueraser_without_kornia_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, bench_env: dict,
                                                    capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "kornia", None)  # import kornia now raises ImportError
