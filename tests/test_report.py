@@ -558,4 +558,6 @@ def test_records_from_before_a_new_parameter_read_as_what_they_ran(tmp_path: Pat
                                                           old_rsk, new_rsk]), warn=print))
     labels = dict(zip(frame["test_acc"], zip(frame["poison_label"], frame["defense_label"], strict=True), strict=True))
     assert labels[30.0][0] == "ar (coefficients=key)" and labels[40.0][0] == "ar (coefficients=official)"
+    alone = build_frame(collect_runs(write_all(tmp_path / "old", [make_record("none", acc=81.0), old_ar]), warn=print))
+    assert set(alone["poison_label"]) == {"clean", "ar (coefficients=key)"}  # never read as the new default
     assert labels[50.0][1] == "rsk-ff (order=crop-filter)" and labels[55.0][1] == "rsk-ff (order=filter-crop)"
