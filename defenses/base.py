@@ -4,10 +4,11 @@ Hooks:
 
 * ``prepare(train, ctx) -> ImageSet``  data level, once before training (JPEG, grayscale, ...); chains.
   ``ImageDefense`` subclasses write only ``transform_images(x_uint8) -> uint8``.
-* ``before_crop(x, ctx) -> images``   per use of a batch, before the protocol's crop/flip: the uint8 images
-  in, uint8 or float [0,1] images out, possibly smaller (the crop, padding 4, returns the input size, as
-  torchvision's ``RandomCrop(size, padding=4)`` does); for official pipelines that filter each image and
-  then crop it (RSK+FF); chains.
+* ``before_crop(x, ctx) -> images``   per use of a batch, before the protocol's crop/flip: the stored uint8
+  images in, uint8 or float images (in [0,1] pixel units) out, possibly smaller (the crop, padding 4,
+  returns the input size, as torchvision's ``RandomCrop(size, padding=4)`` does): for official pipelines
+  that filter each image and then crop it (RSK+FF) or that train on floats uint8 storage cannot hold
+  (ortho-proj's unclamped projection); chains.
 * ``batch(x, y, ctx) -> (x, y)``       after crop/flip, float images in [0,1] and soft labels; chains.
 * ``loss(model, x, y, ctx) -> (loss, logits)``   owns the training step (AT, DAT); at most one.
 * ``build_model(arch, num_classes, in_channels, ctx) -> nn.Module``   owns the model; at most one.
