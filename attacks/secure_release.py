@@ -82,8 +82,9 @@ class SecureReleaseParams:
     surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
     surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
     surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
-    surrogate_schedule: str = param("step", "step: x0.1 every epochs/2.667 (forest MultiStep); onecycle: the cpu "
-                                            "victim schedule", choices=("step", "onecycle"))
+    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (forest's "
+                                    "MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667); onecycle: "
+                                    "the cpu victim schedule", choices=("multistep", "step", "onecycle"))
     backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
                               "instead of training one")
     checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
@@ -94,7 +95,7 @@ class SecureReleaseParams:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(surrogate="resnet18", surrogate_epochs=40, surrogate_batch_size=128, surrogate_lr=0.1,
-                  surrogate_schedule="step", steps=250, tau=0.1, restarts=8, batch_size=512),
+                  surrogate_schedule="multistep", steps=250, tau=0.1, restarts=8, batch_size=512),
     "cpu": dict(surrogate="small-cnn", surrogate_epochs=10, surrogate_batch_size=256, surrogate_lr=0.2,
                 surrogate_schedule="onecycle", steps=10, tau=0.2, schedule=False, restarts=1, batch_size=256),
     "smoke": dict(surrogate="small-cnn", surrogate_epochs=2, surrogate_batch_size=64, surrogate_lr=0.05,

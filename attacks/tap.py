@@ -20,8 +20,9 @@ uses) on the clean images handed in, cached as safetensors in ``bench pretrain``
 under ``<cache>/surrogates`` (keyed by the images, the recipe and the key), so targeted and
 untargeted TAP share it; ``backbone=PATH`` uses a ``bench pretrain`` file instead (``--split train``:
 the attacker's clean data). Official recipe (``conservative``): ResNet-18, 40 epochs, batch 128, SGD
-0.1 Nesterov momentum 0.9, weight decay 5e-4, learning rate ×0.1 at epochs 14, 25 and 35, with
-augmentation.
+0.1 Nesterov momentum 0.9, weight decay 5e-4, learning rate ×0.1 at epochs 14, 24 and 35 (``get_optimizers``'
+``linear`` MultiStepLR at epochs // 2.667, // 1.6, // 1.142 in floating point: 40 // 1.6 is 24.0, not
+25), so it ends at 1e-4, with augmentation.
 
 Presets: ``paper`` is the official recipe above; ``cpu`` is a reduced recipe documented as such
 (small-cnn surrogate, 10 one-cycle epochs, 10 PGD steps of 2/255, 1 restart: minutes on 2 cores);
@@ -31,8 +32,7 @@ numbers of a batch derive from the key, the restart and the batch index, so a re
 exact), and the manifest's ``generation_seconds`` adds up the sessions (it includes the surrogate's
 training unless the surrogate came from the cache; ``info.surrogate`` says which and how long).
 
-Deviations from the official code: the surrogate's schedule ``step`` decays ×0.1 every
-round(epochs/2.667) epochs (14, 28 for 40; official 14, 25, 35) and trains with the benchmark's crop
+Deviations from the official code: the surrogate trains with the benchmark's crop
 (pad 4) + flip augmentation (official: the same bilinear shift as the poison's); inputs are [0, 1]
 images without mean/std normalisation (the benchmark's convention), so the augmentation pads with
 black rather than the mean colour; each poison batch runs all its steps before the next batch starts
@@ -77,8 +77,9 @@ class TAPParams:
     surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
     surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
     surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
-    surrogate_schedule: str = param("step", "step: x0.1 every epochs/2.667 (official MultiStep); onecycle: the cpu "
-                                            "victim schedule", choices=("step", "onecycle"))
+    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (official "
+                                    "MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667) (15, 30 for 40); "
+                                    "onecycle: the cpu victim schedule", choices=("multistep", "step", "onecycle"))
     backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
                               "instead of training one")
     checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
@@ -89,7 +90,7 @@ class TAPParams:
 
 _TAP_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(surrogate="resnet18", surrogate_epochs=40, surrogate_batch_size=128, surrogate_lr=0.1,
-                  surrogate_schedule="step", steps=250, tau=0.05, restarts=8, batch_size=512),
+                  surrogate_schedule="multistep", steps=250, tau=0.05, restarts=8, batch_size=512),
     "cpu": dict(surrogate="small-cnn", surrogate_epochs=10, surrogate_batch_size=256, surrogate_lr=0.2,
                 surrogate_schedule="onecycle", steps=10, tau=0.25, restarts=1, batch_size=256),
     "smoke": dict(surrogate="small-cnn", surrogate_epochs=2, surrogate_batch_size=64, surrogate_lr=0.05,

@@ -79,9 +79,12 @@ class CleanSurrogate:
                                     lr=p.surrogate_lr, momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=0.0,
                                     augment=True, train_subset=0, test_subset=0, schedule=p.surrogate_schedule,
                                     amp="off", tf32=False, memory_format="auto")  # the official fp32 numerics
+        if p.surrogate_schedule == "multistep":  # forest's / TAP's get_optimizers milestones
+            epochs = sorted({max(1, int(p.surrogate_epochs // d)) for d in (2.667, 1.6, 1.142)})  # float //, as official
+            over.update(lr_milestones=",".join(map(str, epochs)), lr_gamma=0.1, warmup=0.0)
         if p.surrogate_schedule == "step":
             over.update(lr_step=max(1, round(p.surrogate_epochs / 2.667)), lr_gamma=0.1, warmup=0.0)
-        return resolve_protocol("paper" if p.surrogate_schedule == "step" else "cpu", over)
+        return resolve_protocol("cpu" if p.surrogate_schedule == "onecycle" else "paper", over)
 
     def surrogate_id(self, train: ImageSet, key: int) -> str:
         payload = {"images": images_digest(train), "protocol": protocol_dict(self.surrogate_protocol()),

@@ -26,13 +26,17 @@ def param(
     lt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     odd: bool = False,
-    recorded_at_default: bool = True,
+    legacy: Any = None,
 ) -> Any:
-    """A dataclass field with a help line and validation bounds. ``recorded_at_default=False``: a param
-    added to a plugin that has records is left out of :func:`params_dict` while it has its default, so
-    those records keep their run ids (a hash of the config)."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "odd": odd,
-            "recorded_at_default": recorded_at_default}
+    """A dataclass field with a help line and validation bounds.
+
+    ``legacy``: for a parameter added after records existed, the value those records ran with. A params
+    dict leaves the field out at that value (:func:`params_dict`), so the records, run ids and cached
+    artifacts of the old behaviour stay valid, and :func:`complete_params` fills it back in when a record
+    is read, so an old record reads as what it ran, not as the new default."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "odd": odd}
+    if legacy is not None:
+        meta["legacy"] = legacy
     return field(default=default, metadata=meta)
 
 
@@ -118,11 +122,24 @@ def build_params(cls: type, overrides: Mapping[str, Any] | None, owner: str) -> 
 
 
 def params_dict(instance: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a params instance (without the params ``recorded_at_default=False`` leaves
-    out while they have their default)."""
-    values = dataclasses.asdict(instance)
-    return {f.name: values[f.name] for f in dataclasses.fields(instance)
-            if f.metadata.get("recorded_at_default", True) or values[f.name] != f.default}
+    """Plain JSON-ready dict of a params instance (what records and artifact ids hold); a field at its
+    declared ``legacy`` value is left out (see :func:`param`)."""
+    out = dataclasses.asdict(instance)
+    for f in dataclasses.fields(instance):
+        if "legacy" in f.metadata and out.get(f.name) == f.metadata["legacy"]:
+            del out[f.name]
+    return out
+
+
+def complete_params(cls: type, recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's params with the ``legacy`` value of each field the record leaves out: what that run
+    used (the inverse of :func:`params_dict`; other fields are kept as recorded)."""
+    out = dict(recorded)
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if "legacy" in f.metadata and f.name not in out:
+                out[f.name] = f.metadata["legacy"]
+    return out
 
 
 _FRACTION_KEYS = ("eps", "rho", "step_size")
@@ -144,10 +161,15 @@ def format_value(name: str, value: Any) -> str:
 
 def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for ``bench list``."""
-    out = []
-    for f in dataclasses.fields(cls):
-        out.append((f.name, type(f.default).__name__, f.default, f.metadata.get("help", "")))
-    return out
+    return [(f.name, type(f.default).__name__, f.default, param_help(f)) for f in dataclasses.fields(cls)]
+
+
+def param_help(f: dataclasses.Field) -> str:
+    """A field's help line; for a parameter with a ``legacy`` value, also what records without it ran."""
+    text = f.metadata.get("help", "")
+    if "legacy" in f.metadata:
+        text += f" (records without this parameter ran with {f.metadata['legacy']})"
+    return text
 
 
 def parse_kv(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from benchmark.errors import BenchError
 from benchmark.evaluate import forward_in_slices
 from benchmark.protocol import Protocol, resolve_protocol
 from benchmark.registry import DEFENSES
-from benchmark.train import prepare_model, random_crop_flip
+from benchmark.train import augmented_batch, prepare_model
 from defenses.base import Defense, DefenseStack, TrainContext, build_defense
 
 #: defenses left out of the default list, and why (they can still be named with --defenses)
@@ -74,7 +74,7 @@ class _Setup:
         for _ in range(count):
             idx = (torch.arange(bs, device=self.train.x.device) + self.cursor) % n
             self.cursor = (self.cursor + bs) % n
-            x = random_crop_flip(self.train.x[idx], self.ctx).float().div_(255)
+            x = augmented_batch(self.train.x[idx], self.stack, self.ctx, True)
             x, y = self.stack.batch(x, self.onehot[idx], self.ctx)
             loss, _ = self.stack.loss(self.model, x, y, self.ctx)
             self.opt.zero_grad(set_to_none=True)

@@ -34,9 +34,11 @@ class Protocol:
     momentum: float = param(0.9, "SGD momentum", ge=0.0, lt=1.0)
     nesterov: bool = param(False, "Nesterov momentum")
     weight_decay: float = param(5e-4, "L2 weight decay", ge=0.0)
-    schedule: str = param("onecycle", "learning-rate schedule", choices=("onecycle", "step", "cosine", "constant"))
+    schedule: str = param("onecycle", "learning-rate schedule",
+                          choices=("onecycle", "step", "multistep", "cosine", "constant"))
     lr_step: int = param(40, "step schedule: decay every this many epochs", ge=1)
-    lr_gamma: float = param(0.1, "step schedule: decay factor", gt=0.0, le=1.0)
+    lr_milestones: str = param("", "multistep schedule: comma-separated epochs at which the lr decays (MultiStepLR)")
+    lr_gamma: float = param(0.1, "step and multistep schedules: decay factor", gt=0.0, le=1.0)
     warmup: float = param(0.25, "onecycle: fraction of steps spent warming up", ge=0.0, lt=1.0)
     grad_clip: float = param(0.0, "global gradient-norm clip (0 = off)", ge=0.0)
     label_smoothing: float = param(0.0, "label smoothing of the training targets", ge=0.0, lt=1.0)
@@ -57,7 +59,7 @@ class Protocol:
 
 #: fields added after records existed, left out of a record's protocol (so of its run id) while they hold
 #: this value: old records keep their ids, and a record that sets one differs from them
-ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"amp": "off", "tf32": False, "memory_format": "auto"}
+ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"amp": "off", "tf32": False, "memory_format": "auto", "lr_milestones": ""}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -93,7 +95,21 @@ def resolve_protocol(preset: str, overrides: Mapping[str, Any] | None = None) ->
     proto = Protocol(**values)
     for name, f in fields.items():
         check_field("protocol", f, getattr(proto, name))
+    if proto.schedule == "multistep":
+        milestones(proto)
     return proto
+
+
+def milestones(proto: Protocol) -> tuple[int, ...]:
+    """The multistep schedule's decay epochs (``lr_milestones``), increasing; one-line error otherwise."""
+    try:
+        epochs = tuple(int(e) for e in proto.lr_milestones.split(",") if e.strip())
+    except ValueError:
+        epochs = ()
+    if not epochs or any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+        raise BenchError(f"protocol: schedule multistep needs lr_milestones, increasing epochs >= 1 separated by "
+                         f"commas (e.g. 14,25,35), got '{proto.lr_milestones}'")
+    return epochs
 
 
 def resolve_overrides(raw: Mapping[str, Any], owner: str = "protocol") -> dict[str, Any]:

@@ -27,21 +27,32 @@ import torch.nn.functional as F
 from benchmark.data import ImageSet
 from benchmark.evaluate import evaluate
 from benchmark.io import atomic_write
-from benchmark.protocol import Protocol
+from benchmark.protocol import Protocol, milestones
 from defenses.base import DefenseStack, TrainContext
 
 
-def random_crop_flip(x: torch.Tensor, ctx: TrainContext, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding ``pad`` plus horizontal flip, for the whole batch at once (uint8 or
-    float images). A flipped crop is a crop of the mirrored padded batch, so one gather from a window
-    view of both does crop and flip."""
+def random_crop_flip(x: torch.Tensor, ctx: TrainContext, pad: int = 4, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Random crop of ``size`` (default: the input's) with zero padding ``pad`` plus horizontal flip, for the
+    whole batch at once (uint8 or float images). A flipped crop is a crop of the mirrored padded batch, so
+    one gather from a window view of both does crop and flip."""
     n, c, h, w = x.shape
+    out_h, out_w = size or (h, w)
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = ctx.randint(2 * pad + 1, (n,))
-    ox = ctx.randint(2 * pad + 1, (n,))
+    span_y, span_x = h + 2 * pad - out_h + 1, w + 2 * pad - out_w + 1  # offsets; 2 * pad + 1 at the input size
+    oy = ctx.randint(span_y, (n,))
+    ox = ctx.randint(span_x, (n,))
     flip = ctx.rand(n) < 0.5
-    windows = torch.stack((padded, padded.flip(-1))).unfold(3, h, 1).unfold(4, w, 1)  # (2, n, c, 2p+1, 2p+1, h, w)
-    return windows[flip.long(), torch.arange(n, device=x.device), :, oy, torch.where(flip, 2 * pad - ox, ox)]
+    windows = torch.stack((padded, padded.flip(-1))).unfold(3, out_h, 1).unfold(4, out_w, 1)  # (2, n, c, sy, sx, h, w)
+    return windows[flip.long(), torch.arange(n, device=x.device), :, oy, torch.where(flip, span_x - 1 - ox, ox)]
+
+
+def augmented_batch(x: torch.Tensor, defense: DefenseStack, ctx: TrainContext, augment: bool) -> torch.Tensor:
+    """A batch's uint8 images as the float [0, 1] input of the batch hooks: the defenses' ``before_crop``
+    filters, then (``augment``) crop/flip back to the input size (on uint8 images: a quarter of the bytes)."""
+    x = defense.before_crop(x, ctx)
+    if augment:
+        x = random_crop_flip(x, ctx, size=ctx.image_size)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 def autocast(proto: Protocol, device: torch.device) -> torch.autocast:
@@ -97,6 +108,8 @@ def lr_at(proto: Protocol, step: int, steps_per_epoch: int, total_steps: int | N
         return proto.lr
     if proto.schedule == "step":
         return proto.lr * proto.lr_gamma ** ((step // steps_per_epoch) // proto.lr_step)
+    if proto.schedule == "multistep":  # MultiStepLR stepped once per epoch
+        return proto.lr * proto.lr_gamma ** sum(step // steps_per_epoch >= m for m in milestones(proto))
     if proto.schedule == "cosine":
         return 0.5 * proto.lr * (1 + math.cos(math.pi * step / total))
     warm = max(1, int(proto.warmup * total))  # onecycle: linear up, then linear down to 0
@@ -233,10 +246,7 @@ def _train(
             lr = lr_at(proto, step, steps_per_epoch, total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = train.x[idx]
-            if proto.augment:
-                x = random_crop_flip(x, ctx)  # on the uint8 images: the same pixels, a quarter of the bytes
-            x = x.float().div_(255)
+            x = augmented_batch(train.x[idx], defense, ctx, proto.augment)
             if batch_layout is not None:
                 x = x.contiguous(memory_format=batch_layout)
             y = labels_onehot[idx]

@@ -4,6 +4,11 @@ Hooks:
 
 * ``prepare(train, ctx) -> ImageSet``  data level, once before training (JPEG, grayscale, ...); chains.
   ``ImageDefense`` subclasses write only ``transform_images(x_uint8) -> uint8``.
+* ``before_crop(x, ctx) -> images``   per use of a batch, before the protocol's crop/flip: the stored uint8
+  images in, uint8 or float images (in [0,1] pixel units) out, possibly smaller (the crop, padding 4,
+  returns the input size, as torchvision's ``RandomCrop(size, padding=4)`` does): for official pipelines
+  that filter each image and then crop it (RSK+FF) or that train on floats uint8 storage cannot hold
+  (ortho-proj's unclamped projection); chains.
 * ``batch(x, y, ctx) -> (x, y)``       after crop/flip, float images in [0,1] and soft labels; chains.
 * ``loss(model, x, y, ctx) -> (loss, logits)``   owns the training step (AT, DAT); at most one.
 * ``build_model(arch, num_classes, in_channels, ctx) -> nn.Module``   owns the model; at most one.
@@ -155,6 +160,9 @@ class Defense(Plugin[P]):
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
         return train
 
+    def before_crop(self, x: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        return x
+
     def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
@@ -264,6 +272,11 @@ class DefenseStack(Defense):
         for c in self.components:
             train = c.prepare(train, ctx)
         return train
+
+    def before_crop(self, x, ctx):
+        for c in self.components:
+            x = c.before_crop(x, ctx)
+        return x
 
     def batch(self, x, y, ctx):
         for c in self.components:

@@ -26,7 +26,7 @@ from defenses.base import ImageDefense, TrainContext
 @dataclass(frozen=True)
 class GrayscaleParams:
     test: bool = param(False, "also grayscale the test images (the CUDA paper's and REM's setting); default: "
-                              "training images only (ISS)", recorded_at_default=False)
+                              "training images only (ISS)", legacy=False)
 
 
 def luma_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,15 @@ Batched on the training device (fit and projection are matrix products over chun
 
 Deviations (documented):
 
-* Storage: the trainer keeps images as uint8, the official code keeps the projected floats
-  (unclamped, then normalised). With ``center=true`` (default) every image's component in the
-  removed subspace is replaced by that of the mean training image, x <- x - Q Q^T (x - m): a constant
-  image added to every training image, carrying no class information (the fitted linear model's
-  logits are the same for all images), that keeps pixels near [0, 1] so rounding to uint8 clips few of
-  them (``clipped_fraction`` is recorded). ``center=false`` is the official x - Q Q^T x, clamped to
-  [0, 1] and rounded, which clips much more.
+* Storage: the trainer keeps images as uint8 and crops them with zero padding; the official code
+  keeps the projected floats (unclamped, zero-padded by the crop, then normalised). Here every image
+  is stored as x - Q Q^T (x - m), m the mean training image (the removed component replaced by the
+  mean image's: a constant image added to every training image, which keeps pixels near [0, 1], so
+  rounding clips few of them; ``clipped_fraction``), and by default (``center=false``) each batch, in
+  the ``before_crop`` hook, gets that constant Q Q^T m subtracted as floats: the crop/flip then sees
+  the official x - Q Q^T x, unclamped, up to the uint8 rounding. ``center=true`` trains on the stored
+  images as they are (the benchmark's earlier default): it moves the training images toward the
+  unprojected test images along Q, which may help the defense, so it is a named variant.
 * The fit reads shuffled batches (seeded); the official loader does not shuffle, which on a
   class-sorted set (our offline CIFAR-10 copy is sorted) would fit one class per batch.
 * The official step 2 trains its own recipe (ResNet-18, 50 epochs, strong augmentation, CutMix);
@@ -40,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.data import ImageSet
+from benchmark.errors import BenchError
 from benchmark.params import param
 from benchmark.registry import register_defense
 from defenses.base import ImageDefense, TrainContext
@@ -52,8 +55,9 @@ class OrthoProjParams:
     epochs: int = param(20, "epochs of the linear-model fit (official 20)", ge=1)
     lr: float = param(0.1, "SGD learning rate of the fit (official 0.1, no momentum, x0.1 at 50 % and 75 %)", gt=0.0)
     batch_size: int = param(1024, "batch size of the fit (official 1024)", ge=1)
-    center: bool = param(True, "replace the removed component by the mean image's, so uint8 storage clips "
-                         "few pixels (false: the official x - QQ^T x, clamped to [0,1])")
+    center: bool = param(False, "false: train on the official x - QQ^T x (unclamped floats); true: on "
+                         "x - QQ^T (x - mean), the removed component replaced by the mean image's (moves training "
+                         "images toward the unprojected test images along Q)")
 
 
 def flat01(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -106,11 +110,13 @@ def project(x: torch.Tensor, q: torch.Tensor, mean: torch.Tensor | None) -> tupl
     return proj.round().clamp(0, 255).to(torch.uint8).view_as(x), clipped
 
 
-def linear_accuracy(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, device: torch.device) -> float:
-    """Accuracy (%) of the bias-free linear model ``weight`` on uint8 images."""
+def linear_accuracy(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, device: torch.device,
+                    offset: torch.Tensor | None = None) -> float:
+    """Accuracy (%) of the bias-free linear model ``weight`` on uint8 images (minus the flat ``offset``)."""
     correct = 0
+    shift = offset.flatten() @ weight.T if offset is not None else 0.0
     for start in range(0, x.shape[0], CHUNK):
-        logits = flat01(x[start:start + CHUNK], device) @ weight.T
+        logits = flat01(x[start:start + CHUNK], device) @ weight.T - shift
         correct += int((logits.argmax(1) == y[start:start + CHUNK].to(device)).sum())
     return 100.0 * correct / max(1, x.shape[0])
 
@@ -120,15 +126,16 @@ class OrthogonalProjection(ImageDefense[OrthoProjParams], family="filtering"):
     """Orthogonal projection (Sandoval-Segura et al., NeurIPS 2023): remove a linear model's class directions."""
 
     chunk = CHUNK  # images per projection (matrix product) call
-    notes = ("`ortho-proj` stores the projected images as uint8, so each image's component in the removed "
-             "subspace is set to the mean image's (a constant offset) instead of zero as in the official float "
-             "pipeline; test images are not projected, as in the official code.",)
+    notes = ("`ortho-proj` trains on the official x - QQ^T x as floats (stored as uint8 with the mean image's "
+             "component along Q, subtracted again before the crop); `center=true` keeps that component; test "
+             "images are not projected, as in the official code.",)
     metrics_help = {
         "linear_train_acc": "training accuracy (%) of the fitted linear model on the poisoned set (its last "
                             "epoch): how linearly separable the poison is",
-        "linear_acc_projected": "accuracy (%) of that linear model on the projected (uint8) training set; "
-                                "chance when the projection removed its directions",
-        "clipped_fraction": "share of projected pixel values outside [0, 255] before clamping to uint8",
+        "linear_acc_projected": "accuracy (%) of that linear model on the projected training set the model "
+                                "trains on; chance when the projection removed its directions",
+        "clipped_fraction": "share of stored pixel values x - QQ^T (x - mean) outside [0, 255] before clamping "
+                            "to uint8",
         "fit_seconds": "seconds for the linear fit plus the projection",
     }
 
@@ -137,6 +144,7 @@ class OrthogonalProjection(ImageDefense[OrthoProjParams], family="filtering"):
         self.stats: dict[str, Any] = {}
         self.basis: torch.Tensor | None = None  # Q (d, K), set by the fit in ``prepare``
         self.mean: torch.Tensor | None = None
+        self.offset: torch.Tensor | None = None  # Q Q^T m (C, H, W), subtracted before the crop (center=false)
         self.clipped = 0
 
     def prepare(self, train: ImageSet, ctx: TrainContext) -> ImageSet:
@@ -144,21 +152,30 @@ class OrthogonalProjection(ImageDefense[OrthoProjParams], family="filtering"):
         t0 = time.perf_counter()
         weight, train_acc = fit_linear(train.x, train.y, ctx.num_classes, p, ctx)
         self.basis = orthonormal_basis(weight).to(ctx.device)
-        self.mean = None
-        if p.center:
-            total = torch.zeros(train.x[0].numel(), device=ctx.device)
-            for start in range(0, len(train), CHUNK):
-                total += flat01(train.x[start:start + CHUNK], ctx.device).sum(0)
-            self.mean = total / len(train)
+        total = torch.zeros(train.x[0].numel(), device=ctx.device)
+        for start in range(0, len(train), CHUNK):
+            total += flat01(train.x[start:start + CHUNK], ctx.device).sum(0)
+        self.mean = total / max(1, len(train))
+        offset = (self.mean @ self.basis) @ self.basis.T
+        self.offset = None if p.center else offset.view(train.x.shape[1:])
         self.clipped = 0
         projected = super().prepare(train, ctx)
         self.stats = {
             "linear_train_acc": round(train_acc, 2),
-            "linear_acc_projected": round(linear_accuracy(projected.x, train.y, weight, ctx.device), 2),
+            "linear_acc_projected": round(linear_accuracy(projected.x, train.y, weight, ctx.device, self.offset), 2),
             "clipped_fraction": round(self.clipped / projected.x.numel(), 6),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
         return projected
+
+    def before_crop(self, x: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        """center=false: the stored x - QQ^T (x - m) minus QQ^T m, i.e. the official x - QQ^T x, as floats."""
+        if self.offset is None:
+            return x
+        if x.dtype != torch.uint8 or x.shape[1:] != self.offset.shape:
+            raise BenchError("ortho-proj subtracts its offset from the stored images: list it before defenses "
+                             "that filter images before the crop (e.g. 'ortho-proj+rsk-ff')")
+        return x.float().div_(255).sub_(self.offset.to(x.device))
 
     def transform_images(self, x: torch.Tensor) -> torch.Tensor:
         """The projection of ``prepare``'s fit; counts the clipped pixel values."""

@@ -17,11 +17,13 @@ Batched on the training device: the 5-point kernel is five shifted slices weight
 the DCT low-pass is P X P^T with the (n x n) projector P = D_r^T D_r of the first r rows of the
 orthonormal DCT-II matrix D.
 
-Deviations (documented): the official pipeline sharpens and low-passes the 32 x 32 image first and
-then random-crops the 30 x 30 result with padding 4 back to 32 x 32 and flips it; here the protocol's
-crop/flip has already run when this batch hook sees the images, and the 30 x 30 result is zero-padded
-by one pixel on each side to the model's input size. The CIFAR-100 recipe's extra RandomRotation(15)
-is not added.
+Order (``order``): as the official pipeline, each training image is sharpened and low-passed at full size
+(32 -> 30 x 30) and then random-cropped to 32 x 32 with padding 4 (offsets 0..6 of the padded 38 x 38)
+and flipped: the filters run in the ``before_crop`` hook, and the protocol's crop returns the input
+size. Without the protocol's crop/flip the 30 x 30 result is zero-padded by one pixel on each side.
+``order=crop-filter`` is the benchmark's earlier order (records made before the parameter): crop/flip
+first, then the filters in the batch hook (the black crop border gets sharpened and low-passed), the
+30 x 30 result zero-padded back. The CIFAR-100 recipe's extra RandomRotation(15) is not added.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class RSKFFParams:
                         "none = no sharpening", choices=("random", "fixed", "none"))
     ff_percentage: int = param(30, "percentage of the lowest DCT rows and columns kept (official 30; 100 = no "
                                "low-pass)", ge=1, le=100)
+    order: str = param("filter-crop", "filter-crop: filters on the full image, then the crop/flip (official); "
+                       "crop-filter: crop/flip first, then filters, zero-padded back", choices=("filter-crop", "crop-filter"),
+                       legacy="crop-filter")
 
 
 def sharpening_kernels(n: int, center: float, random: bool, gen: torch.Generator | None) -> torch.Tensor:
@@ -88,8 +93,8 @@ def lowpass(x: torch.Tensor, percentage: int) -> torch.Tensor:
 class RSKFF(Defense[RSKFFParams], family="adaptive"):
     """RSK+FF (Kim & Sandoval-Segura 2024, aseriesof-tubes/RSK): random sharpening, then a DCT low-pass."""
 
-    notes = ("`rsk-ff` sharpens and low-passes each batch after the protocol's crop/flip (the official code "
-             "does so before the crop) and leaves test images untouched, as the official code does.",)
+    notes = ("`rsk-ff` sharpens and low-passes each training image before the crop/flip (as the official code; "
+             "`order=crop-filter`: after it) and leaves test images untouched, as the official code does.",)
 
     def variant(self) -> str | None:
         p = self.params
@@ -99,14 +104,30 @@ class RSKFF(Defense[RSKFFParams], family="adaptive"):
             return None
         return "+".join(filter(None, [name, "ff" if ff else ""])) or "identity"
 
-    def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def filtered(self, x: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        """The sharpening kernel (a fresh one per image and use) and the DCT low-pass, on float images."""
         p = self.params
         out = x
         if p.kernel != "none":
             out = sharpen(x, sharpening_kernels(x.shape[0], p.center, p.kernel == "random", ctx.generator))
         if p.ff_percentage < 100:
             out = lowpass(out, p.ff_percentage)
-        if out.shape[-2:] != x.shape[-2:]:
-            dh, dw = x.shape[-2] - out.shape[-2], x.shape[-1] - out.shape[-1]
-            out = F.pad(out, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
-        return out, y
+        return out
+
+    def before_crop(self, x: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        if self.params.order != "filter-crop":
+            return x
+        out = self.filtered(x.float().div(255) if x.dtype == torch.uint8 else x, ctx)
+        augment = ctx.protocol is not None and bool(getattr(ctx.protocol, "augment", False))
+        return out if augment else pad_to(out, x.shape[-2:])
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.params.order != "crop-filter":
+            return x, y
+        return pad_to(self.filtered(x, ctx), x.shape[-2:]), y
+
+
+def pad_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad images centred to ``size`` (H, W)."""
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)) if dh or dw else x

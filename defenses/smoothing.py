@@ -9,8 +9,11 @@ index among tied classes) but without abstaining, so the number is an accuracy o
 the CUDA paper's 43.85 %. The per-epoch curve uses a cheaper vote (``epoch_samples`` copies; the
 record's ``metrics.per_epoch_eval`` says so), and the final accuracy is measured again with the full vote.
 
-Extras (``metrics.defense``): the base model's accuracy on clean and on noisy test images, and Cohen's
-CERTIFY on a fixed stratified test subset (``certify_subset`` images; n0 = ``certify_n0`` selection
+Extras (``metrics.defense``): the base model's accuracy on clean and on noisy test images; Cohen's
+PREDICT on the headline vote's counts (n = ``n_samples`` = 100, two-sided binomial test of the top two
+counts against p = 1/2 at level ``alpha`` = 0.001, abstain when its p-value exceeds alpha, as
+``Smooth.predict``): its accuracy with abstentions counted wrong and its abstention rate, the other
+reading of the CUDA paper's 43.85 %; and Cohen's CERTIFY on a fixed stratified test subset (``certify_subset`` images; n0 = ``certify_n0`` selection
 samples, n = ``certify_n`` estimation samples, Clopper-Pearson lower bound at level ``alpha``, radius
 sigma * Phi^-1(pA_lower), abstain when pA_lower < 1/2): certified accuracy at each radius of ``RADII``
 and the abstention rate. Deviation: Cohen certifies with n = 100 000 samples; n = 1 000 keeps a cpu
@@ -27,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from scipy.stats import beta, norm
+from scipy.stats import beta, binom, norm
 
 from benchmark.data import ImageSet, stratified_subset
 from benchmark.params import param
@@ -47,7 +50,8 @@ class SmoothingParams:
     epoch_samples: int = param(4, "noisy copies per test image for the cheaper per-epoch vote", ge=1)
     certify_n0: int = param(100, "CERTIFY: selection samples per image", ge=1)
     certify_n: int = param(1000, "CERTIFY: estimation samples per image (Cohen: 100000)", ge=1)
-    alpha: float = param(0.001, "CERTIFY: failure probability of the Clopper-Pearson bound", gt=0.0, lt=1.0)
+    alpha: float = param(0.001, "CERTIFY: failure probability of the Clopper-Pearson bound; PREDICT: level of "
+                         "the binomial test", gt=0.0, lt=1.0)
     certify_subset: int = param(500, "CERTIFY: test images (fixed stratified subset; 0 = all)", ge=0)
 
 
@@ -88,6 +92,20 @@ def vote_scores(counts: torch.Tensor) -> torch.Tensor:
     return counts.float() + torch.arange(c, device=counts.device, dtype=torch.float32) / c
 
 
+def predict(counts: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cohen's PREDICT from vote counts: (class, abstained). The class is the vote's (most votes, ties to
+    the highest index); it abstains when the two-sided binomial test of the top two counts n_A, n_B
+    against p = 1/2 has p-value above ``alpha`` (``binom_test(n_A, n_A + n_B, 0.5)``: for p = 1/2 it is
+    min(1, 2 P[X >= n_A]), X ~ Bin(n_A + n_B, 1/2), and 1 on a tie)."""
+    top2 = counts.topk(2, dim=1).values.cpu().double().numpy() if counts.shape[1] > 1 else None
+    pred = vote_scores(counts).argmax(1).cpu()
+    if top2 is None:
+        return pred, torch.zeros(len(pred), dtype=torch.bool)
+    n_a, n_b = top2[:, 0], top2[:, 1]
+    p_value = torch.from_numpy(2 * binom.sf(n_a - 1, n_a + n_b, 0.5)).clamp(max=1.0)
+    return pred, p_value > alpha
+
+
 def certify(counts0: torch.Tensor, counts: torch.Tensor, sigma: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Cohen's CERTIFY from selection and estimation counts: (predicted class, L2 radius); the radius is
     -1 where it abstains. The class is ``counts0.argmax()`` (numpy's argmax: the first of tied classes)."""
@@ -125,6 +143,9 @@ class RandomizedSmoothing(Defense[SmoothingParams], family="certified", preset_p
     metrics_help = {
         "base_clean_acc": "base model's accuracy (%) on clean test images (not the smoothed classifier)",
         "base_noisy_acc": "base model's accuracy (%) on the noisy copies of the headline vote",
+        "predict_acc": "Cohen's PREDICT on the headline vote (binomial test at alpha): accuracy (%) with "
+                       "abstentions counted wrong",
+        "predict_abstain_rate": "% of test images where PREDICT abstains (top two counts not significantly apart)",
         "certify_abstain_rate": "% of the CERTIFY subset where the lower bound on pA is below 1/2",
         **{f"certified_acc@{r:g}": f"CERTIFY: accuracy (%) with a certified L2 radius of at least {r:g}" for r in RADII},
         "certify_images": "test images certified",
@@ -166,6 +187,10 @@ class RandomizedSmoothing(Defense[SmoothingParams], family="certified", preset_p
             if len(counts) == len(labels):
                 right = counts.gather(1, labels[:, None]).sum()
                 out["base_noisy_acc"] = round(100.0 * float(right) / (len(labels) * p.n_samples), 3)
+                chosen, abstained = predict(counts, p.alpha)
+                correct = (chosen == labels.cpu()) & ~abstained
+                out["predict_acc"] = round(100.0 * float(correct.float().mean()), 3)
+                out["predict_abstain_rate"] = round(100.0 * float(abstained.float().mean()), 3)
         sub = test
         if 0 < p.certify_subset < len(test):
             sub = test.subset(stratified_subset(test.y.cpu(), p.certify_subset, seed=0).to(test.x.device))

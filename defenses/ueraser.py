@@ -21,7 +21,13 @@ Decisions and deviations:
   ``adversarial_augmentation_loss`` does (its single tiled policy call shares one TrivialAugment
   operation across the views; the scripts' one forward per view gives "batch norm statistics [that]
   may not be correct", as the notebook says).
-* The schedule is a fraction of the protocol's epochs, so it scales to the cpu preset's 15 epochs.
+* Optimisation (``recipe``): the ``paper`` preset sets ``recipe=official``, the official LSP script's
+  recipe: 200 epochs, batch 128, SGD lr 0.01, momentum 0.9 (no Nesterov), weight decay 5e-4, lr ÷10
+  at 50 % and ÷100 at 75 % of the epochs (``adjust_learning_rate``: epochs 100 and 150), no gradient
+  clipping, the adversarial phase the first 50 epochs (``epoch < 50``; ``adv_fraction`` 0.25 of 200).
+  Its loader does not shuffle and drops the last batch; here batches are shuffled as in every run.
+  Other presets keep ``recipe=protocol``: the run's protocol trains, and the adversarial phase is
+  ``adv_fraction`` of its epochs (cpu: the first 4 of 15).
 * ``plasma_p``: 0.5 as in ``ueraser.py``; the EM notebook (and APBench) use 1.0.
 * The JPEG-10 variant (``UEraserJPEG``) is not implemented.
 * kornia draws from torch's global generators; every call runs under ``torch.random.fork_rng``
@@ -34,6 +40,7 @@ kornia is an optional dependency: ``pip install '.[kornia]'``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +67,16 @@ class UEraserParams:
                                 "0.25 = official standard (50 of 200), 1 = UEraser-Max, 0 = Lite", ge=0.0, le=1.0)
     plasma_p: float = param(0.5, "probability of each plasma op (ueraser.py 0.5; the EM notebook and APBench 1.0)",
                             ge=0.0, le=1.0)
+    recipe: str = param("protocol", "optimisation: protocol = the run's protocol (adversarial phase scaled to its "
+                        "epochs); official = the official LSP script's (200 epochs, batch 128, SGD 0.01, momentum "
+                        "0.9, wd 5e-4, lr /10 at epoch 100 and /100 at 150; the paper preset's)",
+                        choices=("protocol", "official"), legacy="protocol")
+
+
+#: the official LSP script's optimisation (``LSP/cifar_train.py`` and ``util.adjust_learning_rate``)
+OFFICIAL_RECIPE: dict[str, Any] = dict(epochs=200, batch_size=128, lr=0.01, momentum=0.9, nesterov=False,
+                                       weight_decay=5e-4, schedule="multistep", lr_milestones="100,150",
+                                       lr_gamma=0.1, grad_clip=0.0, warmup=0.0)
 
 
 def build_policy() -> nn.Module:
@@ -98,7 +115,7 @@ def max_loss_view(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.
 
 
 @register_defense("ueraser")
-class UEraser(Defense[UEraserParams], family="augmentation"):
+class UEraser(Defense[UEraserParams], family="augmentation", preset_params={"paper": {"recipe": "official"}}):
     """UEraser (Qin et al. 2023, lafeat/ueraser): train on each image's max-loss view of K kornia augmentations."""
 
     notes = ("`ueraser` trains on the max-loss of K = 5 kornia views during the first quarter of the epochs (the "
@@ -121,12 +138,16 @@ class UEraser(Defense[UEraserParams], family="augmentation"):
             return "max"
         return None
 
+    def adjust_protocol(self, proto: Any) -> Any:
+        """``recipe=official``: the official script's optimisation replaces the protocol's."""
+        return dataclasses.replace(proto, **OFFICIAL_RECIPE) if self.params.recipe == "official" else proto
+
     def adversarial_epochs(self, ctx: TrainContext) -> int:
         """Number of leading epochs with K views (all of them when the protocol is unknown)."""
         p = self.params
         if ctx.protocol is None:
             return 1 if p.adv_fraction > 0 else 0
-        return math.ceil(p.adv_fraction * ctx.protocol.epochs)
+        return math.ceil(p.adv_fraction * self.adjust_protocol(ctx.protocol).epochs)
 
     def views(self, x: torch.Tensor, k: int, ctx: TrainContext) -> torch.Tensor:
         """``k`` independent policy draws of the batch, stacked view-major: (k*B, C, H, W)."""

@@ -16,7 +16,7 @@ from benchmark.evaluate import predictions
 from benchmark.mixing import sample_dirichlet
 from defenses.base import TrainContext, build_defense, soft_cross_entropy
 from defenses.cutmix import cutmix_box
-from defenses.smoothing import certify, vote_scores
+from defenses.smoothing import certify, predict, vote_scores
 
 
 def make_ctx(seed: int = 0, num_classes: int = 10) -> TrainContext:
@@ -231,6 +231,37 @@ def test_certify_matches_cohen_radius_and_abstains() -> None:
     assert radius[0].item() == pytest.approx(0.5 * norm.ppf(p0), rel=1e-6)
     assert radius[1].item() == -1.0  # 530/1000: the lower bound is below 1/2, abstain
     assert radius[2].item() == pytest.approx(0.5 * norm.ppf(beta.ppf(0.001, 700, 301)), rel=1e-6)
+
+
+def test_predict_abstains_as_cohens_binomial_test() -> None:
+    """PREDICT abstains when the top two counts are not significantly apart (scipy's two-sided binomtest of
+    n_A in n_A + n_B against 1/2, above alpha): a tie-ish 55/45 vote abstains, 70/30 does not, a tie always
+    abstains; the class is the vote's."""
+    from scipy.stats import binomtest
+
+    counts = torch.tensor([[55, 45, 0], [70, 30, 0], [0, 50, 50], [0, 0, 100], [40, 35, 25], [62, 38, 0]])
+    pred, abstained = predict(counts, alpha=0.001)
+    assert pred.tolist() == vote_scores(counts).argmax(1).tolist() == [0, 0, 2, 2, 0, 0]
+    want = []
+    for row in counts.tolist():
+        n_a, n_b = sorted(row, reverse=True)[:2]
+        want.append(binomtest(n_a, n_a + n_b, 0.5).pvalue > 0.001)  # Smooth.predict's test
+    assert abstained.tolist() == want == [True, False, True, False, True, True]
+    assert predict(counts, alpha=0.05)[1].tolist() == [True, False, True, False, True, False]
+
+
+def test_smoothing_records_predict_beside_the_vote() -> None:
+    """On a 79 %-per-copy base classifier (pixel 0.9) PREDICT (n = 100) almost never abstains; on a
+    52 %-per-copy one (pixel 0.525) the vote is still right on more than half of the images, but PREDICT
+    abstains on nearly all: the two readings of one smoothed model differ."""
+    ctx = make_ctx(0, num_classes=2)
+    for level, low, high in ((0.9, 0.0, 5.0), (0.525, 90.0, 100.0)):
+        test = ImageSet(_levels([level] * 60), torch.tensor([1] * 60), ["lo", "hi"])
+        rs = build_defense("smoothing", {"certify_subset": "4"})
+        predictions(FirstPixelModel(), test, rs.predictor(ctx, final=True), 1000, torch.device("cpu"))
+        out = rs.evaluate(FirstPixelModel(), test, ctx)
+        assert low <= out["predict_abstain_rate"] <= high, out
+        assert out["predict_acc"] == pytest.approx(100.0 - out["predict_abstain_rate"], abs=5)
 
 
 def test_certified_accuracy_on_a_known_model() -> None:

@@ -47,8 +47,9 @@ def test_ueraser_run_uses_k_views_then_one(run_env: dict, plain: dict, monkeypat
 def test_ortho_proj_run_projects_out_the_linear_shortcut(run_env: dict, plain: dict) -> None:
     rec = smoke_run(run_env, "ortho-proj")
     extra = rec["metrics"]["defense"]
-    # chance (10 %; +-2.7 % binomial noise on 128 images: only uint8 rounding tells the logits apart)
-    assert extra["linear_acc_projected"] <= 18
+    # near chance (10 %): the projected logits W x' are zero up to the stored images' uint8 rounding and
+    # clipping (1-2 % of values), whose residue decides the argmax and is not independent of the class
+    assert extra["linear_acc_projected"] <= 30
     assert extra["linear_train_acc"] > extra["linear_acc_projected"] + 15  # (20 SGD steps on 128 images)
     assert 0 <= extra["clipped_fraction"] < 0.05 and extra["fit_seconds"] > 0
     assert rec["defense_info"]["family"] == "filtering"
@@ -71,7 +72,7 @@ def test_dp_instahide_run_trains_on_noisy_mixtures(run_env: dict, plain: dict, m
         assert torch.allclose(y.sum(1), torch.ones(len(y)))
         assert float((y.max(1).values < 1).float().mean()) > 0.8  # mixed labels, not one-hot
         assert float(x.min()) == 0 and float(x.max()) == 1  # Laplace tails clipped to the image range
-    assert rec["metrics"]["defense"]["dp_epsilon_per_image"] == pytest.approx(3 * 32 * 32 / (16 / 255), abs=0.1)
+    assert rec["metrics"]["defense"] == {"dp_epsilon_own_bound": None}  # clamped noise (forest): no DP bound
     assert changed_training(rec, plain)
 
 
@@ -98,21 +99,22 @@ def test_poison_aware_at_run_crafts_aligned_poisons(run_env: dict, plain: dict, 
 def test_rsk_ff_run_trains_on_sharpened_low_passed_images(run_env: dict, plain: dict,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[torch.Tensor] = []
-    original = RSKFF.batch
+    original = RSKFF.before_crop
 
-    def batch(self: RSKFF, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        out = original(self, x, y, ctx)
-        seen.append(out[0])
+    def before_crop(self: RSKFF, x: torch.Tensor, ctx: Any) -> torch.Tensor:
+        out = original(self, x, ctx)
+        seen.append(out)
         return out
 
-    monkeypatch.setattr(RSKFF, "batch", batch)
+    monkeypatch.setattr(RSKFF, "before_crop", before_crop)
     rec = smoke_run(run_env, "rsk-ff")
     assert len(seen) == 2
     d = dct_matrix(30, dtype=torch.float64)
-    for x in seen:
-        assert x.shape[-2:] == (32, 32) and float(x[..., 0, :].abs().max()) == 0
-        coeff = d @ x[..., 1:-1, 1:-1].double() @ d.T
+    for x in seen:  # filtered at full size (32 -> 30), before the protocol's crop/flip
+        assert x.shape[-2:] == (30, 30)
+        coeff = d @ x.double() @ d.T
         assert float(coeff[..., 9:, :].pow(2).sum() + coeff[..., :9, 9:].pow(2).sum()) < 0.01 * float(coeff.pow(2).sum())
+    assert rec["config"]["defense"]["params"]["order"] == "filter-crop"
     assert rec["defense_info"]["family"] == "adaptive"
     assert changed_training(rec, plain)
 

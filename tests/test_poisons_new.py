@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 from conftest import generate_poison, shifted_images
 
-from attacks.ar import ar_fill_, ar_noise, find_coefficients, matched_filters
+from attacks.ar import (
+    OFFICIAL_CIFAR10,
+    ARParams,
+    ar_fill_,
+    ar_noise,
+    find_coefficients,
+    matched_filters,
+    realise,
+)
 from attacks.lsp import l2_radius
 from attacks.ops import corner_colours
 from benchmark.data import ImageSet
@@ -80,6 +88,53 @@ def test_ar_partial_poisoning_leaves_the_rest_clean():
     clean[out.poisoned_indices] = False
     assert torch.equal(out.x[clean], train.x[clean])
     assert (out.x[out.poisoned_indices] != train.x[out.poisoned_indices]).flatten(1).any(1).all()
+
+
+def test_ar_official_coefficients_are_the_published_stable_processes():
+    """coefficients=official: 10 classes x 3 channels of 3x3 windows, bottom-right entry 0, each channel
+    summing to 1 up to the published 4 decimals (8 entries, 5e-5 each), and stable: realisations of the
+    official size (36x36, crop 4) stay bounded (an unstable process grows geometrically: > 1e6 here)."""
+    coeffs = torch.tensor(OFFICIAL_CIFAR10)
+    assert coeffs.shape == (10, 3, 9)
+    windows = coeffs.view(10, 3, 3, 3)
+    assert torch.all(windows[:, :, 2, 2] == 0)
+    assert float((windows.sum(dim=(2, 3)) - 1).abs().max()) <= 8 * 5e-5
+    assert float((windows.sum(dim=(2, 3)) - 1).abs().max()) > 0  # as published, not renormalised
+    assert len({tuple(w.flatten().tolist()) for w in windows}) == 10
+    start = torch.randn(80, 3, 36, 36, generator=torch.Generator().manual_seed(0))
+    norms = realise(windows.repeat(8, 1, 1, 1), start, 4).flatten(1).norm(dim=1)
+    assert bool(torch.isfinite(norms).all()) and float(norms.max()) < 1000
+
+
+def test_ar_official_is_the_default_and_each_class_follows_its_published_process():
+    train = shifted_images(n=40, classes=4, size=16, low=50, high=206)
+    poison, out = generate_poison("ar", train, key=7)
+    assert poison.params.coefficients == "official" and out.info["coefficients"] == "official"
+    delta = out.x.float() - train.x.float()  # the stored (rounded) noise still satisfies class k's recurrence
+    filters = matched_filters(torch.tensor(OFFICIAL_CIFAR10[:4]).view(4, 3, 3, 3))
+    for k in range(4):
+        own = F.conv2d(delta[train.y == k], filters[k].unsqueeze(1), groups=3).abs().mean()
+        others = [F.conv2d(delta[train.y == k], filters[j].unsqueeze(1), groups=3).abs().mean() for j in range(4) if j != k]
+        assert float(own) < 0.5 * float(min(others))
+    _, keyed = generate_poison("ar", train, {"coefficients": "key"}, key=7)
+    assert keyed.info["coefficients"] == "key" and keyed.info["candidates_examined"] >= 4
+    assert not torch.equal(keyed.x, out.x)
+
+
+def test_ar_official_rejects_data_it_does_not_fit_and_old_records_read_as_key():
+    from benchmark.errors import BenchError
+    from benchmark.params import complete_params
+    from benchmark.poisoning import build_poison
+
+    gray = shifted_images(n=20, classes=4, size=16)
+    gray = ImageSet(gray.x[:, :1].contiguous(), gray.y, gray.classes)
+    with pytest.raises(BenchError, match="coefficients=key"):
+        generate_poison("ar", gray, key=1)
+    assert generate_poison("ar", gray, {"coefficients": "key"}, key=1)[1].x.shape == gray.x.shape
+    # records of the key draw leave the parameter out (their run ids are unchanged); read back, they are the key draw
+    assert "coefficients" not in build_poison("ar", {"coefficients": "key"}).record()["params"]
+    assert build_poison("ar", {}).record()["params"]["coefficients"] == "official"
+    assert complete_params(ARParams, {"eps": 1.0, "crop": 4, "min_response": -1.0})["coefficients"] == "key"
 
 
 # ----------------------------------------------------------------------------------------------- LSP

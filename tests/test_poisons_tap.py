@@ -74,3 +74,26 @@ def test_tap_resumes_exactly_and_takes_a_backbone(cifar256: ImageSet, cache_root
     backbone = next((cache_root / "surrogates").glob("tap-*.safetensors"))
     _, again = generate_poison("tap", cifar256, dict(recipe, backbone=str(backbone)))
     assert torch.equal(again.x, whole.x) and again.info["surrogate"]["source"] == "backbone"
+
+
+def test_tap_paper_surrogate_schedule_is_the_official_multistep() -> None:
+    """The paper preset's surrogate: lr 0.1 and torch's MultiStepLR with the official get_optimizers'
+    milestones [epochs // 2.667, epochs // 1.6, epochs // 1.142] (floats: 14, 24, 35 for 40 epochs, as
+    40 // 1.6 is 24.0), stepped once per epoch, ending at 1e-4."""
+    from benchmark.poisoning import build_poison
+    from benchmark.train import lr_at
+
+    proto = build_poison("tap", {}, preset="paper").poison.surrogate_protocol()
+    assert (proto.schedule, proto.lr_milestones, proto.epochs, proto.lr) == ("multistep", "14,24,35", 40, 0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[40 // 2.667, 40 // 1.6, 40 // 1.142], gamma=0.1)
+    official = []
+    for _ in range(40):
+        official.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [lr_at(proto, epoch * 10 + 3, 10) for epoch in range(40)] == pytest.approx(official, rel=1e-9)
+    assert official[-1] == pytest.approx(1e-4)
+    step = build_poison("tap", {"surrogate_schedule": "step"}, preset="paper").poison.surrogate_protocol()
+    # step: x0.1 every round(40 / 2.667) = 15 epochs (the earlier paper preset: 15, 30, ending at 1e-3)
+    assert [lr_at(step, e * 10, 10) for e in (14, 15, 29, 30, 39)] == pytest.approx([0.1, 0.01, 0.01, 1e-3, 1e-3])

@@ -577,3 +577,23 @@ def test_defense_metrics_per_defense_and_paper_ratios(results: Path, tmp_path: P
     assert "| cuda × none | 18.5 / 94.7 = 0.20 | 22.0 ± 2.8 (n=2) / 81.0 = 0.27 | agrees: holds |" in paper
     assert "| cuda × mixup | 25.5 / 94.7 = 0.27 | 50.0 / 81.0 = 0.62 | agrees: holds |" in paper
     assert "| none × none |" not in paper  # the clean references are the denominators, not rows
+
+
+def test_records_from_before_a_new_parameter_read_as_what_they_ran(tmp_path: Path) -> None:
+    """AR's `coefficients` and RSK+FF's `order` were added with new defaults: records made before them
+    lack the parameter and keep their run ids, and the report labels them by the value they ran with
+    (`coefficients=key`, `order=crop-filter`), never as the new default."""
+    old_ar = make_record("ar", acc=30.0, params={"coefficients": "key"})
+    new_ar = make_record("ar", acc=40.0)
+    old_rsk = make_record("cuda", "rsk-ff", acc=50.0, defense_params={"order": "crop-filter"})
+    new_rsk = make_record("cuda", "rsk-ff", acc=55.0)
+    assert "coefficients" not in old_ar["config"]["poison"]["params"]  # what a record of the key draw holds
+    assert "order" not in old_rsk["config"]["defense"]["params"]
+    frame = build_frame(collect_runs(write_all(tmp_path, [make_record("none", acc=81.0), make_record("cuda", acc=21.0),
+                                                          old_ar, new_ar,
+                                                          old_rsk, new_rsk]), warn=print))
+    labels = dict(zip(frame["test_acc"], zip(frame["poison_label"], frame["defense_label"], strict=True), strict=True))
+    assert labels[30.0][0] == "ar (coefficients=key)" and labels[40.0][0] == "ar (coefficients=official)"
+    alone = build_frame(collect_runs(write_all(tmp_path / "old", [make_record("none", acc=81.0), old_ar]), warn=print))
+    assert set(alone["poison_label"]) == {"clean", "ar (coefficients=key)"}  # never read as the new default
+    assert labels[50.0][1] == "rsk-ff (order=crop-filter)" and labels[55.0][1] == "rsk-ff (order=filter-crop)"

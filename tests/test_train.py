@@ -144,3 +144,17 @@ def test_step_loop_never_reads_back_to_the_host(monkeypatch: pytest.MonkeyPatch,
     few, many = _host_reads(monkeypatch, 3, overrides), _host_reads(monkeypatch, 12, overrides)
     assert few > 0  # the counter sees the per-epoch reads (loss, accuracy, evaluation)
     assert many == few, f"{few} host reads with 3 steps per epoch, {many} with 12: the step loop syncs"
+
+
+def test_multistep_schedule_decays_at_its_milestones_and_rejects_bad_ones() -> None:
+    from benchmark.errors import BenchError
+    from benchmark.protocol import protocol_dict, resolve_protocol
+    from benchmark.train import lr_at
+
+    proto = resolve_protocol("cpu", {"schedule": "multistep", "lr_milestones": "2,5", "lr": 1.0, "lr_gamma": 0.5})
+    assert [lr_at(proto, e * 4 + 1, 4) for e in range(7)] == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert protocol_dict(proto)["lr_milestones"] == "2,5"
+    assert "lr_milestones" not in protocol_dict(resolve_protocol("cpu"))  # old records keep their run ids
+    for bad in ("", "5,2", "a,3", "0,4"):
+        with pytest.raises(BenchError, match="lr_milestones"):
+            resolve_protocol("cpu", {"schedule": "multistep", "lr_milestones": bad})

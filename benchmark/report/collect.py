@@ -5,7 +5,9 @@ never a crash. Failed runs are skipped; records of one config and seed (same con
 newest wins. What a defense is (threat-model tier, family, variant label, what its headline measures)
 comes from the record's ``defense_info``; records made before that field existed get it by building the
 defense from their config (``defenses.base.build_defense``), and a backbone pretrained on clean data
-(``defense_source.*.pretrained_on``) puts the defense in the tier that data implies.
+(``defense_source.*.pretrained_on``) puts the defense in the tier that data implies. A parameter added
+after records existed is filled in with the value those records ran with (its declared ``legacy``
+value, :func:`benchmark.params.complete_params`), so they are labelled by what they ran.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchError
-from benchmark.params import format_value
+from benchmark.params import complete_params, format_value
 from benchmark.records import canonical_json, load_records
 from benchmark.records import run_id as config_hash
 
@@ -70,15 +72,43 @@ def collect_runs(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]
             warn(f"skipping {dropped}: duplicate of {path if newer else other_path} (same config and seed)")
             if not newer:
                 continue
-        runs[key] = (path, rec)
+        runs[key] = (path, with_legacy_params(rec))
     return sorted(runs.values(), key=lambda pr: str(pr[0]))
 
 
 def collect_repeats(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
     """Finished records a re-run on another machine replaced (``results/repeats``): the machine-to-machine
     spread is measured on them; they are never cells."""
-    return [(p, r) for p, r in load_records(Path(results), warn=warn, repeats=True)
+    return [(p, with_legacy_params(r)) for p, r in load_records(Path(results), warn=warn, repeats=True)
             if r["status"] == "finished" and shape_problem(r) is None]
+
+
+def with_legacy_params(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record with the params its poison and defense components leave out at their ``legacy`` value
+    filled in (a copy of the config; the file is not touched). Unknown plugins are left as they are."""
+    from benchmark.registry import DEFENSES, POISONS
+
+    def filled(registry: Any, part: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cls = registry.get(str(part["name"]))
+        except (BenchError, KeyError):
+            return part
+        params = part.get("params")
+        return {**part, "params": complete_params(cls.Params, params if isinstance(params, dict) else {})}
+
+    cfg = rec["config"]
+    poison, defense = cfg["poison"], dict(cfg["defense"])
+    comps = [filled(DEFENSES, c) if isinstance(c, dict) else c for c in defense.get("components") or []]
+    if comps:
+        defense["components"] = comps
+        if len(comps) == 1 and isinstance(comps[0], dict):
+            defense["params"] = comps[0].get("params", defense.get("params"))
+        else:
+            defense["params"] = {c["name"]: c.get("params") for c in comps if isinstance(c, dict)}
+    elif "+" not in str(defense.get("name")):
+        defense = filled(DEFENSES, defense)
+    return {**rec, "config": {**cfg, "poison": filled(POISONS, poison) if poison.get("name") != "none" else poison,
+                              "defense": defense}}
 
 
 def shape_problem(rec: dict[str, Any]) -> str | None:

@@ -13,12 +13,14 @@ metric a defense reports.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from benchmark.errors import BenchError
 from benchmark.poisoning import SET_TOLERANCE, same_poisoned_set
 from benchmark.protocol import full_protocol
 from benchmark.records import canonical_json, machine
@@ -36,6 +38,7 @@ from benchmark.report.collect import (
     num,
     part_id,
     poison_class_info,
+    poison_defaults,
     protocol_of,
     slug,
     threads_text,
@@ -132,8 +135,8 @@ def build_frame(runs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
         pids = {i: part_id(r["config"]["poison"]) for i, r in recs.items()}
         dids = {i: part_id(r["config"]["defense"]) for i, r in recs.items()}
         variants = {dids[i]: infos[frame.at[i, "record"]]["variant"] for i in idx}
-        plabels = make_labels(pids.values(), {"none": CLEAN})
         preset = str(frame.at[idx[0], "preset"])
+        plabels = make_labels(pids.values(), {"none": CLEAN}, lambda name, p=preset: _poison_defaults(name, p))
         dlabels = make_labels(dids.values(), {}, lambda name, p=preset: defense_defaults(name, p), variants)
         frame.loc[idx, "poison_label"] = [plabels[pids[i]] for i in idx]
         frame.loc[idx, "defense_label"] = [dlabels[dids[i]] for i in idx]
@@ -141,6 +144,24 @@ def build_frame(runs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
     frame = frame.sort_values(["group_key", "record"], kind="stable").drop(columns="group_key").reset_index(drop=True)
     frame["poison_set"] = poison_sets(frame)
     return frame
+
+
+def _poison_defaults(name: str, preset: str) -> dict[str, Any] | None:
+    """A poison's defaults under ``preset`` for the params added after records existed (those declaring a
+    ``legacy`` value): a record that ran another value of one is labelled with it (an AR record of the key
+    draw reads ``ar (coefficients=key)``, never as the new default); other params show only where records
+    of one poison differ, so a column's label (and its sample grid's file) stays when they change."""
+    known = poison_defaults(name, preset)
+    if known is None:
+        return None
+    try:
+        from benchmark.registry import POISONS
+
+        fields = dataclasses.fields(POISONS.get(name).Params)
+    except (BenchError, ImportError, TypeError):
+        return None
+    added = {f.name for f in fields if "legacy" in f.metadata}
+    return {k: v for k, v in known[0].items() if k in added}
 
 
 def _set_summary(row: pd.Series) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write, read_json, read_npz
+from benchmark.params import complete_params
 from benchmark.records import canonical_json
 from benchmark.report.collect import Warn, slug
 from benchmark.report.plots import pyplot, save, wrap
@@ -77,6 +78,20 @@ def plot_samples(clean: Any, poisoned: Any, classes: list[str], title: str, path
 
 # --------------------------------------------------------------------------------- sample images
 
+def _with_legacy(poison: Any) -> Any:
+    """A manifest's poison entry with the params it leaves out at their ``legacy`` value filled in, as the
+    report fills them in records (:func:`benchmark.report.collect.with_legacy_params`)."""
+    if not isinstance(poison, dict) or not isinstance(poison.get("params"), dict):
+        return poison
+    from benchmark.registry import POISONS
+
+    try:
+        cls = POISONS.get(str(poison.get("name")))
+    except BenchError:
+        return poison
+    return {**poison, "params": complete_params(cls.Params, poison["params"])}
+
+
 def _is_cheap(cls: type) -> bool:
     """Poisons that need no surrogate training can be re-created on a few images for a preview
     (:meth:`attacks.base.Poison.preview_is_cheap`)."""
@@ -117,7 +132,7 @@ class SampleSource:
         if poison.get("revision"):  # an artifact of another algorithm revision is not this record's poison
             want["revision"] = poison["revision"]
         for path, man in self._manifests:
-            if isinstance(man, dict) and man.get("dataset") == dataset_id and man.get("poison") == want:
+            if isinstance(man, dict) and man.get("dataset") == dataset_id and _with_legacy(man.get("poison")) == want:
                 npz = path.with_suffix(".npz")
                 if npz.exists():
                     return npz

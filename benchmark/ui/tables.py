@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.errors import BenchError
-from benchmark.params import describe_params, format_value
+from benchmark.params import describe_params, format_value, param_help
 from benchmark.plugin import first_paragraph
 from benchmark.protocol import PRESET_HELP
 from benchmark.registry import DATASETS, DEFENSES, MODELS, POISONS
@@ -48,7 +48,7 @@ def detail_table(section: str, name: str) -> Table:
     for col in ("parameter", "type", "default", "valid", "meaning", *(f"{p} preset" for p in presets)):
         table.add_column(col, style="bold cyan" if col == "parameter" else None, no_wrap=col == "parameter")
     for f in dataclasses.fields(cls.Params):
-        row = [f.name, type(f.default).__name__, format_value(f.name, f.default), _bounds(f), f.metadata.get("help", "")]
+        row = [f.name, type(f.default).__name__, format_value(f.name, f.default), _bounds(f), param_help(f)]
         row += [format_value(f.name, v[f.name]) if f.name in v and v[f.name] != f.default else "" for v in presets.values()]
         table.add_row(*row)
     if not dataclasses.fields(cls.Params):
