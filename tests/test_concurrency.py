@@ -116,7 +116,8 @@ def _poison_entry(folder: Path, cache: Path) -> Path:
 
 
 def _em_args() -> list[str]:
-    return ["--poison", "em", *(a for k, v in EM.items() for a in ("--poison-param", f"{k}={v}"))]
+    """One EM artifact for every seed: a fixed --key (without it each seed draws its own poison instance)."""
+    return ["--poison", "em", "--key", "0", *(a for k, v in EM.items() for a in ("--poison-param", f"{k}={v}"))]
 
 
 @pytest.fixture(scope="module")

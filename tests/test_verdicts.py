@@ -92,7 +92,8 @@ def test_noise_pooled_by_source_and_the_larger_measured_one_used(tmp_path: Path)
     """Victim cells (one poisoned set, seeds 0/1) spread by 1 point; poison-instance cells (another key per
     seed, or other bytes) by 4; machine pairs by 2. Verdicts use the largest source with 3+ cells."""
     def victim(poison: str, defense: str, base: float) -> list[dict]:
-        return [make_record(poison, defense, base, seed=0), make_record(poison, defense, base + math.sqrt(2), seed=1)]
+        return [with_key(make_record(poison, defense, base, seed=0), key=0),  # one poisoned set (--key 0)
+                with_key(make_record(poison, defense, base + math.sqrt(2), seed=1), key=0)]
 
     def instance(defense: str, base: float, by_digest: bool = False) -> list[dict]:
         if by_digest:

@@ -15,6 +15,7 @@ The records are one protocol group of the leaderboard: the group of ``preset`` w
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -29,6 +30,8 @@ from benchmark.audit.suites import (
     write_suite,
 )
 from benchmark.errors import BenchError
+from benchmark.params import complete_params
+from benchmark.registry import DEFENSES
 from benchmark.report import aggregate as agg
 from benchmark.report.collect import NO_DEFENSE, defense_defaults, flat, poison_defaults
 
@@ -48,9 +51,16 @@ def main_group(frame: pd.DataFrame, preset: str | None) -> str:
     return str(counts.sort_values(ascending=False, kind="stable").index[0])
 
 
-def _changed(params_json: str, defaults: dict[str, Any] | None) -> dict[str, Any]:
+def _changed(params_json: str, defaults: dict[str, Any] | None, registry: Any = None, name: str = "") -> dict[str, Any]:
+    """The params that differ from the plugin's defaults; a field a default record leaves out at its legacy
+    value (``benchmark.params.param(legacy=...)``) counts as a default too, as the report fills it in."""
     have = flat(json.loads(params_json))
-    return have if defaults is None else {k: v for k, v in have.items() if k not in defaults or defaults[k] != v}
+    if defaults is None:
+        return have
+    if registry is not None:
+        with contextlib.suppress(BenchError, KeyError):
+            defaults = flat(complete_params(registry.get(name).Params, defaults))
+    return {k: v for k, v in have.items() if k not in defaults or defaults[k] != v}
 
 
 def _within(best: pd.Series, other: pd.Series, sigma: float | None) -> bool:
@@ -90,7 +100,7 @@ def select(frame: pd.DataFrame, preset: str | None = None) -> dict[str, Any]:
         for d in min_cover(needs, pr["defenses"], score):
             row = c.xs(d, level=1).iloc[0]
             defenses[d] = Entry(str(row["defense"]), _changed(row["defense_params"], defense_defaults(
-                str(row["defense"]), group_preset)), tier, tuple(sorted(p for p, s in needs.items() if d in s)))
+                str(row["defense"]), group_preset), DEFENSES, str(row["defense"])), tier, tuple(sorted(p for p, s in needs.items() if d in s)))
         needs, score = {}, {}
         for e in ranking["entries"]:
             if e["status"] not in ("ranked", "incomplete", "reference") or not e["worst_poison"]:

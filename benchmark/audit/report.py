@@ -89,6 +89,14 @@ def failures(audit: AuditPlan) -> dict[tuple[str, str], str]:
     return out
 
 
+#: the audit's verdict as a claim of the claims check: "accuracy >= the same defense on clean data minus
+#: NEUTRALISED_WITHIN points", measured on this benchmark's own protocol (no source conditions to differ from)
+NEUTRALISED_TEST: dict[str, Any] = {
+    "_test": (">=", "clean", -1.0, float(agg.NEUTRALISED_WITHIN), "points"),
+    "_protocol": {"metric": "final", "conditions": []},
+}
+
+
 def _packed(row: pd.Series | None) -> dict[str, Any] | None:
     return None if row is None else {"mean": float(row["mean"]), "n": int(row["n"]), "converged": bool(row["converged"])}
 
@@ -97,7 +105,7 @@ def verdict(c: pd.DataFrame, labels: tuple[str, str] | None, clean: tuple[str, s
             sigma: float | None) -> dict[str, Any]:
     """The claims check of one cell against the same defense on clean data (see the module docstring)."""
     cell, ref = _get(c, *(labels or (None, None))), _get(c, *(clean or (None, None)))
-    check = check_pair(_packed(cell), _packed(ref), (">=", "clean", -agg.NEUTRALISED_WITHIN), sigma)
+    check = check_pair(_packed(cell), _packed(ref), NEUTRALISED_TEST, sigma)
     reason = ""
     if check["verdict"] == "not converged":
         reason = "; ".join(f"{what}: {r['not_converged']}" for what, r in (("cell", cell), ("clean row", ref))

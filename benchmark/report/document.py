@@ -292,8 +292,8 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
     entries = {(e["poison"], e["defense"]): e for e in g["entries"]}
     within = rules["neutralised_within"]
     verdicts = {p: "no effect" for p in h.get("no_effect", [])}
-    verdicts.update({n["poison"]: "neutralised by " + ", ".join(b["defense"] for b in n["by"])
-                     for n in h.get("neutralised", [])})
+    verdicts.update({n["poison"]: "neutralised by " + ", ".join(b["defense"] for b in n["by"][:3])
+                     + (f" +{len(n['by']) - 3} more" if len(n["by"]) > 3 else "") for n in h.get("neutralised", [])})
     verdicts.update({s["poison"]: f"**stands** ({s['run']} of {s['usable']} usable defenses run)"
                      for s in h.get("standing", [])})
     order = {u["poison"]: i for i, u in enumerate(h.get("undefended", []))}
@@ -315,7 +315,8 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
     legend = (f"Clean test accuracy (%) per poison; plain training on clean data: {fmt(clean['test_acc']) if clean else '–'}. "
               "Best defense = the standard-tier defense (the defender has only the poisoned set) with the highest "
               "accuracy on a converged cell of that poison; beside it the same defense on clean data. Verdict: "
-              f"**neutralised** = within {within:g} points of the same defense on clean data (every such defense named), "
+              f"**neutralised** = within {within:g} points of the same defense on clean data (the first three such defenses "
+              "named, the rest counted; all in leaderboard.json), "
               f"**no effect** = within {within:g} points of clean data without defense, **stands** = no standard-tier "
               "defense run neutralises it. Budget class: the threat model the poison is ranked in (poison ranking). "
               "Rows: strongest poison (without defense) first. Details: the matrix and "
@@ -332,18 +333,18 @@ def claims_blocks(g: dict[str, Any]) -> list[Block] | None:
     details: list[str] = []
     for c in (c for c in g["claims"] if c not in unrecorded):
         records = [(f"{p['selector']}", r) for p in c["pairs"] if p["cell"] for r in p["cell"]["records"]]
-        test = c["test"] + (f" (source: {c['protocol']})" if c.get("protocol") else "")
-        rows.append([c["claim"], test, Cell(f"**{c['verdict']}**", records)])
+        rows.append([c["claim"], c["test"], Cell(f"**{c['verdict']}**", records)])
+        conditions = f" Source conditions: {c['protocol']}." if c.get("protocol") else ""
         details.append(f"**{c['claim']}** ({c['source']}): " + "; ".join(
-            pair_text(p) + (f" ({p['why']})" if p.get("why") else "") for p in c["pairs"]) + ".")
+            pair_text(p) + (f" ({p['why']})" if p.get("why") else "") for p in c["pairs"]) + "." + conditions)
     noise = g["noise"]
     legend = ("Papers' claims checked on this table's cells (`bench claims`; claims in benchmark/report/claims.toml). "
               + claim_rule_text({**noise, "multiplicity": multiplicity_text(g.get("multiplicity"))})
               + " Cells that are not a verdict (stability rule in the matrix legend), or whose "
               "reference is not, are never a verdict; an underfitting cell is one, with its caveat. A claim fails if one "
               "of its cells fails, is within noise if one is, holds if a judged cell holds and none fails, is "
-              "inconclusive if every cell run is, and is not run when none could be judged. The test column names the "
-              "source's conditions (* = a cell must share it for a verdict). Seeds: the runs behind each number, and "
+              "inconclusive if every cell run is, and is not run when none could be judged. Under the table, each "
+              "claim's cells and the source's conditions (* = a cell must share it for a verdict). Seeds: the runs behind each number, and "
               "how many poison instances (keys) they trained on. " + protocol_legend(g) + " "
               + g["table_provenance"].get("all", ""))
     if not rows:
