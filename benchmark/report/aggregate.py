@@ -309,9 +309,12 @@ BUDGET_CLASSES = ("L∞ ≤ 8/255", "L∞ > 8/255", "L2", "L0", "unbounded / per
 
 def budget_class(budget_type: str, linf_255: float | None) -> str:
     """A poison's threat-model class from its declared budget type and measured L∞ (of 255): an L∞ poison
-    whose images move more than ``LINF_SMALL``/255 (rounding aside) is not in the 8/255 class."""
+    whose images move more than ``LINF_SMALL``/255 (rounding aside) is not in the 8/255 class, and one with
+    no declared bound whose images move no more than that is in it (it meets that threat model)."""
     if budget_type == "linf":
         return BUDGET_CLASSES[0] if linf_255 is not None and linf_255 <= LINF_SMALL + 0.5 else BUDGET_CLASSES[1]
+    if budget_type == "unbounded" and linf_255 is not None and linf_255 <= LINF_SMALL + 0.5:
+        return BUDGET_CLASSES[0]  # no declared bound (e.g. an imported poison) but measured within 8/255
     return {"l2": "L2", "l0": "L0", "unbounded": "unbounded / perceptual"}.get(budget_type, "unknown")
 
 
