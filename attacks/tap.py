@@ -44,7 +44,6 @@ exact key-seeded subset (official ``--budget``: a random subset), derived from t
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,16 +166,12 @@ class TAP(CleanSurrogate, SteppedNoisePoison[TAPParams]):
 
     def begin(self, train: ImageSet, ctx: PoisonContext) -> TAPRun:
         p = self.params
-        t0 = time.perf_counter()
-        num_classes = self.num_classes_of(train, ctx)
-        train_dev = train.to(ctx.device)
-        model, surrogate_info = self.get_surrogate(train_dev, ctx, num_classes)
-        surrogate_info = dict(surrogate_info, seconds_this_session=round(time.perf_counter() - t0, 3))
+        train_dev, model, surrogate_info = self.timed_surrogate(train, ctx)
         batches = math.ceil(len(train) / p.batch_size)
         scalars = {"best": torch.zeros(0, dtype=torch.int8), "loss_sum": 0.0, "best_score": math.inf, "scores": []}
         return TAPRun(torch.zeros(train.x.shape, dtype=torch.int8), p.restarts * batches, scalars=scalars,
                       surrogate=model, surrogate_info=surrogate_info, x_u8=train_dev.x, y=train_dev.y,
-                      target=(train_dev.y + 1) % num_classes, batches=batches, key=ctx.key)
+                      target=(train_dev.y + 1) % self.num_classes_of(train, ctx), batches=batches, key=ctx.key)
 
     def craft(self, run: TAPRun) -> None:
         """One poison batch of one restart; after a restart's last batch, its score (official: the mean

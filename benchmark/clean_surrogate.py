@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,14 @@ class CleanSurrogate:
         if ctx.workdir is None or Path(ctx.workdir).parent.name != "poison-work":
             return None
         return Path(ctx.workdir).parent.parent / "surrogates"
+
+    def timed_surrogate(self, train: ImageSet, ctx: PoisonContext) -> tuple[ImageSet, nn.Module, dict[str, Any]]:
+        """The training set on the device, the surrogate for it and its manifest facts with the seconds this
+        session spent getting it (loaded or trained): how a crafting run begins."""
+        t0 = time.perf_counter()
+        train_dev = train.to(ctx.device)
+        model, info = self.get_surrogate(train_dev, ctx, self.num_classes_of(train, ctx))
+        return train_dev, model, dict(info, seconds_this_session=round(time.perf_counter() - t0, 3))
 
     def get_surrogate(self, train: ImageSet, ctx: PoisonContext, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
         """The fixed surrogate (eval mode) and facts about it for the manifest."""

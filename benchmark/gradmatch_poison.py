@@ -16,7 +16,6 @@ a resumed generation is exact.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,11 +100,7 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
 
     def begin(self, train: ImageSet, ctx: PoisonContext) -> MatchingRun:
         p = self.params
-        t0 = time.perf_counter()
-        num_classes = self.num_classes_of(train, ctx)
-        train_dev = train.to(ctx.device)
-        model, surrogate_info = self.get_surrogate(train_dev, ctx, num_classes)
-        surrogate_info = dict(surrogate_info, seconds_this_session=round(time.perf_counter() - t0, 3))
+        train_dev, model, surrogate_info = self.timed_surrogate(train, ctx)
         rows = self.poison_rows(train, ctx).to(ctx.device)
         batches = max(1, math.ceil(len(rows) / p.batch_size))
         scalars = {"best": torch.zeros(0, dtype=torch.int8), "loss_sum": 0.0, "best_score": math.inf, "scores": []}

@@ -14,7 +14,7 @@ from report_records import make_record, write_all
 from benchmark.errors import BenchError
 from benchmark.report import aggregate as agg
 from benchmark.report import build_data, build_frame, collect_runs, load_frame
-from benchmark.report import document as doc
+from benchmark.report import document_claims as papers
 from benchmark.report.claims import (
     TEST,
     check_pair,
@@ -275,14 +275,14 @@ def test_a_single_run_protocol_variant_borrows_its_presets_noise(tmp_path: Path,
 def test_claims_without_any_recorded_cell_are_one_line_not_rows(tmp_path: Path, claims_file: Path) -> None:
     runs = collect_runs(write_all(tmp_path / "runs", claim_records()), lambda m: None)
     (g,) = build_data(build_frame(runs), runs, "runs", claims_file=claims_file)["groups"]
-    table, _details = doc.claims_blocks(g)
+    table, _details = papers.claims_blocks(g)
     shown = [row[0] for row in table.rows]
     assert "cutout neutralises SEM" not in shown and "DAT does not break CUDA" in shown  # a cell, not converged
     assert len(shown) == len(g["claims"]) - 1
     assert "Not run, no record for any of its cells (1): cutout neutralises SEM (sem × cutout)." in table.legend
     alone = collect_runs(write_all(tmp_path / "alone", [make_record("none", "none", 80.0)]), lambda m: None)
     (g,) = build_data(build_frame(alone), alone, "alone", claims_file=claims_file)["groups"]
-    assert doc.claims_blocks(g) is None and unrecorded_text(claims_unrecorded(g)).startswith("Not run")
+    assert papers.claims_blocks(g) is None and unrecorded_text(claims_unrecorded(g)).startswith("Not run")
 
 
 PROTOCOL_CLAIMS = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmark.report import document as doc
+from benchmark.report import document_claims as papers
 from benchmark.report.document import Block, Bullets, Heading, Image, Para
 
 
@@ -25,7 +26,7 @@ def build_document(data: dict[str, Any], plots: dict[str, dict[str, Any]]) -> li
     for g in data["groups"]:
         blocks += group_blocks(g, data, plots.get(g["slug"], {}))
     blocks.append(Heading(2, "Paper vs ours", "paper-vs-ours"))
-    blocks.append(doc.references_table(data))
+    blocks.append(papers.references_table(data))
     return blocks
 
 
@@ -68,7 +69,7 @@ def group_blocks(g: dict[str, Any], data: dict[str, Any], gp: dict[str, Any]) ->
         for defense, table in metrics:
             out += [Heading(4, defense), table]
     if g["claims"]:
-        claims = doc.claims_blocks(g)
+        claims = papers.claims_blocks(g)
         out += [Heading(3, "Claims of the papers, checked on these cells"),
                 *(claims or [Para(f"None of the {len(g['claims'])} claims (benchmark/report/claims.toml) names a cell "
                               "run in this table.")])]
