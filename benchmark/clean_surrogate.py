@@ -74,6 +74,14 @@ class CleanSurrogate:
     name: str
     params: Any
 
+    def surrogate_tag(self) -> str:
+        """The name a surrogate is cached and seeded under: the poison's, unless poisons share one."""
+        return self.name
+
+    def surrogate_key(self, ctx: PoisonContext) -> int:
+        """The key that seeds the surrogate (its init and batch order): the poison key by default."""
+        return ctx.key
+
     def surrogate_protocol(self) -> Any:
         p = self.params
         over: dict[str, Any] = dict(model=p.surrogate, epochs=p.surrogate_epochs, batch_size=p.surrogate_batch_size,
@@ -118,12 +126,12 @@ class CleanSurrogate:
             return model.eval(), {"source": "backbone", "path": p.backbone, "model": meta.get("model"),
                                   "split": meta.get("split"), "train_images": meta.get("train_images"),
                                   "cached": True}
-        sid = self.surrogate_id(train, ctx.key)
+        sid = self.surrogate_id(train, self.surrogate_key(ctx))
         home = self.surrogate_cache(ctx) or (Path(ctx.workdir) if ctx.workdir is not None else None)
         if home is None:  # nowhere to keep it: trained for this generation only
             model, meta = self.train_surrogate(train, ctx, num_classes, None)
             return model, self.surrogate_facts(sid, meta, cached=False)
-        path = home / f"{self.name}-{sid}.safetensors"
+        path = home / f"{self.surrogate_tag()}-{sid}.safetensors"
 
         def load() -> tuple[nn.Module, dict[str, Any]] | None:
             if not path.is_file():
@@ -132,14 +140,14 @@ class CleanSurrogate:
             return model.eval(), self.surrogate_facts(sid, meta, cached=True)
 
         def make() -> tuple[nn.Module, dict[str, Any]]:
-            checkpoint = home / f"{self.name}-{sid}-training.pt"  # used only under the lock: a next holder resumes it
+            checkpoint = home / f"{self.surrogate_tag()}-{sid}-training.pt"  # used only under the lock: a next holder resumes it
             model, meta = self.train_surrogate(train, ctx, num_classes, checkpoint)
             save_backbone(path, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
             checkpoint.unlink(missing_ok=True)
             return model, self.surrogate_facts(sid, meta, cached=False)
 
         # one trainer per surrogate across processes: artifacts of other crafting params share it
-        return load_or_make(path, f"{self.name} surrogate {self.name}-{sid}", load, make)
+        return load_or_make(path, f"{self.name} surrogate {path.stem}", load, make)
 
     @staticmethod
     def surrogate_facts(sid: str, meta: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -153,7 +161,7 @@ class CleanSurrogate:
         stratified probe of its own training images (the attacker has no other labelled data)."""
         proto = self.surrogate_protocol()
         n, c, h, w = train.x.shape
-        seed = derived_seed(ctx.key, self.name, "surrogate") % (2**31)
+        seed = derived_seed(self.surrogate_key(ctx), self.surrogate_tag(), "surrogate") % (2**31)
         model = build_surrogate(proto.model, num_classes, c, seed, ctx.device)
         probe = train.subset(stratified_subset(train.y.cpu(), min(1000, n), seed).to(train.y.device))
         tctx = TrainContext(device=ctx.device, num_classes=num_classes, in_channels=c, image_size=(h, w),

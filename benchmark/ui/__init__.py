@@ -165,6 +165,12 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
                   ("  [red](training diverged: the loss became NaN/inf)[/red]" if m.get("diverged") else ""))
     if base_acc is not None and cfg["poison"]["name"] != "none":
         table.add_row("drop vs clean", _fmt(base_acc - m["test_acc"], " points"))
+    target = m.get("target")
+    if target:  # a targeted trial: its outcome is the headline; the accuracies above say what it cost
+        outcome = "[bold red]success[/]" if target["success"] else "[bold green]failure[/]"
+        table.add_row("targeted trial", f"{outcome}: test image #{target['test_index']} (class {target['true_class']}) "
+                      f"predicted as class {target['predicted_class']}; adversarial class {target['adversarial_class']} "
+                      f"(p = {_fmt(target['adversarial_prob'], '', 3)}, true class p = {_fmt(target['true_prob'], '', 3)})")
     table.add_row("peak test acc (oracle)", f"{_fmt(m['peak_test_acc'], ' %')} at epoch {m['peak_epoch']}")
     if selected:
         stop = f", stopped after epoch {len(m['per_epoch'])}" if m.get("stopped_early") else ""
