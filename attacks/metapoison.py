@@ -27,7 +27,7 @@ Decisions (documented deviations and readings):
   signAdam only uses the sign of its gradient. A large rate on the poison batch alone (the paper unrolls on
   training batches that mix poisons with clean images) makes every image look like the adversarial class
   after two steps and the objective saturates: measured on the smoke preset, 0.1 gave a target loss of
-  0.0003 before crafting.
+  0.0003 within three crafting steps.
 * The surrogate is in eval mode while unrolled (running batch-norm statistics), as the engine's other
   objectives; ``surrogate_key`` as Witches' Brew (``cpu``: one surrogate for every trial).
 
