@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 
 from attacks.base import PoisonContext
-from benchmark.clean_surrogate import CleanSurrogate
+from benchmark.clean_surrogate import CleanSurrogate, check_surrogate_params
 from benchmark.data import ImageSet
 from benchmark.gradmatch import (
+    OPTIMIZERS,
     CraftSettings,
     Grads,
     Objective,
@@ -36,7 +37,55 @@ from benchmark.gradmatch import (
     random_shift_flip,
 )
 from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, score_restart
+from benchmark.params import param
 from benchmark.plugin import P
+
+# ===================================================================== the crafting parameters
+
+
+@dataclass(frozen=True)
+class CraftingParams:
+    """The crafting and surrogate parameters every poison of this loop declares, at forest's defaults
+    (``forest/options.py``: signAdam, 250 steps, tau 0.1, step decay, 8 restarts, poison batch 512, the
+    shift-and-flip; the ``conservative`` clean model: ResNet-18, 40 epochs); a poison adds its own."""
+
+    eps: float = param(8 / 255, "L-inf budget (0.0314 = 8/255)", ge=0.0, le=1.0)
+    optimizer: str = param("signadam", "signadam (forest --attackoptim signAdam) or pgd (signed steps of tau*eps)",
+                           choices=tuple(OPTIMIZERS))
+    steps: int = param(250, "crafting steps (forest --attackiter)", ge=1)
+    tau: float = param(0.1, "signadam: step in channel-std units at poison batch 512 (forest --tau); "
+                            "pgd: step as a fraction of eps", gt=0.0, le=1.0)
+    schedule: bool = param(True, "step x0.1 at steps/2.667, /1.6, /1.142 (forest --scheduling)")
+    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (forest --restarts)",
+                          ge=1, le=64)
+    batch_size: int = param(512, "poison batch size (forest --pbatch)", ge=1)
+    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
+                                "(forest --paugment)")
+    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
+    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
+    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
+    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
+    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (forest's "
+                                    "MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667); onecycle: "
+                                    "the cpu victim schedule", choices=("multistep", "step", "onecycle"))
+    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
+                              "instead of training one")
+    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
+
+    def validate(self, owner: str) -> None:
+        check_surrogate_params(owner, self)
+
+
+#: the surrogate recipes of the presets (``paper``: forest's conservative model; ``cpu``: TAP's cpu surrogate,
+#: 10 one-cycle epochs of the small CNN; ``smoke``: seconds, for tests)
+SURROGATE_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(surrogate="resnet18", surrogate_epochs=40, surrogate_batch_size=128, surrogate_lr=0.1,
+                  surrogate_schedule="multistep"),
+    "cpu": dict(surrogate="small-cnn", surrogate_epochs=10, surrogate_batch_size=256, surrogate_lr=0.2,
+                surrogate_schedule="onecycle"),
+    "smoke": dict(surrogate="small-cnn", surrogate_epochs=2, surrogate_batch_size=64, surrogate_lr=0.05,
+                  surrogate_schedule="onecycle"),
+}
 
 # ================================================================== resumable crafting of a poison set
 
@@ -93,6 +142,10 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
         target, _ = self.batch_target(run, rows, params)
         return matching_objective(run.surrogate, params, run.y[rows], target, self.params.loss)
 
+    def objective_facts(self) -> dict[str, Any]:
+        """What the manifest says the crafting lowered (its restart scores and stored losses are of it)."""
+        return {"matching_loss": self.params.loss}
+
     def poison_rows(self, train: ImageSet, ctx: PoisonContext) -> tuple[torch.Tensor, Any]:
         """The images to craft, in crafting order, and what the objective needs once per generation
         (``MatchingRun.target``). Default: every image and nothing; a targeted poison: its budgeted
@@ -105,8 +158,7 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
             lr: float | torch.Tensor = run.std * p.tau * (p.batch_size / 512)
         else:
             lr = p.tau * p.eps
-        return CraftSettings(eps=p.eps, steps=p.steps, lr=lr, optimizer=p.optimizer, schedule=p.schedule,
-                             loss=p.loss)
+        return CraftSettings(eps=p.eps, steps=p.steps, lr=lr, optimizer=p.optimizer, schedule=p.schedule)
 
     def begin(self, train: ImageSet, ctx: PoisonContext) -> MatchingRun:
         p = self.params
@@ -153,7 +205,7 @@ class GradientMatchingPoison(CleanSurrogate, SteppedNoisePoison[P]):
         p = self.params
         best, scores = run.scalars["best"], run.scalars["scores"]
         images = len(run.rows)
-        info = {"matching_loss": p.loss, "restart_losses": scores, "chosen_restart": scores.index(min(scores)),
+        info = {**self.objective_facts(), "restart_losses": scores, "chosen_restart": scores.index(min(scores)),
                 "stored_matching_loss": round(self.stored_alignment(run, best), 6),
                 "clean_matching_loss": round(self.stored_alignment(run, torch.zeros_like(best)), 6),
                 "surrogate": run.surrogate_info,

@@ -20,10 +20,37 @@ from attacks.base import GenerationSession, PoisonContext, PoisonedSet
 from benchmark.data import ImageSet
 from benchmark.errors import BenchError
 from benchmark.gradmatch import Grads, target_gradient
-from benchmark.gradmatch_poison import GradientMatchingPoison, MatchingRun
+from benchmark.gradmatch_poison import (
+    SURROGATE_PRESETS,
+    CraftingParams,
+    GradientMatchingPoison,
+    MatchingRun,
+)
+from benchmark.params import param
 from benchmark.plugin import P
 from benchmark.quantize import add_levels
 from benchmark.targets import TargetSetup, choose_setup
+
+
+@dataclass(frozen=True)
+class TargetedParams(CraftingParams):
+    """forest's targeted defaults (``--budget 0.01 --eps 16``) and the surrogate's seed."""
+
+    budget: float = param(0.01, "fraction of the training set perturbed (forest --budget; images of the "
+                                "adversarial class)", gt=0.0, le=1.0)
+    eps: float = param(16 / 255, "L-inf budget (0.0627 = 16/255, forest --eps 16)", ge=0.0, le=1.0)
+    surrogate_key: int = param(-1, "seed of the surrogate: -1 = the trial's poison key (a surrogate per trial); "
+                                   "K >= 0 = one surrogate for every trial (forest --modelkey K)", ge=-1)
+    checkpoint_every: int = param(1, "checkpoint the crafting every this many poison batches (0 = never; a "
+                                     "targeted poison has one batch per restart)", ge=0)
+
+
+#: the targeted presets: ``cpu`` shares one surrogate across trials (module docstrings of the poisons)
+TARGETED_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(SURROGATE_PRESETS["paper"]),
+    "cpu": dict(SURROGATE_PRESETS["cpu"], surrogate_key=0),
+    "smoke": dict(SURROGATE_PRESETS["smoke"], budget=0.05, restarts=1),
+}
 
 
 @dataclass(frozen=True)
