@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmark.report.collect import STANDARD_TIER
 from benchmark.report.document import (
     NOT_CONVERGED,
     Block,
@@ -67,12 +68,11 @@ def cells_table(g: dict[str, Any], level: float) -> Table:
     """One row per (poison, defense): trials, success rate with its interval, victim and clean accuracy."""
     rows: list[list[Cell | str]] = []
     for c in g["cells"]:
-        defense = c["defense"] if c["tier"] == g["cells"][0]["tier"] else f"{c['defense']} ({c['tier']})"
+        defense = c["defense"] if c["tier"] == STANDARD_TIER else f"{c['defense']} ({c['tier']})"
         victim = fmt(c["test_acc"], runs=False) + (f" {NOT_CONVERGED}" if c["not_converged"] else "")
         rows.append([c["poison"], budget_text(c["budget"]), defense,
                      Cell(rate_text(c), record_links(c["records"], c["seeds"])),
-                     Cell(victim, record_links(c["records"], c["seeds"])),
-                     Cell(fmt(c["clean"]), [(f"record {i + 1}", r) for i, r in enumerate(c["clean_records"])]),
+                     victim, Cell(fmt(c["clean"]), record_links(c["clean_records"], c["clean_seeds"])),
                      "–" if c["drop"] is None else f"{c['drop']:.1f}", _seeds(c["seeds"])])
     missing = sum(len(c["without_target"]) for c in g["cells"])
     legend = (f"**success** = trials whose target the victim classified as the adversarial class, of the trials, with "
@@ -82,8 +82,9 @@ def cells_table(g: dict[str, Any], level: float) -> Table:
               "poison that wrecks accuracy is not a targeted poison. **budget** = share (and number) of poisoned "
               "training images and their L∞ bound. One seed = one trial = its own key, target and poison images. "
               f"{NOT_CONVERGED} = a victim that did not converge (the stability rule of the availability matrix, "
-              "with its σ), listed under the table; its trial still counts. Defenses of another tier than the first "
-              "row's are named with their tier; nothing here is ranked. " + protocol_legend(g)
-              + (f" {missing} records without a target outcome are not trials." if missing else ""))
+              "with its σ), listed under the table; its trial still counts. A defense outside the standard tier "
+              f"({STANDARD_TIER}) is named with its tier; nothing here is ranked. " + protocol_legend(g)
+              + (f" {missing} record{'s' if missing > 1 else ''} without a target outcome (not counted as "
+                 "trials)." if missing else ""))
     return Table(["poison", "budget", "defense", f"success ({100 * level:g} % CI)", "victim acc", "clean data", "drop", "seeds"],
                  rows, legend, align="lllrrrrl")

@@ -40,44 +40,17 @@ Runs = list[tuple[Path, dict[str, Any]]]
 
 # ------------------------------------------------------------------------------------ the interval
 
-def binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), summed in log space (no overflow for large n)."""
-    if k < 0:
-        return 0.0
-    if k >= n or p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-             for i in range(k + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
-
-
-def _bisect(f: Any, target: float, increasing: bool) -> float:
-    """The p in [0, 1] where the monotone ``f`` crosses ``target`` (bisection to float precision)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if (f(mid) < target) == increasing:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-15:
-            break
-    return (lo + hi) / 2
-
-
 def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """Exact two-sided interval for a binomial proportion with ``k`` successes in ``n`` trials: the lower
-    bound solves P(X >= k | p) = α/2, the upper P(X <= k | p) = α/2 (0 and 1 at the ends)."""
+    """Exact two-sided interval for a binomial proportion with ``k`` successes in ``n`` trials (Clopper-Pearson:
+    the lower bound solves P(X >= k | p) = α/2, the upper P(X <= k | p) = α/2; 0 and 1 at the ends), as
+    ``scipy.stats.binomtest(...).proportion_ci(method="exact")`` computes it."""
     if not 0 <= k <= n or n < 1:
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    alpha = 1.0 - level
-    lower = 0.0 if k == 0 else _bisect(lambda p: 1.0 - binom_cdf(k - 1, n, p), alpha / 2, increasing=True)
-    upper = 1.0 if k == n else _bisect(lambda p: binom_cdf(k, n, p), alpha / 2, increasing=False)
-    return lower, upper
+    # imported here: the report package imports without scipy's start-up cost
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 # ------------------------------------------------------------------------------------- the frame
@@ -173,7 +146,8 @@ def _cell(rows: pd.DataFrame, clean: pd.DataFrame, level: float) -> dict[str, An
         "defense": str(first["defense_label"]), "defense_name": str(first["defense"]), "tier": str(first["tier"]),
         "family": str(first["family"]), "trials": n, "successes": k, "rate": agg.rnd(k / n) if n else None,
         "ci": [agg.rnd(low), agg.rnd(high)] if n else None, "level": level, "test_acc": victim,
-        "clean": clean_stat, "clean_records": sorted(clean["record"]),
+        "clean": clean_stat, "clean_records": [str(r) for r in clean.sort_values("seed", kind="stable")["record"]],
+        "clean_seeds": sorted(int(s) for s in clean["seed"]),
         "drop": agg.rnd(clean_stat["mean"] - victim["mean"]) if victim and clean_stat else None,
         "budget": _budget(trials if n else rows), "seeds": [int(s) for s in trials["seed"]],
         "records": [str(r) for r in trials["record"]],
