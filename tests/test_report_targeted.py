@@ -224,3 +224,20 @@ def test_a_victim_that_did_not_converge_is_marked_and_still_counted(mixed: Path,
     cell = next(c for c in g["cells"] if c["defense"] == "cutout")
     assert cell["trials_detail"][0]["stability"] == "still rising"
     assert all(c["not_converged"] is None for c in g["cells"] if c["defense"] != "cutout")
+
+
+def test_a_trial_run_summary_reads_its_outcome_and_cell(mixed: Path) -> None:
+    from rich.console import Console
+
+    from benchmark.report.targeted import trial_status
+    from benchmark.ui import show_page_status
+
+    failed = next(p for p in sorted(mixed.glob("*witches-brew-none-s2-*.json")))
+    st = trial_status(mixed, failed)
+    assert st["trial"]["success"] is False and (st["cell"]["trials"], st["cell"]["successes"]) == (5, 3)
+    assert trial_status(mixed, next(mixed.glob("*-cuda-none-s0-*.json"))) is None
+    out = io.StringIO()
+    show_page_status(Console(file=out, width=300), mixed, str(failed))
+    text = out.getvalue()
+    assert "this trial: target test image 7" in text and ": failure" in text
+    assert "targeted cell witches-brew × none: success 3/5 = 60.0 % [" in text and "tier" not in text

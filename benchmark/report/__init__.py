@@ -131,8 +131,7 @@ def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: W
     noises = agg.group_noises(frame, repeats=collect_repeats(Path(results), warn)) if not frame.empty else {}
     frame = with_status(frame, noises) if not frame.empty else frame
     if by_model[TARGETED]:
-        clean = [(p, r) for p, r in by_model[AVAILABILITY] if r["config"]["poison"]["name"] == "none"]
-        trials = targeted.results_rows(by_model[TARGETED], clean,
+        trials = targeted.results_rows(by_model[TARGETED], targeted.clean_runs(by_model[AVAILABILITY]),
                                        targeted.cohort_sigmas(frame, by_model[AVAILABILITY], noises))
         frame = pd.concat([frame, trials], ignore_index=True) if not frame.empty else trials
     if fmt == "parquet":

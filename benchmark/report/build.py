@@ -138,14 +138,13 @@ def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], resu
         built.append(data)
         joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))
     newest = max((str(d) for d in frame.get("created", []) if d), default="")[:10] or "unknown"
-    clean = [(p, rec) for p, rec in runs if rec["config"]["poison"]["name"] == "none"]
     return {
         "schema": SCHEMA, "results": results_label, "records": len(frame), "newest": newest,
         "rules": agg.rules(), "clean_label": CLEAN, "tiers": _tiers(),
         "references_version": refs_version, "claims_version": claims_version,
         "references": references.join(ref_rows, joined), "groups": built,
-        "targeted": targeted_mod.build_targeted(list(targeted or []), clean, targeted_mod.cohort_sigmas(frame, runs, noises),
-                                                results_label),
+        "targeted": targeted_mod.build_targeted(list(targeted or []), targeted_mod.clean_runs(runs),
+                                                targeted_mod.cohort_sigmas(frame, runs, noises), results_label),
     }
 
 

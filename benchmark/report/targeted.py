@@ -21,7 +21,18 @@ import pandas as pd
 from benchmark.params import format_value
 from benchmark.records import canonical_json
 from benchmark.report import aggregate as agg
-from benchmark.report.collect import NO_DEFENSE, TARGETED, flat, num, protocol_of, threat_model
+from benchmark.report.collect import (
+    AVAILABILITY,
+    NO_DEFENSE,
+    TARGETED,
+    collect_all,
+    collect_repeats,
+    flat,
+    num,
+    protocol_of,
+    split_runs,
+    threat_model,
+)
 from benchmark.report.frame import build_frame
 from benchmark.verdicts import NOT_VERDICT
 
@@ -227,3 +238,28 @@ def results_rows(targeted: Runs, clean: Runs, sigmas: dict[str, float | None]) -
         parts.append(g.assign(stability=labels["label"], stability_reason=labels["reason"]))
     out = pd.concat(parts)
     return out[out["poison"] != "none"].drop(columns="cohort").reset_index(drop=True)
+
+
+def clean_runs(availability: Runs) -> Runs:
+    """The availability records on clean data (poison ``none``): each defense's clean accuracy."""
+    return [(p, rec) for p, rec in availability if rec["config"]["poison"]["name"] == "none"]
+
+
+def trial_status(results: Path | str, record: Path | str, warn: Any = None) -> dict[str, Any] | None:
+    """How the page's targeted section reads one trial record (``bench run``'s summary): its outcome and
+    its cell's success rate and interval, or None when the record is not a usable targeted trial."""
+    warn = warn or (lambda msg: None)
+    by_model = split_runs(collect_all(Path(results), warn))
+    here = Path(record).resolve()
+    if not any(Path(p).resolve() == here for p, _rec in by_model[TARGETED]):
+        return None
+    frame = build_frame(by_model[AVAILABILITY])
+    noises = agg.group_noises(frame, repeats=collect_repeats(Path(results), warn)) if not frame.empty else {}
+    data = build_targeted(by_model[TARGETED], clean_runs(by_model[AVAILABILITY]),
+                          cohort_sigmas(frame, by_model[AVAILABILITY], noises))
+    for g in data["groups"]:
+        for c in g["cells"]:
+            trial = next((t for t in c["trials_detail"] if Path(t["record"]).resolve() == here), None)
+            if trial is not None or any(Path(r).resolve() == here for r in c["without_target"]):
+                return {"group": g["title"], "cell": c, "trial": trial}
+    return None
