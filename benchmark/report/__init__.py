@@ -133,7 +133,7 @@ def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: W
     if by_model[TARGETED]:
         trials = targeted.results_rows(by_model[TARGETED], targeted.clean_runs(by_model[AVAILABILITY]),
                                        targeted.cohort_sigmas(frame, by_model[AVAILABILITY], noises))
-        frame = pd.concat([frame, trials], ignore_index=True) if not frame.empty else trials
+        frame = targeted.typed(pd.concat([frame, trials], ignore_index=True) if not frame.empty else trials)
     if fmt == "parquet":
         atomic_write(Path(out), lambda p: frame.to_parquet(p, index=False))
         return None, len(frame)

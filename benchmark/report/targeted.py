@@ -226,6 +226,17 @@ def budget_text(budget: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------- bench results
 
+#: nullable dtypes of the trial columns: a table of availability runs and trials stays typed (parquet)
+TRIAL_DTYPES = {"target_success": "boolean", **{f"target_{k}": "Int64" for k in TARGET_FIELDS if k.endswith("class")},
+                "target_test_index": "Int64", "target_adversarial_prob": "Float64", "target_true_prob": "Float64",
+                "poison_class": "Int64", "num_poisons": "Float64", "budget_fraction": "Float64", "eps_255": "Float64"}
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its trial columns in :data:`TRIAL_DTYPES` (missing values as <NA>)."""
+    return frame.astype({k: v for k, v in TRIAL_DTYPES.items() if k in frame})
+
+
 def results_rows(targeted: Runs, clean: Runs, sigmas: dict[str, float | None]) -> pd.DataFrame:
     """``bench results``' rows of the targeted trials: the tidy frame with the trial columns and each victim's
     stability label and reason (the same rule as the leaderboard's, with its table's σ)."""
