@@ -43,7 +43,7 @@ TARGET_FIELDS = ("test_index", "true_class", "adversarial_class", "predicted_cla
 MEASURED = ("A trial: the seed's key chooses a target test image and an adversarial class, the poison is crafted, a "
             "victim is trained from scratch on the poisoned set, and the trial succeeds when the victim classifies "
             "the target as the adversarial class. Headline: the **attack success rate** over the trials with its "
-            "exact two-sided 95 % Clopper-Pearson interval, beside the victim's clean test accuracy. **Never ranked "
+            f"exact two-sided {100 * LEVEL:g} % Clopper-Pearson interval, beside the victim's clean test accuracy. **Never ranked "
             "with the availability matrix.**")
 
 Runs = list[tuple[Path, dict[str, Any]]]
