@@ -31,7 +31,7 @@ def targeted_link(data: dict[str, Any]) -> Para | None:
     if not t.get("groups"):
         return None
     return Para(f"Targeted poisoning is a different threat model (one chosen test image misclassified, not accuracy "
-                f"lowered): its {t['records']} records are not counted above, and have [their own section](#{ANCHOR}), "
+                f"lowered): its {_records(t['records'])} are not counted above, and have [their own section](#{ANCHOR}), "
                 "never ranked with these tables.")
 
 
@@ -41,7 +41,7 @@ def section(data: dict[str, Any]) -> list[Block]:
     out: list[Block] = [Heading(2, TITLE, ANCHOR)]
     if not t.get("groups"):
         return out + [Para(f"No records of targeted poisoning in `{data['results']}` ({HOW}).")]
-    out.append(Para(t["measured"] + f" From {t['records']} records in `{t['results']}`."))
+    out.append(Para(t["measured"] + f" From {_records(t['records'])} in `{t['results']}`."))
     for g in t["groups"]:
         out += [Heading(3, g["title"], g["slug"]), cells_table(g, t["level"])]
         if unsettled := [f"{c['poison']} × {c['defense']}: {c['not_converged']}" for c in g["cells"] if c["not_converged"]]:
@@ -88,3 +88,7 @@ def cells_table(g: dict[str, Any], level: float) -> Table:
                  "trials)." if missing else ""))
     return Table(["poison", "budget", "defense", f"success ({100 * level:g} % CI)", "victim acc", "clean data", "drop", "seeds"],
                  rows, legend, align="lllrrrrl")
+
+
+def _records(n: int) -> str:
+    return f"{n} record" + ("" if n == 1 else "s")
