@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from benchmark.data import ImageSet, stratified_subset
 from benchmark.errors import BenchError
 from benchmark.locks import load_or_make
 from benchmark.noise import derived_seed
+from benchmark.params import param
 from benchmark.pretrain import FORMAT, read_backbone, save_backbone
 from benchmark.protocol import protocol_dict, resolve_protocol
 from benchmark.registry import MODELS
@@ -41,6 +43,27 @@ def images_digest(train: ImageSet) -> str:
     h.update(train.x.cpu().contiguous().numpy().tobytes())
     h.update(train.y.cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SurrogateParams:
+    """The surrogate fields of a poison that attacks a clean surrogate (the official ``conservative`` recipe by
+    default), and the checkpointing of its crafting; a poison adds its own parameters."""
+
+    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
+    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
+    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
+    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
+    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (the "
+                                    "official MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667) "
+                                    "(15, 30 for 40); onecycle: the cpu victim schedule",
+                                    choices=("multistep", "step", "onecycle"))
+    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
+                              "instead of training one")
+    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
+
+    def validate(self, owner: str) -> None:
+        check_surrogate_params(owner, self)
 
 
 def check_surrogate_params(owner: str, params: Any) -> None:

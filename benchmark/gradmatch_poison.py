@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from attacks.base import PoisonContext
-from benchmark.clean_surrogate import CleanSurrogate, check_surrogate_params
+from benchmark.clean_surrogate import CleanSurrogate, SurrogateParams
 from benchmark.data import ImageSet
 from benchmark.gradmatch import (
     OPTIMIZERS,
@@ -44,10 +44,10 @@ from benchmark.plugin import P
 
 
 @dataclass(frozen=True)
-class CraftingParams:
-    """The crafting and surrogate parameters every poison of this loop declares, at forest's defaults
-    (``forest/options.py``: signAdam, 250 steps, tau 0.1, step decay, 8 restarts, poison batch 512, the
-    shift-and-flip; the ``conservative`` clean model: ResNet-18, 40 epochs); a poison adds its own."""
+class CraftingParams(SurrogateParams):
+    """The crafting parameters every poison of this loop declares besides the surrogate's, at forest's
+    defaults (``forest/options.py``: signAdam, 250 steps, tau 0.1, step decay, 8 restarts, poison batch 512,
+    the shift-and-flip); a poison adds its own."""
 
     eps: float = param(8 / 255, "L-inf budget (0.0314 = 8/255)", ge=0.0, le=1.0)
     optimizer: str = param("signadam", "signadam (forest --attackoptim signAdam) or pgd (signed steps of tau*eps)",
@@ -61,19 +61,6 @@ class CraftingParams:
     batch_size: int = param(512, "poison batch size (forest --pbatch)", ge=1)
     augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
                                 "(forest --paugment)")
-    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
-    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
-    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
-    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
-    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (forest's "
-                                    "MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667); onecycle: "
-                                    "the cpu victim schedule", choices=("multistep", "step", "onecycle"))
-    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
-                              "instead of training one")
-    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
-
-    def validate(self, owner: str) -> None:
-        check_surrogate_params(owner, self)
 
 
 #: the surrogate recipes of the presets (``paper``: forest's conservative model; ``cpu``: TAP's cpu surrogate,
