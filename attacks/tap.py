@@ -67,11 +67,6 @@ class TAPParams(SurrogateParams):
     targeted: bool = param(True, "push toward class (y+1) mod K; false = untargeted error-maximising")
     steps: int = param(250, "PGD steps per image (official --attackiter)", ge=1)
     tau: float = param(0.05, "PGD step size as a fraction of eps (official --tau)", gt=0.0, le=1.0)
-    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (official --restarts)",
-                          ge=1, le=64)
-    batch_size: int = param(512, "poison batch size (official --pbatch)", ge=1)
-    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
-                                "(official --paugment)")
 
 
 _TAP_PRESETS: dict[str, dict[str, Any]] = {

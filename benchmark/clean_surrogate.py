@@ -48,7 +48,8 @@ def images_digest(train: ImageSet) -> str:
 @dataclass(frozen=True)
 class SurrogateParams:
     """The surrogate fields of a poison that attacks a clean surrogate (the official ``conservative`` recipe by
-    default), and the checkpointing of its crafting; a poison adds its own parameters."""
+    default), and its forest-style crafting in poison batches with restarts (``forest/options.py``; TAP's
+    official code is the same toolbox), checkpointed; a poison adds its own parameters."""
 
     surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
     surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
@@ -61,6 +62,11 @@ class SurrogateParams:
     backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
                               "instead of training one")
     checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
+    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (forest --restarts)",
+                          ge=1, le=64)
+    batch_size: int = param(512, "poison batch size (forest --pbatch)", ge=1)
+    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
+                                "(forest --paugment)")
 
     def validate(self, owner: str) -> None:
         check_surrogate_params(owner, self)

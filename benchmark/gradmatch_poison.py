@@ -56,11 +56,6 @@ class CraftingParams(SurrogateParams):
     tau: float = param(0.1, "signadam: step in channel-std units at poison batch 512 (forest --tau); "
                             "pgd: step as a fraction of eps", gt=0.0, le=1.0)
     schedule: bool = param(True, "step x0.1 at steps/2.667, /1.6, /1.142 (forest --scheduling)")
-    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (forest --restarts)",
-                          ge=1, le=64)
-    batch_size: int = param(512, "poison batch size (forest --pbatch)", ge=1)
-    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
-                                "(forest --paugment)")
 
 
 #: the surrogate recipes of the presets (``paper``: forest's conservative model; ``cpu``: TAP's cpu surrogate,
