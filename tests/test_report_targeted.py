@@ -87,6 +87,8 @@ def test_cells_from_trial_records(mixed: Path) -> None:
     assert plain_cell["clean"] == {"mean": 81.0, "std": pytest.approx(2 ** 0.5, abs=1e-4), "n": 2}
     assert plain_cell["drop"] == 17.0 and mixup["clean"]["mean"] == 78.0 and mixup["drop"] == 7.0
     assert (mixup["trials"], mixup["successes"], mixup["ci"][0]) == (3, 0, 0.0)
+    # median adversarial probability: 3 of 5 trials at 0.8, 2 at 0.1; all 3 failures at 0.1
+    assert plain_cell["median_adversarial_prob"] == 0.8 and mixup["median_adversarial_prob"] == 0.1
     # the trial without a target outcome is no trial; seeds, budget and each trial's target are kept
     assert plain_cell["seeds"] == [0, 1, 2, 3, 4] and len(plain_cell["without_target"]) == 1
     assert plain_cell["budget"]["fraction"] == 0.01 and plain_cell["budget"]["eps_255"] == 16.0

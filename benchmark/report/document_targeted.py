@@ -72,11 +72,14 @@ def cells_table(g: dict[str, Any], level: float) -> Table:
         victim = fmt(c["test_acc"], runs=False) + (f" {NOT_CONVERGED}" if c["not_converged"] else "")
         rows.append([c["poison"], budget_text(c["budget"]), defense,
                      Cell(rate_text(c), record_links(c["records"], c["seeds"])),
+                     "–" if c.get("median_adversarial_prob") is None else f"{c['median_adversarial_prob']:.3f}",
                      victim, Cell(fmt(c["clean"]), record_links(c["clean_records"], c["clean_seeds"])),
                      "–" if c["drop"] is None else f"{c['drop']:.1f}", _seeds(c["seeds"])])
     missing = sum(len(c["without_target"]) for c in g["cells"])
     legend = (f"**success** = trials whose target the victim classified as the adversarial class, of the trials, with "
-              f"the exact two-sided {100 * level:g} % Clopper-Pearson interval (%). **victim acc** = the victim's clean "
+              f"the exact two-sided {100 * level:g} % Clopper-Pearson interval (%). **p(adv)** = the median over the "
+              "trials of the victim's probability of the adversarial class on its target (how far the poison moved "
+              "it, flipped or not). **victim acc** = the victim's clean "
               "test accuracy (%), mean ± sd over the trials; **clean data** = the same defense trained on clean data "
               "(availability records of this protocol; – = not run); **drop** = clean data − victim acc (points): a "
               "poison that wrecks accuracy is not a targeted poison. **budget** = share (and number) of poisoned "
@@ -86,8 +89,8 @@ def cells_table(g: dict[str, Any], level: float) -> Table:
               f"({STANDARD_TIER}) is named with its tier; nothing here is ranked. " + protocol_legend(g)
               + (f" {missing} record{'s' if missing > 1 else ''} without a target outcome (not counted as "
                  "trials)." if missing else ""))
-    return Table(["poison", "budget", "defense", f"success ({100 * level:g} % CI)", "victim acc", "clean data", "drop", "seeds"],
-                 rows, legend, align="lllrrrrl")
+    return Table(["poison", "budget", "defense", f"success ({100 * level:g} % CI)", "p(adv)", "victim acc", "clean data",
+                  "drop", "seeds"], rows, legend, align="lllrrrrrl")
 
 
 def _records(n: int) -> str:

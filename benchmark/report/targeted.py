@@ -156,6 +156,9 @@ def _cell(rows: pd.DataFrame, clean: pd.DataFrame, level: float) -> dict[str, An
         "poison": str(first["poison_label"]), "poison_name": str(first["poison"]), "poison_params": str(first["poison_params"]),
         "defense": str(first["defense_label"]), "defense_name": str(first["defense"]), "tier": str(first["tier"]),
         "family": str(first["family"]), "trials": n, "successes": k, "rate": agg.rnd(k / n) if n else None,
+        # how far the poison moved the target when it did not flip it: the median adversarial-class probability
+        "median_adversarial_prob": agg.rnd(float(trials["target_adversarial_prob"].astype(float).median()))
+        if n else None,
         "ci": [agg.rnd(low), agg.rnd(high)] if n else None, "level": level, "test_acc": victim,
         "clean": clean_stat, "clean_records": [str(r) for r in clean.sort_values("seed", kind="stable")["record"]],
         "clean_seeds": sorted(int(s) for s in clean["seed"]),
