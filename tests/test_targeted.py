@@ -166,3 +166,10 @@ def test_targeted_poison_refuses_a_ratio(bench_env: dict[str, Path], capsys: pyt
     code, out, err = run_cli(["run", "--preset", "smoke", "--poison", "witches-brew", "--ratio", "0.5"], capsys)
     assert code == 2 and "budget" in err and len(err.strip().splitlines()) == 1
     assert not list(bench_env["results"].glob("*.json"))
+
+
+def test_list_shows_each_poisons_threat_model(capsys: pytest.CaptureFixture) -> None:
+    code, out, _err = run_cli(["list", "poisons", "witches-brew"], capsys)
+    assert code == 0 and "threat model: targeted" in out and "budget" in out
+    code, out, _err = run_cli(["list", "poisons", "secure-release"], capsys)
+    assert code == 0 and "threat model: availability" in out
