@@ -1,4 +1,4 @@
-"""Availability poisons. Importing this package registers every built-in poison."""
+"""Poisons (availability and targeted). Importing this package registers every built-in poison."""
 
 from attacks import (  # noqa: F401  (imports register the poisons)
     ar,
@@ -6,6 +6,7 @@ from attacks import (  # noqa: F401  (imports register the poisons)
     em,
     imported,
     lsp,
+    metapoison,
     none,
     ops,
     random_noise,
@@ -13,4 +14,5 @@ from attacks import (  # noqa: F401  (imports register the poisons)
     secure_release,
     sem,
     tap,
+    witches_brew,
 )

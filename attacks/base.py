@@ -91,6 +91,8 @@ class PoisonContext:
     images_file: Path | None = None
     #: where the images being poisoned sit in the whole training split, or None (they are the split)
     split_rows: SplitRows | None = None
+    #: the dataset's whole test split, where a targeted poison chooses its target image (None: not given)
+    test: ImageSet | None = None
     _memmap: Any = field(default=None, repr=False)  # the np.memmap behind images_like's tensor
 
     def images_like(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,9 +156,16 @@ class Poison(Plugin[P]):
     #: whether the report may re-create this poison on a few images for a preview; None: when it has no
     #: ``preset_params`` (those mark poisons that train a surrogate). See :meth:`preview_is_cheap`.
     preview_cheap: ClassVar[bool | None] = None
+    #: "availability" (lower every test accuracy: the main matrix) or "targeted" (one chosen test image into
+    #: a chosen class: its own metric and leaderboard section, never ranked with the availability poisons)
+    threat_model: ClassVar[str] = "availability"
 
     def generate(self, train: ImageSet, ctx: PoisonContext) -> PoisonedSet:
         raise NotImplementedError
+
+    @classmethod
+    def check_ratio(cls, ratio: float) -> None:
+        """Refuse a ``--ratio`` this poison cannot honour (a one-line BenchError); default: any in [0, 1]."""
 
     def validate(self, train: ImageSet, rows: SplitRows | None = None) -> None:
         """Checks of the poison's input that need the clean training set (an imported file's shape, labels,

@@ -52,54 +52,31 @@ from typing import Any
 
 import torch
 
-from benchmark.clean_surrogate import check_surrogate_params
-from benchmark.gradmatch import MATCHING_LOSSES, OPTIMIZERS, TARGET_CRITERIA, Grads, target_gradient
-from benchmark.gradmatch_poison import GradientMatchingPoison, MatchingRun
+from benchmark.gradmatch import MATCHING_LOSSES, TARGET_CRITERIA, Grads, target_gradient
+from benchmark.gradmatch_poison import (
+    SURROGATE_PRESETS,
+    CraftingParams,
+    GradientMatchingPoison,
+    MatchingRun,
+)
 from benchmark.params import param
 from benchmark.registry import register_poison
 
 
 @dataclass(frozen=True)
-class SecureReleaseParams:
+class SecureReleaseParams(CraftingParams):
     eps: float = param(8 / 255, "L-inf budget (0.0314 = 8/255, the paper's)", ge=0.0, le=1.0)
     target_criterion: str = param("reverse-xent", "target gradient on the clean batch: reverse-xent (the paper's "
                                                   "-log(1-p_y)) or unxent (forest: the negated cross-entropy gradient)",
                                   choices=("reverse-xent", "unxent"))
     loss: str = param("similarity", "matching loss: similarity = 1 - cos over all parameters (forest default), "
                                      "scalar-product = -<g, target>/|target|", choices=MATCHING_LOSSES)
-    optimizer: str = param("signadam", "signadam (forest --attackoptim signAdam) or pgd (signed steps of tau*eps)",
-                           choices=tuple(OPTIMIZERS))
-    steps: int = param(250, "crafting steps per image (forest --attackiter)", ge=1)
-    tau: float = param(0.1, "signadam: step in channel-std units at poison batch 512 (forest --tau); "
-                            "pgd: step as a fraction of eps", gt=0.0, le=1.0)
-    schedule: bool = param(True, "step x0.1 at steps/2.667, /1.6, /1.142 (forest --scheduling)")
-    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (forest --restarts)",
-                          ge=1, le=64)
-    batch_size: int = param(512, "poison batch size (forest --pbatch)", ge=1)
-    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
-                                "(forest --paugment)")
-    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
-    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
-    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
-    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
-    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (forest's "
-                                    "MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667); onecycle: "
-                                    "the cpu victim schedule", choices=("multistep", "step", "onecycle"))
-    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
-                              "instead of training one")
-    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
-
-    def validate(self, owner: str) -> None:
-        check_surrogate_params(owner, self)
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(surrogate="resnet18", surrogate_epochs=40, surrogate_batch_size=128, surrogate_lr=0.1,
-                  surrogate_schedule="multistep", steps=250, tau=0.1, restarts=8, batch_size=512),
-    "cpu": dict(surrogate="small-cnn", surrogate_epochs=10, surrogate_batch_size=256, surrogate_lr=0.2,
-                surrogate_schedule="onecycle", steps=10, tau=0.2, schedule=False, restarts=1, batch_size=256),
-    "smoke": dict(surrogate="small-cnn", surrogate_epochs=2, surrogate_batch_size=64, surrogate_lr=0.05,
-                  surrogate_schedule="onecycle", steps=3, tau=0.1, restarts=1, batch_size=128),
+    "paper": dict(SURROGATE_PRESETS["paper"], steps=250, tau=0.1, restarts=8, batch_size=512),
+    "cpu": dict(SURROGATE_PRESETS["cpu"], steps=10, tau=0.2, schedule=False, restarts=1, batch_size=256),
+    "smoke": dict(SURROGATE_PRESETS["smoke"], steps=3, tau=0.1, restarts=1, batch_size=128),
 }
 
 

@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks.base import PoisonContext
-from benchmark.clean_surrogate import CleanSurrogate, check_surrogate_params
+from benchmark.clean_surrogate import CleanSurrogate, SurrogateParams
 from benchmark.data import ImageSet
 from benchmark.gradmatch import random_shift_flip
 from benchmark.noise import Generation, SteppedNoisePoison, derived_generator, score_restart
@@ -62,29 +62,11 @@ from benchmark.surrogate import frozen
 
 
 @dataclass(frozen=True)
-class TAPParams:
+class TAPParams(SurrogateParams):
     eps: float = param(8 / 255, "L-inf budget (0.0314 = 8/255)", ge=0.0, le=1.0)
     targeted: bool = param(True, "push toward class (y+1) mod K; false = untargeted error-maximising")
     steps: int = param(250, "PGD steps per image (official --attackiter)", ge=1)
     tau: float = param(0.05, "PGD step size as a fraction of eps (official --tau)", gt=0.0, le=1.0)
-    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (official --restarts)",
-                          ge=1, le=64)
-    batch_size: int = param(512, "poison batch size (official --pbatch)", ge=1)
-    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
-                                "(official --paugment)")
-    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
-    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
-    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
-    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
-    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (official "
-                                    "MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667) (15, 30 for 40); "
-                                    "onecycle: the cpu victim schedule", choices=("multistep", "step", "onecycle"))
-    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
-                              "instead of training one")
-    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
-
-    def validate(self, owner: str) -> None:
-        check_surrogate_params(owner, self)
 
 
 _TAP_PRESETS: dict[str, dict[str, Any]] = {

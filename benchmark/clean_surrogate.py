@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from benchmark.data import ImageSet, stratified_subset
 from benchmark.errors import BenchError
 from benchmark.locks import load_or_make
 from benchmark.noise import derived_seed
+from benchmark.params import param
 from benchmark.pretrain import FORMAT, read_backbone, save_backbone
 from benchmark.protocol import protocol_dict, resolve_protocol
 from benchmark.registry import MODELS
@@ -41,6 +43,33 @@ def images_digest(train: ImageSet) -> str:
     h.update(train.x.cpu().contiguous().numpy().tobytes())
     h.update(train.y.cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SurrogateParams:
+    """The surrogate fields of a poison that attacks a clean surrogate (the official ``conservative`` recipe by
+    default), and its forest-style crafting in poison batches with restarts (``forest/options.py``; TAP's
+    official code is the same toolbox), checkpointed; a poison adds its own parameters."""
+
+    surrogate: str = param("resnet18", "surrogate architecture (bench list models)")
+    surrogate_epochs: int = param(40, "surrogate training epochs on the clean set", ge=1)
+    surrogate_batch_size: int = param(128, "surrogate training batch size", ge=2)
+    surrogate_lr: float = param(0.1, "surrogate peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)", gt=0.0)
+    surrogate_schedule: str = param("multistep", "multistep: x0.1 at epochs // 2.667, // 1.6, // 1.142 (the "
+                                    "official MultiStepLR: 14, 24, 35 for 40); step: x0.1 every round(epochs/2.667) "
+                                    "(15, 30 for 40); onecycle: the cpu victim schedule",
+                                    choices=("multistep", "step", "onecycle"))
+    backbone: str = param("", "PATH.safetensors from `bench pretrain` (--split train) used as the surrogate "
+                              "instead of training one")
+    checkpoint_every: int = param(8, "checkpoint the crafting every this many poison batches (0 = never)", ge=0)
+    restarts: int = param(8, "full crafting restarts; the one with the lowest final loss is kept (forest --restarts)",
+                          ge=1, le=64)
+    batch_size: int = param(512, "poison batch size (forest --pbatch)", ge=1)
+    augment: bool = param(True, "differentiable random shift (bilinear, up to size/8 px) + flip of the poison batch "
+                                "(forest --paugment)")
+
+    def validate(self, owner: str) -> None:
+        check_surrogate_params(owner, self)
 
 
 def check_surrogate_params(owner: str, params: Any) -> None:
@@ -73,6 +102,14 @@ class CleanSurrogate:
 
     name: str
     params: Any
+
+    def surrogate_tag(self) -> str:
+        """The name a surrogate is cached and seeded under: the poison's, unless poisons share one."""
+        return self.name
+
+    def surrogate_key(self, ctx: PoisonContext) -> int:
+        """The key that seeds the surrogate (its init and batch order): the poison key by default."""
+        return ctx.key
 
     def surrogate_protocol(self) -> Any:
         p = self.params
@@ -118,12 +155,12 @@ class CleanSurrogate:
             return model.eval(), {"source": "backbone", "path": p.backbone, "model": meta.get("model"),
                                   "split": meta.get("split"), "train_images": meta.get("train_images"),
                                   "cached": True}
-        sid = self.surrogate_id(train, ctx.key)
+        sid = self.surrogate_id(train, self.surrogate_key(ctx))
         home = self.surrogate_cache(ctx) or (Path(ctx.workdir) if ctx.workdir is not None else None)
         if home is None:  # nowhere to keep it: trained for this generation only
             model, meta = self.train_surrogate(train, ctx, num_classes, None)
             return model, self.surrogate_facts(sid, meta, cached=False)
-        path = home / f"{self.name}-{sid}.safetensors"
+        path = home / f"{self.surrogate_tag()}-{sid}.safetensors"
 
         def load() -> tuple[nn.Module, dict[str, Any]] | None:
             if not path.is_file():
@@ -132,14 +169,14 @@ class CleanSurrogate:
             return model.eval(), self.surrogate_facts(sid, meta, cached=True)
 
         def make() -> tuple[nn.Module, dict[str, Any]]:
-            checkpoint = home / f"{self.name}-{sid}-training.pt"  # used only under the lock: a next holder resumes it
+            checkpoint = home / f"{self.surrogate_tag()}-{sid}-training.pt"  # used only under the lock: a next holder resumes it
             model, meta = self.train_surrogate(train, ctx, num_classes, checkpoint)
             save_backbone(path, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
             checkpoint.unlink(missing_ok=True)
             return model, self.surrogate_facts(sid, meta, cached=False)
 
         # one trainer per surrogate across processes: artifacts of other crafting params share it
-        return load_or_make(path, f"{self.name} surrogate {self.name}-{sid}", load, make)
+        return load_or_make(path, f"{self.name} surrogate {path.stem}", load, make)
 
     @staticmethod
     def surrogate_facts(sid: str, meta: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -153,7 +190,7 @@ class CleanSurrogate:
         stratified probe of its own training images (the attacker has no other labelled data)."""
         proto = self.surrogate_protocol()
         n, c, h, w = train.x.shape
-        seed = derived_seed(ctx.key, self.name, "surrogate") % (2**31)
+        seed = derived_seed(self.surrogate_key(ctx), self.surrogate_tag(), "surrogate") % (2**31)
         model = build_surrogate(proto.model, num_classes, c, seed, ctx.device)
         probe = train.subset(stratified_subset(train.y.cpu(), min(1000, n), seed).to(train.y.device))
         tctx = TrainContext(device=ctx.device, num_classes=num_classes, in_channels=c, image_size=(h, w),

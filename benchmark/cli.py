@@ -294,7 +294,8 @@ def leaderboard_cmd(results: str, out: str | None, plots: str, fmt: str, samples
               help="csv, parquet (needs pyarrow) or json (a list of row objects)")
 @out_option(default=None, help="output file (default: csv/json to stdout; parquet needs --out)")
 def results_cmd(results: str, fmt: str, out: str | None) -> None:
-    """The records as one tidy table, one row per finished run (what the leaderboard aggregates)."""
+    """The records as one tidy table, one row per finished run (what the leaderboard aggregates); trials of
+    targeted poisoning after the availability runs (column threat_model, outcome in target_*)."""
     with held_warnings("bench results") as warn:
         text, rows = write_results(results, fmt, out, warn)
     if text is not None:

@@ -187,16 +187,30 @@ class SignedSteps:
 OPTIMIZERS = {"signadam": SignAdam, "pgd": SignedSteps}
 
 
-def craft_delta(model: nn.Module, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                target_grad: Sequence[torch.Tensor], settings: CraftSettings, gen: torch.Generator | None,
-                criterion: Criterion = F.cross_entropy,
-                augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                final_objective: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Perturb ``x`` so that ``criterion``'s gradient on (x + delta, y) matches ``target_grad``.
+Objective = Callable[[torch.Tensor], torch.Tensor]
 
-    The model is used as it is (mode, parameters): the caller fixes it. Returns (delta, the matching loss
-    before each step, plus after the last one if ``final_objective``: one more forward/backward)."""
+
+def matching_objective(model: nn.Module, params: Sequence[torch.Tensor], y: torch.Tensor,
+                       target_grad: Sequence[torch.Tensor], kind: str = "similarity",
+                       criterion: Criterion = F.cross_entropy) -> Objective:
+    """Gradient matching as a crafting objective: the matching loss of ``criterion``'s parameter gradient
+    on the (perturbed, augmented) inputs with labels ``y`` toward ``target_grad``."""
     t_norm = grad_norm(target_grad)
+
+    def objective(inputs: torch.Tensor) -> torch.Tensor:
+        poison_grad = parameter_gradient(model, criterion(model(inputs), y), params, create_graph=True)
+        return matching_loss(poison_grad, target_grad, kind, t_norm)
+
+    return objective
+
+
+def craft(x: torch.Tensor, objective: Objective, settings: CraftSettings, gen: torch.Generator | None,
+          augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+          final_objective: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perturb ``x`` within the L-inf ball to lower ``objective(x + delta)`` (through ``augment`` when
+    given): forest's crafting loop, whatever the objective (gradient matching, MetaPoison's unrolled
+    adversarial loss). Returns (delta, the objective before each step, plus after the last one if
+    ``final_objective``: one more evaluation)."""
     draw_on = gen.device if gen is not None else torch.device("cpu")
     # forest ``--init randn``: eps x N(0, 1) clipped to the ball only; the first step's projection keeps x + delta in [0, 1]
     delta = (torch.randn(x.shape, generator=gen, device=draw_on).to(x.device) * settings.eps).clamp(-settings.eps,
@@ -204,22 +218,30 @@ def craft_delta(model: nn.Module, params: Sequence[torch.Tensor], x: torch.Tenso
     opt = OPTIMIZERS[settings.optimizer](delta)
     trace: list[torch.Tensor] = []
 
-    def objective(d: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    def evaluate(d: torch.Tensor) -> torch.Tensor:
         inputs = x + d
-        if augment is not None:
-            inputs = augment(inputs, gen)
-        poison_grad = parameter_gradient(model, criterion(model(inputs), y), params, create_graph=create_graph)
-        return matching_loss(poison_grad, target_grad, settings.loss, t_norm)
+        return objective(augment(inputs, gen) if augment is not None else inputs)
 
     for step in range(settings.steps):
         delta.requires_grad_(True)
-        loss = objective(delta, create_graph=True)
+        loss = evaluate(delta)
         (grad,) = torch.autograd.grad(loss, delta)
         trace.append(loss.detach())
         lr = settings.lr * (step_decay(step, settings.steps) if settings.schedule else 1.0)
         with torch.no_grad():
             delta = project_linf(delta.detach() - lr * opt.direction(grad), x, settings.eps)
     if final_objective:
-        delta.requires_grad_(True)  # the poison gradient needs a graph through the input
-        trace.append(objective(delta, create_graph=False).detach())
+        delta.requires_grad_(True)  # the objective may need a graph through the input (a poison gradient)
+        trace.append(evaluate(delta).detach())
     return delta.detach(), torch.stack(trace)  # one device sync per batch, not one per step
+
+
+def craft_delta(model: nn.Module, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                target_grad: Sequence[torch.Tensor], settings: CraftSettings, gen: torch.Generator | None,
+                criterion: Criterion = F.cross_entropy,
+                augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                final_objective: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perturb ``x`` so that ``criterion``'s gradient on (x + delta, y) matches ``target_grad`` (the model
+    used as it is: the caller fixes its mode and parameters); see :func:`craft`."""
+    objective = matching_objective(model, params, y, target_grad, settings.loss, criterion)
+    return craft(x, objective, settings, gen, augment, final_objective)

@@ -98,6 +98,7 @@ def build_poison(name: str, params: dict[str, Any] | None = None, key: int = 0, 
     merged = dict(cls.preset_params.get(preset or "", {}))
     merged.update(params or {})
     instance = cls(build_params(cls.Params, merged, owner=f"poison {canonical}"))
+    cls.check_ratio(check_ratio(ratio))
     return PoisonSpec(canonical, instance, check_key(key), check_ratio(ratio))
 
 
@@ -244,7 +245,9 @@ def _generate(train: ImageSet, dataset_id: dict[str, Any], spec: PoisonSpec, cac
     big = train.x.numel() > mmap_threshold() and device.type == "cpu"
     ctx = PoisonContext(key=spec.key, ratio=spec.ratio, device=device, preset=preset, workdir=work,
                         progress=progress, num_classes=train.num_classes,
-                        images_file=npz.with_suffix(".x.part.npy") if big else None, split_rows=split_rows)
+                        images_file=npz.with_suffix(".x.part.npy") if big else None, split_rows=split_rows,
+                        test=split_rows.dataset.test if split_rows is not None and split_rows.dataset is not None
+                        else None)
     t0 = time.perf_counter()
     poisoned = spec.poison.generate(train.to(device), ctx)
     if device.type == "cuda":

@@ -1,10 +1,11 @@
 """Run records: one JSON per run, the single source of truth for tables and plots.
 
-Fields other tools read (stable names): ``schema_version``, ``run_id``, ``status``, ``created``,
+Fields other tools read (stable names): ``schema_version``, ``run_id``, ``status``, ``created``, ``threat_model``,
 ``config.{dataset, dataset_source, model, preset, seed, protocol, poison{name, params, ratio,
 key_fingerprint, clean_only}, defense{name, params, components}}``, ``environment``, ``poison`` (budget
 metrics, generation cost), ``metrics.{test_acc, peak_test_acc, peak_epoch, train_acc,
-per_class_test_acc, per_epoch, defense}``, ``timings`` (seconds), ``error``.
+per_class_test_acc, per_epoch, defense, target}`` (``target``: a targeted trial's outcome), ``timings``
+(seconds), ``error``.
 Accuracies are percentages (0-100) as numbers.
 """
 

@@ -44,6 +44,7 @@ from benchmark.records import (
     write_record,
 )
 from benchmark.registry import POISONS
+from benchmark.targets import target_outcome
 from benchmark.train import StopTraining, batch_bounds, numerics, prepare_model, train_model
 from defenses.base import DefenseStack, TrainContext, Validation, build_defense
 
@@ -270,6 +271,9 @@ def _train_and_record(prep: PreparedRun, manifest: dict[str, Any], train: ImageS
     train_acc, _ = evaluate(model, probe, num_classes, prep.defense.predictor(ctx, final=False),
                             proto.eval_batch_size)
     extra = prep.defense.evaluate(model, test_dev, ctx)
+    target = (manifest.get("info") or {}).get("target")  # a targeted poison's trial: did the target flip?
+    outcome = None if target is None else target_outcome(model, prep.data.test, target, prep.device,
+                                                          prep.defense.predictor(ctx, final=True))
     eval_extra = time.perf_counter() - t_eval
     per_epoch = result.per_epoch
     peak = max(per_epoch, key=lambda e: e["test_acc"])
@@ -285,6 +289,8 @@ def _train_and_record(prep: PreparedRun, manifest: dict[str, Any], train: ImageS
         "resumed_from_epoch": result.resumed_from_epoch,
         "diverged": diverged,
     }
+    if outcome is not None:
+        metrics["target"] = outcome
     epoch_eval = prep.defense.epoch_eval_info()
     if epoch_eval:
         metrics["per_epoch_eval"] = epoch_eval
@@ -326,6 +332,7 @@ def build_record(prep: PreparedRun, manifest: dict[str, Any], status: str, metri
         "schema_version": SCHEMA_VERSION,
         "run_id": prep.run_id,
         "status": status,
+        "threat_model": type(prep.poison.poison).threat_model,
         "created": now_iso(),
         "config": prep.config,
         "environment": environment(str(prep.device)),

@@ -92,3 +92,33 @@ def write_all(results: Path, recs: list[dict[str, Any]]) -> Path:
     for rec in recs:
         write(results, rec)
     return results
+
+
+def make_targeted_record(poison: str = "witches-brew", defense: str = "none", acc: float = 50.0, seed: int = 0,
+                         success: bool = True, target: bool = True, budget: float = 0.01, eps: float = 16 / 255,
+                         target_index: int = 7, **kw: Any) -> dict[str, Any]:
+    """A record of one targeted trial as the runner writes it (``threat_model: "targeted"``): a run record
+    of ``defense`` whose poison part names a targeted poison with its budget and key, and whose metrics hold
+    the target's outcome (``target=False``: a trial without it, e.g. written before its evaluation)."""
+    rec = make_record("none", defense, acc, seed=seed, **kw)
+    cfg = rec["config"]
+    true_class, adversarial = target_index % 10, (target_index + 1 + seed) % 10
+    adversarial = adversarial if adversarial != true_class else (adversarial + 1) % 10
+    num_poisons = round(budget * cfg["train_size"])
+    cfg["poison"] = {"name": poison, "params": {"budget": budget, "eps": eps}, "ratio": 1.0,
+                     "key_fingerprint": f"{seed:016x}", "clean_only": False}
+    rec["run_id"] = run_id(cfg)
+    rec["threat_model"] = "targeted"
+    rec["poison"] = {"budget": {"linf": eps, "linf_255": round(eps * 255), "l2_mean": 0.1, "psnr": 40.0, "ssim": 0.99,
+                                "num_poisoned": num_poisons},
+                     "generation_seconds": 2.0, "generation_device": "cpu", "num_poisoned": num_poisons,
+                     "info": {"target": {"test_index": target_index, "true_class": true_class,
+                                         "adversarial_class": adversarial, "poison_class": adversarial,
+                                         "num_poisons": num_poisons}}}
+    if target:
+        rec["metrics"]["target"] = {"test_index": target_index, "true_class": true_class,
+                                    "adversarial_class": adversarial,
+                                    "predicted_class": adversarial if success else true_class, "success": success,
+                                    "adversarial_prob": 0.8 if success else 0.1, "true_prob": 0.1 if success else 0.8}
+    assert validate_record(rec) is None
+    return rec

@@ -36,7 +36,8 @@ def test_standard_suite_is_every_registered_plugin() -> None:
     suite = load_suite("standard")
     assert {(e.name, e.tier) for e in suite.defenses} == {
         (n, DEFENSES.get(n).default_tier) for n in DEFENSES.names() if n not in NOT_SUITE_DEFENSES}
-    assert {e.name for e in suite.poisons} == {n for n in POISONS.names() if n not in NOT_SUITE_POISONS}
+    assert {e.name for e in suite.poisons} == {n for n in POISONS.names() if n not in NOT_SUITE_POISONS
+                                               and POISONS.get(n).threat_model == "availability"}  # targeted: own track
     assert all(not e.params for e in suite.defenses + suite.poisons)  # default parameters
     assert {e.tier for e in suite.defenses} == {"poisoned-only", "extra-clean-data"}
 

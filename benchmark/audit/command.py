@@ -18,6 +18,7 @@ from benchmark.errors import BenchError
 from benchmark.io import atomic_write
 from benchmark.params import parse_kv
 from benchmark.protocol import resolve_overrides
+from benchmark.registry import POISONS
 from benchmark.report.build import to_json
 from benchmark.report.frame import load_frame
 from benchmark.sweep import ExecutorOptions, run_sweep
@@ -85,6 +86,8 @@ def audit_cmd(**kw: Any) -> None:
         raise BenchError("bench audit needs exactly one of --poison NAME or --defense NAME")
     if kw["poison"] and kw["defense_params"] or kw["defense"] and kw["poison_params"]:
         raise BenchError("--poison-param goes with --poison, --defense-param with --defense")
+    if kw["poison"]:
+        reject_targeted(kw["poison"])
     ExecutorOptions(kw["executor"], kw["jobs"], address=kw["address"]).check()
     kind = "poison" if kw["poison"] else "defense"
     req = AuditRequest(
@@ -109,6 +112,19 @@ def audit_cmd(**kw: Any) -> None:
     show_answer(console, data, files)
     if summary is not None and summary.failed:
         sys.exit(1)
+
+
+def reject_targeted(name: str) -> None:
+    """A poison of another threat model than availability has no audit (its verdict is a success rate over
+    trials, not an accuracy a defense restores): say how its trials are run and reported instead."""
+    try:
+        model = getattr(POISONS.get(name), "threat_model", "availability")
+    except BenchError:  # an unknown name: the plan names the valid ones
+        return
+    if model != "availability":
+        raise BenchError(f"bench audit measures availability poisons; '{name}' is a {model} poison: run its trials "
+                         f"with `bench sweep --poisons {name} --seeds 0,1,2,3,4,5,6,7,8,9 --defenses none,...` and read "
+                         "them in `bench leaderboard` (section Targeted poisoning)")
 
 
 def write_audit(out: Path, data: dict[str, Any]) -> list[Path]:

@@ -107,5 +107,6 @@ def markdown(data: dict[str, Any]) -> str:
 def _noise(noise: dict[str, Any]) -> str:
     if noise.get("sigma") is None:
         return "no seed-to-seed spread measured for this protocol."
-    text = f"σ = {noise['sigma']:.2f} points over {noise['cells']} multi-seed cells"
+    text = (f"σ = {noise['sigma']:.2f} points ({noise.get('source') or 'victim'} spread, the largest measured source; "
+            f"{noise['cells']} multi-seed cells)")
     return text + (f" (borrowed from {noise['borrowed_from']})" if noise.get("borrowed_from") else "") + "."

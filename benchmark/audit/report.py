@@ -27,6 +27,7 @@ from benchmark.report.collect import (
     NO_DEFENSE,
     STANDARD_TIER,
     Warn,
+    collect_repeats,
     collect_runs,
 )
 from benchmark.report.frame import build_frame, hardware
@@ -53,6 +54,13 @@ def load_runs(audit: AuditPlan, warn: Warn) -> list[tuple[Path, dict[str, Any]]]
                 seen.add(rec["run_id"])
                 runs.append((path, rec))
     return runs
+
+
+def load_repeats(audit: AuditPlan, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """Records a re-run on another machine replaced, in the same folders: the machine-to-machine spread
+    the page's noise includes, so the audit's verdicts use the page's σ."""
+    return [r for folder in [audit.results, *audit.leaderboard_folders()] if folder.is_dir()
+            for r in collect_repeats(folder, warn)]
 
 
 def _stat(row: pd.Series | None) -> dict[str, Any] | None:
@@ -157,7 +165,8 @@ def build_audit(audit: AuditPlan, summary: Any, warn: Warn) -> dict[str, Any]:
     slug = str(mine["group"].mode().iloc[0]) if not mine.empty else None
     g = frame[frame["group"] == slug] if slug else pd.DataFrame()
     c = agg.cells(g) if slug else pd.DataFrame()
-    noise = agg.group_noises(frame)[slug] if slug else {"sigma": None, "tolerance": 0.0, "cells": 0}
+    noise = agg.group_noises(frame, repeats=load_repeats(audit, warn))[slug] if slug else \
+        {"sigma": None, "tolerance": 0.0, "cells": 0}
     sigma = noise["sigma"]
     tiers = agg.defense_tiers(c) if not c.empty else {}
     failed = failures(audit)
@@ -193,8 +202,8 @@ def build_audit(audit: AuditPlan, summary: Any, warn: Warn) -> dict[str, Any]:
         "protocol": {"group": str(g["group_title"].iloc[0]) if slug else None, "overrides": dict(req.overrides),
                      "dataset": req.dataset},
         "commit": _commits(own_records), "hardware": _hardware(own_records, audit.machine),
-        "noise": {k: noise.get(k) for k in ("sigma", "tolerance", "cells", "borrowed_from") if k in noise},
-        "rule": rule_text(sigma), "cells": rows,
+        "noise": {k: noise.get(k) for k in ("sigma", "source", "tolerance", "cells", "borrowed_from") if k in noise},
+        "rule": rule_text(sigma, noise.get("source")), "cells": rows,
         "run": _run_counts(audit, summary),
         "leaderboard": [str(p) for p in audit.leaderboard_folders()], "results": str(audit.results),
     }
@@ -234,7 +243,7 @@ def _run_counts(audit: AuditPlan, summary: Any) -> dict[str, Any]:
             "wall_s": getattr(summary, "wall_seconds", 0.0)}
 
 
-def rule_text(sigma: float | None) -> str:
+def rule_text(sigma: float | None, source: str | None = None) -> str:
     base = (f"A cell is neutralised when its accuracy is at least the same defense's accuracy on clean data minus "
             f"{agg.NEUTRALISED_WITHIN:g} points, survives when it is below that, within noise when it is closer "
             f"to that threshold than {agg.TIE_SIGMAS:g} standard errors of the difference, unstable when a run or "
@@ -242,7 +251,8 @@ def rule_text(sigma: float | None) -> str:
     if sigma is None:
         return base + (" No seed-to-seed spread is measured for this protocol (no cell with several seeds), so no "
                        "cell can be within noise: verdicts say only which side of the threshold a cell lies on.")
-    return base + f" Noise: σ = {sigma:.2f} points (pooled seed-to-seed std of the group)."
+    return base + (f" Noise: σ = {sigma:.2f} points, the largest spread measured on enough cells among victim seeds, "
+                   f"poison instances and machines (here: {source or 'victim'}), as on the leaderboard.")
 
 
 def _poison_answer(audit: AuditPlan, g: pd.DataFrame, c: pd.DataFrame, sigma: float | None,

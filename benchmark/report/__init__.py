@@ -7,6 +7,10 @@ claims joined with our cells), notes (caveats, provenance), build (-> ``leaderbo
 page (-> blocks), render (-> Markdown / HTML / LaTeX), plots and samples (PNG figures). Output is
 deterministic: the same records (and git history) give the same bytes.
 
+Records of targeted poisoning (a threat model of its own) are split off once, in collect: targeted (data)
+and document_targeted (blocks) give them their own section; every availability table, ranking, noise
+estimate, claim and audit reads availability records only (:func:`collect_runs`, :func:`load_frame`).
+
 The package imports without torch (``from benchmark.report import load_frame`` in a notebook, the claims
 check in CI): the plugin registries, matplotlib and torch are imported inside the functions that need
 them, which is why these modules have function-level imports.
@@ -18,11 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from benchmark.errors import BenchError
 from benchmark.io import atomic_write
 from benchmark.report import aggregate as agg
+from benchmark.report import targeted
 from benchmark.report.build import build_data, to_json
-from benchmark.report.collect import Warn, collect_repeats, collect_runs
+from benchmark.report.collect import (
+    AVAILABILITY,
+    TARGETED,
+    Warn,
+    collect_all,
+    collect_repeats,
+    collect_runs,
+    split_runs,
+)
 from benchmark.report.frame import build_frame, load_frame
 from benchmark.report.page import build_document
 from benchmark.report.plots import make_plots
@@ -31,7 +46,7 @@ from benchmark.report.samples import SampleSource, sample_grids
 from benchmark.report.status import annotate_claims, with_status
 
 __all__ = ["Summary", "build_data", "build_frame", "collect_runs", "load_frame", "write_leaderboard",
-           "write_results", "claims_report"]
+           "write_results", "claims_report", "targeted"]
 
 FORMATS = {"md": "leaderboard.md", "html": "leaderboard.html", "latex": "leaderboard.tex"}
 JSON_NAME = Path("results") / "leaderboard.json"
@@ -46,14 +61,15 @@ class Summary:
     plots: list[Path]
 
 
-def _runs(results: Path | str, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+def _runs(results: Path | str, warn: Warn) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """The usable records by threat model (availability, targeted); an error when there is none at all."""
     results = Path(results)
     if not results.is_dir():
         raise BenchError(f"results folder '{results}' does not exist; run `bench run` first or pass --results")
-    runs = collect_runs(results, warn)
+    runs = collect_all(results, warn)
     if not runs:
         raise BenchError(f"no usable finished run records in '{results}'; nothing to report")
-    return runs
+    return split_runs(runs)
 
 
 def write_leaderboard(results: Path | str = "results/runs", out: Path | str | None = None,
@@ -65,11 +81,13 @@ def write_leaderboard(results: Path | str = "results/runs", out: Path | str | No
     warn = warn or (lambda msg: None)
     if fmt not in FORMATS:
         raise BenchError(f"unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
-    runs = _runs(results, warn)
+    by_model = _runs(results, warn)
+    runs = by_model[AVAILABILITY]
     out = Path(out) if out else Path(FORMATS[fmt])
     json_path = Path(json_out) if json_out else out.parent / JSON_NAME
     frame = build_frame(runs)
-    data = build_data(frame, runs, Path(results).as_posix(), repeats=collect_repeats(Path(results), warn))
+    data = build_data(frame, runs, Path(results).as_posix(), repeats=collect_repeats(Path(results), warn),
+                      targeted=by_model[TARGETED])
     records = {str(p): rec for p, rec in runs}
     source = SampleSource(Path(data_root) if data_root else None, Path(cache_dir) if cache_dir else None, warn) \
         if samples else None
@@ -87,7 +105,7 @@ def write_leaderboard(results: Path | str = "results/runs", out: Path | str | No
     atomic_write(json_path, lambda p: p.write_text(to_json(data), encoding="utf-8"))
     atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
     written = [p for gp in plots.values() for v in gp.values() for p in (v.values() if isinstance(v, dict) else [v])]
-    return Summary(out, json_path, len(runs), len(data["groups"]), sorted(written))
+    return Summary(out, json_path, len(runs) + len(by_model[TARGETED]), len(data["groups"]), sorted(written))
 
 
 RESULT_FORMATS = ("csv", "parquet", "json")
@@ -96,7 +114,8 @@ RESULT_FORMATS = ("csv", "parquet", "json")
 def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: Warn | None = None) -> tuple[str | None, int]:
     """The tidy frame of the records as csv / parquet / json, with each run's stability label and reason as
     the leaderboard reads it (``stability``, ``stability_reason``): written to ``out``, or returned as text
-    (csv, json) when ``out`` is None. Returns (text or None, rows)."""
+    (csv, json) when ``out`` is None. Returns (text or None, rows). The availability runs come first, then
+    the targeted trials (``threat_model``; their outcome in ``target_*``), each computed on its own."""
     if fmt not in RESULT_FORMATS:
         raise BenchError(f"unknown format '{fmt}'; valid: {', '.join(RESULT_FORMATS)}")
     if fmt == "parquet":
@@ -107,9 +126,14 @@ def write_results(results: Path | str, fmt: str, out: Path | str | None, warn: W
         if out is None:
             raise BenchError("--format parquet writes a binary file: give --out FILE.parquet")
     warn = warn or (lambda msg: None)
-    runs = _runs(results, warn)
-    frame = build_frame(runs)
-    frame = with_status(frame, agg.group_noises(frame, repeats=collect_repeats(Path(results), warn)))
+    by_model = _runs(results, warn)
+    frame = build_frame(by_model[AVAILABILITY])
+    noises = agg.group_noises(frame, repeats=collect_repeats(Path(results), warn)) if not frame.empty else {}
+    frame = with_status(frame, noises) if not frame.empty else frame
+    if by_model[TARGETED]:
+        trials = targeted.results_rows(by_model[TARGETED], targeted.clean_runs(by_model[AVAILABILITY]),
+                                       targeted.cohort_sigmas(frame, by_model[AVAILABILITY], noises))
+        frame = targeted.typed(pd.concat([frame, trials], ignore_index=True) if not frame.empty else trials)
     if fmt == "parquet":
         atomic_write(Path(out), lambda p: frame.to_parquet(p, index=False))
         return None, len(frame)
@@ -127,8 +151,10 @@ def claims_report(results: Path | str, warn: Warn | None = None,
 
     _version, rows = load_claims(Path(claims_file) if claims_file else None)
     warn = warn or (lambda msg: None)
-    frame = build_frame(_runs(results, warn))
-    out = []
+    frame = build_frame(_runs(results, warn)[AVAILABILITY])
+    out: list[dict[str, Any]] = []
+    if frame.empty:  # only targeted records: no claim of the availability papers is about them
+        return out, 0
     noises = agg.group_noises(frame, repeats=collect_repeats(Path(results), warn))
     for slug, g in frame.groupby("group", sort=False):
         noise = noises[str(slug)]

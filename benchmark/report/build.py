@@ -15,6 +15,7 @@ import pandas as pd
 from benchmark.report import aggregate as agg
 from benchmark.report import claims as claims_mod
 from benchmark.report import costs, notes, references
+from benchmark.report import targeted as targeted_mod
 from benchmark.report.collect import (
     CLEAN,
     STANDARD_TIER,
@@ -26,7 +27,7 @@ from benchmark.report.collect import (
 from benchmark.report.status import annotate_claims
 from benchmark.verdicts import settle_threshold
 
-SCHEMA = "unlearnable-bench/leaderboard/3"  # 3: noise by source, stability labels, budget classes, Pareto
+SCHEMA = "unlearnable-bench/leaderboard/4"  # 4: the targeted threat model's own section (``targeted``)
 
 
 def group_meta(g: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
@@ -118,15 +119,17 @@ def multiplicity(claims: list[dict[str, Any]], sigma: float | None, alpha: float
 
 def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], results_label: str,
                claims_file: Any = None, references_file: Any = None,
-               repeats: list[tuple[Any, dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """The whole leaderboard as data (``repeats``: records replaced by a re-run on another machine, for the
-    machine-to-machine spread)."""
+               repeats: list[tuple[Any, dict[str, Any]]] | None = None,
+               targeted: list[tuple[Any, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The whole leaderboard as data (``frame`` and ``runs``: the availability records; ``repeats``: records
+    replaced by a re-run on another machine, for the machine-to-machine spread; ``targeted``: the records of
+    targeted poisoning, their own section ``targeted``, read beside the availability tables, never in them)."""
     protocols = {str(p): protocol_of(rec["config"]) for p, rec in runs}
     claims_version, claim_rows = claims_mod.load_claims(claims_file)
     refs_version, ref_rows = references.load_references(references_file)
     built, joined = [], []
-    groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)}
-    noises = agg.group_noises(frame, repeats=repeats or [])
+    groups = {str(slug): g for slug, g in frame.groupby("group", sort=False)} if not frame.empty else {}
+    noises = agg.group_noises(frame, repeats=repeats or []) if groups else {}
     group_cells = {slug: agg.cells(g, noises[slug]["curve_sigma"]) for slug, g in groups.items()}
     for slug, g in groups.items():
         c = group_cells[slug]
@@ -134,12 +137,14 @@ def build_data(frame: pd.DataFrame, runs: list[tuple[Any, dict[str, Any]]], resu
         data = build_group(g, protocols[str(g["record"].iloc[0])], claim_rows, noise, c)
         built.append(data)
         joined.append(({k: data[k] for k in ("slug", "title", "dataset", "dataset_source", "model", "preset", "epochs")}, c))
-    newest = max((str(d) for d in frame["created"] if d), default="")[:10] or "unknown"
+    newest = max((str(d) for d in frame.get("created", []) if d), default="")[:10] or "unknown"
     return {
         "schema": SCHEMA, "results": results_label, "records": len(frame), "newest": newest,
         "rules": agg.rules(), "clean_label": CLEAN, "tiers": _tiers(),
         "references_version": refs_version, "claims_version": claims_version,
         "references": references.join(ref_rows, joined), "groups": built,
+        "targeted": targeted_mod.build_targeted(list(targeted or []), targeted_mod.clean_runs(runs),
+                                                targeted_mod.cohort_sigmas(frame, runs, noises), results_label),
     }
 
 

@@ -9,7 +9,8 @@ conditions its source measured under (``[claim.protocol]``). Each named cell get
   which of the defense's numbers it reports; the cell's number is still shown, never a verdict;
 * *holds* / *fails* when its accuracy clears the threshold, one way or the other, by at least
   aggregate.TIE_SIGMAS standard errors of the difference between the cell and its reference,
-  sigma·sqrt(1/n_cell + 1/n_ref), with sigma the group's pooled seed-to-seed std; *within noise* when it
+  sigma·sqrt(1/n_cell + 1/n_ref), with sigma the group's noise (the largest measured source: victim
+  seeds, poison instances, machines; :mod:`benchmark.report.noise`); *within noise* when it
   is closer than that (:func:`judge`, the one place a verdict is decided: a multiplicity correction
   plugs in there through the pair's ``z``);
 * *not run* / *not converged* when a cell or its reference has no (converged) record.
@@ -337,7 +338,7 @@ def _chance(g: pd.DataFrame) -> float:
 
 def evaluate(claims: list[dict[str, Any]], g: pd.DataFrame, flags: pd.Series, sigma: float | None) -> list[dict[str, Any]]:
     """Every claim's verdict on one protocol group (``g``: its tidy runs; ``flags``: run_flags(g); ``sigma``:
-    its pooled seed-to-seed std, :func:`aggregate.group_noises`)."""
+    its noise, :func:`aggregate.group_noises`)."""
     out = []
     chance = _chance(g) if not g.empty else 10.0
     for claim in claims:

@@ -1,7 +1,8 @@
 """Stage 1 of the report: read the run records and describe each one (labels, tier, family, group).
 
 Records (benchmark/records.py) are read with the tolerant reader: a corrupt or foreign file is a warning,
-never a crash. Failed runs are skipped; records of one config and seed (same config hash) count once, the
+never a crash. Records of the targeted threat model (``threat_model: "targeted"``) are split off here, once:
+every availability output reads :func:`collect_runs`, which leaves them out; report/targeted.py reads them. Failed runs are skipped; records of one config and seed (same config hash) count once, the
 newest wins. What a defense is (threat-model tier, family, variant label, what its headline measures)
 comes from the record's ``defense_info``; records made before that field existed get it by building the
 defense from their config (``defenses.base.build_defense``), and a backbone pretrained on clean data
@@ -31,6 +32,9 @@ Warn = Callable[[str], None]
 CLEAN = "clean"  # row/column label of the unpoisoned runs
 NO_DEFENSE = "none"
 STANDARD_TIER = "poisoned-only"
+#: threat models of the records (``rec["threat_model"]``): never ranked together
+AVAILABILITY = "availability"
+TARGETED = "targeted"
 PRESET_ORDER = {"smoke": 0, "cpu": 1, "paper": 2}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST"}
 SOURCES_FILE = Path(__file__).with_name("sources.toml")
@@ -51,8 +55,29 @@ def threads_text(counts: Iterable[int]) -> str:
     return f"({'/'.join(map(str, counts))} thread{'' if counts == [1] else 's'})"
 
 
-def collect_runs(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
-    """Finished, usable records under ``results``, sorted by path; everything else one warning each."""
+def threat_model(rec: dict[str, Any]) -> str:
+    """The threat model a record measures (``threat_model``; records made before the field existed are
+    availability runs)."""
+    return str(rec.get("threat_model") or AVAILABILITY)
+
+
+def collect_runs(results: Path, warn: Warn, model: str = AVAILABILITY) -> list[tuple[Path, dict[str, Any]]]:
+    """Finished, usable records of one threat model under ``results`` (default availability: every
+    availability table, ranking, noise estimate, claim and audit reads only these), sorted by path."""
+    return [(p, rec) for p, rec in collect_all(results, warn) if threat_model(rec) == model]
+
+
+def split_runs(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """``runs`` by threat model (availability and targeted always present, possibly empty)."""
+    out: dict[str, list[tuple[Path, dict[str, Any]]]] = {AVAILABILITY: [], TARGETED: []}
+    for path, rec in runs:
+        out.setdefault(threat_model(rec), []).append((path, rec))
+    return out
+
+
+def collect_all(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """Finished, usable records under ``results`` of every threat model, sorted by path; everything else one
+    warning each."""
     runs: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path, rec in load_records(Path(results), warn=warn):
         if rec["status"] != "finished":
@@ -77,10 +102,10 @@ def collect_runs(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]
 
 
 def collect_repeats(results: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
-    """Finished records a re-run on another machine replaced (``results/repeats``): the machine-to-machine
-    spread is measured on them; they are never cells."""
+    """Finished availability records a re-run on another machine replaced (``results/repeats``): the
+    machine-to-machine spread is measured on them; they are never cells."""
     return [(p, with_legacy_params(r)) for p, r in load_records(Path(results), warn=warn, repeats=True)
-            if r["status"] == "finished" and shape_problem(r) is None]
+            if r["status"] == "finished" and shape_problem(r) is None and threat_model(r) == AVAILABILITY]
 
 
 def with_legacy_params(rec: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Every table of the leaderboard is a groupby / pivot of this frame, and ``bench results`` /
 ``benchmark.report.load_frame`` hand it to users as it is, so a notebook gets the records in one line.
-Columns (stable names): record, run_id, created, commit, group, group_title, dataset, dataset_source,
-model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
+Columns (stable names): record, run_id, threat_model (availability or targeted), created, commit, group,
+group_title, dataset, dataset_source, model, preset, epochs, protocol_variant, seed, poison, poison_label, poison_params, poison_revision,
 ratio, clean_only, match_steps, key_fingerprint, full, defense, defense_label, defense_params, tier, family, variant, headline,
 test_acc, peak_test_acc, peak_epoch, train_acc, fit_acc, final_rise, test_curve, diverged, steps, training_s, training_cpu_s, evaluation_s,
 wall_s, device, cpu, threads, hardware, generation_s, generation_device, surrogate, budget_type, linf_255, l2_mean,
@@ -42,6 +42,7 @@ from benchmark.report.collect import (
     protocol_of,
     slug,
     threads_text,
+    threat_model,
 )
 
 #: epochs before the last one that ``final_rise`` compares it with
@@ -205,7 +206,7 @@ def _row(path: Path, rec: dict[str, Any], info: dict[str, Any], group: tuple[str
     clean_only = bool(poison.get("clean_only"))
     training = rec.get("training") if isinstance(rec.get("training"), dict) else {}
     row = {
-        "record": str(path), "run_id": rec["run_id"], "created": str(rec.get("created") or ""),
+        "record": str(path), "run_id": rec["run_id"], "threat_model": threat_model(rec), "created": str(rec.get("created") or ""),
         "commit": str(env.get("git_commit") or ""), "group_key": group[0], "group_title": group[1],
         "dataset": str(cfg["dataset"]), "dataset_source": str(cfg.get("dataset_source") or ""),
         "model": str(cfg["model"]), "preset": str(cfg["preset"]),

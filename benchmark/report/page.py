@@ -6,6 +6,7 @@ from typing import Any
 
 from benchmark.report import document as doc
 from benchmark.report import document_claims as papers
+from benchmark.report import document_targeted as targeted
 from benchmark.report.document import Block, Bullets, Heading, Image, Para
 
 
@@ -23,10 +24,13 @@ def build_document(data: dict[str, Any], plots: dict[str, dict[str, Any]]) -> li
     ]
     if len(data["groups"]) > 1:
         blocks.append(Para("Groups: " + "; ".join(f"[{g['title']}](#{g['slug']})" for g in data["groups"]) + "."))
+    if (link := targeted.targeted_link(data)) is not None:
+        blocks.append(link)
     for g in data["groups"]:
         blocks += group_blocks(g, data, plots.get(g["slug"], {}))
     blocks.append(Heading(2, "Paper vs ours", "paper-vs-ours"))
     blocks.append(papers.references_table(data))
+    blocks += targeted.section(data)  # a threat model of its own, after every availability table
     return blocks
 
 

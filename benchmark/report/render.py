@@ -146,7 +146,7 @@ def render_html(blocks: list[Block], out_dir: Path) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "∞": r"$\infty$",
         "×": r"$\times$", "–": "--", "−": "--", "·": r"$\cdot$", "<": r"$<$", ">": r"$>$", "|": r"$|$",
-        "≤": r"$\leq$", "≥": r"$\geq$", "σ": r"$\sigma$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "…": r"\dots{}"}
+        "≤": r"$\leq$", "≥": r"$\geq$", "σ": r"$\sigma$", "ε": r"$\varepsilon$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "…": r"\dots{}"}
 
 
 def _tex(text: str) -> str:

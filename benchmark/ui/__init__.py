@@ -165,6 +165,12 @@ def summary_table(rec: dict[str, Any], base: dict[str, Any] | None) -> Table:
                   ("  [red](training diverged: the loss became NaN/inf)[/red]" if m.get("diverged") else ""))
     if base_acc is not None and cfg["poison"]["name"] != "none":
         table.add_row("drop vs clean", _fmt(base_acc - m["test_acc"], " points"))
+    target = m.get("target")
+    if target:  # a targeted trial: its outcome is the headline; the accuracies above say what it cost
+        outcome = "[bold red]success[/]" if target["success"] else "[bold green]failure[/]"
+        table.add_row("targeted trial", f"{outcome}: test image #{target['test_index']} (class {target['true_class']}) "
+                      f"predicted as class {target['predicted_class']}; adversarial class {target['adversarial_class']} "
+                      f"(p = {_fmt(target['adversarial_prob'], '', 3)}, true class p = {_fmt(target['true_prob'], '', 3)})")
     table.add_row("peak test acc (oracle)", f"{_fmt(m['peak_test_acc'], ' %')} at epoch {m['peak_epoch']}")
     if selected:
         stop = f", stopped after epoch {len(m['per_epoch'])}" if m.get("stopped_early") else ""
@@ -203,11 +209,33 @@ def show_page_status(console: Console, results: Any, record: str, baseline: str 
         except BenchError:
             st = None
         if st is None:
+            if what == "this run":
+                show_trial_status(console, results, record)
             continue
         console.print(f"leaderboard: tier {st['tier']}; {what}: {status_text(st['label'], st['reason'])}")
         if st.get("cell") and len(st.get("seeds", [])) > 1:
             console.print(f"leaderboard cell {st['cell']} (seeds {', '.join(map(str, st['seeds']))}): "
                           f"{status_text(st['cell_label'], st['cell_reason'])}")
+
+
+def show_trial_status(console: Console, results: Any, record: str) -> None:
+    """A targeted trial's outcome and its cell's success rate as the page's targeted section reads them."""
+    from benchmark.report.document_targeted import rate_text
+    from benchmark.report.targeted import trial_status
+
+    try:
+        st = trial_status(results, record)
+    except BenchError:
+        st = None
+    if st is None:
+        return
+    trial, cell = st["trial"], st["cell"]
+    outcome = "no target outcome in the record (not a trial)" if trial is None else (
+        f"target test image {trial['test_index']} (class {trial['true_class']}) classified as {trial['predicted_class']}, "
+        f"adversarial class {trial['adversarial_class']}: {'success' if trial['success'] else 'failure'}")
+    console.print(f"leaderboard (targeted poisoning, its own section): this trial: {outcome}")
+    console.print(f"targeted cell {cell['poison']} × {cell['defense']}: success {rate_text(cell)} "
+                  f"({100 * cell['level']:g} % Clopper-Pearson)")
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ def detail_table(section: str, name: str) -> Table:
     aliases = reg.aliases_of(canonical)
     presets = {k: v for k, v in getattr(cls, "preset_params", {}).items()
                if any(getattr(cls.Params(), n) != x for n, x in v.items())}  # presets that change something
-    kind = (f"budget: {cls.budget_type}" if section == "poisons" else
+    kind = (f"threat model: {cls.threat_model} · budget: {cls.budget_type}" if section == "poisons" else
             f"family: {cls.family} · tier by default: {cls.default_tier} ({TIERS[cls.default_tier]})")
     table = Table(title=f"{section[:-1]} {canonical}" + (f" (aliases: {', '.join(aliases)})" if aliases else "")
                   + f": {cls.describe()}", title_justify="left", caption=kind, caption_justify="left")
@@ -57,8 +57,9 @@ def detail_table(section: str, name: str) -> Table:
 
 
 def _kind(cls: Any, section: str) -> str:
-    """What kind of poison (its budget type) or defense (family, and threat-model tier by default)."""
-    return f"budget {cls.budget_type}" if section == "poisons" else f"{cls.family} · {cls.default_tier}"
+    """What kind of poison (threat model, budget type) or defense (family, and threat-model tier by default)."""
+    return f"{cls.threat_model} · budget {cls.budget_type}" if section == "poisons" else \
+        f"{cls.family} · {cls.default_tier}"
 
 
 def _plugin_rows(table: Table, section: str) -> None:
