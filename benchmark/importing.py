@@ -67,9 +67,9 @@ def file_kind(path: Path, noise: bool = False) -> str:
     suffix = path.suffix.lower()
     if suffix in (".pkl", ".pickle"):
         raise fail(path, "is a pickle, which is never loaded (it can run code). REM/SEM publish their noise and index "
-                         "files as pickles of plain NumPy arrays: convert them where you trust the file, e.g. "
-                         "python -c \"import pickle, numpy; numpy.save('noise.npy', pickle.load(open('FILE.pkl', 'rb')))\", "
-                         "and import the .npy")
+                         "files as pickles of plain NumPy arrays: on a machine where you trust the file, read it "
+                         "with the code that wrote it, write the array with numpy.save('noise.npy', array), and "
+                         "import the .npy")
     if noise and (path.is_dir() or suffix not in (".pt", ".pth", ".npy")):
         raise fail(path, "a noise must be a .pt/.pth tensor file (EM's perturbation.pt) or a .npy array (REM's noise)")
     if path.is_dir():
