@@ -155,3 +155,13 @@ def mapped_files(t: torch.Tensor) -> list[str]:
         if lo <= ptr < hi and len(parts) >= 6:
             names.append(parts[5])
     return names
+
+
+def interrupt_at(stop: int):
+    """A generation progress callback that interrupts the generation after step ``stop`` (resume tests)."""
+
+    def progress(step: int, total: int, info: dict) -> None:
+        if step == stop:
+            raise KeyboardInterrupt
+
+    return progress

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import generate_poison, run_cli
+from conftest import generate_poison, interrupt_at, run_cli
 
 from benchmark.data import ImageSet, load_dataset, stratified_subset
 from benchmark.gradmatch import (
@@ -151,13 +151,9 @@ def test_secure_release_resumes_exactly(cifar128: ImageSet, cache_root: Path) ->
     recipe = dict(RECIPE, steps=2, batch_size=32, checkpoint_every=1)  # 4 poison batches, a checkpoint after each
     _, whole = generate_poison("secure-release", cifar128, recipe, workdir=cache_root / "poison-work" / "whole")
 
-    def stop_after_two(step: int, total: int, info: dict) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-
     work = cache_root / "poison-work" / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        generate_poison("secure-release", cifar128, recipe, workdir=work, progress=stop_after_two)
+        generate_poison("secure-release", cifar128, recipe, workdir=work, progress=interrupt_at(2))
     assert (work / "state.pt").exists()
     steps: list[int] = []
     _, resumed = generate_poison("secure-release", cifar128, recipe, workdir=work,

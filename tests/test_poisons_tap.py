@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import generate_poison
+from conftest import generate_poison, interrupt_at
 
 from benchmark.data import ImageSet, load_dataset, stratified_subset
 
@@ -59,13 +59,9 @@ def test_tap_resumes_exactly_and_takes_a_backbone(cifar256: ImageSet, cache_root
     recipe = dict(RECIPE, steps=2, batch_size=64, checkpoint_every=1)  # 4 poison batches, a checkpoint after each
     _, whole = generate_poison("tap", cifar256, recipe, workdir=cache_root / "poison-work" / "whole")
 
-    def stop_after_two(step: int, total: int, info: dict) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-
     work = cache_root / "poison-work" / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        generate_poison("tap", cifar256, recipe, workdir=work, progress=stop_after_two)
+        generate_poison("tap", cifar256, recipe, workdir=work, progress=interrupt_at(2))
     assert (work / "state.pt").exists()
     _, resumed = generate_poison("tap", cifar256, recipe, workdir=work)
     assert torch.equal(resumed.x, whole.x)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import run_cli
+from conftest import interrupt_at, run_cli
 
 from attacks.base import PoisonContext
 from benchmark.data import ImageSet, load_dataset, stratified_subset
@@ -133,13 +133,9 @@ def test_witches_brew_resumes_exactly(cifar: tuple[ImageSet, ImageSet], tmp_path
     recipe = {"steps": 2, "restarts": 3, "checkpoint_every": 1}  # one poison batch, a checkpoint after each restart
     _, whole = _generate("witches-brew", *cifar, tmp_path / "poison-work" / "whole", recipe)
 
-    def stop(step: int, total: int, info: dict) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-
     work = tmp_path / "poison-work" / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        _generate("witches-brew", *cifar, work, recipe, progress=stop)
+        _generate("witches-brew", *cifar, work, recipe, progress=interrupt_at(2))
     steps: list[int] = []
     _, resumed = _generate("witches-brew", *cifar, work, recipe, progress=lambda s, t, i: steps.append(s))
     assert steps == [3] and torch.equal(resumed.x, whole.x) and resumed.session.sessions == 2
