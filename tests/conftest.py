@@ -165,3 +165,19 @@ def interrupt_at(stop: int):
             raise KeyboardInterrupt
 
     return progress
+
+
+def whole_and_resumed(generate, root: Path) -> tuple[Any, Any, list[int]]:
+    """One generation run through, and one interrupted after step 2 then resumed in its work folder.
+
+    ``generate(workdir, progress)`` makes the poison; returns both poisons and the steps the resumed
+    session reported (a resume continues from the checkpoint, it does not start over).
+    """
+    _, whole = generate(root / "whole", None)
+    work = root / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        generate(work, interrupt_at(2))
+    assert (work / "state.pt").exists()
+    steps: list[int] = []
+    _, resumed = generate(work, lambda step, total, info: steps.append(step))
+    return whole, resumed, steps

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import generate_poison, interrupt_at, run_cli
+from conftest import generate_poison, run_cli, whole_and_resumed
 
 from benchmark.data import ImageSet, load_dataset, stratified_subset
 from benchmark.gradmatch import (
@@ -149,15 +149,9 @@ def test_secure_release_aligns_its_stored_poisons_within_budget(cifar128: ImageS
 
 def test_secure_release_resumes_exactly(cifar128: ImageSet, cache_root: Path) -> None:
     recipe = dict(RECIPE, steps=2, batch_size=32, checkpoint_every=1)  # 4 poison batches, a checkpoint after each
-    _, whole = generate_poison("secure-release", cifar128, recipe, workdir=cache_root / "poison-work" / "whole")
-
-    work = cache_root / "poison-work" / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        generate_poison("secure-release", cifar128, recipe, workdir=work, progress=interrupt_at(2))
-    assert (work / "state.pt").exists()
-    steps: list[int] = []
-    _, resumed = generate_poison("secure-release", cifar128, recipe, workdir=work,
-                                 progress=lambda step, total, info: steps.append(step))
+    whole, resumed, steps = whole_and_resumed(
+        lambda work, progress: generate_poison("secure-release", cifar128, recipe, workdir=work, progress=progress),
+        cache_root / "poison-work")
     assert steps == [3, 4]  # continued from the checkpoint, did not start over
     assert torch.equal(resumed.x, whole.x)
     assert resumed.session.sessions == 2 and resumed.info["surrogate"]["cached"] is True

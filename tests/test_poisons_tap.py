@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import generate_poison, interrupt_at
+from conftest import generate_poison, whole_and_resumed
 
 from benchmark.data import ImageSet, load_dataset, stratified_subset
 
@@ -57,13 +57,10 @@ def test_tap_fools_its_surrogate_toward_the_target_class(cifar256: ImageSet, cac
 
 def test_tap_resumes_exactly_and_takes_a_backbone(cifar256: ImageSet, cache_root: Path) -> None:
     recipe = dict(RECIPE, steps=2, batch_size=64, checkpoint_every=1)  # 4 poison batches, a checkpoint after each
-    _, whole = generate_poison("tap", cifar256, recipe, workdir=cache_root / "poison-work" / "whole")
-
-    work = cache_root / "poison-work" / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        generate_poison("tap", cifar256, recipe, workdir=work, progress=interrupt_at(2))
-    assert (work / "state.pt").exists()
-    _, resumed = generate_poison("tap", cifar256, recipe, workdir=work)
+    whole, resumed, steps = whole_and_resumed(
+        lambda work, progress: generate_poison("tap", cifar256, recipe, workdir=work, progress=progress),
+        cache_root / "poison-work")
+    assert steps == [3, 4]  # continued from the checkpoint, did not start over
     assert torch.equal(resumed.x, whole.x)
     assert resumed.session.sessions == 2 and resumed.info["surrogate"]["cached"] is True
     # the cached surrogate is a `bench pretrain`-format file: as backbone= it gives the same poison

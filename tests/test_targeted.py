@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import interrupt_at, run_cli
+from conftest import run_cli, whole_and_resumed
 
 from attacks.base import PoisonContext
 from benchmark.data import ImageSet, load_dataset, stratified_subset
@@ -131,13 +131,9 @@ def test_target_outcome_reads_the_prediction() -> None:
 
 def test_witches_brew_resumes_exactly(cifar: tuple[ImageSet, ImageSet], tmp_path: Path) -> None:
     recipe = {"steps": 2, "restarts": 3, "checkpoint_every": 1}  # one poison batch, a checkpoint after each restart
-    _, whole = _generate("witches-brew", *cifar, tmp_path / "poison-work" / "whole", recipe)
-
-    work = tmp_path / "poison-work" / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        _generate("witches-brew", *cifar, work, recipe, progress=interrupt_at(2))
-    steps: list[int] = []
-    _, resumed = _generate("witches-brew", *cifar, work, recipe, progress=lambda s, t, i: steps.append(s))
+    whole, resumed, steps = whole_and_resumed(
+        lambda work, progress: _generate("witches-brew", *cifar, work, recipe, progress=progress),
+        tmp_path / "poison-work")
     assert steps == [3] and torch.equal(resumed.x, whole.x) and resumed.session.sessions == 2
     assert resumed.info["restart_losses"] == whole.info["restart_losses"]
 
