@@ -165,6 +165,18 @@ def test_an_epoch_selecting_defense_is_judged_by_its_training_run_not_its_early_
     assert "train accuracy 20.0 % vs 90.0 %" in c.loc[("em", "none"), "not_converged"]
 
 
+def test_the_summary_marks_an_undefended_cell_that_is_not_a_verdict(tmp_path: Path) -> None:
+    recs = [make_record("none", "none", 80.0, train_acc=90.0), make_record("cuda", "none", 20.0),
+            make_record("em", "none", 15.0, train_acc=20.0),  # em's plain run did not fit: not a verdict
+            make_record("none", "mixup", 78.0), make_record("cuda", "mixup", 50.0), make_record("em", "mixup", 30.0)]
+    out = tmp_path / "site" / "leaderboard.md"
+    write_leaderboard(write_all(tmp_path / "runs", recs), out, tmp_path / "plots", samples=False)
+    summary = out.read_text().split("### Summary")[1].split("###")[0]
+    assert re.search(r"^\| em \| [^|]+ \| 15\.0† \|", summary, re.M), summary
+    assert re.search(r"^\| cuda \| [^|]+ \| 20\.0 \|", summary, re.M), summary
+    assert "† = not a verdict" in summary
+
+
 def test_cells_of_another_poisoned_set_are_marked(tmp_path: Path) -> None:
     """A column whose cells trained on different bytes of one recipe and key (a poison regenerated on another
     CPU) says so: sets told apart by digest where records carry one, else by the measured budget."""

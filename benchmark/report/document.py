@@ -302,7 +302,8 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
         own = entries.get((CLEAN_LABEL, best)) if best else None
         none = entries.get((r["poison"], NO_DEFENSE_LABEL))
         rows.append([r["poison"], r.get("class") or "–",
-                     Cell(fmt(r["undefended"]), record_links(none["records"], none["seeds"]) if none else [],
+                     Cell(fmt(r["undefended"]) + ("" if not none or none["converged"] else NOT_CONVERGED),
+                          record_links(none["records"], none["seeds"]) if none else [],
                           shade=shade((r["undefended"] or {}).get("mean"), g)),
                      best or "–",
                      Cell(fmt(r["worst"]), record_links(cell["records"], cell["seeds"]) if cell else [],
@@ -316,8 +317,8 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
               f"**neutralised** = within {within:g} points of the same defense on clean data (the first three such defenses "
               "named, the rest counted; all in leaderboard.json), "
               f"**no effect** = within {within:g} points of clean data without defense, **stands** = no standard-tier "
-              "defense run neutralises it. Budget class: the threat model the poison is ranked in (poison ranking). "
-              "Rows: strongest poison (without defense) first. Details: the matrix and "
+              f"defense run neutralises it. {NOT_CONVERGED} = not a verdict (the matrix's rule). Budget class: the "
+              "threat model the poison is ranked in (poison ranking). Rows: strongest poison (without defense) first. Details: the matrix and "
               "the rankings below.")
     return Table(["poison", "budget class", "no defense", "best defense", "with it", "it on clean data", "verdict"],
                  rows, legend, align="llrlrrl")
