@@ -81,6 +81,12 @@ def fmt(stat: dict[str, Any] | None, digits: int = 1, runs: bool = True) -> str:
     return text + (f" ± {stat['std']:.{digits}f}" + (f" (n={n})" if runs else "") if n > 1 else "")
 
 
+def cell_marks(e: dict[str, Any]) -> str:
+    """The marks a matrix cell carries (not a verdict, underfits, another poisoned set), wherever it is shown."""
+    return (("" if e["converged"] else NOT_CONVERGED) + (UNDERFITS_MARK if e.get("caveat") else "")
+            + (OTHER_SET if other_sets(e.get("poison_sets")) else ""))
+
+
 def shade(value: float | None, g: dict[str, Any]) -> float | None:
     """``value`` on the colour scale of a group: 0 at 0 %, 1 at plain training on clean data (and above)."""
     top = (g.get("highlights") or {}).get("clean")
@@ -143,9 +149,7 @@ def matrix(g: dict[str, Any], tier: str, rules: dict[str, Any]) -> Table:
             if e is None:
                 row.append("–")
                 continue
-            mark = ("" if e["converged"] else NOT_CONVERGED) + (UNDERFITS_MARK if e.get("caveat") else "") \
-                + (OTHER_SET if other_sets(e.get("poison_sets")) else "")
-            row.append(Cell(fmt(e["test_acc"]) + mark, record_links(e["records"], e["seeds"]),
+            row.append(Cell(fmt(e["test_acc"]) + cell_marks(e), record_links(e["records"], e["seeds"]),
                             shade=shade(e["test_acc"]["mean"], g)))
         rows.append(row)
     n_values = {e["test_acc"]["n"] for e in g["entries"]}
@@ -302,7 +306,7 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
         own = entries.get((CLEAN_LABEL, best)) if best else None
         none = entries.get((r["poison"], NO_DEFENSE_LABEL))
         rows.append([r["poison"], r.get("class") or "–",
-                     Cell(fmt(r["undefended"]) + ("" if not none or none["converged"] else NOT_CONVERGED),
+                     Cell(fmt(r["undefended"]) + (cell_marks(none) if none else ""),
                           record_links(none["records"], none["seeds"]) if none else [],
                           shade=shade((r["undefended"] or {}).get("mean"), g)),
                      best or "–",
@@ -317,9 +321,9 @@ def summary_table(g: dict[str, Any], rules: dict[str, Any]) -> Table | None:
               f"**neutralised** = within {within:g} points of the same defense on clean data (the first three such defenses "
               "named, the rest counted; all in leaderboard.json), "
               f"**no effect** = within {within:g} points of clean data without defense, **stands** = no standard-tier "
-              f"defense run neutralises it. {NOT_CONVERGED} = not a verdict (the matrix's rule). Budget class: the "
-              "threat model the poison is ranked in (poison ranking). Rows: strongest poison (without defense) first. Details: the matrix and "
-              "the rankings below.")
+              f"defense run neutralises it. {NOT_CONVERGED} = not a verdict (the marks are the matrix's). Budget class: "
+              "the threat model the poison is ranked in (poison ranking). Rows: strongest poison (without defense) "
+              "first. Details: the matrix and the rankings below.")
     return Table(["poison", "budget class", "no defense", "best defense", "with it", "it on clean data", "verdict"],
                  rows, legend, align="llrlrrl")
 
